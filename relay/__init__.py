@@ -1,0 +1,1 @@
+"""mailroot: a mail relay built around the IIS mailroot folders."""

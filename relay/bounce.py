@@ -1,0 +1,74 @@
+"""Badmail: the `.BAD` report a person reads with `less`, then the original byte for byte."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from relay.store import BADMAIL, Envelope, Mailroot, Op, Write
+
+SEPARATOR = b"\n----- the original message follows, byte for byte -----\n"
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(stamp))
+
+
+def bad_report(reason: str, *, message_id: str, source: str = "",
+               envelope: Envelope | None = None, now: float | None = None) -> str:
+    """The readable head of a `.BAD` file: the reason first, then where and when."""
+    now = time.time() if now is None else now
+    lines = [
+        "This message could not be delivered and was put in Badmail.",
+        "",
+        f"Reason:    {reason}",
+    ]
+    if source:
+        lines.append(f"Source:    {source}")
+    lines += [f"Id:        {message_id}", f"Time:      {_when(now)}"]
+    if envelope is not None:
+        lines.append(f"From:      <{envelope.sender}>")
+        lines.append(f"Received:  {_when(envelope.received)} ({envelope.origin})")
+        if envelope.recipients:
+            lines += ["", "Recipients:"]
+            for rcpt in envelope.recipients:
+                status = f" {rcpt.status}" if rcpt.status else ""
+                lines.append(f"  <{rcpt.address}>  {rcpt.state}{status}")
+                if rcpt.reply:
+                    via = f" from {rcpt.host}" if rcpt.host else ""
+                    lines.append(f"      reply{via}: {rcpt.reply}")
+        if envelope.attempts:
+            lines += ["", "Attempts:"]
+            for attempt in envelope.attempts:
+                host = attempt.host or "-"
+                tls = {True: " TLS", False: "", None: ""}[attempt.tls]
+                lines.append(f"  {_when(attempt.time)}  {host}{tls}  {attempt.reply}")
+    return "\n".join(lines) + "\n"
+
+
+def badmail_ops(store: Mailroot, message_id: str, reason: str, original: bytes, *,
+                source: str = "", envelope: Envelope | None = None) -> list[Op]:
+    """Ops that put a new entry in Badmail: the original, its envelope, then the `.BAD`
+    report (the commit marker, written last)."""
+    if envelope is not None:
+        envelope.reason = reason
+    head = bad_report(reason, message_id=message_id, source=source, envelope=envelope)
+    ops: list[Op] = [Write(store.path(BADMAIL, message_id, ".eml"), original)]
+    if envelope is not None:
+        ops.append(Write(store.path(BADMAIL, message_id, ".env"), envelope.to_json()))
+    ops.append(Write(store.path(BADMAIL, message_id, ".BAD"),
+                     head.encode() + SEPARATOR + original))
+    return ops
+
+
+def read_reason(path: Path) -> str:
+    """The one-line reason from a `.BAD` file (reads only its head)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    for line in head.splitlines():
+        if line.startswith("Reason:"):
+            return line.split(":", 1)[1].strip()
+    return ""

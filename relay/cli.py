@@ -1,0 +1,120 @@
+"""The `mailroot` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from relay import config as configmod
+from relay.config import Config, ConfigError
+from relay.store import PICKUP, Mailroot, new_id
+
+DEFAULT_CONFIG = "mailroot.yaml"
+
+
+def load_config(path: str | None) -> Config:
+    """-c FILE, else ./mailroot.yaml if present, else the defaults."""
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    return configmod.load(path)
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from relay.service import AlreadyRunning, serve
+
+    try:
+        asyncio.run(serve(config))
+    except AlreadyRunning as exc:
+        print(f"mailroot: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    print(f"# {config.source or 'defaults (no config file)'}: OK")
+    rows = configmod.describe(config)
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, doc in rows:
+        print(f"{key:<{width}}  {value:<24}  # {doc}" if doc else f"{key:<{width}}  {value}")
+    return 0
+
+
+def build_message(args: argparse.Namespace, config: Config) -> bytes:
+    """An RFC 5322 message from the send options (Bcc kept: Pickup takes it as envelope)."""
+    msg = EmailMessage()
+    sender = args.sender or f"{getpass.getuser()}@{config.default_domain}"
+    msg["From"] = sender
+    for name, values in (("To", args.to), ("Cc", args.cc), ("Bcc", args.bcc)):
+        if values:
+            msg[name] = ", ".join(values)
+    msg["Subject"] = args.subject or ""
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain=config.default_domain)
+    body = Path(args.body_file).read_text() if args.body_file else (args.body or "")
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def cmd_send(args: argparse.Namespace, config: Config) -> int:
+    if not (args.to or args.cc or args.bcc):
+        print("mailroot send: give at least one --to, --cc or --bcc", file=sys.stderr)
+        return 2
+    store = Mailroot(config.root)
+    store.ensure()
+    data = build_message(args, config)
+    name = f"{new_id()}.eml"
+    tmp = store.folder(PICKUP) / f".{name}.tmp"  # dot-files in Pickup are never taken
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, store.folder(PICKUP) / name)
+    print(f"Pickup/{name}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="FILE",
+                        help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
+    top = argparse.ArgumentParser(prog="mailroot", parents=[common],
+                                  description="A mail relay built around the IIS mailroot.")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the relay (no console)")
+    sub.add_parser("check", parents=[common], help="validate the config, print the settings")
+    send = sub.add_parser("send", parents=[common], help="write a message into Pickup")
+    send.add_argument("--from", dest="sender", metavar="ADDR")
+    send.add_argument("--to", action="append", default=[], metavar="ADDR")
+    send.add_argument("--cc", action="append", default=[], metavar="ADDR")
+    send.add_argument("--bcc", action="append", default=[], metavar="ADDR")
+    send.add_argument("--subject", default="")
+    body = send.add_mutually_exclusive_group()
+    body.add_argument("--body")
+    body.add_argument("--body-file", metavar="FILE")
+    return top
+
+
+COMMANDS = {"serve": cmd_serve, "check": cmd_check, "send": cmd_send}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mailroot: config error: {exc}", file=sys.stderr)
+        return 2
+    command = args.command or "serve"
+    return COMMANDS[command](args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

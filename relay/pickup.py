@@ -1,0 +1,298 @@
+"""Watch Pickup: take each finished file once, parse it, hand it to intake.
+
+A file is taken only when no one has it open for writing (a read lease says so at once; where
+a lease can't be had, its size and mtime must stay unchanged for `pickup.settle`).  Taking it
+is a rename into `tmp/pickup/`, so the name in Pickup is free again at once and a crash leaves
+the file where start-up finds it.  Links, FIFOs, sockets, directories and hard-linked files are
+never opened: they are moved aside into Badmail with a report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import watchfiles
+
+from relay.bounce import badmail_ops
+from relay.config import Config
+from relay.events import EventLog
+from relay.intake import Intake, Rejected, Submission
+from relay.message import Message, MessageError, binary_junk, normalize_line_ends, unstuff
+from relay.store import BADMAIL, PICKUP, Mailroot, Unlink, Write, new_id
+
+ENVELOPE_LINE = re.compile(rb"^X-(Sender|Receiver):[ \t]*(.*)$", re.I)
+
+
+@dataclass
+class Parsed:
+    sender: str
+    recipients: list[str]
+    message: bytes
+
+
+def parse_pickup(raw: bytes) -> Parsed:
+    """Read a Pickup file as IIS does; raise MessageError with the reason.
+
+    Leading `X-Sender:`/`X-Receiver:` lines are the envelope.  Without them the envelope
+    comes from Sender/From and To/Cc/Bcc.  Bcc is never kept.  A final line holding only "."
+    ends the message; files in that SMTP form, and IIS/.NET files with envelope lines, are
+    dot-stuffed and get unstuffed.
+    """
+    if not raw.strip():
+        raise MessageError("the file is empty")
+    if b"\x00" in raw:
+        raise MessageError("the file contains NUL bytes: binary data, not a text message")
+    data = normalize_line_ends(raw)
+    sender: str | None = None
+    receivers: list[str] = []
+    pos = 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        match = ENVELOPE_LINE.match(data[pos:end if end >= 0 else len(data)])
+        if not match:
+            break
+        value = match[2].decode("utf-8", "replace").strip()
+        if match[1].lower() == b"sender":
+            if sender is not None:
+                raise MessageError("more than one X-Sender: line")
+            sender = value
+        else:
+            receivers.append(value)
+        pos = len(data) if end < 0 else end + 2
+    envelope_given = sender is not None or bool(receivers)
+    data = data[pos:]
+    if data.endswith(b"\r\n.\r\n") or data == b".\r\n" or data.endswith(b"\r\n."):
+        data = data[: data.rfind(b".")]
+        envelope_given = True  # SMTP DATA form: dot-stuffed
+    if envelope_given:
+        data = unstuff(data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    message = Message.parse(data)
+    message.check_header()
+    if binary_junk(message.body):
+        raise MessageError("the body is binary data, not text (control characters)")
+    if not receivers:
+        receivers = message.addresses("to", "cc", "bcc")
+    if sender is None:
+        senders = message.addresses("sender") or message.addresses("from")
+        sender = senders[0] if senders else ""
+    if not receivers:
+        raise MessageError("no recipients: no X-Receiver: lines and no To:, Cc: or Bcc: field")
+    message.remove("bcc")
+    return Parsed(sender, receivers, message.to_bytes())
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100]
+
+
+def _writer_busy(fd: int, st: os.stat_result, settle: float) -> bool:
+    """True while another process may still be writing the file."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True  # open for writing by someone
+        return time.time() - st.st_mtime < settle  # no lease here: go by quiet time
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+class PickupWatcher:
+    """Takes files from Pickup and feeds them to intake, each exactly once."""
+
+    def __init__(self, config: Config, store: Mailroot, intake: Intake, events: EventLog,
+                 workers: int = 8) -> None:
+        self.config = config
+        self.store = store
+        self.intake = intake
+        self.events = events
+        self.folder = store.folder(PICKUP)
+        self.claimed = store.tmp / "pickup"
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pickup")
+        self.workers = workers
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.inflight: set[str] = set()
+        self.busy: set[str] = set()
+        self.stop_event = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.on_taken: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        self.claimed.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for leftover in sorted(os.listdir(self.claimed)):  # taken before a crash
+            await loop.run_in_executor(self.pool, self._process_claimed, leftover)
+        self.tasks = [asyncio.create_task(self._watch(), name="pickup-watch"),
+                      asyncio.create_task(self._rescan_loop(), name="pickup-rescan")]
+        self.tasks += [asyncio.create_task(self._worker(), name=f"pickup-{i}")
+                       for i in range(self.workers)]
+        self.scan()
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.pool.shutdown(wait=True)
+
+    def scan(self) -> None:
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return
+        for name in sorted(names):
+            self.offer(name)
+
+    def offer(self, name: str) -> None:
+        if name.startswith(".") or name in self.inflight:
+            return
+        self.inflight.add(name)
+        self.queue.put_nowait(name)
+
+    async def _watch(self) -> None:
+        async for changes in watchfiles.awatch(self.folder, watch_filter=None, debounce=200,
+                                               step=10, stop_event=self.stop_event,
+                                               recursive=False):
+            for change, path in changes:
+                if change != watchfiles.Change.deleted and Path(path).parent == self.folder:
+                    self.offer(Path(path).name)
+
+    async def _rescan_loop(self) -> None:
+        tick = 0.2
+        elapsed = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            elapsed += tick
+            for name in list(self.busy):  # files still being written: look again soon
+                self.busy.discard(name)
+                self.offer(name)
+            if elapsed >= self.config.pickup.rescan:
+                elapsed = 0.0
+                self.scan()
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            name = await self.queue.get()
+            try:
+                result = await loop.run_in_executor(self.pool, self._take, name)
+            except Exception as exc:  # never let one file stop the relay
+                self.events.emit("pickup-error", file=f"Pickup/{name}", error=repr(exc))
+                result = "busy"
+            finally:
+                self.inflight.discard(name)
+            if result == "busy":
+                self.busy.add(name)
+
+    # --- in worker threads ---
+
+    def _take(self, name: str) -> str:
+        """Claim one Pickup entry and process it; returns 'done', 'gone' or 'busy'."""
+        path = self.folder / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "gone"
+        if not stat.S_ISREG(st.st_mode):
+            return self._set_aside(name, st)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return "gone"
+        except OSError as exc:  # a link swapped in, or no permission
+            if exc.errno == errno.ELOOP:
+                return self._set_aside(name, os.lstat(path))
+            self.events.emit("pickup-error", file=f"Pickup/{name}", error=exc.strerror)
+            return "busy"
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                return self._set_aside(name, st)
+            if _writer_busy(fd, st, self.config.pickup.settle):
+                return "busy"
+            claimed = self.claimed / f"{new_id()}.{_safe_name(name)}"
+            os.rename(path, claimed)
+            if os.stat(claimed).st_ino != st.st_ino:  # swapped between open and rename
+                os.rename(claimed, path)
+                return "busy"
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        self._process(claimed, b"".join(chunks), name)
+        if self.on_taken:
+            self.on_taken()
+        return "done"
+
+    def _process_claimed(self, claimed_name: str) -> None:
+        path = self.claimed / claimed_name
+        original = claimed_name.split(".", 1)[1] if "." in claimed_name else claimed_name
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return
+        self._process(path, raw, original)
+
+    def _process(self, claimed: Path, raw: bytes, name: str) -> None:
+        source = f"Pickup/{name}"
+        mid = new_id()
+        try:
+            if len(raw) > self.config.smtp.max_message_size:
+                raise Rejected(f"the file is {len(raw)} bytes, over the size limit of "
+                               f"{int(self.config.smtp.max_message_size)} bytes "
+                               "(smtp.max_message_size)")
+            parsed = parse_pickup(raw)
+            sub = Submission(parsed.message, parsed.sender, parsed.recipients, source,
+                             done_ops=[Unlink(claimed)], message_id=mid)
+            outcome = self.intake.accept(sub)
+        except (MessageError, Rejected) as exc:
+            reason = exc.reason if isinstance(exc, Rejected) else str(exc)
+            self.store.commit(badmail_ops(self.store, mid, reason, raw, source=source)
+                              + [Unlink(claimed)])
+            self.events.emit("intake", id=mid, source=source, outcome="badmail", reason=reason)
+            return
+        except OSError as exc:
+            self.events.emit("intake-error", source=source, error=exc.strerror or str(exc),
+                             detail="left in tmp/pickup; retried at next start")
+            raise
+        dest = "+".join(d for d, rcpts in (("drop", outcome.local), ("queue", outcome.remote))
+                        if rcpts)
+        self.events.emit("intake", id=mid, source=source, outcome=dest, **{
+            "from": parsed.sender, "to": outcome.local + outcome.remote})
+
+    def _set_aside(self, name: str, st: os.stat_result) -> str:
+        """Move a non-file (or hard-linked file) out of Pickup unopened, with a report."""
+        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else
+                "a directory" if stat.S_ISDIR(st.st_mode) else
+                "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                f"a file with {st.st_nlink} hard links" if stat.S_ISREG(st.st_mode) else
+                "not a regular file")
+        mid = new_id()
+        reason = f"Pickup/{name} is {kind}; it was not opened or followed, and was moved aside"
+        aside = self.store.path(BADMAIL, mid, ".entry")
+        try:
+            os.rename(self.folder / name, aside)
+        except FileNotFoundError:
+            return "gone"
+        head = (f"This entry in Pickup was not a message file and was put in Badmail.\n\n"
+                f"Reason:    {reason}\nSource:    Pickup/{name}\nId:        {mid}\n"
+                f"Kept as:   Badmail/{aside.name} (not opened)\n")
+        self.store.commit([Write(self.store.path(BADMAIL, mid, ".BAD"), head.encode())])
+        self.events.emit("intake", id=mid, source=f"Pickup/{name}", outcome="set-aside",
+                         reason=reason)
+        return "done"

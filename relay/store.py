@@ -1,0 +1,369 @@
+"""The mailroot on disk: ids, envelopes, atomic writes and moves, listing, claims.
+
+A message in a folder is *committed* when its marker file exists: `<id>.env` in Queue and
+Hold, `<id>.BAD` in Badmail, `<id>.eml` in Drop.  Every new file is written to `tmp/`, fsynced
+and renamed into place; a move links the message file into the destination, commits the
+destination's marker and only then removes the source.  So a crash at any point leaves either
+the old state, the new state, or both (a duplicate the start-up recovery clears), never neither.
+
+The message file (`<id>.eml`) is never rewritten, so its inode follows the message from folder
+to folder; an exclusive `flock` on it is the claim that serialises the relay's delivery and an
+operator's requeue/hold/delete, across processes, and dies with a killed process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PICKUP, QUEUE, DROP, BADMAIL, HOLD = "Pickup", "Queue", "Drop", "Badmail", "Hold"
+FOLDERS = (PICKUP, QUEUE, DROP, BADMAIL, HOLD)
+WORK_DIRS = ("tmp", "log", "Trash")
+MARKER = {QUEUE: ".env", HOLD: ".env", BADMAIL: ".BAD", DROP: ".eml", "Trash": ".env"}
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_micros = 0
+
+
+def _b32(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+def new_id() -> str:
+    """A 16-character id that sorts by creation time and is unique across processes."""
+    global _last_micros
+    with _id_lock:
+        micros = max(time.time_ns() // 1000, _last_micros + 1)
+        _last_micros = micros
+    return _b32(micros, 11) + _b32(secrets.randbits(25), 5)
+
+
+def id_time(message_id: str) -> float:
+    """The creation time encoded in an id (seconds since the epoch)."""
+    micros = 0
+    for char in message_id[:11]:
+        micros = micros * 32 + _CROCKFORD.index(char)
+    return micros / 1e6
+
+
+def is_id(name: str) -> bool:
+    return len(name) == 16 and all(c in _CROCKFORD for c in name)
+
+
+# --- the envelope -----------------------------------------------------------------------------
+
+@dataclass
+class Recipient:
+    address: str
+    state: str = "pending"  # pending | deferred | delivered | failed
+    status: str | None = None  # enhanced status code of the last answer, e.g. 5.1.1
+    reply: str | None = None  # the last reply text (or local reason)
+    host: str | None = None  # the host that gave it
+
+
+@dataclass
+class Attempt:
+    time: float
+    host: str | None
+    reply: str
+    tls: bool | None = None
+    recipients: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Envelope:
+    """Everything about a message but its bytes; small, so 100,000 of them list quickly."""
+
+    id: str
+    sender: str  # "" is the null sender <>
+    recipients: list[Recipient]
+    received: float
+    origin: str = ""
+    size: int = 0
+    crc32: int = 0
+    subject: str = ""
+    header_from: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+    next_attempt: float = 0.0
+    delay_notified: bool = False
+    kind: str = "message"  # message | ndr | delay
+    reason: str = ""  # why it is in Badmail
+    held_at: float | None = None
+
+    @property
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.state in ("pending", "deferred")]
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Envelope:
+        raw = json.loads(data)
+        raw["recipients"] = [Recipient(**r) for r in raw.get("recipients", [])]
+        raw["attempts"] = [Attempt(**a) for a in raw.get("attempts", [])]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+# --- low-level durable file operations ------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Write:
+    """Create or replace `path` with `data` (via tmp + fsync + rename)."""
+
+    path: Path
+    data: bytes
+
+
+@dataclass
+class Link:
+    """Give the file at `src` the name `dst` too (atomic, replaces `dst`)."""
+
+    src: Path
+    dst: Path
+
+
+@dataclass
+class Unlink:
+    path: Path
+
+
+Op = Write | Link | Unlink
+
+
+class Mailroot:
+    """One mailroot folder tree."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).absolute()
+        self.tmp = self.root / "tmp"
+        self.log_dir = self.root / "log"
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def ensure(self) -> None:
+        for name in (*FOLDERS, *WORK_DIRS):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        return all((self.root / name).is_dir() for name in (QUEUE, BADMAIL))
+
+    # --- transactions ---
+
+    def _write_tmp(self, data: bytes) -> Path:
+        tmp = self.tmp / f"{new_id()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
+        return tmp
+
+    def commit(self, ops: list[Op]) -> None:
+        """Apply ops in order, durably: file data is fsynced before any rename, and every
+        directory touched is fsynced before returning.  Raises OSError with nothing of the
+        destination half-written (tmp files are removed)."""
+        writes = [op for op in ops if isinstance(op, Write)]
+        tmps: dict[int, Path] = {}
+        try:
+            if len(writes) > 1:
+                for op, tmp in zip(writes, self._pool.map(lambda o: self._write_tmp(o.data),
+                                                          writes), strict=True):
+                    tmps[id(op)] = tmp
+            else:
+                for op in writes:
+                    tmps[id(op)] = self._write_tmp(op.data)
+            dirs: dict[Path, None] = {}
+            for op in ops:
+                if isinstance(op, Write):
+                    os.replace(tmps.pop(id(op)), op.path)
+                    dirs[op.path.parent] = None
+                elif isinstance(op, Link):
+                    tmp = self.tmp / f"{new_id()}.lnk"
+                    os.link(op.src, tmp)
+                    os.replace(tmp, op.dst)
+                    dirs[op.dst.parent] = None
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(op.path)
+                    dirs[op.path.parent] = None
+            for directory in dirs:
+                fsync_dir(directory)
+        finally:
+            for tmp in tmps.values():
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    # --- messages in folders ---
+
+    def path(self, folder: str, message_id: str, ext: str) -> Path:
+        return self.root / folder / f"{message_id}{ext}"
+
+    def ids(self, folder: str) -> list[str]:
+        """Committed message ids in a folder, oldest first (ids sort by time)."""
+        marker = MARKER[folder]
+        try:
+            names = os.listdir(self.root / folder)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-len(marker)] for n in names
+                      if n.endswith(marker) and is_id(n[:-len(marker)]))
+
+    def has(self, folder: str, message_id: str) -> bool:
+        return self.path(folder, message_id, MARKER[folder]).exists()
+
+    def read_envelope(self, folder: str, message_id: str) -> Envelope:
+        return Envelope.from_json(self.path(folder, message_id, ".env").read_bytes())
+
+    def read_message(self, folder: str, message_id: str) -> bytes:
+        return self.path(folder, message_id, ".eml").read_bytes()
+
+    def locate(self, message_id: str) -> str | None:
+        """The folder a message is committed in (Queue, Hold, Badmail, Drop), if any."""
+        for folder in (QUEUE, HOLD, BADMAIL, DROP, "Trash"):
+            if self.has(folder, message_id):
+                return folder
+        return None
+
+    def enqueue_ops(self, folder: str, envelope: Envelope, message: bytes) -> list[Op]:
+        """Ops that commit a new message with its envelope into Queue or Hold."""
+        return [Write(self.path(folder, envelope.id, ".eml"), message),
+                Write(self.path(folder, envelope.id, ".env"), envelope.to_json())]
+
+    def update_envelope(self, folder: str, envelope: Envelope) -> None:
+        self.commit([Write(self.path(folder, envelope.id, ".env"), envelope.to_json())])
+
+    def move_ops(self, src: str, dst: str, envelope: Envelope,
+                 extra: list[Op] | None = None) -> list[Op]:
+        """Ops that move a message between Queue, Hold, Badmail and Trash.
+
+        The destination is committed (its marker written last) before the source's marker and
+        then its message file are removed.
+        """
+        mid = envelope.id
+        ops: list[Op] = [Link(self.path(src, mid, ".eml"), self.path(dst, mid, ".eml")),
+                         Write(self.path(dst, mid, ".env"), envelope.to_json())]
+        ops += extra or []
+        ops += [Unlink(self.path(src, mid, MARKER[src])), Unlink(self.path(src, mid, ".eml"))]
+        if src == BADMAIL:
+            ops.append(Unlink(self.path(src, mid, ".env")))
+        return ops
+
+    @contextlib.contextmanager
+    def claim(self, folder: str, message_id: str, wait: float = 0.0) -> Iterator[bool]:
+        """Hold the message's claim; yields False if another holder has it or it is gone.
+
+        Yields True only while the message is still committed in `folder`.
+        """
+        try:
+            fd = os.open(self.path(folder, message_id, ".eml"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.02)
+            yield self.has(folder, message_id)
+        finally:
+            os.close(fd)
+
+    # --- start-up recovery ---
+
+    def recover(self) -> list[tuple[str, str, str]]:
+        """Clear what a crash left half-done; returns (folder, id, what was done).
+
+        Uncommitted partial entries are removed (their source still exists: nothing was
+        acknowledged); a committed entry that also exists further along the lifecycle is the
+        source of an interrupted move and is removed; a committed entry whose message file is
+        missing or damaged is reported for quarantine by the caller.
+        """
+        actions: list[tuple[str, str, str]] = []
+        for stale in self.tmp.glob("*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        committed: dict[str, set[str]] = {f: set(self.ids(f)) for f in (QUEUE, HOLD, BADMAIL)}
+        for folder in (QUEUE, HOLD, BADMAIL, "Trash"):
+            directory = self.root / folder
+            if not directory.is_dir():
+                continue
+            marker = MARKER[folder]
+            ids = {n.split(".", 1)[0] for n in os.listdir(directory) if is_id(n.split(".")[0])}
+            marked = set(self.ids(folder))
+            for mid in ids - marked:
+                for leftover in directory.glob(f"{mid}.*"):
+                    leftover.unlink()
+                actions.append((folder, mid, f"removed uncommitted partial (no {marker})"))
+        # An interrupted move leaves the message committed in both folders; the later state
+        # (Badmail after Queue/Hold; Queue/Hold after Badmail is a requeue) wins by mtime.
+        for a, b in ((QUEUE, HOLD), (QUEUE, BADMAIL), (HOLD, BADMAIL)):
+            for mid in committed[a] & committed[b]:
+                older = min((a, b), key=lambda f: self.path(f, mid, MARKER[f]).stat().st_mtime)
+                self.commit([Unlink(self.path(older, mid, MARKER[older])),
+                             Unlink(self.path(older, mid, ".eml"))]
+                            + ([Unlink(self.path(older, mid, ".env"))] if older == BADMAIL
+                               else []))
+                actions.append((older, mid, "removed the source of an interrupted move"))
+        return actions
+
+
+def damage(envelope: Envelope, data: bytes) -> str | None:
+    """Why a stored message file doesn't match its envelope (a crash or disk fault), if so."""
+    if len(data) != envelope.size or zlib.crc32(data) != envelope.crc32:
+        return (f"the stored message file is damaged: {len(data)} bytes with checksum "
+                f"{zlib.crc32(data):08x}, expected {envelope.size} bytes with {envelope.crc32:08x}")
+    return None
+
+
+def checksum(data: bytes) -> int:
+    return zlib.crc32(data)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line with a single write (O_APPEND keeps concurrent writers' lines whole)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,129 @@
+"""Shared test helpers: config files, a real `mailroot serve` process, waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
+HERE_SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def sample(name: str) -> bytes:
+    """A pickup sample as real producers write it (tests/samples mirrors ../shared/samples)."""
+    return (HERE_SAMPLES / name).read_bytes()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll until predicate() is truthy; return its value or fail with the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """write_config({...}) -> path of a config for a mailroot under tmp_path."""
+
+    def write(extra: dict | None = None, name: str = "mailroot.yaml") -> Path:
+        base = {
+            "mailroot": str(tmp_path / "mailroot"),
+            "hostname": "relay.test",
+            "domains": {"local": {"default": "yourdomain.com", "aliases": ["alias.test"]}},
+            "smtp": {"listen": ["127.0.0.1:0"]},
+        }
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(deep_merge(base, extra or {}), sort_keys=False))
+        return path
+
+    return write
+
+
+class RelayProcess:
+    """A real `mailroot serve` subprocess on a mailroot."""
+
+    def __init__(self, config: Path, root: Path) -> None:
+        self.config, self.root = config, root
+        self.proc: subprocess.Popen | None = None
+        self.log_offset = 0
+
+    def events(self) -> list[dict]:
+        path = self.root / "log" / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def start(self, timeout: float = 10) -> RelayProcess:
+        started = sum(1 for e in self.events() if e["event"] == "relay-started")
+        self.stderr = open(self.root.parent / "relay.stderr", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "serve", "-c", str(self.config)],
+            stdout=self.stderr, stderr=self.stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wait_for(lambda: sum(1 for e in self.events() if e["event"] == "relay-started") > started
+                 or self.proc.poll() is not None, timeout)
+        assert self.proc.poll() is None, (self.root.parent / "relay.stderr").read_text()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.stderr.close()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def files(self, name: str, pattern: str = "*") -> list[Path]:
+        return sorted(p for p in (self.root / name).glob(pattern) if not p.name.startswith("."))
+
+
+@pytest.fixture
+def relay(write_config: Callable[..., Path], tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """relay({...config...}) starts a real relay process; it is stopped after the test."""
+    started: list[RelayProcess] = []
+
+    def start(extra: dict | None = None) -> RelayProcess:
+        proc = RelayProcess(write_config(extra), tmp_path / "mailroot").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc and proc.proc.poll() is None:
+            proc.stop()
+
+
+def drop_file(pickup: Path, name: str, data: bytes) -> Path:
+    """Write a file into Pickup the way careful producers do: elsewhere, then rename."""
+    tmp = pickup.parent / "tmp" / f"test-{name}"
+    tmp.write_bytes(data)
+    os.rename(tmp, pickup / name)
+    return pickup / name

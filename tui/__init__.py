@@ -1,0 +1,1 @@
+"""The mailroot operator console (Textual)."""
