@@ -104,7 +104,14 @@ class Envelope:
     delay_notified: bool = False
     kind: str = "message"  # message | ndr | delay
     reason: str = ""  # why it is in Badmail
-    held_at: float | None = None
+    queued_at: float = 0.0  # start of the delivery clock (arrival, or the last requeue)
+    held_at: float | None = None  # when put on hold (None: not held)
+    held_total: float = 0.0  # seconds spent on hold: the expiry clock stops while held
+
+    @property
+    def clock_start(self) -> float:
+        """Delay notice and expiry count from here; time on hold does not count."""
+        return (self.queued_at or self.received) + self.held_total
 
     @property
     def pending(self) -> list[Recipient]:
