@@ -16,14 +16,13 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
 
-from relay.bounce import badmail_ops
+from relay.bounce import bad_report, badmail_ops
 from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
@@ -126,14 +125,13 @@ class PickupWatcher:
         self.inflight: set[str] = set()
         self.busy: set[str] = set()
         self.stop_event = asyncio.Event()
+        self.claimed_inflight: set[str] = set()
         self.tasks: list[asyncio.Task] = []
-        self.on_taken: Callable[[], None] | None = None
 
     async def start(self) -> None:
         self.claimed.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
-        for leftover in sorted(os.listdir(self.claimed)):  # taken before a crash
-            await loop.run_in_executor(self.pool, self._process_claimed, leftover)
+        await loop.run_in_executor(self.pool, self._retry_claimed)  # taken before a crash
         self.tasks = [asyncio.create_task(self._watch(), name="pickup-watch"),
                       asyncio.create_task(self._rescan_loop(), name="pickup-rescan")]
         self.tasks += [asyncio.create_task(self._worker(), name=f"pickup-{i}")
@@ -181,6 +179,8 @@ class PickupWatcher:
             if elapsed >= self.config.pickup.rescan:
                 elapsed = 0.0
                 self.scan()
+                await asyncio.get_running_loop().run_in_executor(self.pool,
+                                                                 self._retry_claimed)
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -227,51 +227,66 @@ class PickupWatcher:
             if os.stat(claimed).st_ino != st.st_ino:  # swapped between open and rename
                 os.rename(claimed, path)
                 return "busy"
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
         finally:
             os.close(fd)
-        self._process(claimed, b"".join(chunks), name)
-        if self.on_taken:
-            self.on_taken()
+        self._process(claimed.name)
         return "done"
 
-    def _process_claimed(self, claimed_name: str) -> None:
-        path = self.claimed / claimed_name
-        original = claimed_name.split(".", 1)[1] if "." in claimed_name else claimed_name
-        try:
-            raw = path.read_bytes()
-        except OSError:
-            return
-        self._process(path, raw, original)
+    def _retry_claimed(self) -> None:
+        """Files taken but not committed (a disk error, or a crash): try them again."""
+        for claimed_name in sorted(os.listdir(self.claimed)):
+            if claimed_name not in self.claimed_inflight:
+                self._process(claimed_name)
 
-    def _process(self, claimed: Path, raw: bytes, name: str) -> None:
+    def _process(self, claimed_name: str) -> None:
+        """Intake one taken file; on a disk error it stays in tmp/pickup for a later try."""
+        claimed = self.claimed / claimed_name
+        name = claimed_name.split(".", 1)[1] if "." in claimed_name else claimed_name
         source = f"Pickup/{name}"
         mid = new_id()
+        self.claimed_inflight.add(claimed_name)
         try:
-            if len(raw) > self.config.smtp.max_message_size:
-                raise Rejected(f"the file is {len(raw)} bytes, over the size limit of "
-                               f"{int(self.config.smtp.max_message_size)} bytes "
-                               "(smtp.max_message_size)")
-            parsed = parse_pickup(raw)
-            sub = Submission(parsed.message, parsed.sender, parsed.recipients, source,
-                             done_ops=[Unlink(claimed)], message_id=mid)
-            outcome = self.intake.accept(sub)
-        except (MessageError, Rejected) as exc:
-            reason = exc.reason if isinstance(exc, Rejected) else str(exc)
-            self.store.commit(badmail_ops(self.store, mid, reason, raw, source=source)
-                              + [Unlink(claimed)])
-            self.events.emit("intake", id=mid, source=source, outcome="badmail", reason=reason)
+            size = claimed.stat().st_size
+            limit = self.config.smtp.max_message_size
+            if size > limit:
+                reason = (f"the file is {size} bytes, over the size limit of {int(limit)} "
+                          "bytes (smtp.max_message_size)")
+                self._reject_unread(claimed, mid, reason, source)
+                return
+            raw = claimed.read_bytes()
+            try:
+                parsed = parse_pickup(raw)
+                outcome = self.intake.accept(Submission(
+                    parsed.message, parsed.sender, parsed.recipients, source,
+                    done_ops=[Unlink(claimed)], message_id=mid))
+            except (MessageError, Rejected) as exc:
+                reason = exc.reason if isinstance(exc, Rejected) else str(exc)
+                self.store.commit(badmail_ops(self.store, mid, reason, raw, source=source)
+                                  + [Unlink(claimed)])
+                self.events.emit("intake", id=mid, source=source, outcome="badmail",
+                                 reason=reason)
+                return
+        except FileNotFoundError:
             return
         except OSError as exc:
             self.events.emit("intake-error", source=source, error=exc.strerror or str(exc),
-                             detail="left in tmp/pickup; retried at next start")
-            raise
+                             detail=f"kept as tmp/pickup/{claimed_name}; tried again later")
+            return
+        finally:
+            self.claimed_inflight.discard(claimed_name)
         dest = "+".join(d for d, rcpts in (("drop", outcome.local), ("queue", outcome.remote))
                         if rcpts)
         self.events.emit("intake", id=mid, source=source, outcome=dest, **{
             "from": parsed.sender, "to": outcome.local + outcome.remote})
+
+    def _reject_unread(self, claimed: Path, mid: str, reason: str, source: str) -> None:
+        """Badmail for a file too large to copy: the file itself becomes <id>.eml."""
+        kept = self.store.path(BADMAIL, mid, ".eml")
+        os.rename(claimed, kept)
+        head = bad_report(reason, message_id=mid, source=source)
+        head += f"\nThe original is {kept.name} beside this report (too large to copy here).\n"
+        self.store.commit([Write(self.store.path(BADMAIL, mid, ".BAD"), head.encode())])
+        self.events.emit("intake", id=mid, source=source, outcome="badmail", reason=reason)
 
     def _set_aside(self, name: str, st: os.stat_result) -> str:
         """Move a non-file (or hard-linked file) out of Pickup unopened, with a report."""

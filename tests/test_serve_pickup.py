@@ -92,14 +92,19 @@ def test_bad_files_go_to_badmail_with_reason_and_relay_keeps_going(relay) -> Non
         text = bad.read_bytes()
         source = next(line for line in text.splitlines() if line.startswith(b"Source:"))
         reports[source.split(b"/", 1)[1].decode()] = text
-        original = bad.with_suffix(".eml").read_bytes()
-        assert text.endswith(original), "the original follows the report byte for byte"
         assert text.startswith(b"This message could not be delivered")
     assert set(reports) == set(BAD_FILES)
     for name, (data, words) in BAD_FILES.items():
         reason = next(line for line in reports[name].splitlines() if line.startswith(b"Reason:"))
         assert words.encode() in reason, (name, reason)
-        assert reports[name].endswith(data)
+        mid = next(line for line in reports[name].splitlines() if line.startswith(b"Id:"))
+        kept = r.folder("Badmail") / f"{mid.split()[1].decode()}.eml"
+        assert kept.read_bytes() == data, "the original is kept byte for byte"
+        if name == "big.eml":  # too large to copy into the report: the file itself is kept
+            assert b"beside this report" in reports[name]
+        else:
+            assert reports[name].endswith(data), "the original follows the report"
+
     assert r.proc.poll() is None
     drop_file(r.folder("Pickup"), "good.eml", sample("iis-example-as-written.txt"))
     wait_for(lambda: r.files("Drop"))
