@@ -24,7 +24,7 @@ def sample(name: str) -> bytes:
     return (HERE_SAMPLES / name).read_bytes()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
     """Poll until predicate() is truthy; return its value or fail with the timeout."""
     deadline = time.monotonic() + timeout
     while True:
