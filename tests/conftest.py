@@ -127,3 +127,13 @@ def drop_file(pickup: Path, name: str, data: bytes) -> Path:
     tmp.write_bytes(data)
     os.rename(tmp, pickup / name)
     return pickup / name
+
+
+@pytest.fixture
+def dns_server() -> Iterator[Any]:
+    """A real DNS server on 127.0.0.1 (UDP and TCP) with zone data set by the test."""
+    from tests.dnsserver import DnsServer
+
+    server = DnsServer()
+    yield server
+    server.close()
