@@ -54,6 +54,8 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
             "hostname": "relay.test",
             "domains": {"local": {"default": "yourdomain.com", "aliases": ["alias.test"]}},
             "smtp": {"listen": ["127.0.0.1:0"]},
+            # never the system resolver: nothing answers here, so remote mail stays queued
+            "dns": {"nameservers": ["127.0.0.1"], "port": 9, "timeout": "1s"},
         }
         path = tmp_path / name
         path.write_text(yaml.safe_dump(deep_merge(base, extra or {}), sort_keys=False))
@@ -137,3 +139,19 @@ def dns_server() -> Iterator[Any]:
     server = DnsServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Callable[..., Any]]:
+    """sink(**options) starts a real aiosmtpd next hop on 127.0.0.1 (see tests/smtpsink.py)."""
+    from tests.smtpsink import Sink
+
+    started: list[Sink] = []
+
+    def start(**options: Any) -> Sink:
+        started.append(Sink(**options))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
