@@ -13,6 +13,7 @@ from email.policy import compat32
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from relay.message import MAX_LINE
 from relay.store import BADMAIL, QUEUE, Envelope, Mailroot, Op, Recipient, Write
 
 SMTP_REPLY = re.compile(r"^[245]\d\d[ -]")
@@ -164,7 +165,7 @@ def delivery_report(envelope: Envelope, original: bytes, recipients: list[Recipi
                                  for r in recipients])
     report.attach(status)
     report.attach(_text_part(original_head.decode("utf-8", "replace"), "rfc822-headers"))
-    return report.as_bytes(policy=compat32.clone(linesep="\r\n"))
+    return report.as_bytes(policy=compat32.clone(linesep="\r\n", max_line_length=MAX_LINE))
 
 
 def original_message_id(head: bytes) -> str:

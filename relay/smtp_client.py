@@ -306,6 +306,9 @@ def _failure(exc: BaseException, hop: Hop, step: str) -> Reply:
         return Reply.remote(exc.code, f"{exc.message} (in reply to {step})")
     if isinstance(exc, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
         return Reply(None, f"{hop}: timed out during {step}", "4.4.2")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Reply(None, f"{hop}: the server's certificate was not accepted during {step}: "
+                           f"{exc.verify_message}", "4.7.5")
     if isinstance(exc, ssl.SSLError):
         return Reply(None, f"{hop}: TLS failed during {step}: {exc.reason or exc}", "4.7.5")
     text = str(exc).split(": ", 1)[-1] if isinstance(exc, aiosmtplib.SMTPConnectError) else str(exc)
