@@ -83,10 +83,7 @@ class Hop:
     tls: str  # none | may | require | verify
     key: str  # the destination, for connection reuse and limits
     credentials: Credentials | None = None
-
-    @property
-    def implicit_tls(self) -> bool:
-        return self.port == IMPLICIT_TLS_PORT
+    implicit_tls: bool = False  # TLS from the first byte (port 465), not STARTTLS
 
     def __str__(self) -> str:
         where = self.address if self.address == self.host else f"{self.host}[{self.address}]"
@@ -215,37 +212,45 @@ class Connection:
 
 
 class Pool:
-    """Open connections by destination: the limits in all and per destination, and reuse."""
+    """Open connections by destination: the limits in all and per destination, and reuse.
+
+    A connection counts against the limits from reservation until it is closed, idle or not;
+    an idle one is handed to the next message for its destination, or closed to make room.
+    """
 
     def __init__(self, total: int, per_key: int, reuse: int) -> None:
-        self.total = asyncio.Semaphore(max(1, total))
-        self.per_key: dict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(max(1, per_key)))
+        self.total_limit, self.per_key_limit = max(1, total), max(1, per_key)
         self.reuse = max(1, reuse)
+        self.open: dict[str, int] = defaultdict(int)
         self.idle: dict[str, list[Connection]] = defaultdict(list)
+        self.changed = asyncio.Event()
 
-    def take_idle(self, key: str) -> Connection | None:
-        while self.idle[key]:
-            conn = self.idle[key].pop()
-            if conn.idle_timer:
-                conn.idle_timer.cancel()
-            if conn.smtp.is_connected:
-                return conn
-            self._released(conn)
-        return None
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
 
-    async def reserve(self, key: str) -> None:
-        await self.per_key[key].acquire()
-        if self.total.locked():
-            self._close_one_idle()
-        await self.total.acquire()
+    async def acquire(self, key: str) -> Connection | None:
+        """An idle connection to `key`, or None: then a new one may be opened (call
+        `unreserve` if it can't be)."""
+        while True:
+            while self.idle[key]:
+                conn = self.idle[key].pop()
+                if conn.idle_timer:
+                    conn.idle_timer.cancel()
+                if conn.smtp.is_connected:
+                    return conn
+                self.unreserve(key)
+            if sum(self.open.values()) >= self.total_limit:
+                self._close_one_idle()
+            if (self.open[key] < self.per_key_limit
+                    and sum(self.open.values()) < self.total_limit):
+                self.open[key] += 1
+                return None
+            await self.changed.wait()
 
     def unreserve(self, key: str) -> None:
-        self.total.release()
-        self.per_key[key].release()
-
-    def _released(self, conn: Connection) -> None:
-        self.unreserve(conn.hop.key)
+        self.open[key] -= 1
+        self._notify()
 
     def _close_one_idle(self) -> None:
         for conns in self.idle.values():
@@ -258,6 +263,7 @@ class Pool:
             self.idle[conn.hop.key].append(conn)
             conn.idle_timer = asyncio.get_running_loop().call_later(
                 IDLE_SECONDS, self._expire, conn)
+            self._notify()
         else:
             self.close(conn)
 
@@ -269,7 +275,7 @@ class Pool:
     def close(self, conn: Connection) -> None:
         if conn.idle_timer:
             conn.idle_timer.cancel()
-        self._released(conn)
+        self.unreserve(conn.hop.key)
         if conn.smtp.is_connected:
             asyncio.get_running_loop().create_task(_quit(conn.smtp))
 
@@ -279,7 +285,7 @@ class Pool:
         for conn in conns:
             if conn.idle_timer:
                 conn.idle_timer.cancel()
-            self._released(conn)
+            self.unreserve(conn.hop.key)
         await asyncio.gather(*(_quit(c.smtp) for c in conns), return_exceptions=True)
 
 
@@ -334,7 +340,8 @@ class Client:
         if route.smarthost is not None:
             host, port = route.smarthost.with_default(self.config.delivery.port)
             creds = route.auth if route.auth.username else None
-            smart = [Hop(host, host, port, route.tls, f"smarthost {host}:{port}", creds)]
+            smart = [Hop(host, host, port, route.tls, f"smarthost {host}:{port}", creds,
+                         implicit_tls=port == IMPLICIT_TLS_PORT)]
             if not route.direct_first:
                 return smart
         try:
@@ -357,7 +364,7 @@ class Client:
         last = Reply(None, "no host to try", "4.4.4")
         last_host: str | None = None
         for hop in hops:
-            conn = self.pool.take_idle(hop.key)
+            conn = await self.pool.acquire(hop.key)
             if conn is None:
                 try:
                     conn = await self.connect(hop)
@@ -380,8 +387,8 @@ class Client:
         return Result({r: last for r in recipients}, last_host)
 
     async def connect(self, hop: Hop) -> Connection:
-        """Connect, EHLO, STARTTLS and AUTH as the hop's policy says; raises HopFailed."""
-        await self.pool.reserve(hop.key)
+        """Connect, EHLO, STARTTLS and AUTH as the hop's policy says, on a reservation
+        from `pool.acquire`; raises HopFailed."""
         context = self.verifying if hop.tls == "verify" else self.opportunistic
         smtp = aiosmtplib.SMTP(hostname=hop.address, port=hop.port,
                                local_hostname=self.config.fqdn, timeout=self.timeout,

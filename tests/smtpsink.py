@@ -4,6 +4,7 @@
     sink.rcpt_replies["bad@p.test"] = "550 5.1.1 no such user"
     sink.data_reply = "451 4.3.0 try later"
     sink.hang = "DATA"                              # never answer DATA
+    sink.data_delay = 0.2                           # answer DATA late (sink.peak: concurrency)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ class Received:
     tls: bool
     login: str | None
     options: list[str]
+    at: float  # when it was accepted (time.time())
 
 
 class _Handler:
@@ -53,13 +56,17 @@ class _Handler:
     async def handle_DATA(self, server, session, envelope):
         if self.sink.hang == "DATA":
             await asyncio.sleep(3600)
+        self.sink.active += 1
+        self.sink.peak = max(self.sink.peak, self.sink.active)
+        await asyncio.sleep(self.sink.data_delay)
+        self.sink.active -= 1
         reply = self.sink.data_reply() if callable(self.sink.data_reply) else self.sink.data_reply
         if reply.startswith("2"):
             login = session.auth_data.login.decode() if session.authenticated else None
             with self.sink.lock:
                 self.sink.messages.append(Received(
                     envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
-                    session.ssl is not None, login, list(envelope.mail_options)))
+                    self.sink.implicit_tls or session.ssl is not None, login, list(envelope.mail_options), time.time()))
         return reply
 
 
@@ -85,7 +92,10 @@ class Sink:
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply: str | Callable[[], str] = "250 OK queued"
         self.hang: str | None = None
+        self.data_delay = 0.0  # seconds before answering DATA (without blocking others)
+        self.active = self.peak = 0  # transactions in DATA now, and at most
         self.eight_bit = eight_bit
+        self.implicit_tls = implicit_tls
         self.lock = threading.Lock()
         self.users = users or {}
         self.logins: list[tuple[str, bool]] = []
@@ -95,7 +105,7 @@ class Sink:
         elif tls is not None:
             kwargs["tls_context"] = tls
         if users is not None:
-            kwargs.update(authenticator=self._authenticate, auth_require_tls=True)
+            kwargs.update(authenticator=self._authenticate, auth_require_tls=not implicit_tls)
         self.controller = _Controller(_Handler(self), hostname="127.0.0.1", **kwargs)
         self.controller.start()
         self.port: int = self.controller.port
@@ -104,7 +114,7 @@ class Sink:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login, password = auth_data.login.decode(), auth_data.password.decode()
-        self.logins.append((mechanism, session.ssl is not None))
+        self.logins.append((mechanism, self.implicit_tls or session.ssl is not None))
         return AuthResult(success=self.users.get(login) == password, auth_data=auth_data)
 
     def stop(self) -> None:
