@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -29,10 +27,6 @@ def message(to: str, subject: str = "test", sender: str = "app@yourdomain.com",
 
 def events(r, name: str) -> list[dict]:
     return [e for e in r.events() if e["event"] == name]
-
-
-def envelope(path: Path) -> dict:
-    return json.loads(path.read_bytes())
 
 
 def test_iis_example_for_remote_domain_reaches_mx_sink_within_1s(relay, dns_server, sink):
@@ -99,3 +93,12 @@ def test_servfail_stays_queued_then_delivered_when_dns_answers(relay, dns_server
     dns_server.servfail(REMOTE, on=False)
     wait_for(lambda: hop.messages, timeout=5)
     wait_for(lambda: not r.files("Queue"))
+
+
+def test_masquerade_domain_on_remote_mail(relay, dns_server, sink):
+    hop = sink()
+    r = relay(delivery_config(dns_server, hop.port, masquerade_domain="example.org"))
+    drop_file(r.folder("Pickup"), "m.eml", message("x@remote.example", sender="app@yourdomain.com"))
+    got = wait_for(lambda: hop.messages)[0]
+    assert got.sender == "app@example.org" and b"\r\nFrom: app@example.org\r\n" in got.data
+    assert b"\r\nFrom: app@yourdomain.com" not in got.data

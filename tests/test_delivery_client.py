@@ -130,3 +130,17 @@ def test_masquerade_sender_and_from() -> None:
     assert sender == "app@example.org"
     assert out == data.replace(b"<app@yourdomain.com>", b"<app@example.org>")
     assert masquerade("", data, "example.org")[0] == ""
+
+
+async def test_smart_host_order_direct_first_and_per_domain_override(dns_server):
+    client = client_for(dns_server, 2525, smarthost="127.0.0.1:2600", attempt_direct_first=True)
+    hops = await client.hops(Router(client.config).route("remote.example"))
+    assert [(h.host, h.port) for h in hops] == [("mx.remote.example", 2525), ("127.0.0.1", 2600)]
+    dns_server.servfail("down.example")  # direct fails for now: the smart host is still tried
+    hops = await client.hops(Router(client.config).route("down.example"))
+    assert [(h.host, h.port) for h in hops] == [("127.0.0.1", 2600)]
+    config = parse(yaml.safe_dump({"delivery": {"smarthost": "127.0.0.1:2600"}, "domains": {
+        "remote": {"own.example": {"smarthost": "127.0.0.1:2700", "tls": "require"}}}}))
+    route = Router(config).route("own.example")
+    hops = await Client(config, Resolver(config)).hops(route)
+    assert [(h.port, h.tls) for h in hops] == [(2700, "require")]
