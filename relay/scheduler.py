@@ -192,16 +192,17 @@ class Scheduler:
                 self.schedule(mid, envelope.next_attempt)
                 return
             problem = damage(envelope, data)
+            notes: list[dict] = []
             if problem:
-                self.events.emit("quarantined", id=mid, reason=problem)
+                notes.append({"event": "quarantined", "id": mid, "reason": problem})
                 for rcpt in envelope.pending:
                     rcpt.state, rcpt.status, rcpt.reply = "failed", "5.3.0", problem
             else:
-                await self.deliver(envelope, data, now)
-            await self.finish(envelope, data, now)
+                notes = await self.deliver(envelope, data, now)
+            await self.finish(envelope, data, now, notes)
 
-    async def deliver(self, envelope: Envelope, data: bytes, now: float) -> None:
-        """One round: the pending recipients, by domain, in parallel."""
+    async def deliver(self, envelope: Envelope, data: bytes, now: float) -> list[dict]:
+        """One round: the pending recipients, by domain, in parallel; returns the events."""
         sender, data = masquerade(envelope.sender, data, self.config.delivery.masquerade_domain)
         outgoing = Outgoing(sender, data)
         groups: dict[str, list[str]] = defaultdict(list)
@@ -210,10 +211,14 @@ class Scheduler:
         results = await asyncio.gather(*(
             self.client.deliver(self.router.route(domain), outgoing, rcpts)
             for domain, rcpts in groups.items()))
+        notes: list[dict] = []
         for rcpts, result in zip(groups.values(), results, strict=True):
-            self.record(envelope, now, rcpts, result)
+            notes += self.record(envelope, now, rcpts, result)
+        return notes
 
-    def record(self, envelope: Envelope, now: float, rcpts: list[str], result: Result) -> None:
+    def record(self, envelope: Envelope, now: float, rcpts: list[str],
+               result: Result) -> list[dict]:
+        """Put one domain's replies into the envelope; the events to emit once it is saved."""
         by_address = {r.address: r for r in envelope.recipients}
         outcomes: dict[str, list[str]] = defaultdict(list)
         for address, reply in result.replies.items():
@@ -223,22 +228,27 @@ class Scheduler:
             outcomes[rcpt.state].append(address)
         envelope.attempts.append(Attempt(now, result.host, summary(result.replies), result.tls,
                                          rcpts))
-        for state, addresses in outcomes.items():
-            replies = {a: result.replies[a] for a in addresses}
-            self.events.emit(state, id=envelope.id, to=addresses, host=result.host,
-                             reply=summary(replies), tls=result.tls)
+        return [{"event": state, "id": envelope.id, "to": addresses, "host": result.host,
+                 "reply": summary({a: result.replies[a] for a in addresses}), "tls": result.tls}
+                for state, addresses in outcomes.items()]
 
-    async def finish(self, envelope: Envelope, data: bytes, now: float) -> None:
-        """Write back the outcome: retry later, or done (removed), or Badmail and an NDR."""
+    async def finish(self, envelope: Envelope, data: bytes, now: float,
+                     notes: list[dict]) -> None:
+        """Write back the outcome (retry later, done, or Badmail and an NDR), then tell:
+        an event never runs ahead of what is on disk."""
         delivery = self.config.delivery
         expires = envelope.clock_start + delivery.expiration
         if envelope.pending and now >= expires:
             for rcpt in envelope.pending:
                 rcpt.state, rcpt.status = "failed", "4.4.7"
-            self.events.emit("expired", id=envelope.id, after=str(delivery.expiration))
+            notes.append({"event": "expired", "id": envelope.id,
+                          "after": str(delivery.expiration)})
         if envelope.pending:
             interval = delivery.retry[min(rounds(envelope), len(delivery.retry)) - 1]
             envelope.next_attempt = min(now + interval, expires)
+            for note in notes:
+                if note["event"] == "deferred":
+                    note["next_attempt"] = round(envelope.next_attempt, 3)
             notify = (not envelope.delay_notified and bool(envelope.sender)
                       and now >= envelope.clock_start + delivery.delay_notification)
             envelope.delay_notified |= notify
@@ -249,10 +259,11 @@ class Scheduler:
                                          hostname=self.config.fqdn, action="delayed",
                                          will_retry_until=expires)
                 notice = await self.report(envelope, report, "delay", update)
-                self.events.emit("delay-notice", id=envelope.id, notice=notice,
-                                 to=[r.address for r in envelope.pending])
+                notes.append({"event": "delay-notice", "id": envelope.id, "notice": notice,
+                              "to": [r.address for r in envelope.pending]})
             else:
                 await asyncio.to_thread(self.store.commit, update)
+            self.tell(notes)
             self.inflight.discard(envelope.id)
             self.schedule(envelope.id, envelope.next_attempt)
             return
@@ -261,19 +272,24 @@ class Scheduler:
             await asyncio.to_thread(self.store.commit, [
                 Unlink(self.store.path(QUEUE, envelope.id, ".env")),
                 Unlink(self.store.path(QUEUE, envelope.id, ".eml"))])
+            self.tell(notes)
             return
         reason = self.failure_reason(failed, expired=now >= expires)
         moves = failed_delivery_ops(self.store, envelope, data, reason)
-        if not envelope.sender:
+        bounced = {"event": "bounced", "id": envelope.id, "reason": reason, "ndr": None,
+                   "to": [r.address for r in failed]}
+        if envelope.sender:
+            report = delivery_report(envelope, data, failed, hostname=self.config.fqdn,
+                                     action="failed")
+            bounced["ndr"] = await self.report(envelope, report, "ndr", moves)
+        else:
             await asyncio.to_thread(self.store.commit, moves)
-            self.events.emit("bounced", id=envelope.id, reason=reason, ndr=None,
-                             detail="null sender: no report is sent")
-            return
-        report = delivery_report(envelope, data, failed, hostname=self.config.fqdn,
-                                 action="failed")
-        ndr = await self.report(envelope, report, "ndr", moves)
-        self.events.emit("bounced", id=envelope.id, reason=reason, ndr=ndr,
-                         to=[r.address for r in failed])
+            bounced["detail"] = "null sender: no report is sent"
+        self.tell([*notes, bounced])
+
+    def tell(self, notes: list[dict]) -> None:
+        for note in notes:
+            self.events.emit(note.pop("event"), **note)
 
     def failure_reason(self, failed: list[Recipient], expired: bool) -> str:
         first = failed[0]

@@ -413,18 +413,13 @@ class Client:
             if hop.credentials is not None:
                 step = "AUTH"
                 await self._login(smtp, hop, tls)
-        except HopFailed:
+        except BaseException as exc:
             smtp.close()
             self.pool.unreserve(hop.key)
-            raise
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
-            smtp.close()
-            self.pool.unreserve(hop.key)
+            if isinstance(exc, HopFailed) or not isinstance(
+                    exc, (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError)):
+                raise
             raise HopFailed(_failure(exc, hop, step)) from None
-        except BaseException:
-            smtp.close()
-            self.pool.unreserve(hop.key)
-            raise
         return Connection(smtp, hop, tls)
 
     @staticmethod
