@@ -4,6 +4,7 @@ add a Received header, route, and commit durably to Drop and/or Queue."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.address import AddressError, parse_address
@@ -31,6 +32,7 @@ class Submission:
     protocol: str = "local"  # the "with ..." clause: local, ESMTP, ESMTPS, ESMTPSA
     done_ops: list[Op] = field(default_factory=list)  # committed with the message (source removal)
     message_id: str = field(default_factory=new_id)
+    kind: str = "message"  # message | ndr | delay (reports the relay writes itself)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Intake:
         self.config = config
         self.store = store
         self.router = Router(config)
+        self.on_queued: Callable[[str], None] | None = None  # called (from any thread) per Queue entry
 
     def prepare(self, sub: Submission) -> tuple[str, list[str], Message]:
         """Validate limits and envelope; return the cleaned envelope and the message."""
@@ -116,7 +119,9 @@ class Intake:
                 id=mid, sender=sender, recipients=[Recipient(r) for r in remote],
                 received=now, origin=sub.source, size=len(data), crc32=checksum(data),
                 subject=message.get("subject")[:200], header_from=message.get("from")[:200],
-                next_attempt=now)
+                next_attempt=now, kind=sub.kind)
             ops += self.store.enqueue_ops(QUEUE, envelope, data)
         self.store.commit(ops + sub.done_ops)
+        if remote and self.on_queued:
+            self.on_queued(mid)
         return Outcome(mid, local, remote)

@@ -136,6 +136,7 @@ class PickupWatcher:
                       asyncio.create_task(self._rescan_loop(), name="pickup-rescan")]
         self.tasks += [asyncio.create_task(self._worker(), name=f"pickup-{i}")
                        for i in range(self.workers)]
+        await asyncio.sleep(0)  # the watch task registers its watch before the scan below
         self.scan()
 
     async def stop(self) -> None:

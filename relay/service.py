@@ -15,6 +15,7 @@ from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.pickup import PickupWatcher
+from relay.scheduler import Scheduler
 from relay.store import Mailroot
 
 LOCK_NAME = "relay.lock"
@@ -50,6 +51,8 @@ class Relay:
         self.events = EventLog(self.store.log_dir, stream)
         self.intake = Intake(config, self.store)
         self.pickup = PickupWatcher(config, self.store, self.intake, self.events)
+        self.scheduler = Scheduler(config, self.store, self.intake, self.events)
+        self.intake.on_queued = self.scheduler.notify
         self._lock_fd: int | None = None
         self.running = False
 
@@ -72,6 +75,7 @@ class Relay:
             signal.signal(signal.SIGIO, signal.SIG_IGN)  # Pickup's read-lease probe
         for folder, mid, what in self.store.recover():
             self.events.emit("recovered", id=mid, folder=folder, action=what)
+        await self.scheduler.start()
         await self.pickup.start()
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
@@ -81,6 +85,7 @@ class Relay:
             return
         self.running = False
         await self.pickup.stop()
+        await self.scheduler.stop()
         self.events.emit("relay-stopped", pid=os.getpid())
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -54,6 +54,8 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
             "hostname": "relay.test",
             "domains": {"local": {"default": "yourdomain.com", "aliases": ["alias.test"]}},
             "smtp": {"listen": ["127.0.0.1:0"]},
+            # never the system resolver: nothing answers here, so remote mail stays queued
+            "dns": {"nameservers": ["127.0.0.1"], "port": 9, "timeout": "1s"},
         }
         path = tmp_path / name
         path.write_text(yaml.safe_dump(deep_merge(base, extra or {}), sort_keys=False))
@@ -127,3 +129,29 @@ def drop_file(pickup: Path, name: str, data: bytes) -> Path:
     tmp.write_bytes(data)
     os.rename(tmp, pickup / name)
     return pickup / name
+
+
+@pytest.fixture
+def dns_server() -> Iterator[Any]:
+    """A real DNS server on 127.0.0.1 (UDP and TCP) with zone data set by the test."""
+    from tests.dnsserver import DnsServer
+
+    server = DnsServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Callable[..., Any]]:
+    """sink(**options) starts a real aiosmtpd next hop on 127.0.0.1 (see tests/smtpsink.py)."""
+    from tests.smtpsink import Sink
+
+    started: list[Sink] = []
+
+    def start(**options: Any) -> Sink:
+        started.append(Sink(**options))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()

@@ -1,0 +1,316 @@
+"""The queue manager: when each queued message is tried next, delivery workers, retries,
+the delay notice, expiry, Badmail and reports to senders.
+
+Due times live in memory (a heap built at start from the `Queue/*.env` files, envelopes only)
+and in each message's envelope, so a restart keeps the schedule and an idle relay with
+100,000 queued messages does nothing until one is due.  Other processes change the Queue
+(retry-now, requeue, hold, delete): the folder is watched, and every delivery claims the
+message and re-reads its envelope first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import watchfiles
+
+from relay.address import domain_of
+from relay.bounce import delivery_report, failed_delivery_ops
+from relay.config import Config
+from relay.events import EventLog
+from relay.intake import Intake, Rejected, Submission
+from relay.resolver import Resolver
+from relay.smtp_client import Client, Outgoing, Reply, Result, masquerade
+from relay.store import (
+    QUEUE,
+    Attempt,
+    Envelope,
+    Mailroot,
+    Op,
+    Recipient,
+    Unlink,
+    Write,
+    damage,
+    is_id,
+)
+
+BUSY_RETRY = 0.5  # a message claimed by someone else is looked at again this soon
+WATCH_DEBOUNCE_MS = 100
+RESCAN_SECONDS = 30.0
+
+
+def rounds(envelope: Envelope) -> int:
+    """Delivery rounds so far (the attempts of one round, one per domain, share a time)."""
+    return len({a.time for a in envelope.attempts})
+
+
+def summary(replies: dict[str, Reply]) -> str:
+    texts = {str(reply) for reply in replies.values()}
+    if len(texts) == 1:
+        return texts.pop()
+    return "; ".join(f"<{rcpt}> {reply}" for rcpt, reply in replies.items())
+
+
+class Scheduler:
+    def __init__(self, config: Config, store: Mailroot, intake: Intake, events: EventLog,
+                 workers: int = 50) -> None:
+        self.config = config
+        self.store = store
+        self.intake = intake
+        self.events = events
+        self.router = intake.router
+        self.client = Client(config, Resolver(config))
+        self.workers = max(1, min(workers, config.delivery.max_connections))
+        self.heap: list[tuple[float, str]] = []
+        self.due: dict[str, float] = {}
+        self.inflight: set[str] = set()
+        self.ready: asyncio.Queue[str] = asyncio.Queue()
+        self.wake = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- the schedule ---
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.tasks = [asyncio.create_task(self._watch(), name="queue-watch")]
+        await asyncio.sleep(0)  # the watch is registered before the scan: nothing slips between
+        for mid, due in await asyncio.to_thread(self._due_times, self.store.ids(QUEUE)):
+            self.schedule(mid, due)
+        self.tasks += [asyncio.create_task(self._dispatch(), name="queue-dispatch"),
+                       asyncio.create_task(self._rescan(), name="queue-rescan")]
+        self.tasks += [asyncio.create_task(self._worker(), name=f"deliver-{i}")
+                       for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.close()
+
+    def notify(self, message_id: str) -> None:
+        """A new Queue entry (callable from any thread): try it now."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.schedule, message_id, time.time())
+
+    def schedule(self, message_id: str, due: float) -> None:
+        if message_id in self.inflight or self.due.get(message_id) == due:
+            return
+        self.due[message_id] = due
+        heapq.heappush(self.heap, (due, message_id))
+        if self.heap[0][1] == message_id:
+            self.wake.set()
+
+    def _due_times(self, ids: list[str]) -> list[tuple[str, float]]:
+        """(id, next attempt) for the ids whose envelope is in Queue (runs in a thread)."""
+        found = []
+        for mid in ids:
+            try:
+                envelope = self.store.read_envelope(QUEUE, mid)
+            except (OSError, ValueError):
+                continue
+            found.append((mid, envelope.next_attempt))
+        return found
+
+    async def _dispatch(self) -> None:
+        while True:
+            now = time.time()
+            while self.heap and self.heap[0][0] <= now:
+                due, mid = heapq.heappop(self.heap)
+                if self.due.get(mid) != due:
+                    continue  # superseded by a later schedule() or dropped
+                del self.due[mid]
+                self.inflight.add(mid)
+                self.ready.put_nowait(mid)
+            self.wake.clear()
+            wait = self.heap[0][0] - now if self.heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), wait)
+
+    async def _watch(self) -> None:
+        """Follow Queue changes made by other processes (requeue, retry-now, delete)."""
+        folder = self.store.folder(QUEUE)
+        async for changes in watchfiles.awatch(folder, watch_filter=None, recursive=False,
+                                               debounce=WATCH_DEBOUNCE_MS, step=20,
+                                               stop_event=self.stop_event):
+            mids = {Path(p).name[:-4] for _, p in changes if p.endswith(".env")}
+            mids = {m for m in mids if is_id(m) and m not in self.inflight}
+            present = dict(await asyncio.to_thread(self._due_times, sorted(mids)))
+            for mid in mids:
+                if mid in present:
+                    self.schedule(mid, present[mid])
+                else:
+                    self.due.pop(mid, None)
+
+    async def _rescan(self) -> None:
+        """A safety net for missed watch events: list Queue now and then, and read only the
+        envelopes of ids the schedule doesn't know."""
+        while True:
+            await asyncio.sleep(RESCAN_SECONDS)
+            ids = await asyncio.to_thread(self.store.ids, QUEUE)
+            unknown = [m for m in ids if m not in self.due and m not in self.inflight]
+            for mid, due in await asyncio.to_thread(self._due_times, unknown):
+                self.schedule(mid, due)
+
+    async def _worker(self) -> None:
+        while True:
+            mid = await self.ready.get()
+            try:
+                await self.attempt(mid)
+            except Exception as exc:  # one message must not stop delivery
+                self.events.emit("delivery-error", id=mid, error=repr(exc))
+                self.inflight.discard(mid)
+                self.schedule(mid, time.time() + self.config.delivery.retry[0])
+            finally:
+                self.inflight.discard(mid)
+
+    # --- one message ---
+
+    async def attempt(self, mid: str) -> None:
+        """Claim the message, try its pending recipients, record the outcome."""
+        with self.store.claim(QUEUE, mid) as claimed:
+            if not claimed:
+                if self.store.has(QUEUE, mid):
+                    self.inflight.discard(mid)
+                    self.schedule(mid, time.time() + BUSY_RETRY)
+                return
+            try:
+                envelope = await asyncio.to_thread(self.store.read_envelope, QUEUE, mid)
+                data = await asyncio.to_thread(self.store.read_message, QUEUE, mid)
+            except FileNotFoundError:
+                return
+            now = time.time()
+            if envelope.next_attempt > now + 0.05:  # rescheduled by someone meanwhile
+                self.inflight.discard(mid)
+                self.schedule(mid, envelope.next_attempt)
+                return
+            problem = damage(envelope, data)
+            notes: list[dict] = []
+            if problem:
+                notes.append({"event": "quarantined", "id": mid, "reason": problem})
+                for rcpt in envelope.pending:
+                    rcpt.state, rcpt.status, rcpt.reply = "failed", "5.3.0", problem
+            else:
+                notes = await self.deliver(envelope, data, now)
+            await self.finish(envelope, data, now, notes)
+
+    async def deliver(self, envelope: Envelope, data: bytes, now: float) -> list[dict]:
+        """One round: the pending recipients, by domain, in parallel; returns the events."""
+        sender, data = masquerade(envelope.sender, data, self.config.delivery.masquerade_domain)
+        outgoing = Outgoing(sender, data)
+        groups: dict[str, list[str]] = defaultdict(list)
+        for rcpt in envelope.pending:
+            groups[domain_of(rcpt.address).lower()].append(rcpt.address)
+        results = await asyncio.gather(*(
+            self.client.deliver(self.router.route(domain), outgoing, rcpts)
+            for domain, rcpts in groups.items()))
+        notes: list[dict] = []
+        for rcpts, result in zip(groups.values(), results, strict=True):
+            notes += self.record(envelope, now, rcpts, result)
+        return notes
+
+    def record(self, envelope: Envelope, now: float, rcpts: list[str],
+               result: Result) -> list[dict]:
+        """Put one domain's replies into the envelope; the events to emit once it is saved."""
+        by_address = {r.address: r for r in envelope.recipients}
+        outcomes: dict[str, list[str]] = defaultdict(list)
+        for address, reply in result.replies.items():
+            rcpt = by_address[address]
+            rcpt.state = "delivered" if reply.ok else "failed" if reply.permanent else "deferred"
+            rcpt.status, rcpt.reply, rcpt.host = reply.status, str(reply), result.host
+            outcomes[rcpt.state].append(address)
+        envelope.attempts.append(Attempt(now, result.host, summary(result.replies), result.tls,
+                                         rcpts))
+        return [{"event": state, "id": envelope.id, "to": addresses, "host": result.host,
+                 "reply": summary({a: result.replies[a] for a in addresses}), "tls": result.tls}
+                for state, addresses in outcomes.items()]
+
+    async def finish(self, envelope: Envelope, data: bytes, now: float,
+                     notes: list[dict]) -> None:
+        """Write back the outcome (retry later, done, or Badmail and an NDR), then tell:
+        an event never runs ahead of what is on disk."""
+        delivery = self.config.delivery
+        expires = envelope.clock_start + delivery.expiration
+        if envelope.pending and now >= expires:
+            for rcpt in envelope.pending:
+                rcpt.state, rcpt.status = "failed", "4.4.7"
+            notes.append({"event": "expired", "id": envelope.id,
+                          "after": str(delivery.expiration)})
+        if envelope.pending:
+            interval = delivery.retry[min(rounds(envelope), len(delivery.retry)) - 1]
+            envelope.next_attempt = min(now + interval, expires)
+            for note in notes:
+                if note["event"] == "deferred":
+                    note["next_attempt"] = round(envelope.next_attempt, 3)
+            notify = (not envelope.delay_notified and bool(envelope.sender)
+                      and now >= envelope.clock_start + delivery.delay_notification)
+            envelope.delay_notified |= notify
+            update: list[Op] = [Write(self.store.path(QUEUE, envelope.id, ".env"),
+                                      envelope.to_json())]
+            if notify:
+                report = delivery_report(envelope, data, envelope.pending,
+                                         hostname=self.config.fqdn, action="delayed",
+                                         will_retry_until=expires)
+                notice = await self.report(envelope, report, "delay", update)
+                notes.append({"event": "delay-notice", "id": envelope.id, "notice": notice,
+                              "to": [r.address for r in envelope.pending]})
+            else:
+                await asyncio.to_thread(self.store.commit, update)
+            self.tell(notes)
+            self.inflight.discard(envelope.id)
+            self.schedule(envelope.id, envelope.next_attempt)
+            return
+        failed = [r for r in envelope.recipients if r.state == "failed"]
+        if not failed:
+            await asyncio.to_thread(self.store.commit, [
+                Unlink(self.store.path(QUEUE, envelope.id, ".env")),
+                Unlink(self.store.path(QUEUE, envelope.id, ".eml"))])
+            self.tell(notes)
+            return
+        reason = self.failure_reason(failed, expired=now >= expires)
+        moves = failed_delivery_ops(self.store, envelope, data, reason)
+        bounced = {"event": "bounced", "id": envelope.id, "reason": reason, "ndr": None,
+                   "to": [r.address for r in failed]}
+        if envelope.sender:
+            report = delivery_report(envelope, data, failed, hostname=self.config.fqdn,
+                                     action="failed")
+            bounced["ndr"] = await self.report(envelope, report, "ndr", moves)
+        else:
+            await asyncio.to_thread(self.store.commit, moves)
+            bounced["detail"] = "null sender: no report is sent"
+        self.tell([*notes, bounced])
+
+    def tell(self, notes: list[dict]) -> None:
+        for note in notes:
+            self.events.emit(note.pop("event"), **note)
+
+    def failure_reason(self, failed: list[Recipient], expired: bool) -> str:
+        first = failed[0]
+        what = (f"delivery time expired ({self.config.delivery.expiration}); last reply"
+                if expired else "delivery failed")
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return (f"{what} for <{first.address}>{others}: {first.reply or first.status}")
+
+    async def report(self, envelope: Envelope, report: bytes, kind: str,
+                     with_ops: list[Op]) -> str | None:
+        """Send a report to the sender (and the NDR copy address), committed together with
+        `with_ops`; returns its id, or None if intake refused it (the ops are still done)."""
+        recipients = [envelope.sender]
+        if kind == "ndr" and self.config.delivery.ndr_copy_to:
+            recipients.append(self.config.delivery.ndr_copy_to)
+        sub = Submission(report, "", recipients, f"{kind} for {envelope.id}",
+                         done_ops=with_ops, kind=kind)
+        try:
+            outcome = await asyncio.to_thread(self.intake.accept, sub)
+        except Rejected as exc:
+            self.events.emit("report-error", id=envelope.id, kind=kind, reason=exc.reason)
+            await asyncio.to_thread(self.store.commit, with_ops)
+            return None
+        return outcome.id
