@@ -15,6 +15,7 @@ from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.pickup import PickupWatcher
+from relay.smtpd import SmtpServer
 from relay.store import Mailroot
 
 LOCK_NAME = "relay.lock"
@@ -50,6 +51,7 @@ class Relay:
         self.events = EventLog(self.store.log_dir, stream)
         self.intake = Intake(config, self.store)
         self.pickup = PickupWatcher(config, self.store, self.intake, self.events)
+        self.smtpd = SmtpServer(config, self.intake, self.events)
         self._lock_fd: int | None = None
         self.running = False
 
@@ -72,6 +74,12 @@ class Relay:
             signal.signal(signal.SIGIO, signal.SIG_IGN)  # Pickup's read-lease probe
         for folder, mid, what in self.store.recover():
             self.events.emit("recovered", id=mid, folder=folder, action=what)
+        try:
+            await self.smtpd.start()
+        except Exception:
+            os.close(self._lock_fd)  # type: ignore[arg-type]
+            self._lock_fd = None
+            raise
         await self.pickup.start()
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
@@ -80,6 +88,7 @@ class Relay:
         if not self.running:
             return
         self.running = False
+        await self.smtpd.stop()
         await self.pickup.stop()
         self.events.emit("relay-stopped", pid=os.getpid())
         if self._lock_fd is not None:
