@@ -178,9 +178,13 @@ class SmtpSession(SMTP):
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
+        self.close_with(f"421 4.4.2 {self.hostname} timeout, closing")
+
+    def close_with(self, reply: str) -> None:
+        """Say why and close (from outside the session's own task)."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"421 4.4.2 {self.hostname} timeout, closing\r\n".encode())
-        super()._timeout_cb()
+            self.transport.write(reply.encode() + b"\r\n")
+            self.transport.close()
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
@@ -456,10 +460,7 @@ class SmtpServer:
         while self.receiving and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for session in list(self.sessions):
-            if session.transport is not None:
-                session.transport.write(f"421 4.3.2 {session.hostname} shutting down\r\n"
-                                        .encode())
-                session.transport.close()
+            session.close_with(f"421 4.3.2 {session.hostname} shutting down")
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
