@@ -37,6 +37,7 @@ ERROR_LIMIT = 5  # syntax errors, unknown commands and failed AUTHs before "421"
 ERROR_REPLY = re.compile(r"50[0-4] |535 ")
 DOT_STUFFING = re.compile(rb"(\A|\r\n)\.")
 PRINTABLE = re.compile(r"[^\x21-\x7e]")
+SESSION_FULL = "452 4.3.4 Session data limit reached; send more in a new session"
 
 
 class ListenError(Exception):
@@ -150,6 +151,7 @@ class SmtpSession(SMTP):
         self.errors = 0
         self.session_octets = 0
         self.counted = False
+        self.committing = False
         self.client_ip = "unknown"
         self.rdns: asyncio.Future[str] | None = None
 
@@ -276,15 +278,18 @@ class SmtpSession(SMTP):
             return
         size = int(params.get("SIZE", 0))
         if size > smtp.max_message_size:
-            await self.push(f"552 5.3.4 Message size exceeds fixed maximum message size "
-                            f"({int(smtp.max_message_size)} octets)")
+            await self.push(self.too_big())
             return
         if self.session_octets + size > smtp.max_session_size:
-            await self.push("452 4.3.4 Session data limit reached; send more in a new session")
+            await self.push(SESSION_FULL)
             return
         self.envelope.mail_from = sender
         self.envelope.smtp_utf8 = "SMTPUTF8" in params
         await self.push("250 2.1.0 OK")
+
+    def too_big(self) -> str:
+        return ("552 5.3.4 Message size exceeds fixed maximum message size "
+                f"({int(self.server.config.smtp.max_message_size)} octets)")
 
     def mail_params(self, text: str) -> dict[str, str] | None:
         """MAIL parameters; None if one is unknown, ValueError if one is malformed."""
@@ -352,16 +357,27 @@ class SmtpSession(SMTP):
             return
         data, size = got
         self._reset_timeout()
-        if size > smtp.max_message_size:
-            reply = (f"552 5.3.4 Message size exceeds fixed maximum message size "
-                     f"({int(smtp.max_message_size)} octets)")
-        elif self.session_octets + size > smtp.max_session_size:
-            reply = "452 4.3.4 Session data limit reached; send more in a new session"
-        else:
-            self.session_octets += size
-            reply = await self.server.receive(self, unstuff(data))
-        self._set_post_data_state()
-        await self.push(reply)
+        self.committing = True  # a stopping server lets this reply go out first
+        try:
+            if size > smtp.max_message_size:
+                reply = self.too_big()
+            elif self.session_octets + size > smtp.max_session_size:
+                reply = SESSION_FULL
+            else:
+                self.session_octets += size
+                reply = await self.server.receive(self, unstuff(data))
+            self._set_post_data_state()
+            await self.push(reply)
+        finally:
+            self.committing = False
+        if self.server.closing:
+            await self.hang_up(f"421 4.3.2 {self.hostname} shutting down")
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self._tls_protocol:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
 
     # --- AUTH: aiosmtpd runs the exchange, the password is checked here, off the loop ---
 
@@ -417,7 +433,7 @@ class SmtpServer:
         self.tls: ssl.SSLContext | None = None
         self.servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
-        self.receiving = 0
+        self.closing = False
         self.names: dict[str, tuple[float, str]] = {}
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="smtp-intake")
 
@@ -452,15 +468,22 @@ class SmtpServer:
                                  tls=self.tls is not None, auth=self.users_file is not None)
 
     async def stop(self, grace: float = 3.0) -> None:
-        """Stop listening; let messages being committed finish; then close every session."""
+        """Stop listening and close every session with a 421; a session committing a message
+        first answers for it (within `grace` seconds)."""
+        self.closing = True
         for server in self.servers:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.receiving and loop.time() < deadline:
+        while True:
+            busy = False
+            for session in list(self.sessions):
+                busy |= session.committing
+                if not session.committing:
+                    session.close_with(f"421 4.3.2 {session.hostname} shutting down")
+            if not busy or loop.time() > deadline:
+                break
             await asyncio.sleep(0.02)
-        for session in list(self.sessions):
-            session.close_with(f"421 4.3.2 {session.hostname} shutting down")
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
@@ -482,7 +505,10 @@ class SmtpServer:
         return name[:255]
 
     async def receive(self, session: SmtpSession, message: bytes) -> str:
-        """Hand one message to the intake in a thread; the reply to send for it."""
+        """Hand one message to the intake in a thread; the reply to send for it.
+
+        The commit runs to its end (and is logged) even if the client goes away meanwhile.
+        """
         envelope = session.envelope
         client = {"client": session.client_ip, "helo": session.session.host_name,
                   "tls": session.tls_active, "auth": session.session.auth_data}
@@ -490,26 +516,28 @@ class SmtpServer:
                          source=f"SMTP {session.client_ip}",
                          received_from=await session.received_from(),
                          protocol=session.protocol_name())
-        loop = asyncio.get_running_loop()
-        self.receiving += 1
+        future = asyncio.get_running_loop().run_in_executor(self.pool, self.accept, sub, client)
+        return await asyncio.shield(future)
+
+    def accept(self, sub: Submission, client: dict[str, Any]) -> str:
+        """In a worker thread: commit through the intake, log, and say what to reply."""
         try:
-            outcome = await loop.run_in_executor(self.pool, self.intake.accept, sub)
+            outcome = self.intake.accept(sub)
         except Rejected as exc:
             self.events.emit("intake", id=sub.message_id, source=sub.source, outcome="rejected",
                              reason=exc.reason, **client)
             return f"{exc.code} {exc.status} {one_line(exc.reason)}"
         except Exception as exc:  # OSError above all: the disk, never the client's fault
-            await loop.run_in_executor(self.pool, self.discard, sub.message_id)
+            self.discard(sub.message_id)
             self.events.emit("intake-error", id=sub.message_id, source=sub.source,
                              error=getattr(exc, "strerror", None) or repr(exc), **client)
             return "451 4.3.0 Local error in processing, try again later"
-        finally:
-            self.receiving -= 1
         dest = "+".join(d for d, rcpts in (("drop", outcome.local), ("queue", outcome.remote))
                         if rcpts)
-        self.events.emit("intake", id=outcome.id, source=sub.source, outcome=dest, size=len(
-            message), **{"from": envelope.mail_from, "to": outcome.local + outcome.remote},
-            **client)
+        self.events.emit("intake", id=outcome.id, source=sub.source, outcome=dest,
+                         size=len(sub.message), **{"from": sub.sender,
+                                                   "to": outcome.local + outcome.remote},
+                         **client)
         return f"250 2.0.0 OK queued as {outcome.id}"
 
     def discard(self, message_id: str) -> None:
