@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from relay import config as configmod
 from relay.users import set_password
 from tests.smtpd_support import LOCAL, RawClient, code, live_smtp, message, wait_files
 
@@ -208,3 +209,9 @@ def test_commands_pipelined_after_starttls_are_discarded(write_config, tls_files
         client.sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
             client.reply()
+
+
+def test_tls_require_without_a_certificate_is_a_config_error() -> None:
+    with pytest.raises(configmod.ConfigError) as info:
+        configmod.parse("smtp:\n  tls:\n    require: true\n", "relay.yaml")
+    assert info.value.key == "smtp.tls.require" and info.value.line == 3
