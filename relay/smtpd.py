@@ -223,6 +223,8 @@ class SmtpSession(SMTP):
             ip = ipaddress.ip_address(self.client_ip)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped  # an IPv4 client of a dual-stack listener
         return any(ip in net for net in self.server.relay_networks)
 
     def may_relay(self) -> bool:
