@@ -32,7 +32,8 @@ from relay.users import check_login
 
 END_OF_DATA = b"\r\n.\r\n"
 COMMAND_LIMIT = 512 - 2  # octets of a command line without its CRLF (RFC 5321 4.5.3.1.4)
-MAIL_EXTRA = 26 + 10  # SIZE (RFC 1870) and SMTPUTF8 (RFC 6531) may lengthen MAIL lines
+# SIZE (RFC 1870) and SMTPUTF8 (RFC 6531) lengthen MAIL; AUTH's initial response (RFC 4954)
+LONGER_COMMANDS = {"MAIL": COMMAND_LIMIT + 26 + 10, "AUTH": 998}
 ERROR_LIMIT = 5  # syntax errors, unknown commands and failed AUTHs before "421" and hang-up
 ERROR_REPLY = re.compile(r"50[0-4] |535 ")
 DOT_STUFFING = re.compile(rb"(\A|\r\n)\.")
@@ -48,7 +49,7 @@ class _CommandLimits(dict):
     """Fixed command line limits; aiosmtpd's EHLO tries to grow them on every EHLO."""
 
     def __missing__(self, command: str) -> int:
-        return COMMAND_LIMIT + (MAIL_EXTRA if command == "MAIL" else 0)
+        return LONGER_COMMANDS.get(command, COMMAND_LIMIT)
 
     def __setitem__(self, command: str, value: int) -> None:
         pass
