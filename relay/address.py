@@ -29,6 +29,8 @@ def parse_address(text: str) -> str:
         raise AddressError("empty address")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in addr):
         raise AddressError("control characters in the address")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in addr):  # undecodable octets, kept as surrogates
+        raise AddressError("the address is not valid UTF-8")
     if addr.startswith("@"):
         raise AddressError("source routes (@host:) are not accepted")
     if addr.lower() == "postmaster":
@@ -36,13 +38,13 @@ def parse_address(text: str) -> str:
     local, sep, domain = addr.rpartition("@")
     if not sep:
         raise AddressError("the address has no domain")
+    if "%" in local or "!" in local:
+        raise AddressError("% and ! routing are not accepted")
     if local.startswith('"'):
         if not QUOTED.fullmatch(local):
             raise AddressError("a quoted local part may not hold @, \\ or controls")
     elif "@" in local:
         raise AddressError("more than one @ in the address")
-    elif "%" in local or "!" in local:
-        raise AddressError("% and ! routing are not accepted")
     elif not DOT_ATOM.fullmatch(local):
         raise AddressError(f"bad local part {local!r}")
     if len(local.encode()) > 64:

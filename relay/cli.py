@@ -27,10 +27,11 @@ def load_config(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from relay.service import AlreadyRunning, serve
+    from relay.smtpd import ListenError
 
     try:
         asyncio.run(serve(config))
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, ListenError) as exc:
         print(f"mailroot: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -81,6 +82,33 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
+    """Add or change an SMTP AUTH user in smtp.auth.users_file (the password is hashed)."""
+    from relay.users import UsersFileError, set_password
+
+    if not config.smtp.auth.users_file:
+        print("mailroot passwd: set smtp.auth.users_file in the config first", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {args.user}: ")
+        if getpass.getpass("Again: ") != password:
+            print("mailroot passwd: the passwords differ; nothing changed", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("mailroot passwd: empty password; nothing changed", file=sys.stderr)
+        return 2
+    path = Path(config.smtp.auth.users_file)
+    try:
+        added = set_password(path, args.user, password)
+    except UsersFileError as exc:
+        print(f"mailroot passwd: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'added' if added else 'changed'} {args.user} in {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE",
@@ -99,10 +127,14 @@ def parser() -> argparse.ArgumentParser:
     body = send.add_mutually_exclusive_group()
     body.add_argument("--body")
     body.add_argument("--body-file", metavar="FILE")
+    passwd = sub.add_parser("passwd", parents=[common],
+                            help="add or change an SMTP AUTH user (password from the terminal "
+                                 "or the first line of stdin)")
+    passwd.add_argument("user")
     return top
 
 
-COMMANDS = {"serve": cmd_serve, "check": cmd_check, "send": cmd_send}
+COMMANDS = {"serve": cmd_serve, "check": cmd_check, "send": cmd_send, "passwd": cmd_passwd}
 
 
 def main(argv: list[str] | None = None) -> int:

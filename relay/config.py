@@ -438,6 +438,8 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
         raise fail("delivery.retry", "give four intervals: first, second, third, subsequent")
     if bool(config.smtp.tls.cert) != bool(config.smtp.tls.key):
         raise fail("smtp.tls", "set both cert and key, or neither")
+    if config.smtp.tls.require and not config.smtp.tls.cert:
+        raise fail("smtp.tls.require", "STARTTLS can't be required without smtp.tls.cert/key")
 
 
 def load(path: str | Path | None) -> Config:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from relay.address import AddressError, parse_address
 from relay.config import Config
-from relay.message import Message, MessageError, format_date, wrap_received
+from relay.message import Message, MessageError, format_date, normalize_line_ends, wrap_received
 from relay.router import Router
 from relay.store import DROP, QUEUE, Envelope, Mailroot, Op, Recipient, Write, checksum, new_id
 
@@ -79,7 +79,7 @@ class Intake:
         sender, recipients = clean_envelope(sub.sender, sub.recipients,
                                             self.config.smtp.max_recipients)
         try:
-            message = Message.parse(sub.message)
+            message = Message.parse(normalize_line_ends(sub.message))  # no bare CR or LF kept
             message.check_header()
         except MessageError as exc:
             raise Rejected(str(exc), 554, "5.6.0") from None

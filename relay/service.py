@@ -16,6 +16,7 @@ from relay.events import EventLog
 from relay.intake import Intake
 from relay.pickup import PickupWatcher
 from relay.scheduler import Scheduler
+from relay.smtpd import SmtpServer
 from relay.store import Mailroot
 
 LOCK_NAME = "relay.lock"
@@ -53,6 +54,7 @@ class Relay:
         self.pickup = PickupWatcher(config, self.store, self.intake, self.events)
         self.scheduler = Scheduler(config, self.store, self.intake, self.events)
         self.intake.on_queued = self.scheduler.notify
+        self.smtpd = SmtpServer(config, self.intake, self.events)
         self._lock_fd: int | None = None
         self.running = False
 
@@ -75,6 +77,12 @@ class Relay:
             signal.signal(signal.SIGIO, signal.SIG_IGN)  # Pickup's read-lease probe
         for folder, mid, what in self.store.recover():
             self.events.emit("recovered", id=mid, folder=folder, action=what)
+        try:
+            await self.smtpd.start()
+        except Exception:
+            os.close(self._lock_fd)  # type: ignore[arg-type]
+            self._lock_fd = None
+            raise
         await self.scheduler.start()
         await self.pickup.start()
         self.running = True
@@ -84,6 +92,7 @@ class Relay:
         if not self.running:
             return
         self.running = False
+        await self.smtpd.stop()
         await self.pickup.stop()
         await self.scheduler.stop()
         self.events.emit("relay-stopped", pid=os.getpid())

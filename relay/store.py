@@ -208,21 +208,25 @@ class Mailroot:
         tmps: dict[int, Path] = {}
         try:
             if len(writes) > 1:
-                for op, tmp in zip(writes, self._pool.map(lambda o: self._write_tmp(o.data),
-                                                          writes), strict=True):
-                    tmps[id(op)] = tmp
+                futures = {id(op): self._pool.submit(self._write_tmp, op.data) for op in writes}
+                failed = [f.exception() for f in futures.values() if f.exception()]
+                tmps.update((key, f.result()) for key, f in futures.items() if not f.exception())
+                if failed:
+                    raise failed[0]
             else:
                 for op in writes:
                     tmps[id(op)] = self._write_tmp(op.data)
             dirs: dict[Path, None] = {}
             for op in ops:
                 if isinstance(op, Write):
-                    os.replace(tmps.pop(id(op)), op.path)
+                    os.replace(tmps[id(op)], op.path)
+                    del tmps[id(op)]  # only once it is in place: a failed rename leaves no tmp
                     dirs[op.path.parent] = None
                 elif isinstance(op, Link):
-                    tmp = self.tmp / f"{new_id()}.lnk"
-                    os.link(op.src, tmp)
-                    os.replace(tmp, op.dst)
+                    tmps[id(op)] = self.tmp / f"{new_id()}.lnk"
+                    os.link(op.src, tmps[id(op)])
+                    os.replace(tmps[id(op)], op.dst)
+                    del tmps[id(op)]
                     dirs[op.dst.parent] = None
                 else:
                     with contextlib.suppress(FileNotFoundError):

@@ -103,6 +103,11 @@ class RelayProcess:
     def folder(self, name: str) -> Path:
         return self.root / name
 
+    def smtp_port(self) -> int:
+        """The port of the relay's SMTP listener, from its smtp-listening event (port 0 works)."""
+        return wait_for(lambda: next((e["port"] for e in reversed(self.events())
+                                      if e["event"] == "smtp-listening"), None))
+
     def files(self, name: str, pattern: str = "*") -> list[Path]:
         return sorted(p for p in (self.root / name).glob(pattern) if not p.name.startswith("."))
 

@@ -1,0 +1,133 @@
+"""Helpers for the SMTP receive tests: an in-process listener on a real mailroot, a raw socket
+client that sees every reply byte, and canned messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from relay import config as configmod
+from relay.events import EventLog
+from relay.intake import Intake
+from relay.smtpd import SmtpServer
+from relay.store import Mailroot
+from tests.conftest import wait_for
+
+LOCAL = "yourdomain.com"  # the default local domain of the tests' write_config
+
+
+def message(subject: str = "test", body: str = "hello\r\n", sender: str = f"app@{LOCAL}",
+            to: str = f"user@{LOCAL}", extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}\r\n{body}").encode()
+
+
+class LiveSmtp:
+    """SmtpServer + Intake on a mailroot, run by an event loop in a thread."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config = configmod.load(config_path)
+        self.store = Mailroot(self.config.root)
+        self.store.ensure()
+        self.events: list[dict[str, Any]] = []
+        log = EventLog(self.store.log_dir, stream=None)
+        log.listeners.append(self.events.append)
+        self.server = SmtpServer(self.config, Intake(self.config, self.store), log)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> LiveSmtp:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    def files(self, folder: str, pattern: str = "*") -> list[Path]:
+        return sorted(p for p in (self.store.root / folder).glob(pattern)
+                      if not p.name.startswith("."))
+
+
+@contextlib.contextmanager
+def live_smtp(write_config: Any, extra: dict | None = None) -> Iterator[LiveSmtp]:
+    with LiveSmtp(write_config(extra)) as server:
+        yield server
+
+
+class RawClient:
+    """A plain socket: send exact bytes, read exact replies."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+        self.greeting = self.reply()
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed by the server; unread: {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> str:
+        """One whole (possibly multi-line) reply, lines joined with newlines."""
+        lines = [self._line()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self._line())
+        return "\n".join(line.decode() for line in lines)
+
+    def command(self, line: str) -> str:
+        self.send(line + "\r\n")
+        return self.reply()
+
+    def replies_until_closed(self, limit: float = 10.0) -> list[str]:
+        """Every reply until the server closes the connection (or `limit` seconds pass)."""
+        replies = []
+        deadline = time.monotonic() + limit
+        with contextlib.suppress(ConnectionError, TimeoutError, OSError):
+            while time.monotonic() < deadline:
+                replies.append(self.reply())
+        return replies
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True once the server has closed the connection (after any unread replies)."""
+        self.sock.settimeout(timeout)
+        try:
+            while chunk := self.sock.recv(65536):
+                self.buffer += chunk
+        except ConnectionResetError:
+            return True
+        except (TimeoutError, OSError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def code(reply: str) -> int:
+    return int(reply[:3])
+
+
+def wait_files(server: Any, folder: str, count: int, pattern: str = "*",
+               timeout: float = 10.0) -> list[Path]:
+    return wait_for(lambda: len(server.files(folder, pattern)) == count
+                    and server.files(folder, pattern), timeout)
