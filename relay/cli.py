@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from relay import cli_admin
 from relay import config as configmod
 from relay.config import Config, ConfigError
 from relay.store import PICKUP, Mailroot, new_id
@@ -99,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     body = send.add_mutually_exclusive_group()
     body.add_argument("--body")
     body.add_argument("--body-file", metavar="FILE")
+    cli_admin.add_parsers(sub, common)
     return top
 
 
@@ -113,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailroot: config error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "serve"
+    if command in cli_admin.COMMANDS:
+        try:
+            return cli_admin.run(command, args, config)
+        except ConfigError as exc:
+            print(f"mailroot: config error: {exc}", file=sys.stderr)
+            return 2
     return COMMANDS[command](args, config)
 
 
