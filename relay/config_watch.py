@@ -4,6 +4,7 @@ reported and the last good config stays in force."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class ConfigWatcher:
         self.events = events
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.loaded = self._signature()  # the file as the running config was read from it
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._watch(), name="config-watch")
@@ -32,12 +34,25 @@ class ConfigWatcher:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     async def _watch(self) -> None:
         # The directory, not the file: editors and atomic writers replace the file by rename.
+        # Every half second the file's signature is compared too, so a change made before the
+        # watch was in place (or on a filesystem without notifications) is not missed.
         async for _ in watchfiles.awatch(
                 self.path.parent, watch_filter=lambda _, changed: Path(changed) == self.path,
-                debounce=200, step=50, stop_event=self.stop_event, recursive=False):
-            self.reload()
+                debounce=200, step=50, stop_event=self.stop_event, recursive=False,
+                rust_timeout=500, yield_on_timeout=True):
+            signature = self._signature()
+            if signature != self.loaded:
+                self.loaded = signature
+                self.reload()
 
     def reload(self) -> None:
         try:

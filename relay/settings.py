@@ -105,12 +105,12 @@ class Document:
         return next((k for k in mapping if str(k).lower().rstrip(".") == folded), None)
 
     def section(self, parts: list[str]) -> CommentedMap:
-        """The mapping at `parts`, created (in block style) where missing or empty-flow."""
+        """The mapping at `parts`, created (in block style) where missing or empty."""
         node = self.root
         for part in parts:
             key = self._find(node, part) or part
             child = node.get(key)
-            if not isinstance(child, CommentedMap) or (child.fa.flow_style() and not child):
+            if not isinstance(child, CommentedMap) or not child:  # missing, null or `{}`
                 child = CommentedMap()
                 if key in node:  # `remote: {}` with its comment: now a block under the key
                     self._opened.append((node, key))
@@ -276,7 +276,7 @@ def set_default(domain: str) -> Callable[[Document, Config], None]:
         if name == old:
             return
         doc.remove_item(ALIASES, name)
-        doc.sequence(ALIASES).append(old)
+        doc.sequence(ALIASES).append(str(old))
         doc.set(["domains", "local", "default"], name)
     return change
 
