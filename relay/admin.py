@@ -139,6 +139,20 @@ def split_drop(data: bytes) -> tuple[str, list[str], bytes]:
     return sender, receivers, data[pos:]
 
 
+_decode = json.JSONDecoder().decode
+
+
+def _read_small(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def _domain_matches(recipients: list[Recipient], domain: str | None) -> bool:
     wanted = (domain or "").lower().rstrip(".")
     return not wanted or any(domain_of(r.address).lower() == wanted for r in recipients)
@@ -175,15 +189,16 @@ class Admin:
         """One message's row; reads the small envelope or the head of the file, not bodies."""
         if folder in (QUEUE, HOLD, TRASH) or (folder == BADMAIL and self.store.path(
                 BADMAIL, message_id, ".env").exists()):
-            env = self.store.read_envelope(folder, message_id)
-            last = env.attempts[-1].reply if env.attempts else ""
+            # The hot path of listing 100,000 messages: the raw JSON, no Path, no Envelope.
+            env = _decode(_read_small(f"{self.store.root}/{folder}/{message_id}.env").decode())
+            attempts = env.get("attempts") or []
             return MessageSummary(
-                id=message_id, folder=folder, received=env.received, size=env.size,
-                sender=env.sender, recipients=env.recipients, subject=env.subject,
-                attempts=len(env.attempts),
-                next_attempt=env.next_attempt if folder == QUEUE else None,
+                id=message_id, folder=folder, received=env["received"], size=env.get("size", 0),
+                sender=env["sender"], recipients=[Recipient(**r) for r in env["recipients"]],
+                subject=env.get("subject", ""), attempts=len(attempts),
+                next_attempt=env.get("next_attempt") if folder == QUEUE else None,
                 last_error=read_reason(self.store.path(BADMAIL, message_id, ".BAD"))
-                if folder == BADMAIL else last,
+                if folder == BADMAIL else attempts[-1]["reply"] if attempts else "",
                 held=folder == HOLD)
         if folder == BADMAIL:
             path = self.store.path(BADMAIL, message_id, ".BAD")

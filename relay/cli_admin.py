@@ -53,8 +53,8 @@ def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
     rows = admin.list_folder(FOLDER_NAMES[args.folder])
     out = sys.stdout
     if args.json:
-        out.write("".join(json.dumps(row.to_dict(), separators=(",", ":")) + "\n"
-                          for row in rows))
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        out.write("".join(encode(row.to_dict()) + "\n" for row in rows))
         return 0
     for row in rows:
         out.write("\n".join(format_row(row)) + "\n\n")
