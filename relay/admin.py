@@ -6,27 +6,49 @@ process beside a running `mailroot serve` alike.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import email.parser
 import email.policy
+import json
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from relay import config as configmod
+from relay import settings
+from relay.address import domain_of
+from relay.audit import AuditEntry, AuditLog
 from relay.bounce import SEPARATOR, read_reason
-from relay.config import Config
+from relay.config import Config, ConfigError, RemoteDomain
+from relay.events import EventLog
+from relay.intake import Intake
+from relay.message import Message, MessageError
+from relay.qshape import QueueShape, reason_class
 from relay.store import (
     BADMAIL,
     DROP,
     FOLDERS,
     HOLD,
+    MARKER,
     PICKUP,
     QUEUE,
     Attempt,
     Envelope,
+    Link,
     Mailroot,
+    Op,
     Recipient,
+    Unlink,
+    Write,
+    checksum,
     id_time,
+    is_id,
 )
+
+TRASH = "Trash"
 
 
 @dataclass
@@ -78,12 +100,74 @@ class NotFound(LookupError):
     """No message with that id in a state for the action."""
 
 
+class Problem(Exception):
+    """Why one message was not acted on: not found, busy, or not in a state for the action."""
+
+
+@dataclass
+class ActionResult:
+    """What an action did: the ids done, and for each other id the reason, named."""
+
+    done: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class DomainList(NamedTuple):
+    default: str
+    aliases: list[str]
+    remote: dict[str, RemoteDomain]
+
+
+def split_drop(data: bytes) -> tuple[str, list[str], bytes]:
+    """A Drop file's X-Sender/X-Receiver lines on top, and the message below them."""
+    sender, receivers, pos = "", [], 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        name, _, value = data[pos:end].partition(b":")
+        if end < 0 or name.lower() not in (b"x-sender", b"x-receiver"):
+            break
+        text = value.decode("utf-8", "replace").strip()
+        if name.lower() == b"x-sender":
+            sender = "" if text == "<>" else text
+        else:
+            receivers.append(text)
+        pos = end + 2
+    return sender, receivers, data[pos:]
+
+
+_decode = json.JSONDecoder().decode
+
+
+def _read_small(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _domain_matches(recipients: list[Recipient], domain: str | None) -> bool:
+    wanted = (domain or "").lower().rstrip(".")
+    return not wanted or any(domain_of(r.address).lower() == wanted for r in recipients)
+
+
 class Admin:
     """Operator actions on one mailroot."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, wait: float = 2.0) -> None:
         self.config = config
         self.store = Mailroot(config.root)
+        self.intake = Intake(config, self.store)
+        self.audit_log = AuditLog(self.store.log_dir)
+        self.events = EventLog(self.store.log_dir, stream=None)
+        self.wait = wait  # how long an action waits for a message the relay is working on
 
     # --- reading ---
 
@@ -103,17 +187,18 @@ class Admin:
 
     def summary_of(self, folder: str, message_id: str) -> MessageSummary:
         """One message's row; reads the small envelope or the head of the file, not bodies."""
-        if folder in (QUEUE, HOLD) or (folder == BADMAIL and self.store.path(
+        if folder in (QUEUE, HOLD, TRASH) or (folder == BADMAIL and self.store.path(
                 BADMAIL, message_id, ".env").exists()):
-            env = self.store.read_envelope(folder, message_id)
-            last = env.attempts[-1].reply if env.attempts else ""
+            # The hot path of listing 100,000 messages: the raw JSON, no Path, no Envelope.
+            env = _decode(_read_small(f"{self.store.root}/{folder}/{message_id}.env").decode())
+            attempts = env.get("attempts") or []
             return MessageSummary(
-                id=message_id, folder=folder, received=env.received, size=env.size,
-                sender=env.sender, recipients=env.recipients, subject=env.subject,
-                attempts=len(env.attempts),
-                next_attempt=env.next_attempt if folder == QUEUE else None,
+                id=message_id, folder=folder, received=env["received"], size=env.get("size", 0),
+                sender=env["sender"], recipients=[Recipient(**r) for r in env["recipients"]],
+                subject=env.get("subject", ""), attempts=len(attempts),
+                next_attempt=env.get("next_attempt") if folder == QUEUE else None,
                 last_error=read_reason(self.store.path(BADMAIL, message_id, ".BAD"))
-                if folder == BADMAIL else last,
+                if folder == BADMAIL else attempts[-1]["reply"] if attempts else "",
                 held=folder == HOLD)
         if folder == BADMAIL:
             path = self.store.path(BADMAIL, message_id, ".BAD")
@@ -203,3 +288,352 @@ class Admin:
             detail.report = bad.split(SEPARATOR, 1)[0].decode("utf-8", "replace")
             detail.reason = summary.last_error
         return detail
+
+    # --- acting on messages ---
+    #
+    # Every action takes the message's claim (a flock on its .eml, which follows it from folder
+    # to folder), so the relay never delivers a message while an operator moves it, and the
+    # relay, which re-reads the envelope after claiming, sees the operator's change.
+
+    @contextlib.contextmanager
+    def _claimed(self, message_id: str) -> Iterator[str]:
+        """Hold the message's claim; yields the folder it is in, or raises Problem."""
+        if not is_id(message_id):
+            raise Problem("not found (not a message id)")
+        for _ in range(3):  # it may move on while we wait for it
+            folder = self.store.locate(message_id)
+            if folder is None:
+                raise Problem("not found")
+            if not self.store.path(folder, message_id, ".eml").exists():
+                if folder == BADMAIL and self.store.has(BADMAIL, message_id):
+                    raise Problem("wrong state: a Pickup entry set aside unopened, not a message")
+                continue
+            with self.store.claim(folder, message_id, wait=self.wait) as held:
+                if held:
+                    yield folder
+                    return
+            if self.store.has(folder, message_id):
+                raise Problem("busy: the relay is working on it; try again")
+        raise Problem("busy: it kept moving between folders; try again")
+
+    def _act(self, action: str, ids: Iterable[str], step: Callable[[str, str], None],
+             **detail: object) -> ActionResult:
+        """Run step(folder, id) on each message under its claim; audit what was done."""
+        self.store.ensure()
+        result = ActionResult()
+        for mid in dict.fromkeys(ids):
+            try:
+                with self._claimed(mid) as folder:
+                    step(folder, mid)
+                result.done.append(mid)
+            except Problem as exc:
+                result.problems[mid] = str(exc)
+            except (OSError, ValueError) as exc:
+                result.problems[mid] = f"failed: {getattr(exc, 'strerror', None) or exc}"
+        if result.done:
+            entry = self.audit_log.append(action, result.done, **detail)
+            self.events.emit("admin", action=action, ids=result.done, user=entry.user,
+                             **entry.detail)
+        return result
+
+    @staticmethod
+    def _expect(folder: str, *wanted: str) -> None:
+        if folder in wanted:
+            return
+        hint = {HOLD: "held (release it first)", TRASH: "deleted (undelete it first)"}
+        raise Problem("wrong state: " + hint.get(folder, f"in {folder}, not in "
+                                                         f"{' or '.join(wanted)}"))
+
+    def _remove_ops(self, folder: str, message_id: str) -> list[Op]:
+        """Ops removing a message from a folder: its commit marker first."""
+        return [Unlink(self.store.path(folder, message_id, ext))
+                for ext in dict.fromkeys((MARKER[folder], ".eml", ".env", ".BAD"))]
+
+    # --- requeue: back to delivery, routed by the current config ---
+
+    def requeue(self, ids: list[str], reason: str = "") -> ActionResult:
+        """Badmail -> Queue with the original envelope (failed recipients due again, attempts
+        and delivery clock reset); Drop and Queue -> routed again by the current domains
+        (like postsuper -r); a Badmail entry refused at intake goes back through Pickup."""
+        return self._act("requeue", ids, self._requeue_one, reason=reason)
+
+    def requeue_all(self, folder: str = BADMAIL, domain: str | None = None,
+                    reason: str = "") -> ActionResult:
+        ids = [row.id for row in self.list_folder(folder)
+               if _domain_matches(row.recipients, domain)] if domain else self.store.ids(folder)
+        return self.requeue(ids, reason)
+
+    def _requeue_one(self, folder: str, mid: str) -> None:
+        self._expect(folder, BADMAIL, DROP, QUEUE)
+        now = time.time()
+        if folder == DROP:
+            sender, receivers, data = split_drop(self.store.read_message(DROP, mid))
+            envelope = self._new_envelope(mid, sender, receivers, data, now)
+        elif self.store.path(folder, mid, ".env").exists():
+            envelope = self.store.read_envelope(folder, mid)
+            data = self.store.read_message(folder, mid)
+            envelope.next_attempt = now
+            if folder == BADMAIL:
+                _restart(envelope, now)
+        else:  # refused at intake: the original file goes through intake again
+            self.store.commit([Write(self.store.folder(PICKUP) / f"{mid}.eml",
+                                     self.store.read_message(BADMAIL, mid)),
+                               *self._remove_ops(BADMAIL, mid)])
+            return
+        if not envelope.pending:
+            raise Problem("wrong state: no recipient is left to deliver to")
+        self._route(folder, envelope, data)
+
+    def _new_envelope(self, mid: str, sender: str, receivers: list[str], data: bytes,
+                      now: float) -> Envelope:
+        try:
+            message = Message.parse(data)
+        except MessageError as exc:
+            raise Problem(f"wrong state: the stored message cannot be parsed ({exc})") from None
+        return Envelope(id=mid, sender=sender, recipients=[Recipient(r) for r in receivers],
+                        received=id_time(mid), origin=f"{DROP}/{mid}.eml", size=len(data),
+                        crc32=checksum(data), subject=message.get("subject")[:200],
+                        header_from=message.get("from")[:200], next_attempt=now,
+                        queued_at=now)
+
+    def _route(self, src: str, envelope: Envelope, data: bytes) -> None:
+        """Commit the message to Drop for its pending local recipients and to Queue for the
+        rest, then take it out of `src` (unless it stays there)."""
+        mid = envelope.id
+        local, remote = self.intake.router.split([r.address for r in envelope.pending])
+        if src == DROP and not remote:
+            return  # all still local: it stays in Drop as it is
+        moved = set(local)
+        envelope.recipients = [r for r in envelope.recipients
+                               if not (r.address in moved and r.state in ("pending", "deferred"))]
+        ops: list[Op] = []
+        if remote:
+            if src == DROP:
+                ops += self.store.enqueue_ops(QUEUE, envelope, data)
+            elif src == BADMAIL:
+                ops += self.store.move_ops(BADMAIL, QUEUE, envelope)
+            else:
+                ops.append(Write(self.store.path(QUEUE, mid, ".env"), envelope.to_json()))
+        if local:
+            ops += self.intake.drop_ops(mid, envelope.sender, local, data)
+        elif src == DROP:
+            ops += self._remove_ops(DROP, mid)
+        if not remote and src != DROP:
+            ops += self._remove_ops(src, mid)
+        self.store.commit(ops)
+
+    # --- retry, hold, release ---
+
+    def retry(self, ids: list[str]) -> ActionResult:
+        """Due now: the relay, watching Queue's envelopes, tries within a second."""
+        return self._act("retry", ids, self._retry_one)
+
+    def retry_all(self, domain: str | None = None) -> ActionResult:
+        ids = [row.id for row in self.list_folder(QUEUE)
+               if _domain_matches([r for r in row.recipients
+                                   if r.state in ("pending", "deferred")], domain)]
+        return self.retry(ids)
+
+    def _retry_one(self, folder: str, mid: str) -> None:
+        self._expect(folder, QUEUE)
+        envelope = self.store.read_envelope(QUEUE, mid)
+        envelope.next_attempt = time.time()
+        self.store.update_envelope(QUEUE, envelope)
+
+    def hold(self, ids: list[str]) -> ActionResult:
+        """Queue -> Hold: never attempted, and the expiry clock stops, until released."""
+        return self._act("hold", ids, self._hold_one)
+
+    def _hold_one(self, folder: str, mid: str) -> None:
+        if folder == HOLD:
+            raise Problem("wrong state: already held")
+        self._expect(folder, QUEUE)
+        envelope = self.store.read_envelope(QUEUE, mid)
+        envelope.held_at = time.time()
+        self.store.commit(self.store.move_ops(QUEUE, HOLD, envelope))
+
+    def release(self, ids: list[str]) -> ActionResult:
+        """Hold -> Queue, due now; the time held is added to held_total."""
+        return self._act("release", ids, self._release_one)
+
+    def _release_one(self, folder: str, mid: str) -> None:
+        if folder == QUEUE:
+            raise Problem("wrong state: not held")
+        self._expect(folder, HOLD)
+        envelope = self.store.read_envelope(HOLD, mid)
+        now = time.time()
+        if envelope.held_at is not None:
+            envelope.held_total += max(0.0, now - envelope.held_at)
+        envelope.held_at = None
+        envelope.next_attempt = now
+        self.store.commit(self.store.move_ops(HOLD, QUEUE, envelope))
+
+    # --- delete, undelete, the trash ---
+
+    def delete(self, ids: list[str]) -> ActionResult:
+        """To Trash, kept for admin.trash_retention; older trash is purged on each call."""
+        result = self._act("delete", ids, self._delete_one)
+        self.purge_trash()
+        return result
+
+    def _delete_one(self, folder: str, mid: str) -> None:
+        if folder == TRASH:
+            raise Problem("wrong state: already deleted")
+        self._expect(folder, QUEUE, HOLD, BADMAIL, DROP)
+        store = self.store
+        has_envelope = store.path(folder, mid, ".env").exists()
+        if has_envelope:
+            envelope = store.read_envelope(folder, mid)
+        elif folder == DROP:
+            sender, receivers, _ = split_drop(store.read_message(DROP, mid))
+            envelope = Envelope(mid, sender, [Recipient(r, "delivered") for r in receivers],
+                                received=id_time(mid))
+        else:
+            envelope = Envelope(mid, "", [], received=id_time(mid),
+                                reason=read_reason(store.path(BADMAIL, mid, ".BAD")))
+        record = {**dataclasses.asdict(envelope), "deleted_from": folder,
+                  "deleted_at": time.time(), "has_envelope": has_envelope}
+        ops: list[Op] = [Link(store.path(folder, mid, ".eml"), store.path(TRASH, mid, ".eml"))]
+        if folder == BADMAIL:
+            ops.append(Link(store.path(BADMAIL, mid, ".BAD"), store.path(TRASH, mid, ".BAD")))
+        ops.append(Write(store.path(TRASH, mid, ".env"), json.dumps(record).encode()))
+        store.commit(ops + self._remove_ops(folder, mid))
+
+    def undelete(self, ids: list[str]) -> ActionResult:
+        """Back to the folder it was deleted from (Queue: due now)."""
+        return self._act("undelete", ids, self._undelete_one)
+
+    def _undelete_one(self, folder: str, mid: str) -> None:
+        self._expect(folder, TRASH)
+        store = self.store
+        record = json.loads(store.path(TRASH, mid, ".env").read_bytes())
+        dest = record.get("deleted_from", QUEUE)
+        envelope = Envelope.from_json(store.path(TRASH, mid, ".env").read_bytes())
+        if dest == QUEUE:
+            envelope.next_attempt = time.time()
+        ops: list[Op] = [Link(store.path(TRASH, mid, ".eml"), store.path(dest, mid, ".eml"))]
+        if record.get("has_envelope"):
+            ops.append(Write(store.path(dest, mid, ".env"), envelope.to_json()))
+        if dest == BADMAIL:
+            ops.append(Link(store.path(TRASH, mid, ".BAD"), store.path(BADMAIL, mid, ".BAD")))
+        store.commit(ops + self._remove_ops(TRASH, mid))
+
+    def purge_trash(self) -> list[str]:
+        """Remove trash older than admin.trash_retention; returns the ids removed."""
+        cutoff = time.time() - self.config.admin.trash_retention
+        purged = []
+        for mid in self.store.ids(TRASH):
+            marker = self.store.path(TRASH, mid, ".env")
+            try:
+                deleted_at = json.loads(marker.read_bytes()).get("deleted_at")
+            except (OSError, ValueError):
+                continue
+            if deleted_at is None or deleted_at >= cutoff:
+                continue
+            with self.store.claim(TRASH, mid) as held:
+                if held:
+                    self.store.commit(self._remove_ops(TRASH, mid))
+                    purged.append(mid)
+        if purged:
+            self.events.emit("trash-purged", ids=purged)
+        return purged
+
+    # --- queue shape ---
+
+    def summary(self, folder: str = QUEUE) -> QueueShape:
+        """Messages per destination domain by age, and Badmail by reason class."""
+        now = time.time()
+        shape = QueueShape()
+        for row in self.list_folder(folder):
+            domains = {domain_of(r.address).lower() or "(local)" for r in row.recipients
+                       if r.state in ("pending", "deferred")}
+            for domain in sorted(domains):
+                shape.add_domain(domain, now - row.received)
+        for mid in self.store.ids(BADMAIL):
+            try:
+                envelope = self.store.read_envelope(BADMAIL, mid) if self.store.path(
+                    BADMAIL, mid, ".env").exists() else None
+            except (OSError, ValueError):
+                envelope = None
+            reason = read_reason(self.store.path(BADMAIL, mid, ".BAD"))
+            received = envelope.received if envelope else id_time(mid)
+            shape.add_badmail(reason_class(reason, envelope), now - received)
+        shape.sort()
+        return shape
+
+    # --- settings and domains ---
+
+    def _current(self) -> Config:
+        """The config as its file says now (another process may have changed it)."""
+        return configmod.load(self.config.source) if self.config.source else self.config
+
+    def _edit(self, action: str, change: Callable[[settings.Document, Config], None],
+              **detail: object) -> Config:
+        if not self.config.source:
+            raise ConfigError("no config file to change: give one with -c FILE")
+        config = settings.ConfigFile(self.config.source).edit(change)
+        self.config = config
+        self.intake.reconfigure(config)
+        entry = self.audit_log.append(action, [], **detail)
+        self.events.emit("admin", action=action, user=entry.user, **entry.detail)
+        return config
+
+    def settings_get(self, key: str) -> str:
+        """A setting's effective value, as `mailroot check` shows it."""
+        for path, value, _ in configmod.describe(self._current()):
+            if path == key:
+                return value
+        raise ConfigError("unknown setting (see mailroot check for the keys)", key=key)
+
+    def settings_set(self, key: str, value_text: str) -> Config:
+        return self.set_many({key: value_text})
+
+    def set_many(self, changes: dict[str, str]) -> Config:
+        """Several settings in one validated write; a bad value raises ConfigError naming
+        its key and leaves the file untouched."""
+        return self._edit("settings-set", settings.set_values(changes), changes=changes)
+
+    def domains(self) -> DomainList:
+        config = self._current()
+        return DomainList(config.default_domain, list(config.domains.local.aliases),
+                          dict(config.domains.remote))
+
+    def add_alias(self, domain: str) -> Config:
+        """Another local domain: its mail goes to Drop."""
+        return self._edit("domains-add-local", settings.add_alias(domain), domain=domain)
+
+    add_local = add_alias
+
+    def set_default(self, domain: str) -> Config:
+        """The new default local domain; the old default becomes an alias, as IIS does."""
+        return self._edit("domains-set-default", settings.set_default(domain), domain=domain)
+
+    def remove_domain(self, domain: str) -> Config:
+        return self._edit("domains-remove", settings.remove_domain(domain), domain=domain)
+
+    def rename_domain(self, old: str, new: str) -> Config:
+        return self._edit("domains-rename", settings.rename_domain(old, new), old=old, new=new)
+
+    def set_remote(self, domain: str, tls: str | None = None,
+                   smarthost: str | None = None) -> Config:
+        """A remote domain's TLS policy and smart host (None: unchanged, "": no smart host)."""
+        return self._edit("domains-set-remote", settings.set_remote(domain, tls, smarthost),
+                          domain=domain, tls=tls, smarthost=smarthost)
+
+    # --- the audit log ---
+
+    def audit(self) -> list[AuditEntry]:
+        return self.audit_log.entries()
+
+
+def _restart(envelope: Envelope, now: float) -> None:
+    """A requeued Badmail message: failed recipients due again, attempts and clocks reset."""
+    for rcpt in envelope.recipients:
+        if rcpt.state in ("failed", "deferred"):
+            rcpt.state, rcpt.status, rcpt.reply, rcpt.host = "pending", None, None, None
+    envelope.attempts = []
+    envelope.reason = ""
+    envelope.delay_notified = False
+    envelope.queued_at = now
+    envelope.held_at = None
+    envelope.held_total = 0.0

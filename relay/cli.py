@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from relay import cli_admin
 from relay import config as configmod
 from relay.config import Config, ConfigError
 from relay.store import PICKUP, Mailroot, new_id
@@ -131,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
                             help="add or change an SMTP AUTH user (password from the terminal "
                                  "or the first line of stdin)")
     passwd.add_argument("user")
+    cli_admin.add_parsers(sub, common)
     return top
 
 
@@ -145,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailroot: config error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "serve"
+    if command in cli_admin.COMMANDS:
+        try:
+            return cli_admin.run(command, args, config)
+        except ConfigError as exc:
+            print(f"mailroot: config error: {exc}", file=sys.stderr)
+            return 2
     return COMMANDS[command](args, config)
 
 

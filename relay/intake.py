@@ -65,8 +65,12 @@ def clean_envelope(sender: str, recipients: list[str], max_recipients: int) -> t
 
 class Intake:
     def __init__(self, config: Config, store: Mailroot) -> None:
-        self.config = config
         self.store = store
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a new config from the next message on (local domains, limits)."""
+        self.config = config
         self.router = Router(config)
         self.on_queued: Callable[[str], None] | None = None  # called (from any thread) per Queue entry
 
@@ -98,6 +102,13 @@ class Intake:
             parts.append(f"for <{recipients[0]}>")
         return wrap_received(" ".join(parts) + f"; {format_date(now)}")
 
+    def drop_ops(self, message_id: str, sender: str, local: list[str], data: bytes) -> list[Op]:
+        """The op that delivers a message to Drop for its local recipients, with the envelope
+        as X-Sender/X-Receiver lines on top (as IIS writes them)."""
+        head = f"X-Sender: {sender or '<>'}\r\n" + "".join(
+            f"X-Receiver: {self.router.local_address(r)}\r\n" for r in local)
+        return [Write(self.store.path(DROP, message_id, ".eml"), head.encode() + data)]
+
     def accept(self, sub: Submission) -> Outcome:
         """Commit the message to Drop and/or Queue, durably, with `sub.done_ops`.
 
@@ -109,11 +120,7 @@ class Intake:
         data = message.to_bytes()
         local, remote = self.router.split(recipients)
         mid = sub.message_id
-        ops: list[Op] = []
-        if local:
-            head = f"X-Sender: {sender or '<>'}\r\n" + "".join(
-                f"X-Receiver: {self.router.local_address(r)}\r\n" for r in local)
-            ops.append(Write(self.store.path(DROP, mid, ".eml"), head.encode() + data))
+        ops: list[Op] = self.drop_ops(mid, sender, local, data) if local else []
         if remote:
             envelope = Envelope(
                 id=mid, sender=sender, recipients=[Recipient(r) for r in remote],

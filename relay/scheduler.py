@@ -25,6 +25,7 @@ from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
 from relay.resolver import Resolver
+from relay.router import Router
 from relay.smtp_client import Client, Outgoing, Reply, Result, masquerade
 from relay.store import (
     QUEUE,
@@ -63,7 +64,6 @@ class Scheduler:
         self.store = store
         self.intake = intake
         self.events = events
-        self.router = intake.router
         self.client = Client(config, Resolver(config))
         self.workers = max(1, min(workers, config.delivery.max_connections))
         self.heap: list[tuple[float, str]] = []
@@ -73,6 +73,16 @@ class Scheduler:
         self.wake = asyncio.Event()
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
+
+    @property
+    def router(self) -> Router:
+        return self.intake.router  # follows live config changes
+
+    def reconfigure(self, config: Config) -> None:
+        """Live settings: schedule, routes, limits per step (not DNS or pool sizes)."""
+        self.config = config
+        self.client.config = config
+        self.client.timeout = float(config.delivery.timeout)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- the schedule ---

@@ -11,7 +11,9 @@ import socket
 import sys
 from typing import TextIO
 
-from relay.config import Config
+from relay.admin import Admin
+from relay.config import Config, ConfigError
+from relay.config_watch import ConfigWatcher
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.pickup import PickupWatcher
@@ -55,8 +57,24 @@ class Relay:
         self.scheduler = Scheduler(config, self.store, self.intake, self.events)
         self.intake.on_queued = self.scheduler.notify
         self.smtpd = SmtpServer(config, self.intake, self.events)
+        self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
+            if config.source else None
         self._lock_fd: int | None = None
         self.running = False
+
+    def apply_config(self, config: Config) -> None:
+        """Swap in a changed config while running (each part extends this with its own).
+
+        Raises ConfigError for a change that needs a restart; nothing is applied then.
+        """
+        if config.root.absolute() != self.config.root.absolute():
+            raise ConfigError("mailroot cannot change while the relay runs: restart it",
+                              file=config.source, key="mailroot")
+        self.config = config
+        self.intake.reconfigure(config)
+        self.pickup.config = config
+        self.scheduler.reconfigure(config)
+        self.smtpd.reconfigure(config)
 
     def _take_lock(self) -> None:
         fd = os.open(self.store.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -84,7 +102,10 @@ class Relay:
             self._lock_fd = None
             raise
         await self.scheduler.start()
+        Admin(self.config).purge_trash()
         await self.pickup.start()
+        if self.config_watcher:
+            self.config_watcher.start()
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
 
@@ -92,6 +113,8 @@ class Relay:
         if not self.running:
             return
         self.running = False
+        if self.config_watcher:
+            await self.config_watcher.stop()
         await self.smtpd.stop()
         await self.pickup.stop()
         await self.scheduler.stop()

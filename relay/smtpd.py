@@ -430,15 +430,20 @@ class SmtpServer:
         self.config = config
         self.intake = intake
         self.events = events
-        self.users_file = Path(config.smtp.auth.users_file) if config.smtp.auth.users_file \
-            else None
-        self.relay_networks = [ipaddress.ip_network(n) for n in config.smtp.relay.allow]
+        self.reconfigure(config)
         self.tls: ssl.SSLContext | None = None
         self.servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
         self.closing = False
         self.names: dict[str, tuple[float, str]] = {}
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="smtp-intake")
+
+    def reconfigure(self, config: Config) -> None:
+        """Live settings: relay networks, limits, users (listeners and TLS need a restart)."""
+        self.config = config
+        self.users_file = Path(config.smtp.auth.users_file) if config.smtp.auth.users_file \
+            else None
+        self.relay_networks = [ipaddress.ip_network(n) for n in config.smtp.relay.allow]
 
     def tls_context(self) -> ssl.SSLContext | None:
         tls = self.config.smtp.tls

@@ -18,6 +18,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -62,8 +63,11 @@ def id_time(message_id: str) -> float:
     return micros / 1e6
 
 
+_ID = re.compile(f"[{_CROCKFORD}]{{16}}")
+
+
 def is_id(name: str) -> bool:
-    return len(name) == 16 and all(c in _CROCKFORD for c in name)
+    return _ID.fullmatch(name) is not None  # a regex: listing 100,000 names calls this a lot
 
 
 # --- the envelope -----------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""The audit log: who did what to which messages and settings, one JSON line per action in
+`<mailroot>/log/audit.log` (appended with a single write, so processes never interleave)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.store import append_line
+
+AUDIT_NAME = "audit.log"
+
+
+def operator() -> str:
+    """The user acting; under sudo, the person behind it too."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{user} (sudo by {sudo})" if sudo and sudo != user else user
+
+
+@dataclass
+class AuditEntry:
+    time: float
+    user: str
+    action: str
+    ids: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One readable line, as `mailroot audit` prints it."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        ids = " ".join(self.ids)
+        extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in self.detail.items())
+        return "  ".join(part for part in (stamp, self.user, self.action, ids, extra) if part)
+
+
+class AuditLog:
+    def __init__(self, log_dir: Path) -> None:
+        self.path = log_dir / AUDIT_NAME
+
+    def append(self, action: str, ids: list[str], **detail: Any) -> AuditEntry:
+        entry = AuditEntry(round(time.time(), 3), operator(), action, list(ids),
+                           {k: v for k, v in detail.items() if v not in (None, "", [], {})})
+        record = {"time": entry.time, "user": entry.user, "action": action, "ids": entry.ids,
+                  **entry.detail}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        append_line(self.path, json.dumps(record, separators=(",", ":"), default=str))
+        return entry
+
+    def entries(self) -> list[AuditEntry]:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in lines:
+            try:
+                raw = json.loads(line)
+                entries.append(AuditEntry(raw.pop("time"), raw.pop("user"), raw.pop("action"),
+                                          raw.pop("ids", []), raw))
+            except (ValueError, KeyError, AttributeError):
+                continue  # a line cut short by a full disk
+        return entries

@@ -1,0 +1,263 @@
+"""The operator subcommands of `mailroot`: every verb of relay.admin, for scripts and cron.
+
+Exit codes: 0 done, 1 some id not found or not in a state for the action (named on stderr),
+2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from relay.admin import TRASH, ActionResult, Admin, MessageSummary, NotFound
+from relay.config import Config
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE
+
+FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,
+                "hold": HOLD, "trash": TRASH}
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    delta = stamp - time.time()
+    return "now" if delta <= 0 else f"in {_age(delta)}"
+
+
+def format_row(row: MessageSummary) -> list[str]:
+    """A message as postqueue -p shows it: id (! if held), size, age, sender; recipients."""
+    mark = "!" if row.held else " "
+    tries = f"{row.attempts} tries, next {_when(row.next_attempt)}" if row.folder == QUEUE else \
+        f"{row.attempts} tries" if row.attempts else ""
+    lines = [f"{row.id or row.name}{mark} {row.size:>9} {_age(row.age):>5}  "
+             f"<{row.sender}>  {tries}".rstrip()]
+    if row.last_error:
+        lines.append(f"    ({row.last_error})")
+    for rcpt in row.recipients:
+        status = f" {rcpt.status}" if rcpt.status else ""
+        lines.append(f"    <{rcpt.address}> {rcpt.state}{status}")
+    return lines
+
+
+def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
+    rows = admin.list_folder(FOLDER_NAMES[args.folder])
+    out = sys.stdout
+    if args.json:
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        out.write("".join(encode(row.to_dict()) + "\n" for row in rows))
+        return 0
+    for row in rows:
+        out.write("\n".join(format_row(row)) + "\n\n")
+    size = sum(row.size for row in rows)
+    out.write(f"-- {size // 1024} KiB in {len(rows)} message{'s' * (len(rows) != 1)} "
+              f"in {FOLDER_NAMES[args.folder]}\n")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
+    try:
+        if args.raw:
+            sys.stdout.buffer.write(admin.raw(args.id))
+            return 0
+        detail = admin.show(args.id)
+    except NotFound as exc:
+        print(f"mailroot: {args.id}: {exc}", file=sys.stderr)
+        return 1
+    row = detail.summary
+    print(f"Id:        {row.id}\nFolder:    {row.folder}{' (held)' if row.held else ''}")
+    print(f"From:      <{row.sender}>\nSize:      {row.size}\nAge:       {_age(row.age)}")
+    if row.folder == QUEUE:
+        print(f"Next try:  {_when(row.next_attempt)}")
+    for label, stamp in (("Delay notice", detail.delay_notice_at),
+                         ("Expires", detail.expires_at)):
+        if stamp is not None:
+            print(f"{label + ':':<11}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stamp))}")
+    if detail.reason:
+        print(f"Reason:    {detail.reason}")
+    print("Recipients:")
+    for line in format_row(row)[1:]:
+        if line.startswith("    <"):
+            print(line)
+    if detail.attempts:
+        print("Attempts:")
+        for attempt in detail.attempts:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(attempt.time))
+            print(f"    {stamp}  {attempt.host or '-'}  {attempt.reply}")
+    print("Headers:")
+    for name, value in detail.headers:
+        print(f"    {name}: {value}")
+    return 0
+
+
+def report(result: ActionResult, verb: str) -> int:
+    for mid in result.done:
+        print(f"{verb} {mid}")
+    for mid, reason in result.problems.items():
+        print(f"mailroot: {mid}: {reason}", file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def _ids_or_all(args: argparse.Namespace, everything: Callable[[], ActionResult],
+                some: Callable[[list[str]], ActionResult]) -> ActionResult | None:
+    if args.ids and getattr(args, "all", False):
+        return None
+    if args.ids:
+        return some(args.ids)
+    return everything() if args.all or getattr(args, "domain", None) else None
+
+
+def cmd_requeue(args: argparse.Namespace, admin: Admin) -> int:
+    result = _ids_or_all(
+        args, lambda: admin.requeue_all(FOLDER_NAMES[args.folder], args.domain, args.reason),
+        lambda ids: admin.requeue(ids, args.reason))
+    if result is None:
+        print("mailroot requeue: give message ids, or --all", file=sys.stderr)
+        return 2
+    return report(result, "requeued")
+
+
+def cmd_retry(args: argparse.Namespace, admin: Admin) -> int:
+    result = _ids_or_all(args, lambda: admin.retry_all(args.domain), admin.retry)
+    if result is None:
+        print("mailroot retry: give message ids, --all or --domain D", file=sys.stderr)
+        return 2
+    return report(result, "due now:")
+
+
+def cmd_delete(args: argparse.Namespace, admin: Admin) -> int:
+    if not args.yes:
+        sys.stderr.write(f"Delete {len(args.ids)} message{'s' * (len(args.ids) != 1)} "
+                         "(kept in Trash for admin.trash_retention)? [y/N] ")
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("mailroot: nothing deleted", file=sys.stderr)
+            return 1
+    return report(admin.delete(args.ids), "deleted")
+
+
+def simple(method: str, verb: str) -> Callable[[argparse.Namespace, Admin], int]:
+    return lambda args, admin: report(getattr(admin, method)(args.ids), verb)
+
+
+def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
+    shape = admin.summary()
+    width = max([len(r.name) for r in shape.domains + shape.badmail] + [24])
+    header = f"{'':<{width}} {'T':>6}" + "".join(f" {c:>8}" for c in shape.columns)
+    print(header)
+    for row in [shape.total(), *shape.domains]:
+        print(f"{row.name:<{width}} {row.total:>6}" + "".join(f" {n:>8}" for n in row.counts))
+    if shape.badmail:
+        print(f"\n{'Badmail by reason':<{width}}")
+        for row in shape.badmail:
+            print(f"{row.name:<{width}} {row.total:>6}"
+                  + "".join(f" {n:>8}" for n in row.counts))
+    return 0
+
+
+def cmd_domains(args: argparse.Namespace, admin: Admin) -> int:
+    action = args.action or "list"
+    if action == "list":
+        listing = admin.domains()
+        print(f"default  {listing.default}")
+        for alias in listing.aliases:
+            print(f"alias    {alias}")
+        for name, remote in listing.remote.items():
+            print(f"remote   {name}  tls={remote.tls}  smarthost={remote.smarthost or '-'}")
+        return 0
+    if len(args.names) != (2 if action == "rename" else 1):
+        print(f"mailroot domains {action}: give {'OLD NEW' if action == 'rename' else 'DOMAIN'}",
+              file=sys.stderr)
+        return 2
+    calls: dict[str, Callable[[], object]] = {
+        "add-local": lambda: admin.add_local(args.names[0]),
+        "add-alias": lambda: admin.add_alias(args.names[0]),
+        "set-default": lambda: admin.set_default(args.names[0]),
+        "remove": lambda: admin.remove_domain(args.names[0]),
+        "rename": lambda: admin.rename_domain(*args.names),
+        "set-remote": lambda: admin.set_remote(args.names[0], args.tls, args.smarthost),
+    }
+    calls[action]()
+    print(f"{action} {' '.join(args.names)}: saved to {admin.config.source}")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace, admin: Admin) -> int:
+    if args.action == "get":
+        print(admin.settings_get(args.key))
+        return 0
+    if args.value is None:
+        print("mailroot settings set: give KEY VALUE", file=sys.stderr)
+        return 2
+    admin.settings_set(args.key, args.value)
+    print(f"{args.key} = {admin.settings_get(args.key)}: saved to {admin.config.source}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, admin: Admin) -> int:
+    for entry in admin.audit():
+        print(entry.line())
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    queue = sub.add_parser("queue", parents=[common], help="list a folder, oldest first")
+    queue.add_argument("--folder", choices=list(FOLDER_NAMES), default="queue")
+    queue.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = sub.add_parser("show", parents=[common], help="one message: envelope, attempts")
+    show.add_argument("id")
+    show.add_argument("--raw", action="store_true", help="the message exactly as stored")
+    requeue = sub.add_parser("requeue", parents=[common],
+                             help="Badmail back to Queue; Drop/Queue routed again")
+    requeue.add_argument("ids", nargs="*", metavar="ID")
+    requeue.add_argument("--all", action="store_true", help="every message in --folder")
+    requeue.add_argument("--folder", choices=["badmail", "drop", "queue"], default="badmail")
+    requeue.add_argument("--domain", help="only messages with a recipient in this domain")
+    requeue.add_argument("--reason", default="", help="why (kept in the audit log)")
+    retry = sub.add_parser("retry", parents=[common], help="queued messages due now")
+    retry.add_argument("ids", nargs="*", metavar="ID")
+    retry.add_argument("--all", action="store_true")
+    retry.add_argument("--domain", help="queued messages for this domain")
+    for name, text in (("hold", "keep queued messages from delivery"),
+                       ("release", "held messages back to Queue, due now"),
+                       ("undelete", "deleted messages back where they were")):
+        sub.add_parser(name, parents=[common], help=text).add_argument(
+            "ids", nargs="+", metavar="ID")
+    delete = sub.add_parser("delete", parents=[common], help="move messages to Trash")
+    delete.add_argument("ids", nargs="+", metavar="ID")
+    delete.add_argument("--yes", "-y", action="store_true", help="don't ask")
+    sub.add_parser("summary", parents=[common], help="queue shape by domain and age")
+    domains = sub.add_parser("domains", parents=[common], help="list or change domains")
+    domains.add_argument("action", nargs="?", choices=["list", "add-local", "add-alias",
+                                                       "set-default", "remove", "rename",
+                                                       "set-remote"])
+    domains.add_argument("names", nargs="*", metavar="DOMAIN")
+    domains.add_argument("--tls", choices=["none", "may", "require", "verify"])
+    domains.add_argument("--smarthost", metavar="HOST:PORT", help='"" for none')
+    settings = sub.add_parser("settings", parents=[common], help="get or set one setting")
+    settings.add_argument("action", choices=["get", "set"])
+    settings.add_argument("key")
+    settings.add_argument("value", nargs="?")
+    sub.add_parser("audit", parents=[common], help="print the audit log")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Admin], int]] = {
+    "queue": cmd_queue, "show": cmd_show, "requeue": cmd_requeue, "retry": cmd_retry,
+    "hold": simple("hold", "held"), "release": simple("release", "released"),
+    "delete": cmd_delete, "undelete": simple("undelete", "undeleted"),
+    "summary": cmd_summary, "domains": cmd_domains, "settings": cmd_settings,
+    "audit": cmd_audit,
+}
+
+
+def run(command: str, args: argparse.Namespace, config: Config) -> int:
+    return COMMANDS[command](args, Admin(config))

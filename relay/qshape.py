@@ -1,0 +1,87 @@
+"""Queue shape, as Postfix's qshape shows it: messages per destination domain by age, and
+Badmail by reason class, so an operator sees at a glance where mail is piling up and why."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from relay.store import Envelope
+
+AGE_BUCKETS: list[tuple[float, str]] = [
+    (300, "0-5m"), (600, "5-10m"), (1200, "10-20m"), (2400, "20-40m"), (4800, "40-80m"),
+    (9600, "80-160m"), (19200, "160-320m"), (math.inf, "older")]
+COLUMNS = [label for _, label in AGE_BUCKETS]
+
+STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+CLASSES = (  # (class, words in the reason that mean it), checked in this order
+    ("expired", ("expired", "expiration", "gave up after")),
+    ("DNS", ("dns", "mx record", "mx lookup", "nxdomain", "servfail", "no such domain",
+             "does not resolve", "null mx")),
+    ("TLS", ("tls", "certificate")),
+)
+
+
+def bucket(age: float) -> int:
+    return next(i for i, (limit, _) in enumerate(AGE_BUCKETS) if age < limit)
+
+
+def reason_class(reason: str, envelope: Envelope | None) -> str:
+    """A Badmail entry's class: expired, DNS, TLS, the 5.x.y status, or the intake reason."""
+    text = reason.lower()
+    for name, words in CLASSES:
+        if any(word in text for word in words):
+            return name
+    if envelope is None:  # refused at intake: the reason without its particulars
+        head = re.sub(r"\d+", "N", reason.split(":", 1)[0]).strip()
+        return f"intake: {head[:60]}" if head else "intake"
+    statuses = [r.status for r in envelope.recipients if r.state == "failed" and r.status]
+    if statuses:
+        return max(set(statuses), key=statuses.count)
+    match = STATUS.search(reason)
+    return match[1] if match else "other"
+
+
+@dataclass
+class ShapeRow:
+    name: str
+    counts: list[int] = field(default_factory=lambda: [0] * len(AGE_BUCKETS))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass
+class QueueShape:
+    """Rows of counts by age column; `domains` for the queue, `badmail` by reason class."""
+
+    columns: list[str] = field(default_factory=lambda: list(COLUMNS))
+    domains: list[ShapeRow] = field(default_factory=list)
+    badmail: list[ShapeRow] = field(default_factory=list)
+
+    @staticmethod
+    def _add(rows: list[ShapeRow], name: str, age: float) -> None:
+        row = next((r for r in rows if r.name == name), None)
+        if row is None:
+            row = ShapeRow(name)
+            rows.append(row)
+        row.counts[bucket(age)] += 1
+
+    def add_domain(self, domain: str, age: float) -> None:
+        self._add(self.domains, domain, age)
+
+    def add_badmail(self, reason: str, age: float) -> None:
+        self._add(self.badmail, reason, age)
+
+    def total(self) -> ShapeRow:
+        row = ShapeRow("TOTAL")
+        for r in self.domains:
+            row.counts = [a + b for a, b in zip(row.counts, r.counts, strict=True)]
+        return row
+
+    def sort(self) -> None:
+        """Busiest first, as qshape prints them."""
+        self.domains.sort(key=lambda r: (-r.total, r.name))
+        self.badmail.sort(key=lambda r: (-r.total, r.name))
