@@ -43,7 +43,7 @@ def fail_delivery(root: Path, mid: str, status: str = "5.1.1",
     """Move a queued message to Badmail as a permanent failure does: under its claim, every
     recipient failed, an attempt recorded, the report written."""
     store = Mailroot(root)
-    with store.claim(QUEUE, mid) as held:
+    with store.claim(QUEUE, mid, wait=10) as held:
         assert held
         envelope = store.read_envelope(QUEUE, mid)
         now = time.time()
