@@ -26,16 +26,18 @@ def message(to: str, token: str, sender: str = "app@yourdomain.com") -> bytes:
 
 
 def submit(r: RelayProcess, to: str, count: int = 1, prefix: str = "m") -> list[str]:
-    """Messages through Pickup and intake; returns their ids once they are queued or dropped."""
-    before = {p.stem for p in r.files("Queue", "*.env")} | {p.stem for p in r.files("Drop")}
-    for i in range(count):
-        drop_file(r.folder("Pickup"), f"{prefix}{i}.eml", message(to, f"{prefix}-token-{i}"))
+    """Messages through Pickup and intake; returns their ids (in order) once taken in."""
+    names = [f"{prefix}{i}.eml" for i in range(count)]
+    for i, name in enumerate(names):
+        drop_file(r.folder("Pickup"), name, message(to, f"{prefix}-token-{i}"))
 
-    def arrived() -> list[str]:
-        now = {p.stem for p in r.files("Queue", "*.env")} | {p.stem for p in r.files("Drop")}
-        return sorted(now - before) if len(now - before) >= count else []
+    def taken() -> list[str]:
+        ids = {e["source"]: e["id"] for e in r.events()
+               if e["event"] == "intake" and e.get("source", "").startswith("Pickup/")}
+        return [ids[f"Pickup/{n}"] for n in names] if all(
+            f"Pickup/{n}" in ids for n in names) else []
 
-    return wait_for(arrived, timeout=10)
+    return wait_for(taken, timeout=20)
 
 
 def fail_delivery(root: Path, mid: str, status: str = "5.1.1",
