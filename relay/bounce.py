@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from relay.store import BADMAIL, Envelope, Mailroot, Op, Write
+from relay.store import BADMAIL, Envelope, Mailroot, Op, Unlink, Write
 
 SEPARATOR = b"\n----- the original message follows, byte for byte -----\n"
 
@@ -72,3 +72,16 @@ def read_reason(path: Path) -> str:
         if line.startswith("Reason:"):
             return line.split(":", 1)[1].strip()
     return ""
+
+
+def quarantine_ops(store: Mailroot, folder: str, message_id: str, envelope: Envelope | None,
+                   reason: str) -> list[Op]:
+    """Ops that move a damaged committed entry out of Queue/Hold into Badmail, keeping what
+    is left of its message file byte for byte."""
+    try:
+        original = store.read_message(folder, message_id)
+    except FileNotFoundError:
+        original = b""
+    return badmail_ops(store, message_id, reason, original, source=f"{folder}/{message_id}",
+                       envelope=envelope) + [Unlink(store.path(folder, message_id, ".env")),
+                                             Unlink(store.path(folder, message_id, ".eml"))]

@@ -11,11 +11,12 @@ import socket
 import sys
 from typing import TextIO
 
+from relay.bounce import quarantine_ops
 from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.pickup import PickupWatcher
-from relay.store import Mailroot
+from relay.store import HOLD, QUEUE, Mailroot
 
 LOCK_NAME = "relay.lock"
 
@@ -72,9 +73,21 @@ class Relay:
             signal.signal(signal.SIGIO, signal.SIG_IGN)  # Pickup's read-lease probe
         for folder, mid, what in self.store.recover():
             self.events.emit("recovered", id=mid, folder=folder, action=what)
+        self.quarantine_damaged()
         await self.pickup.start()
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
+
+    def quarantine_damaged(self) -> None:
+        """Move committed entries whose files are missing or damaged into Badmail, so they
+        are never delivered blindly."""
+        for folder in (QUEUE, HOLD):
+            for mid, envelope, reason in list(self.store.damaged(folder)):
+                with self.store.claim(folder, mid) as claimed:
+                    if not claimed and self.store.path(folder, mid, ".eml").exists():
+                        continue  # someone else is handling it
+                    self.store.commit(quarantine_ops(self.store, folder, mid, envelope, reason))
+                self.events.emit("quarantined", id=mid, folder=folder, reason=reason)
 
     async def stop(self) -> None:
         if not self.running:

@@ -323,8 +323,8 @@ class Mailroot:
 
         Uncommitted partial entries are removed (their source still exists: nothing was
         acknowledged); a committed entry that also exists further along the lifecycle is the
-        source of an interrupted move and is removed; a committed entry whose message file is
-        missing or damaged is reported for quarantine by the caller.
+        source of an interrupted move and is removed.  Committed entries whose files are
+        missing or damaged are found by `damaged()`, for the caller to quarantine.
         """
         actions: list[tuple[str, str, str]] = []
         for stale in self.tmp.glob("*"):
@@ -353,6 +353,32 @@ class Mailroot:
                                else []))
                 actions.append((older, mid, "removed the source of an interrupted move"))
         return actions
+
+    def damaged(self, folder: str) -> Iterator[tuple[str, Envelope | None, str]]:
+        """Committed entries in Queue or Hold that must not be delivered: (id, envelope or
+        None if unreadable, reason).
+
+        A commit never leaves these (files are fsynced before they are named), so they come
+        from disk faults or hands.  Cheap enough for start-up: one small read and one stat per
+        entry; message bodies are not read (delivery checks the checksum before sending).
+        """
+        for mid in self.ids(folder):
+            try:
+                envelope = self.read_envelope(folder, mid)
+            except FileNotFoundError:
+                continue  # moved by someone else meanwhile
+            except (OSError, ValueError, TypeError) as exc:
+                yield mid, None, f"the envelope {folder}/{mid}.env cannot be read: {exc}"
+                continue
+            try:
+                size = os.stat(self.path(folder, mid, ".eml")).st_size
+            except FileNotFoundError:
+                if self.has(folder, mid):
+                    yield mid, envelope, f"the message file {folder}/{mid}.eml is missing"
+                continue
+            if size != envelope.size:
+                yield mid, envelope, (f"the stored message file is damaged: {size} bytes, "
+                                      f"expected {envelope.size} bytes")
 
 
 def damage(envelope: Envelope, data: bytes) -> str | None:
