@@ -14,7 +14,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from relay.message import MAX_LINE
-from relay.store import BADMAIL, QUEUE, Envelope, Mailroot, Op, Recipient, Write
+from relay.store import BADMAIL, QUEUE, Envelope, Mailroot, Op, Recipient, Unlink, Write
 
 SMTP_REPLY = re.compile(r"^[245]\d\d[ -]")
 
@@ -172,3 +172,26 @@ def original_message_id(head: bytes) -> str:
     """The Message-ID of the original, for In-Reply-To/References ('' if it has none)."""
     match = re.search(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", head, re.I | re.M)
     return match[1].decode("ascii", "replace") if match else ""
+
+
+def quarantine_ops(store: Mailroot, folder: str, message_id: str, envelope: Envelope | None,
+                   reason: str) -> list[Op]:
+    """Ops that move a damaged committed entry out of Queue/Hold into Badmail, keeping what
+    is left of its message file byte for byte."""
+    try:
+        original = store.read_message(folder, message_id)
+    except FileNotFoundError:
+        original = b""
+    return badmail_ops(store, message_id, reason, original, source=f"{folder}/{message_id}",
+                       envelope=envelope) + [Unlink(store.path(folder, message_id, ".env")),
+                                             Unlink(store.path(folder, message_id, ".eml"))]
+
+
+def quarantine(store: Mailroot, folder: str, message_id: str, envelope: Envelope | None,
+               reason: str) -> bool:
+    """Move a damaged entry into Badmail under its claim; False if someone else has it."""
+    with store.claim(folder, message_id) as claimed:
+        if not claimed and store.path(folder, message_id, ".eml").exists():
+            return False
+        store.commit(quarantine_ops(store, folder, message_id, envelope, reason))
+    return True

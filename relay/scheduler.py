@@ -20,7 +20,7 @@ from pathlib import Path
 import watchfiles
 
 from relay.address import domain_of
-from relay.bounce import delivery_report, failed_delivery_ops
+from relay.bounce import delivery_report, failed_delivery_ops, quarantine
 from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
@@ -119,12 +119,17 @@ class Scheduler:
             self.wake.set()
 
     def _due_times(self, ids: list[str]) -> list[tuple[str, float]]:
-        """(id, next attempt) for the ids whose envelope is in Queue (runs in a thread)."""
+        """(id, next attempt) for the ids whose envelope is in Queue (runs in a thread);
+        entries that must not be delivered (damaged, unreadable) go to Badmail instead."""
         found = []
         for mid in ids:
             try:
-                envelope = self.store.read_envelope(QUEUE, mid)
-            except (OSError, ValueError):
+                envelope, problem = self.store.inspect(QUEUE, mid)
+            except OSError:
+                continue
+            if problem:
+                if quarantine(self.store, QUEUE, mid, envelope, problem):
+                    self.events.emit("quarantined", id=mid, folder=QUEUE, reason=problem)
                 continue
             found.append((mid, envelope.next_attempt))
         return found
@@ -189,7 +194,10 @@ class Scheduler:
             if not claimed:
                 if self.store.has(QUEUE, mid):
                     self.inflight.discard(mid)
-                    self.schedule(mid, time.time() + BUSY_RETRY)
+                    if self.store.path(QUEUE, mid, ".eml").exists():
+                        self.schedule(mid, time.time() + BUSY_RETRY)
+                    else:  # its message file vanished under it: never retry it blindly
+                        await asyncio.to_thread(self._due_times, [mid])
                 return
             try:
                 envelope = await asyncio.to_thread(self.store.read_envelope, QUEUE, mid)

@@ -12,6 +12,7 @@ import sys
 from typing import TextIO
 
 from relay.admin import Admin
+from relay.bounce import quarantine
 from relay.config import Config, ConfigError
 from relay.config_watch import ConfigWatcher
 from relay.events import EventLog
@@ -19,7 +20,7 @@ from relay.intake import Intake
 from relay.pickup import PickupWatcher
 from relay.scheduler import Scheduler
 from relay.smtpd import SmtpServer
-from relay.store import Mailroot
+from relay.store import HOLD, Mailroot
 
 LOCK_NAME = "relay.lock"
 
@@ -95,6 +96,7 @@ class Relay:
             signal.signal(signal.SIGIO, signal.SIG_IGN)  # Pickup's read-lease probe
         for folder, mid, what in self.store.recover():
             self.events.emit("recovered", id=mid, folder=folder, action=what)
+        self.quarantine_held()
         try:
             await self.smtpd.start()
         except Exception:
@@ -108,6 +110,13 @@ class Relay:
             self.config_watcher.start()
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
+
+    def quarantine_held(self) -> None:
+        """Damaged entries in Hold go to Badmail at start (the scheduler checks Queue's in its
+        own start-up pass), so they are never released and delivered blindly."""
+        for mid, envelope, reason in list(self.store.damaged(HOLD)):
+            if quarantine(self.store, HOLD, mid, envelope, reason):
+                self.events.emit("quarantined", id=mid, folder=HOLD, reason=reason)
 
     async def stop(self) -> None:
         if not self.running:

@@ -331,8 +331,8 @@ class Mailroot:
 
         Uncommitted partial entries are removed (their source still exists: nothing was
         acknowledged); a committed entry that also exists further along the lifecycle is the
-        source of an interrupted move and is removed; a committed entry whose message file is
-        missing or damaged is reported for quarantine by the caller.
+        source of an interrupted move and is removed.  Committed entries whose files are
+        missing or damaged are found by `damaged()`, for the caller to quarantine.
         """
         actions: list[tuple[str, str, str]] = []
         for stale in self.tmp.glob("*"):
@@ -361,6 +361,52 @@ class Mailroot:
                                else []))
                 actions.append((older, mid, "removed the source of an interrupted move"))
         return actions
+
+    def inspect(self, folder: str, message_id: str) -> tuple[Envelope | None, str | None]:
+        """A committed Queue/Hold entry's envelope and, if it must not be delivered, why.
+
+        A commit never leaves such entries (files are fsynced before they are named), so they
+        come from disk faults or hands.  Cheap enough for start-up: one small read and one stat;
+        the body is not read (delivery checks the checksum before sending).  Raises
+        FileNotFoundError if the entry is gone.
+        """
+        try:
+            envelope = Envelope.from_json(_read(self.path(folder, message_id, ".env")))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            return None, f"the envelope {folder}/{message_id}.env cannot be read: {exc!r}"
+        try:
+            found: int | None = os.stat(self.path(folder, message_id, ".eml")).st_size
+        except FileNotFoundError:
+            found = None
+        if found == envelope.size:
+            return envelope, None
+        return envelope, (f"the message file {folder}/{message_id}.eml is missing" if found is None
+                          else f"the stored message file is damaged: {found} bytes, expected "
+                               f"{envelope.size} bytes")
+
+    def damaged(self, folder: str) -> Iterator[tuple[str, Envelope | None, str]]:
+        """(id, envelope or None, reason) for each entry of Queue or Hold not to deliver."""
+        for mid in self.ids(folder):
+            try:
+                envelope, problem = self.inspect(folder, mid)
+            except FileNotFoundError:
+                continue  # moved by someone else meanwhile
+            if problem:
+                yield mid, envelope, problem
+
+
+def _read(path: Path) -> bytes:
+    """A small file's bytes with no more system calls than needed."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 1 << 16)]
+        while len(chunks[-1]) == 1 << 16:
+            chunks.append(os.read(fd, 1 << 16))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def damage(envelope: Envelope, data: bytes) -> str | None:

@@ -1,0 +1,95 @@
+"""Running workloads interleaved across systems, and reporting medians with ratios.
+
+A workload measures one system once and returns its figures ({metric: value}).  Each run
+goes through every system in turn (A B A B ...), so slow drifts of a noisy machine hit every
+system alike; a figure is the median of the runs with their min and max, and its ratio is to
+the reference system's median measured in the same session.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.systems import NotAvailable
+
+Measure = Callable[[str], dict[str, float]]
+
+@dataclass
+class Workload:
+    name: str
+    systems: list[str]
+    measure: Callable[[str, Any], dict[str, float]]
+    references: list[str] = field(default_factory=list)  # first one measured is the ratio base
+
+@dataclass
+class Row:
+    workload: str
+    system: str
+    metric: str
+    runs: list[float] = field(default_factory=list)
+    note: str = ""
+    reference: str = ""
+    ratio: float | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.runs) if self.runs else None
+
+def run(workloads: list[Workload], context: Any, runs: int, log: Callable[[str], None]) -> list[Row]:
+    rows: dict[tuple[str, str, str], Row] = {}
+    for workload in workloads:
+        skipped: dict[str, str] = {}
+        for number in range(runs):
+            for system in workload.systems:
+                if system in skipped:
+                    continue
+                began = time.monotonic()
+                try:
+                    figures = workload.measure(system, context)
+                except NotAvailable as exc:
+                    skipped[system] = str(exc)
+                    rows[(workload.name, system, "")] = Row(workload.name, system, "",
+                                                           note=str(exc))
+                    log(f"  {workload.name} / {system}: {exc}")
+                    continue
+                for metric, value in figures.items():
+                    rows.setdefault((workload.name, system, metric),
+                                    Row(workload.name, system, metric)).runs.append(value)
+                shown = ", ".join(f"{v:.4g} {m}" for m, v in figures.items())
+                log(f"  {workload.name} / {system} run {number + 1}: {shown} "
+                    f"({time.monotonic() - began:.1f}s)")
+        for row in rows.values():
+            if row.workload != workload.name or row.median is None:
+                continue
+            for reference in workload.references:
+                base = rows.get((workload.name, reference, row.metric))
+                if base and base.median:
+                    row.reference, row.ratio = reference, row.median / base.median
+                    break
+    return list(rows.values())
+
+def table(rows: list[Row]) -> str:
+    lines = ["| workload | system | figure | median (min–max) | ratio |", "|---|---|---|---|---|"]
+    for row in rows:
+        if row.median is None:
+            lines.append(f"| {row.workload} | {row.system} | – | {row.note} | – |")
+            continue
+        ratio = f"{row.ratio:.2f}× {row.reference}" if row.ratio is not None and \
+            row.reference != row.system else "–"
+        lines.append(f"| {row.workload} | {row.system} | {row.metric} | {row.median:.4g} "
+                     f"({min(row.runs):.4g}–{max(row.runs):.4g}) | {ratio} |")
+    return "\n".join(lines)
+
+def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**meta, "results": [
+        {"workload": r.workload, "system": r.system, "metric": r.metric, "runs": r.runs,
+         "median": r.median, "min": min(r.runs, default=None), "max": max(r.runs, default=None),
+         "reference": r.reference or None, "ratio": r.ratio, "note": r.note or None}
+        for r in rows]}, indent=2))

@@ -1,0 +1,324 @@
+"""The workloads: each measures one system once and returns its figures.
+
+A relay workload that needs a feature the relay lacks (its SMTP listener, delivery from Queue
+to the next hop) raises NotAvailable with a reason; the probe in `Context.features` decides,
+so these workloads start producing figures as soon as the features exist.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import postfix as postfixmod
+from bench.core import Workload
+from bench.load import RECIPIENT, fill_pickup, free_port, message, smtp_load, smtp_one
+from bench.procstat import cpu_seconds, rss_mb
+from bench.sink import Sink
+from bench.systems import LOCAL_DOMAIN, NotAvailable, Reference, Relay, mailroot_queue_json
+from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
+
+REFERENCES = ["aiosmtpd count", "aiosmtpd fsync"]
+WAIT = 600  # the longest any one measurement may wait for its messages
+
+
+@dataclass
+class Params:
+    smtp_count: int = 5000
+    big_count: int = 5000
+    sessions: int = 10
+    pickup_count: int = 5000
+    latency_samples: int = 50
+    queue_count: int = 100_000
+    idle_seconds: float = 30.0
+
+
+@dataclass
+class Context:
+    sink: Sink
+    params: Params
+    work: Path
+    features: dict[str, bool] = field(default_factory=dict)
+    postfix_missing: str | None = None
+    filled_queue: Relay | None = None
+
+    def home(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
+
+    def relay(self, *needs: str) -> Relay:
+        missing = [n for n in needs if not self.features.get(n)]
+        if missing:
+            words = {"smtp": "the relay's SMTP listener", "delivery": "remote delivery"}
+            raise NotAvailable(" and ".join(words[n] for n in missing) + ": not available yet")
+        return Relay(self.home("relay-"), self.sink.port)
+
+    def postfix(self) -> postfixmod.Postfix:
+        if self.postfix_missing:
+            raise NotAvailable(f"skipped: {self.postfix_missing}")
+        instance = postfixmod.Postfix(self.sink.port, free_port(), self.home("postfix-"))
+        instance.configure()
+        return instance
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- SMTP relay throughput ------------------------------------------------------------------
+
+def smtp_throughput(size: int, big: bool):
+    def measure(system: str, ctx: Context) -> dict[str, float]:
+        count = ctx.params.big_count if big else ctx.params.smtp_count
+        sessions = ctx.params.sessions
+        if system in REFERENCES:
+            ref = Reference(system.split()[1])
+            try:
+                began = time.monotonic()
+                smtp_load(ref.port, count, sessions, size, timeout=WAIT)
+                return {"msg/s": count / (time.monotonic() - began)}
+            finally:
+                ref.stop()
+        if system == "postfix":
+            instance = ctx.postfix()
+            instance.start()
+            try:
+                return _relay_run(ctx, instance.smtp_port, count, sessions, size)
+            finally:
+                instance.stop()
+                cleanup(instance.home)
+        relay = ctx.relay("smtp", "delivery")
+        relay.start()
+        try:
+            cpu = cpu_seconds(relay.pid)
+            figures = _relay_run(ctx, relay.smtp_port, count, sessions, size)
+            figures["CPU s per 1000 msgs"] = (cpu_seconds(relay.pid) - cpu) * 1000 / count
+            return figures
+        finally:
+            relay.stop()
+            cleanup(relay.home)
+    return measure
+
+
+def _relay_run(ctx: Context, port: int, count: int, sessions: int,
+               size: int) -> dict[str, float]:
+    """Send through a relay on `port`; end to end is until the sink has them all."""
+    before = ctx.sink.count
+    began = time.monotonic()
+    smtp_load(port, count, sessions, size, timeout=WAIT)
+    accepted = time.monotonic() - began
+    if not ctx.sink.wait(before + count, timeout=WAIT):
+        raise RuntimeError(f"the sink got {ctx.sink.count - before} of {count}")
+    return {"msg/s": count / (time.monotonic() - began), "accepted msg/s": count / accepted}
+
+
+# --- Pickup ----------------------------------------------------------------------------------
+
+def pickup_drain(system: str, ctx: Context) -> dict[str, float]:
+    """N files of 2 KB pre-filled in the pickup folder, the system started after; until the
+    sink has them all."""
+    count = ctx.params.pickup_count
+    before = ctx.sink.count
+    if system == "postfix":
+        instance = ctx.postfix()
+        with ThreadPoolExecutor(8) as pool:  # fill while stopped: its maildrop holds them
+            list(pool.map(lambda n: instance.sendmail(message(n, 2000)), range(count)))
+        began = time.monotonic()
+        instance.start()
+        try:
+            ok = ctx.sink.wait(before + count, timeout=WAIT)
+            took = time.monotonic() - began
+        finally:
+            instance.stop()
+            cleanup(instance.home)
+    else:
+        relay = ctx.relay("delivery")
+        relay.pickup().mkdir(parents=True)
+        fill_pickup(relay.pickup(), count, 2000)
+        began = time.monotonic()
+        relay.start()
+        try:
+            ok = ctx.sink.wait(before + count, timeout=WAIT)
+            took = time.monotonic() - began
+        finally:
+            relay.stop()
+            cleanup(relay.home)
+    if not ok:
+        raise RuntimeError(f"the sink got {ctx.sink.count - before} of {count}")
+    return {"msg/s": count / took}
+
+
+def pickup_intake(recipient: str):
+    """Interim figure until delivery exists: pre-filled Pickup -> committed in Drop or Queue."""
+    def measure(system: str, ctx: Context) -> dict[str, float]:
+        count = ctx.params.pickup_count
+        relay = Relay(ctx.home("relay-"), ctx.sink.port)
+        relay.pickup().mkdir(parents=True)
+        fill_pickup(relay.pickup(), count, 2000, recipient)
+        began = time.monotonic()
+        relay.start()
+        try:
+            deadline = began + WAIT
+            while relay.committed() < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            took = time.monotonic() - began
+            if relay.committed() < count:
+                raise RuntimeError(f"{relay.committed()} of {count} committed")
+            return {"msg/s": count / took}
+        finally:
+            relay.stop()
+            cleanup(relay.home)
+    return measure
+
+
+# --- latency ---------------------------------------------------------------------------------
+
+def _latencies(samples: int, send, arrived) -> dict[str, float]:
+    """Send one message at a time; milliseconds from send(token) to arrived(token)."""
+    taken = []
+    for number in range(samples):
+        token = f"lat-{new_id()}-{number}"
+        began = time.monotonic()
+        send(token)
+        deadline = began + 30
+        while not (done := arrived(token)) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if not done:
+            raise RuntimeError(f"message {token} did not arrive within 30 s")
+        taken.append(((done if isinstance(done, float) else time.monotonic()) - began) * 1000)
+    taken.sort()
+    return {"ms median": statistics.median(taken),
+            "ms p95": taken[max(0, math.ceil(len(taken) * 0.95) - 1)]}
+
+
+def _rename_into(folder: Path, token: str, recipient: str) -> None:
+    aside = folder.parent / f"{token}.eml"
+    aside.write_bytes(message(token, 2000, recipient))
+    os.rename(aside, folder / f"{token}.eml")
+
+
+def latency_pickup(system: str, ctx: Context) -> dict[str, float]:
+    samples = ctx.params.latency_samples
+    if system == "postfix":
+        instance = ctx.postfix()
+        instance.start()
+        try:
+            return _latencies(samples, lambda t: instance.sendmail(message(t, 2000)),
+                              ctx.sink.arrived)
+        finally:
+            instance.stop()
+            cleanup(instance.home)
+    relay = ctx.relay("delivery")
+    relay.start()
+    try:
+        return _latencies(samples, lambda t: _rename_into(relay.pickup(), t, RECIPIENT),
+                          ctx.sink.arrived)
+    finally:
+        relay.stop()
+        cleanup(relay.home)
+
+
+def latency_pickup_drop(system: str, ctx: Context) -> dict[str, float]:
+    """Interim: a file renamed into Pickup -> its message committed in Drop."""
+    relay = Relay(ctx.home("relay-"), ctx.sink.port)
+    relay.start()
+    try:
+        return _latencies(ctx.params.latency_samples,
+                          lambda t: _rename_into(relay.pickup(), t, f"u@{LOCAL_DOMAIN}"),
+                          lambda t: relay.committed() > int(t.rsplit("-", 1)[1]))
+    finally:
+        relay.stop()
+        cleanup(relay.home)
+
+
+def latency_smtp(system: str, ctx: Context) -> dict[str, float]:
+    samples = ctx.params.latency_samples
+    if system == "postfix":
+        instance = ctx.postfix()
+        instance.start()
+        try:
+            return _latencies(samples, lambda t: smtp_one(instance.smtp_port, message(t, 2000)),
+                              ctx.sink.arrived)
+        finally:
+            instance.stop()
+            cleanup(instance.home)
+    relay = ctx.relay("smtp", "delivery")
+    relay.start()
+    try:
+        return _latencies(samples, lambda t: smtp_one(relay.smtp_port, message(t, 2000)),
+                          ctx.sink.arrived)
+    finally:
+        relay.stop()
+        cleanup(relay.home)
+
+
+# --- scale -----------------------------------------------------------------------------------
+
+def filled_queue(ctx: Context) -> Relay:
+    """A mailroot with N deferred messages in Queue (next attempt in a day), written once
+    per session straight to disk with the store's envelope format."""
+    if ctx.filled_queue is None:
+        relay = Relay(ctx.home("scale-"), ctx.sink.port)
+        store = Mailroot(relay.root)
+        store.ensure()
+        later = time.time() + 86400
+        for number in range(ctx.params.queue_count):
+            data = message(number, 2000)
+            mid = new_id()
+            envelope = Envelope(id=mid, sender="bench@bench.test",
+                                recipients=[Recipient(RECIPIENT, state="deferred")],
+                                received=time.time(), origin="bench", size=len(data),
+                                crc32=checksum(data), next_attempt=later, queued_at=time.time())
+            store.path(QUEUE, mid, ".eml").write_bytes(data)
+            store.path(QUEUE, mid, ".env").write_bytes(envelope.to_json())
+        ctx.filled_queue = relay
+    return ctx.filled_queue
+
+
+def scale_queue(system: str, ctx: Context) -> dict[str, float]:
+    relay = filled_queue(ctx)
+    took = relay.start()
+    try:
+        cpu, began = cpu_seconds(relay.pid), time.monotonic()
+        time.sleep(ctx.params.idle_seconds)
+        idle = (cpu_seconds(relay.pid) - cpu) / (time.monotonic() - began) * 100
+        return {"s start": took, "% idle CPU": idle, "MB RSS": rss_mb(relay.pid)}
+    finally:
+        relay.stop()
+
+
+def scale_queue_listing(system: str, ctx: Context) -> dict[str, float]:
+    return {"s": mailroot_queue_json(filled_queue(ctx).config)}
+
+
+def all_workloads(params: Params) -> list[Workload]:
+    relays = ["postfix", "mailroot"]
+    smtp = [*REFERENCES, *relays]
+    return [
+        Workload(f"SMTP relay, 2 KB, {params.sessions} sessions, {params.smtp_count} msgs",
+                 smtp, smtp_throughput(2000, big=False), ["postfix", "aiosmtpd count"]),
+        Workload(f"SMTP relay, 100 KB, {params.sessions} sessions, {params.big_count} msgs",
+                 smtp, smtp_throughput(100_000, big=True), ["postfix", "aiosmtpd count"]),
+        Workload(f"pickup drain, {params.pickup_count} × 2 KB pre-filled → sink", relays,
+                 pickup_drain, ["postfix"]),
+        Workload(f"latency, pickup → sink ({params.latency_samples} samples)", relays,
+                 latency_pickup, ["postfix"]),
+        Workload(f"latency, SMTP end-of-data → sink ({params.latency_samples} samples)",
+                 relays, latency_smtp, ["postfix"]),
+        Workload(f"interim: pickup intake, {params.pickup_count} × 2 KB → Drop", ["mailroot"],
+                 pickup_intake(f"u@{LOCAL_DOMAIN}")),
+        Workload(f"interim: pickup intake, {params.pickup_count} × 2 KB → Queue", ["mailroot"],
+                 pickup_intake(RECIPIENT)),
+        Workload(f"interim: latency, pickup → Drop ({params.latency_samples} samples)",
+                 ["mailroot"], latency_pickup_drop),
+        Workload(f"scale: {params.queue_count} deferred in Queue, idle "
+                 f"{params.idle_seconds:g} s", ["mailroot"], scale_queue),
+        Workload(f"scale: `mailroot queue --json` with {params.queue_count} queued",
+                 ["mailroot"], scale_queue_listing),
+    ]
