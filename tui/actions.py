@@ -104,3 +104,14 @@ SETTINGS = [
         label="save"),
     Act("escape", "cancel", "Cancel", "discard the changes", label="cancel"),
 ]
+
+
+class Guarded:
+    """Screen mixin: in --readonly, mutating actions are hidden (footer, help, palette) and
+    refused (their keys do nothing)."""
+
+    ACTS: list[Act] = []
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        mutating = {a.action.split("(")[0] for a in self.ACTS if a.mutating}
+        return not (self.app.readonly and action in mutating)  # type: ignore[attr-defined]

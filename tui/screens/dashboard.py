@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Log, Static, Tab, Tabs
 
 from relay.store import FOLDERS, HOLD, QUEUE
-from tui.actions import DASHBOARD, bindings
+from tui.actions import DASHBOARD, Guarded, bindings
 from tui.screens.confirm import Confirm
 from tui.widgets.folder_pane import FolderPane, can
 from tui.widgets.status import StatusBar
@@ -33,7 +33,7 @@ def question(action: str, count: int, folder: str) -> str:
     return f"{verb} {count} message{'s' if count != 1 else ''} {prep} {folder}?"
 
 
-class Dashboard(Screen):
+class Dashboard(Guarded, Screen):
     ACTS = DASHBOARD
     BINDINGS = bindings(DASHBOARD)
 
@@ -186,12 +186,6 @@ class Dashboard(Screen):
         self.app.push_screen(SettingsForm())
 
     # --- acting ---
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if self.app.readonly and any(a.mutating and a.action.startswith(action)
-                                     for a in DASHBOARD):
-            return False
-        return True
 
     def action_bulk(self, action: str) -> None:
         if self.app.readonly:
