@@ -30,7 +30,7 @@ def fixed_id(when: float, serial: int) -> str:
 
 def message(sender: str, to: str, subject: str, body: str = "Hello.\r\n") -> bytes:
     return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{abs(hash(subject)) % 10**8}@example.com>\r\n"
+            f"Message-ID: <{zlib.crc32(subject.encode()):08x}@example.com>\r\n"
             f"X-Tag: [ticket 42] brackets stay text\r\n\r\n{body}").encode()
 
 
@@ -41,10 +41,10 @@ def envelope(mid: str, when: float, sender: str, to: list[str], subject: str, da
                     subject=subject, queued_at=when, **extra)
 
 
-def write_config(tmp: Path) -> Path:
+def write_config(tmp: Path, relative: bool = False) -> Path:
     path = tmp / "mailroot.yaml"
     path.write_text(yaml.safe_dump({
-        "mailroot": str(tmp / "mailroot"), "hostname": "relay.example.com",
+        "mailroot": "./mailroot" if relative else str(tmp / "mailroot"), "hostname": "relay.example.com",
         "domains": {"local": {"default": "example.com", "aliases": ["corp.example.com"]},
                     "remote": {"partner.example": {"tls": "require",
                                                    "smarthost": "mx.partner.example:587"}}},

@@ -182,7 +182,7 @@ class ConsoleApp(App):
         state, running = self.relay_state()
         header = Text()
         header.append(" mailroot ", style="bold reverse")
-        header.append(f" {state}  ·  {self.store.root}")
+        header.append(f" {state}  ·  {self.config.mailroot}")
         if self.readonly:
             header.append("  ·  READ-ONLY", style="bold")
         self.dashboard.query_one("#header", Static).update(header)

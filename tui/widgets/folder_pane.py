@@ -74,7 +74,8 @@ class FolderPane(Vertical):
             text.append(f"  rows {first}–{min(total, first + PAGE - 1)} of {total} ([ ] page)")
         if view.marks:
             text.append(f"  {len(view.marks)} marked", style="bold")
-        text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
+        if view.sort:
+            text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
         return text
 
     def current_id(self) -> str | None:
