@@ -191,10 +191,7 @@ async def test_alias_added_in_domain_editor_routes_next_message_to_drop(write_co
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.relay is not None)
         await pilot.press("e", "a", *"newalias.test", "enter")
-        await until(pilot, lambda: "newalias.test" in str(
-            app.screen.query_one("#domains").get_row_at(app.screen.query_one(
-                "#domains").row_count - 1)) or any(r.domain == "newalias.test"
-                                                   for r in app.screen.rows))
+        await until(pilot, lambda: any(r.domain == "newalias.test" for r in app.screen.rows))
         drop_file(tmp_path / "mailroot" / "Pickup", "a.eml",
                   b"From: x@yourdomain.com\r\nTo: someone@newalias.test\r\nSubject: hi\r\n\r\n.\r\n")
         await until(pilot, lambda: len(app.dashboard.panes[DROP].view.ids) == 1)
