@@ -38,6 +38,12 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace, config: Config) -> int:
+    from tui.app import run_console  # imported here: the relay itself never needs textual
+
+    return run_console(config, readonly=getattr(args, "readonly", False))
+
+
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     print(f"# {config.source or 'defaults (no config file)'}: OK")
     rows = configmod.describe(config)
@@ -117,6 +123,10 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mailroot", parents=[common],
                                   description="A mail relay built around the IIS mailroot.")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    console = sub.add_parser("console", parents=[common],
+                             help="the operator console (the default with no command)")
+    console.add_argument("--readonly", action="store_true",
+                         help="watch only: hide and refuse every action that changes anything")
     sub.add_parser("serve", parents=[common], help="run the relay (no console)")
     sub.add_parser("check", parents=[common], help="validate the config, print the settings")
     send = sub.add_parser("send", parents=[common], help="write a message into Pickup")
@@ -136,7 +146,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-COMMANDS = {"serve": cmd_serve, "check": cmd_check, "send": cmd_send, "passwd": cmd_passwd}
+COMMANDS = {"console": cmd_console, "serve": cmd_serve, "check": cmd_check, "send": cmd_send,
+            "passwd": cmd_passwd}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mailroot: config error: {exc}", file=sys.stderr)
         return 2
-    command = args.command or "serve"
+    command = args.command or "console"
     if command in cli_admin.COMMANDS:
         try:
             return cli_admin.run(command, args, config)

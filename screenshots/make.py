@@ -1,0 +1,107 @@
+"""Make the README's console screenshots from a real relay run.
+
+Runs the console with its embedded relay on a temporary mailroot, feeds mail through Pickup
+so every folder holds some (Pickup: a file still being written; Queue: remote mail; Drop:
+local mail; Badmail: a file without recipients; Hold: one queued message held), then saves
+SVG screenshots next to this script. Usage: python screenshots/make.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from relay import config as configmod  # noqa: E402
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE  # noqa: E402
+from tui.app import ConsoleApp  # noqa: E402
+
+MAIL = [
+    ("report.eml", "app@example.com", "ops@partner.example", "Nightly report [prod]"),
+    ("invoice.eml", "billing@example.com", "accounts@customer.example", "Invoice 2291"),
+    ("quote.eml", "sales@example.com", "buyer@faraway.example", "Quote request"),
+    ("alert.eml", "monitor@example.com", "it@example.com", "Disk 91% on db1"),
+    ("welcome.eml", "app@example.com", "new.user@corp.example.com", "Welcome aboard"),
+]
+
+
+def message(sender: str, to: str, subject: str) -> bytes:
+    return f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\n{subject}.\r\n".encode()
+
+
+def put(root: Path, name: str, data: bytes) -> None:
+    tmp = root / "tmp" / f"make-{name}"
+    tmp.write_bytes(data)
+    os.rename(tmp, root / PICKUP / name)
+
+
+async def until(pilot, predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit("the relay did not take the mail in time")
+        await pilot.pause(0.1)
+
+
+def hold(app: ConsoleApp, message_id: str) -> None:
+    if hasattr(app.admin, "hold"):
+        app.admin.hold([message_id])
+        return
+    store = app.store  # until the operator API can hold: the same claimed, atomic move
+    with store.claim(QUEUE, message_id) as mine:
+        if mine:
+            store.commit(store.move_ops(QUEUE, HOLD, store.read_envelope(QUEUE, message_id)))
+
+
+async def make(workdir: Path) -> None:
+    config_path = workdir / "mailroot.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "mailroot": "./mailroot", "hostname": "relay.example.com",
+        "domains": {"local": {"default": "example.com", "aliases": ["corp.example.com"]},
+                    "remote": {"partner.example": {"tls": "require",
+                                                   "smarthost": "mx.partner.example:587"}}},
+        "delivery": {"smarthost": "127.0.0.1:9"},  # nothing answers there: mail stays queued
+    }, sort_keys=False))
+    os.chdir(workdir)
+    app = ConsoleApp(configmod.load(config_path))
+    root = workdir / "mailroot"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.relay is not None and app.relay.running)
+        for name, sender, to, subject in MAIL:
+            put(root, name, message(sender, to, subject))
+        put(root, "no-recipients.eml", b"From: app@example.com\r\nSubject: To whom?\r\n\r\nx\r\n")
+        with open(root / PICKUP / "export-0917.eml", "wb") as writer:  # still being written
+            writer.write(message("erp@example.com", "finance@partner.example", "Export 0917"))
+            writer.flush()
+            panes = app.dashboard.panes
+            await until(pilot, lambda: len(panes[QUEUE].view.ids) >= 3 and panes[DROP].view.ids)
+            hold(app, panes[QUEUE].view.ids[0])
+            await until(pilot, lambda: panes[HOLD].view.ids and panes[BADMAIL].view.ids)
+            await pilot.pause(1.2)
+            shots = [("dashboard.svg", ()), ("badmail-inspector.svg", ("4", "enter")),
+                     ("domain-editor.svg", ("escape", "e")),
+                     ("settings-form.svg", ("escape", "c"))]
+            for name, keys in shots:
+                await pilot.press(*keys)
+                await pilot.pause(0.3)
+                app.save_screenshot(name, str(HERE))
+            await pilot.press("escape", "2")
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause(0.5)
+            app.save_screenshot("dashboard-80x24.svg", str(HERE))
+    print(f"screenshots written to {HERE}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TZ", "UTC")
+    time.tzset()
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(make(Path(tmp)))

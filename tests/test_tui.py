@@ -1,0 +1,243 @@
+"""The console against a real relay (embedded in the app) on a temporary mailroot."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from relay import config as configmod
+from relay.admin import Admin
+from relay.service import lock_holder
+from relay.store import BADMAIL, DROP, QUEUE, Mailroot
+from tests.conftest import drop_file, sample, wait_for
+from tests.tui_fixture import T0, build, hold_lock
+from tests.tui_fixture import write_config as fixture_config
+from tui.app import ConsoleApp
+from tui.fields import form_keys
+from tui.screens.confirm import Confirm
+from tui.screens.inspector import Inspector
+from tui.screens.settings import SettingsForm
+
+SIZE = (80, 24)
+mutators = pytest.mark.skipif(not hasattr(Admin, "hold"),
+                              reason="operator API mutators not merged yet")
+
+
+async def until(pilot, predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.05)
+
+
+def console(path: Path, **kw) -> ConsoleApp:
+    return ConsoleApp(configmod.load(path), **kw)
+
+
+async def test_pickup_file_appears_in_queue_pane_within_a_second(write_config, tmp_path):
+    app = console(write_config())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.relay is not None and app.relay.running)
+        assert "embedded relay" in str(app.dashboard.query_one("#header").render())
+        example = sample("iis-example-as-written.txt").replace(b"yourdomain.com",
+                                                              b"remote.example")
+        started = time.monotonic()
+        drop_file(tmp_path / "mailroot" / "Pickup", "iis.txt", example)
+        table = app.dashboard.panes[QUEUE].table
+        await until(pilot, lambda: table.row_count == 1, timeout=3)
+        assert time.monotonic() - started < 1.0 + 0.5  # 1 s, with slack for a busy machine
+        assert app.dashboard.panes[QUEUE].view.rows[app.dashboard.panes[QUEUE].current_id()
+                                                    ].subject == "Email test"
+        assert "Queue 1" in str(app.dashboard.query_one("#tab-queue").label)
+
+
+async def test_badmail_enter_shows_reason_first(write_config, tmp_path):
+    app = console(write_config())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.relay is not None)
+        drop_file(tmp_path / "mailroot" / "Pickup", "norcpt.eml",
+                  b"From: a@yourdomain.com\r\nSubject: [no one] to send to\r\n\r\nbody\r\n")
+        await pilot.press("4")
+        pane = app.dashboard.panes[BADMAIL]
+        await until(pilot, lambda: pane.table.row_count == 1)
+        reason = next(iter(pane.view.rows.values())).last_error
+        assert reason
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, Inspector))
+        text = str(app.screen.query_one("#inspector-text").render())
+        assert text.lstrip().startswith("✗ Why it is in Badmail")
+        assert text.index(reason) < text.index("Envelope")
+        assert "[no one] to send to" in text  # a header with brackets, shown as text
+        await pilot.press("v")
+        assert "Subject: [no one] to send to" in str(
+            app.screen.query_one("#inspector-text").render())
+        await pilot.press("escape")
+        assert app.screen is app.dashboard  # esc goes back, never quits
+
+
+async def test_marking_three_and_d_asks_with_scope_and_n_keeps_all(write_config, tmp_path):
+    app = console(write_config())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.relay is not None)
+        for n in range(3):
+            drop_file(tmp_path / "mailroot" / "Pickup", f"m{n}.eml",
+                      f"From: a@yourdomain.com\r\nTo: b{n}@far.example\r\nSubject: {n}\r\n\r\n"
+                      "x\r\n".encode())
+        pane = app.dashboard.panes[QUEUE]
+        await until(pilot, lambda: pane.table.row_count == 3)
+        await pilot.press("2", "g", "space", "space", "space")
+        assert len(pane.view.marks) == 3
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm))
+        assert app.screen.question == "Delete 3 messages from Queue?"
+        assert app.screen.focused.id == "no"  # the default is no
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is app.dashboard)
+        await pilot.pause(0.3)
+        assert len(Admin(app.config).store.ids(QUEUE)) == 3
+        assert pane.table.row_count == 3
+
+
+async def test_readonly_hides_and_refuses_actions(write_config, tmp_path):
+    app = console(write_config(), readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.relay is None  # read-only never starts a relay
+        assert "no relay running" in str(app.dashboard.query_one("#header").render())
+        assert app.dashboard.check_action("bulk", ("delete",)) is False
+        footer_keys = {k for k, ab in app.dashboard.active_bindings.items() if ab.enabled}
+        assert not footer_keys & {"d", "r", "t", "h"}
+        await pilot.press("d")
+        assert not isinstance(app.screen, Confirm)
+
+
+async def test_retry_interval_15x_is_refused_inline_and_nothing_saved(write_config):
+    path = write_config()
+    before = path.read_bytes()
+    app = console(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, SettingsForm))
+        form = app.screen
+        assert set(form.fields) == set(form_keys())
+        assert {k for k in configmod.key_paths() if k.startswith("delivery.")} <= set(form.fields)
+        await pilot.press("ctrl+a", "ctrl+k", *"15x, 30m, 1h, 4h")
+        error = str(form.query_one("#f-delivery-retry .error").render())
+        assert "bad duration '15x'" in error
+        await pilot.press("ctrl+s")
+        assert app.screen is form  # not saved, still editing
+        assert "nothing saved" in str(form.query_one("#form-errors").render())
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+    assert path.read_bytes() == before
+
+
+async def test_command_palette_lists_every_dashboard_action(write_config):
+    from tui.actions import DASHBOARD, GLOBAL
+    from tui.commands import ConsoleCommands
+
+    app = console(write_config())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        provider = ConsoleCommands(app.dashboard)
+        titles = [hit.text async for hit in provider.discover()]
+        for act in DASHBOARD + [a for a in GLOBAL if a.action != "command_palette"]:
+            assert any(t.startswith(act.title) for t in titles), act.title
+        await pilot.press("colon")
+        assert app.screen.__class__.__name__ == "CommandPalette"
+        await pilot.press("escape", "question_mark")
+        assert app.screen.__class__.__name__ == "Help"
+
+
+async def test_cursor_stays_on_its_row_when_rows_arrive(tmp_path):
+    path = fixture_config(tmp_path)
+    build(tmp_path / "mailroot")
+    fd = hold_lock(tmp_path / "mailroot")
+    try:
+        app = console(path, clock=lambda: T0)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            pane = app.dashboard.panes[QUEUE]
+            await pilot.press("s")  # newest first: a new row lands above the cursor
+            await pilot.press("j")
+            chosen = pane.current_id()
+            store = app.store
+            env = store.read_envelope(QUEUE, chosen)
+            env.id = "1K00000000000000"[:11] + "ZZZZZ"
+            env.received = T0
+            store.commit(store.enqueue_ops(QUEUE, env, store.read_message(QUEUE, chosen)))
+            await until(pilot, lambda: pane.table.row_count == 4)
+            assert pane.current_id() == chosen
+    finally:
+        os.close(fd)
+
+
+@mutators
+async def test_alias_added_in_domain_editor_routes_next_message_to_drop(write_config, tmp_path):
+    app = console(write_config())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.relay is not None)
+        await pilot.press("e", "a", *"newalias.test", "enter")
+        await until(pilot, lambda: any(r.domain == "newalias.test" for r in app.screen.rows))
+        drop_file(tmp_path / "mailroot" / "Pickup", "a.eml",
+                  b"From: x@yourdomain.com\r\nTo: someone@newalias.test\r\nSubject: hi\r\n\r\n.\r\n")
+        await until(pilot, lambda: len(app.dashboard.panes[DROP].view.ids) == 1)
+
+
+def test_importing_relay_never_imports_textual():
+    code = ("import sys, relay.cli, relay.admin, relay.service, relay.events; "
+            "print(any(m == 'textual' or m.startswith('textual.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "False"
+
+
+def drain(fd: int, into: bytearray) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := os.read(fd, 65536):
+            into += chunk
+
+
+def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write_config,
+                                                                            tmp_path):
+    """A dropped SSH session: the console exits, the embedded relay stops, mail stays."""
+    path = write_config()
+    root = tmp_path / "mailroot"
+    log = root / "log" / "events.jsonl"
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "-c", str(path)],
+                            stdin=secondary, stdout=secondary, stderr=secondary,
+                            start_new_session=True, cwd=Path(__file__).parent.parent,
+                            env={**os.environ, "TERM": "xterm-256color"})
+    os.close(secondary)
+    screen = bytearray()  # drain the terminal, as a real one would, so the app never blocks
+    reader = threading.Thread(target=drain, args=(primary, screen), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: log.exists() and b"relay-started" in log.read_bytes(), timeout=15)
+        drop_file(root / "Pickup", "local.eml", sample("iis-example-as-written.txt"))
+        wait_for(lambda: list((root / "Drop").glob("*.eml")), timeout=5)
+        os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=10) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    assert b"embedded relay" in screen
+    assert b"relay-stopped" in log.read_bytes()
+    assert len(list((root / "Drop").glob("*.eml"))) == 1
+    assert lock_holder(Mailroot(root)) is None

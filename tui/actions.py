@@ -1,0 +1,117 @@
+"""The console's actions in one table per screen: keys, footer, `?` help and the palette
+are all built from it, so a key can't be in one and missing from another."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Act:
+    keys: str  # Textual key names, comma-separated
+    action: str
+    title: str  # what the palette and the help call it
+    help: str = ""
+    mutating: bool = False  # hidden and refused in --readonly
+    footer: bool = True
+    label: str = ""  # the footer's short label (defaults to the title)
+
+    @property
+    def shown_keys(self) -> str:
+        names = {"slash": "/", "space": "space", "question_mark": "?", "colon": ":",
+                 "left_square_bracket": "[", "right_square_bracket": "]", "escape": "esc",
+                 "enter": "enter", "ctrl+s": "ctrl+s"}
+        return " ".join(names.get(k, k) for k in self.keys.split(","))
+
+
+def bindings(acts: list[Act]) -> list[Binding]:
+    return [Binding(a.keys, a.action, a.label or a.title, show=a.footer) for a in acts]
+
+
+GLOBAL = [
+    Act("question_mark", "help", "Help", "every key on this screen", label="help"),
+    Act("colon", "command_palette", "Command palette", "search every action and screen",
+        footer=False),
+    Act("q", "quit", "Quit", "leave the console (an embedded relay stops cleanly)",
+        label="quit"),
+]
+
+DASHBOARD = [
+    Act("1", "folder('Pickup')", "Show Pickup", "files waiting to be taken", footer=False),
+    Act("2", "folder('Queue')", "Show Queue", "messages awaiting remote delivery", footer=False),
+    Act("3", "folder('Drop')", "Show Drop", "mail delivered to local domains", footer=False),
+    Act("4", "folder('Badmail')", "Show Badmail", "undeliverable, with the reason",
+        footer=False),
+    Act("5", "folder('Hold')", "Show Hold", "messages put on hold", footer=False),
+    Act("tab", "next_folder", "Next folder", footer=False),
+    Act("enter", "inspect", "Inspect message", "envelope, headers, body, attempts",
+        label="inspect"),
+    Act("slash", "filter", "Filter", "by sender, recipient, subject, domain or reason",
+        label="filter"),
+    Act("s", "sort", "Cycle sort", "oldest, newest, sender, recipient, subject, attempts, size",
+        label="sort"),
+    Act("space", "mark", "Mark / unmark", "bulk actions apply to the marked rows",
+        label="mark"),
+    Act("escape", "clear", "Clear filter and marks", footer=False),
+    Act("right_square_bracket", "page(1)", "Next page", "in folders of more than one page",
+        footer=False),
+    Act("left_square_bracket", "page(-1)", "Previous page", footer=False),
+    Act("p", "pause", "Pause / resume", "stop live updates while you read", label="pause"),
+    Act("r", "bulk('requeue')", "Requeue", "Badmail or Hold back to Queue, clock restarted",
+        mutating=True, label="requeue"),
+    Act("t", "bulk('retry')", "Retry now", "try queued messages at once", mutating=True,
+        label="retry"),
+    Act("h", "bulk('hold')", "Hold / release", "hold queued messages, release held ones",
+        mutating=True, label="hold"),
+    Act("d", "bulk('delete')", "Delete", "move to Trash (undelete within the retention)",
+        mutating=True, label="delete"),
+    Act("e", "domains", "Domain editor", "local default, aliases, remote domains",
+        label="domains"),
+    Act("c", "settings", "Delivery settings", "retry, expiry, smart host, limits",
+        label="settings"),
+]
+
+INSPECTOR = [
+    Act("v", "raw", "Raw message", "the message exactly as stored", label="raw"),
+    Act("escape", "back", "Back", "to the dashboard", label="back"),
+    Act("j", "scroll('down')", "Scroll down", footer=False),
+    Act("k", "scroll('up')", "Scroll up", footer=False),
+    Act("g", "scroll('home')", "Top", footer=False),
+    Act("G", "scroll('end')", "Bottom", footer=False),
+]
+
+DOMAINS = [
+    Act("a", "add('alias')", "Add alias", "another local domain delivered to Drop",
+        mutating=True, label="alias"),
+    Act("l", "add('local')", "Add local domain", mutating=True, footer=False),
+    Act("m", "remote", "Add / edit remote", "TLS policy and smart host for a remote domain",
+        mutating=True, label="remote"),
+    Act("n", "rename", "Rename", "rename the domain under the cursor", mutating=True,
+        label="rename"),
+    Act("P", "promote", "Make default", "the alias becomes the default; the old default an alias",
+        mutating=True, label="default"),
+    Act("x", "remove", "Remove", "remove the domain under the cursor", mutating=True,
+        label="remove"),
+    Act("escape", "back", "Back", label="back"),
+    Act("j", "cursor('down')", "Down", footer=False),
+    Act("k", "cursor('up')", "Up", footer=False),
+]
+
+SETTINGS = [
+    Act("ctrl+s", "save", "Save", "validate and apply all changes at once", mutating=True,
+        label="save"),
+    Act("escape", "cancel", "Cancel", "discard the changes", label="cancel"),
+]
+
+
+class Guarded:
+    """Screen mixin: in --readonly, mutating actions are hidden (footer, help, palette) and
+    refused (their keys do nothing)."""
+
+    ACTS: list[Act] = []
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        mutating = {a.action.split("(")[0] for a in self.ACTS if a.mutating}
+        return not (self.app.readonly and action in mutating)  # type: ignore[attr-defined]

@@ -1,0 +1,237 @@
+"""The operator console: a live view of the mailroot's folders, with the operator's actions.
+
+It runs the relay in-process unless one already holds the mailroot, in which case it attaches
+to it; either way it works through the operator API (relay.admin) and the event log alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from rich.text import Text
+from textual import work
+from textual.app import App
+from textual.message import Message
+from textual.widgets import Static
+from watchfiles import awatch
+
+from relay.admin import Admin
+from relay.config import Config
+from relay.events import format_event, read_events
+from relay.service import AlreadyRunning, Relay, lock_holder
+from relay.store import FOLDERS, QUEUE
+from tui.actions import GLOBAL, bindings
+from tui.commands import ConsoleCommands
+from tui.model import changed_ids
+from tui.screens.dashboard import VERBS, Dashboard
+from tui.stats import Stats
+from tui.widgets.status import StatusBar
+
+BACKLOG = 2 * 1024 * 1024  # bytes of the event log read at start (the last hour, usually)
+ACTIVITY_AT_START = 200
+
+
+class MailrootChanged(Message):
+    """Files changed; the ids wait in the app's pending set. A burst merges into one."""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, MailrootChanged)
+
+
+def activity_line(event: dict) -> str:
+    return format_event(event)[11:]  # time of day onwards: the date is the pane's context
+
+
+class ConsoleApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "mailroot"
+    COMMANDS = {ConsoleCommands}
+    ACTS = GLOBAL
+    BINDINGS = bindings(GLOBAL)
+
+    def __init__(self, config: Config, *, readonly: bool = False,
+                 clock: Callable[[], float] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.readonly = readonly
+        self.clock = clock or time.time
+        self.still = clock is not None  # a frozen clock: snapshots want nothing moving
+        self.admin = Admin(config)
+        self.store = self.admin.store
+        self.relay: Relay | None = None
+        self.holder: str | None = None
+        self.paused = False
+        self.pending: dict[str, set[str]] = {}
+        self.events_offset = 0
+        self.stats = Stats()
+        self._stop_watch: asyncio.Event | None = None
+
+    def get_default_screen(self) -> Dashboard:
+        self.dashboard = Dashboard()
+        return self.dashboard
+
+    # --- start and stop ---
+
+    def on_mount(self) -> None:
+        self.theme = "textual-dark"
+
+    async def begin(self) -> None:
+        """Start or attach to the relay and go live; called once the dashboard is mounted."""
+        self.store.ensure()
+        self.holder = lock_holder(self.store)
+        if self.holder is None and not self.readonly:
+            relay = Relay(self.config, stream=None)
+            try:
+                await relay.start()
+                self.relay = relay
+            except AlreadyRunning:
+                self.holder = lock_holder(self.store)
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
+        for pane in self.dashboard.panes.values():
+            pane.view.load(self.admin)
+        self.dashboard.refresh_panes(FOLDERS)
+        self.follow_events(first=True)
+        self._stop_watch = asyncio.Event()
+        self.watch_mailroot()
+        self.set_interval(1.0, self.tick)
+        self.set_interval(30.0, self.resync)
+        self.tick()
+
+    async def on_unmount(self) -> None:
+        if self._stop_watch is not None:
+            self._stop_watch.set()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self.relay is not None:
+            await self.relay.stop()  # mail stays committed in its folders; nothing is lost
+
+    def relay_state(self) -> tuple[str, bool]:
+        if self.relay is not None and self.relay.running:
+            return f"embedded relay pid {os.getpid()}", True
+        if self.holder:
+            return f"attached to relay {self.holder}", True
+        return "no relay running" + (" (read-only view)" if self.readonly else ""), False
+
+    # --- live data ---
+
+    @work(exclusive=True, group="watch", exit_on_error=False)
+    async def watch_mailroot(self) -> None:
+        """Turn file events into pending ids plus one mergeable message per burst."""
+        paths = [self.store.folder(f) for f in FOLDERS] + [self.store.log_dir]
+        log_dir = str(self.store.log_dir)
+        async for changes in awatch(*paths, watch_filter=None, debounce=100, step=50,
+                                    recursive=False, stop_event=self._stop_watch):
+            names = [path for _, path in changes]
+            for folder, ids in changed_ids(str(self.store.root), names).items():
+                self.pending.setdefault(folder, set()).update(ids)
+            if any(name.startswith(log_dir) for name in names):
+                self.pending.setdefault("log", set())
+            self.post_message(MailrootChanged())
+
+    def on_mailroot_changed(self, message: MailrootChanged) -> None:
+        if not self.paused:
+            self.apply_pending()
+
+    def apply_pending(self) -> None:
+        pending, self.pending = self.pending, {}
+        if pending.pop("log", None) is not None:
+            self.follow_events()
+        panes = self.dashboard.panes
+        for folder, ids in pending.items():
+            panes[folder].view.apply(self.admin, ids)
+        if pending:
+            self.dashboard.refresh_panes(list(pending))
+
+    def resync(self) -> None:
+        """A cheap safety net for lost file events: compare names, re-read only differences."""
+        if self.paused:
+            return
+        for folder, pane in self.dashboard.panes.items():
+            names = set(self.admin.store.ids(folder)) if folder != "Pickup" else None
+            if names is None or names.symmetric_difference(pane.view.ids):
+                self.pending.setdefault(folder, set()).update(
+                    names.symmetric_difference(pane.view.ids) if names is not None else ())
+        self.apply_pending()
+
+    def follow_events(self, first: bool = False) -> None:
+        if first:
+            try:
+                size = (self.store.log_dir / "events.jsonl").stat().st_size
+            except FileNotFoundError:
+                size = 0
+            self.events_offset = max(0, size - BACKLOG)
+        events, self.events_offset = read_events(self.store.log_dir, self.events_offset)
+        for event in events:
+            self.stats.add(event)
+        shown = events[-ACTIVITY_AT_START:] if first else events
+        if shown:
+            self.dashboard.activity([activity_line(e) for e in shown])
+
+    def tick(self) -> None:
+        now = self.clock()
+        if self.relay is None:
+            self.holder = lock_holder(self.store)
+        depth = len(self.dashboard.panes[QUEUE].view.ids)
+        self.stats.sample_depth(now, depth)
+        state, running = self.relay_state()
+        header = Text()
+        header.append(" mailroot ", style="bold reverse")
+        header.append(f" {state}  ·  {self.config.mailroot}")
+        if self.readonly:
+            header.append("  ·  READ-ONLY", style="bold")
+        self.dashboard.query_one("#header", Static).update(header)
+        self.dashboard.query_one(StatusBar).show(
+            relay_state="running" if running else "stopped", running=running,
+            listeners=[str(hp) for hp in self.config.smtp.listen], stats=self.stats, now=now,
+            queue_depth=depth, paused=self.paused)
+
+    def toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused:
+            self.apply_pending()
+        self.tick()
+
+    # --- operator actions ---
+
+    @work(group="operate")
+    async def operate(self, action: str, folder: str, ids: list[str]) -> None:
+        """Run one operator API call off the event loop and report what it did."""
+        if self.readonly:
+            self.notify("Read-only console: actions are off.", severity="error")
+            return
+        method = getattr(self.admin, action, None)
+        verb = VERBS[action][0]
+        if method is None:
+            self.notify(f"{verb} is not available in this relay version.", severity="error")
+            return
+        try:
+            result = await asyncio.to_thread(method, ids)
+        except Exception as exc:  # the API's refusal, shown to the operator, not a crash
+            self.notify(f"{verb} failed: {exc}", severity="error", markup=False)
+            return
+        done, problems = list(result.done), dict(result.problems)
+        self.dashboard.panes[folder].view.marks.difference_update(done)
+        text = f"{verb}: {len(done)} of {len(ids)} done."
+        if problems:
+            first = next(iter(problems.items()))
+            text += f" {len(problems)} not: {first[0]}: {first[1]}"
+        self.notify(text, severity="warning" if problems else "information", markup=False)
+
+    def action_help(self) -> None:
+        from tui.screens.help import Help
+
+        screen = self.screen
+        acts = list(getattr(screen, "ACTS", [])) + GLOBAL
+        self.push_screen(Help(screen.__class__.__name__, acts, self.readonly))
+
+
+def run_console(config: Config, readonly: bool = False) -> int:
+    app = ConsoleApp(config, readonly=readonly)
+    app.run()
+    return app.return_code or 0

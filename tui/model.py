@@ -1,0 +1,194 @@
+"""What one folder pane shows: a window of ids, their rows, the filter, the sort and the marks.
+
+No Textual here: the pane widget draws what this computes, so the rules (which rows, in which
+order, how a cell reads) can be tested and reused without a terminal.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from relay.admin import Admin, MessageSummary
+from relay.store import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE
+
+PAGE = 500  # rows loaded into a table at once; a folder of 100,000 is paged by key order
+
+
+def ago(seconds: float) -> str:
+    """A short age: 42s, 5m, 3h, 2d."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def until(when: float | None, now: float) -> str:
+    if when is None:
+        return "-"
+    return "due" if when <= now else f"in {ago(when - now)}"
+
+
+def state_word(row: MessageSummary, now: float) -> str:
+    """The row's state as a symbol and a word, so it reads without colour."""
+    if row.folder == PICKUP:
+        return "… waiting"
+    if row.folder == HOLD:
+        return "‖ held"
+    if row.folder == BADMAIL:
+        return "✗ bad"
+    if row.folder == DROP:
+        return "✓ local"
+    if row.attempts == 0:
+        return "→ new"
+    return "▶ due" if (row.next_attempt or 0) <= now else "↻ retry"
+
+
+def recipients_text(row: MessageSummary) -> str:
+    names = [r.address for r in row.recipients]
+    return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "") if names else ""
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    width: int | None
+    cell: Callable[[MessageSummary, float], str]
+
+
+def _col(key: str, label: str, width: int | None,
+         cell: Callable[[MessageSummary, float], str]) -> Column:
+    return Column(key, label, width, cell)
+
+
+MARK = _col("mark", " ", 1, lambda r, now: "")
+STATE = _col("state", "state", 9, state_word)
+AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received))
+FROM = _col("from", "from", 22, lambda r, now: f"<{r.sender}>" if r.folder != PICKUP or r.sender
+            else "")
+TO = _col("to", "to", 24, lambda r, now: recipients_text(r))
+SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject)
+ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts))
+NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now))
+ERROR = _col("error", "last reply", 40, lambda r, now: r.last_error)
+REASON = _col("reason", "reason", 44, lambda r, now: r.last_error)
+SIZE = _col("size", "size", 6, lambda r, now: f"{r.size // 1024}K" if r.size >= 1024
+            else f"{r.size}B")
+ID = _col("id", "id", 16, lambda r, now: r.id)
+NAME = _col("name", "file", 20, lambda r, now: r.id)
+
+COLUMNS: dict[str, list[Column]] = {
+    PICKUP: [MARK, STATE, AGE, NAME, FROM, TO, SUBJECT, SIZE],
+    QUEUE: [MARK, STATE, AGE, FROM, TO, ATTEMPTS, NEXT, ERROR, SUBJECT, ID],
+    DROP: [MARK, STATE, AGE, FROM, TO, SUBJECT, SIZE, ID],
+    BADMAIL: [MARK, STATE, AGE, REASON, FROM, TO, SUBJECT, ID],
+    HOLD: [MARK, STATE, AGE, FROM, TO, ATTEMPTS, ERROR, SUBJECT, ID],
+}
+
+SORTS: list[tuple[str, Callable[[MessageSummary], object], bool]] = [
+    ("oldest first", lambda r: (r.received, r.id), False),
+    ("newest first", lambda r: (r.received, r.id), True),
+    ("sender", lambda r: (r.sender.lower(), r.id), False),
+    ("recipient", lambda r: (recipients_text(r).lower(), r.id), False),
+    ("subject", lambda r: (r.subject.lower(), r.id), False),
+    ("most attempts", lambda r: (r.attempts, r.id), True),
+    ("largest", lambda r: (r.size, r.id), True),
+]
+
+
+def matches(row: MessageSummary, needle: str) -> bool:
+    """The filter: sender, recipient, subject, domain (part of an address), reason, id."""
+    if not needle:
+        return True
+    needle = needle.lower()
+    hay = [row.id, row.sender, row.subject, row.last_error, *(r.address for r in row.recipients)]
+    return any(needle in text.lower() for text in hay if text)
+
+
+@dataclass
+class FolderView:
+    """One folder's state in the console: all ids (cheap: names), the rows of one page."""
+
+    folder: str
+    ids: list[str] = field(default_factory=list)
+    rows: dict[str, MessageSummary] = field(default_factory=dict)
+    page: int = 0
+    needle: str = ""
+    sort: int = 0
+    marks: set[str] = field(default_factory=set)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-len(self.ids) // PAGE))
+
+    def window(self) -> list[str]:
+        self.page = min(self.page, self.pages - 1)
+        return self.ids[self.page * PAGE:(self.page + 1) * PAGE]
+
+    def visible(self) -> list[MessageSummary]:
+        """The loaded page, filtered and sorted: what the table shows, in order."""
+        label, key, reverse = SORTS[self.sort]
+        rows = [r for r in self.rows.values() if matches(r, self.needle)]
+        return sorted(rows, key=key, reverse=reverse)
+
+    # --- loading from the mailroot ---
+
+    def load(self, admin: Admin) -> None:
+        """Read the folder's names, then the rows of the current page."""
+        if self.folder == PICKUP:
+            listing = admin.list_folder(PICKUP)
+            self.ids = sorted(r.id for r in listing)
+            self.rows = {r.id: r for r in listing}
+            return
+        self.ids = admin.store.ids(self.folder)
+        self.rows = {}
+        self._fill(admin)
+
+    def apply(self, admin: Admin, changed: Iterable[str]) -> None:
+        """Re-read only the rows whose files changed; keep the page full."""
+        if self.folder == PICKUP:
+            self.load(admin)  # Pickup is small and short-lived: its names are the ids
+            return
+        for mid in changed:
+            present = admin.store.has(self.folder, mid)
+            at = bisect.bisect_left(self.ids, mid)
+            listed = at < len(self.ids) and self.ids[at] == mid
+            if present and not listed:
+                self.ids.insert(at, mid)
+            elif not present and listed:
+                del self.ids[at]
+            self.rows.pop(mid, None)
+        self.marks &= set(self.ids)
+        self._fill(admin)
+
+    def _fill(self, admin: Admin) -> None:
+        window = self.window()
+        keep = set(window)
+        for mid in [m for m in self.rows if m not in keep]:
+            del self.rows[mid]
+        for mid in window:
+            if mid not in self.rows:
+                try:
+                    self.rows[mid] = admin.summary_of(self.folder, mid)
+                except (OSError, ValueError, LookupError):
+                    continue  # it moved on while we looked; its file event follows
+
+
+def changed_ids(root: str, paths: Iterable[str]) -> dict[str, set[str]]:
+    """Map changed file paths under the mailroot to {folder: {id or Pickup name}}."""
+    out: dict[str, set[str]] = {}
+    for path in paths:
+        rel = os.path.relpath(path, root)
+        parts = rel.split(os.sep)
+        if len(parts) != 2 or parts[0] not in COLUMNS:
+            continue
+        folder, name = parts
+        if folder == PICKUP:
+            out.setdefault(folder, set()).add(name)
+        elif name.endswith((MARKER[folder], ".eml", ".env", ".BAD")):
+            out.setdefault(folder, set()).add(name.split(".", 1)[0])
+    return out

@@ -1,0 +1,210 @@
+"""The dashboard: one pane per folder (tabs when narrow, a grid when wide), the status line
+and the activity pane."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Container
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Log, Static, Tab, Tabs
+
+from relay.store import FOLDERS, HOLD, QUEUE
+from tui.actions import DASHBOARD, Guarded, bindings
+from tui.screens.confirm import Confirm
+from tui.widgets.folder_pane import FolderPane, can
+from tui.widgets.status import StatusBar
+
+WIDE = 120  # columns from which all panes show side by side
+
+VERBS = {  # action -> (verb, preposition)
+    "requeue": ("Requeue", "from"),
+    "retry": ("Retry now", "in"),
+    "hold": ("Hold", "in"),
+    "release": ("Release", "from"),
+    "delete": ("Delete", "from"),
+}
+
+
+def question(action: str, count: int, folder: str) -> str:
+    verb, prep = VERBS[action]
+    return f"{verb} {count} message{'s' if count != 1 else ''} {prep} {folder}?"
+
+
+class Dashboard(Guarded, Screen):
+    ACTS = DASHBOARD
+    BINDINGS = bindings(DASHBOARD)
+
+    def __init__(self) -> None:
+        super().__init__(id="dashboard", classes="narrow")
+        self.panes = {folder: FolderPane(folder, str(i + 1), self.app.clock)
+                      for i, folder in enumerate(FOLDERS)}
+        self.active = QUEUE
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header", markup=False)
+        yield StatusBar(id="status")
+        tabs = Tabs(*[Tab(self.tab_label(f), id=f"tab-{f.lower()}") for f in FOLDERS],
+                    active=f"tab-{self.active.lower()}")
+        tabs.can_focus = False
+        yield tabs
+        with Container(id="folders"):
+            yield from self.panes.values()
+            yield Log(id="activity", max_lines=500)
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.show_folder(self.active)
+        await self.app.begin()
+
+    def on_resize(self, event: Resize) -> None:
+        wide = event.size.width >= WIDE
+        self.set_class(wide, "wide")
+        self.set_class(not wide, "narrow")
+
+    # --- the app feeds these ---
+
+    def tab_label(self, folder: str) -> Text:
+        pane = self.panes[folder]
+        return Text(f"{pane.key} {folder} {len(pane.view.ids)}")
+
+    def refresh_panes(self, folders) -> None:
+        with self.app.batch_update():
+            for folder in folders:
+                self.panes[folder].redraw()
+                self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
+
+    def activity(self, lines: list[str]) -> None:
+        self.query_one("#activity", Log).write_lines(lines)
+
+    # --- showing folders ---
+
+    @property
+    def pane(self) -> FolderPane:
+        return self.panes[self.active]
+
+    def show_folder(self, folder: str) -> None:
+        self.active = folder
+        for name, pane in self.panes.items():
+            pane.set_class(name == folder, "active")
+        self.query_one(Tabs).active = f"tab-{folder.lower()}"
+        self.pane.table.focus()
+
+    @on(Tabs.TabActivated)
+    def tab_activated(self, event: Tabs.TabActivated) -> None:
+        folder = next(f for f in FOLDERS if f"tab-{f.lower()}" == event.tab.id)
+        if folder != self.active:
+            self.show_folder(folder)
+
+    def action_folder(self, folder: str) -> None:
+        self.show_folder(folder)
+
+    def action_next_folder(self) -> None:
+        self.show_folder(FOLDERS[(FOLDERS.index(self.active) + 1) % len(FOLDERS)])
+
+    @on(DataTable.RowHighlighted)
+    def follow_focus(self, event: DataTable.RowHighlighted) -> None:
+        pane = next((p for p in self.panes.values() if p.table is event.data_table), None)
+        if pane is not None and pane.folder != self.active and event.data_table.has_focus:
+            self.active = pane.folder
+            for name, other in self.panes.items():
+                other.set_class(name == pane.folder, "active")
+
+    # --- reading ---
+
+    @on(DataTable.RowSelected)
+    def row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_inspect()
+
+    def action_inspect(self) -> None:
+        from tui.screens.inspector import Inspector
+
+        current = self.pane.current_id()
+        if current is None:
+            self.notify("No message under the cursor.", severity="warning")
+            return
+        self.app.push_screen(Inspector(self.active, current))
+
+    def action_filter(self) -> None:
+        box = self.pane.filter_input
+        box.add_class("shown")
+        box.focus()
+
+    @on(Input.Changed, ".filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.pane.view.needle = event.value.strip()
+        self.pane.redraw()
+
+    @on(Input.Submitted, ".filter")
+    def filter_done(self, event: Input.Submitted) -> None:
+        if not event.value.strip():
+            event.input.remove_class("shown")
+        self.pane.table.focus()
+
+    def action_clear(self) -> None:
+        """esc: one level back — the filter first, then the marks. Never quits."""
+        pane = self.pane
+        if pane.view.needle or pane.filter_input.has_focus:
+            pane.filter_input.value = ""
+            pane.view.needle = ""
+            pane.filter_input.remove_class("shown")
+            pane.table.focus()
+        elif pane.view.marks:
+            pane.view.marks.clear()
+        pane.redraw()
+
+    def action_sort(self) -> None:
+        from tui.model import SORTS
+
+        view = self.pane.view
+        view.sort = (view.sort + 1) % len(SORTS)
+        self.pane.redraw()
+        self.notify(f"{self.active}: sorted {SORTS[view.sort][0]}", timeout=1.5)
+
+    def action_mark(self) -> None:
+        self.pane.toggle_mark()
+
+    def action_page(self, step: int) -> None:
+        view = self.pane.view
+        view.page = max(0, min(view.pages - 1, view.page + step))
+        view.apply(self.app.admin, [])
+        self.pane.redraw()
+
+    def action_pause(self) -> None:
+        self.app.toggle_pause()
+
+    def action_domains(self) -> None:
+        from tui.screens.domains import DomainEditor
+
+        self.app.push_screen(DomainEditor())
+
+    def action_settings(self) -> None:
+        from tui.screens.settings import SettingsForm
+
+        self.app.push_screen(SettingsForm())
+
+    # --- acting ---
+
+    def action_bulk(self, action: str) -> None:
+        if self.app.readonly:
+            self.notify("Read-only console: actions are off.", severity="error")
+            return
+        pane = self.pane
+        if not can(pane.folder, action):
+            self.notify(f"Not in {pane.folder}.", severity="warning")
+            return
+        if action == "hold" and pane.folder == HOLD:
+            action = "release"
+        ids = pane.scope()
+        if not ids:
+            self.notify("Nothing to act on: the folder is empty.", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.operate(action, pane.folder, ids)
+
+        self.app.push_screen(Confirm(question(action, len(ids), pane.folder)), answered)
+

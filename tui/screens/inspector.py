@@ -1,0 +1,133 @@
+"""Enter on a row: everything about one message. Badmail's reason comes first; `v` shows the
+message exactly as stored. Mail text is shown as Text, never as markup (headers hold `[`)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from relay.admin import MessageDetail, NotFound
+from relay.store import BADMAIL, PICKUP
+from tui.actions import INSPECTOR, bindings
+from tui.model import ago, state_word, until
+
+BODY_LINES = 400  # a body longer than this is cut in the inspector; `v` shows all of it
+
+
+def stamp(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def heading(text: Text, title: str) -> None:
+    text.append(f"\n{title}\n", style="bold underline")
+
+
+def field(text: Text, name: str, value: str, style: str = "") -> None:
+    text.append(f"{name:<16}", style="bold")
+    text.append(f"{value}\n", style=style)
+
+
+def render_detail(detail: MessageDetail, now: float) -> Text:
+    """The inspector's page for one message."""
+    row = detail.summary
+    text = Text()
+    if row.folder == BADMAIL:
+        text.append("✗ Why it is in Badmail\n", style="bold red")
+        text.append(f"{detail.reason or '(no reason recorded)'}\n", style="bold")
+        if detail.report:
+            text.append(f"\n{detail.report.rstrip()}\n", style="dim")
+    heading(text, "Envelope")
+    field(text, "id", row.id)
+    field(text, "folder", f"{row.folder}  {state_word(row, now)}")
+    field(text, "from", f"<{row.sender}>")
+    for rcpt in row.recipients:
+        status = f" {rcpt.status}" if rcpt.status else ""
+        reply = f"  {rcpt.reply}" if rcpt.reply else ""
+        field(text, "to", f"<{rcpt.address}>  {rcpt.state}{status}{reply}")
+    field(text, "size", f"{row.size} bytes")
+    field(text, "received", f"{stamp(row.received)} ({ago(now - row.received)} ago)")
+    if row.next_attempt is not None:
+        field(text, "next retry", f"{until(row.next_attempt, now)}  ({stamp(row.next_attempt)})")
+    if detail.delay_notice_at is not None:
+        field(text, "delay notice", until(detail.delay_notice_at, now).replace("due", "now"))
+    if detail.expires_at is not None:
+        left = detail.expires_at - now
+        field(text, "expires", f"in {ago(left)}" if left > 0 else "now (expired)",
+              "bold red" if left < 3600 else "")
+    heading(text, f"Attempts ({len(detail.attempts)})")
+    if not detail.attempts:
+        text.append("none yet\n", style="dim")
+    for attempt in detail.attempts:
+        tls = {True: "TLS", False: "plain", None: "-"}[attempt.tls]
+        text.append(f"{stamp(attempt.time)}  ", style="dim")
+        text.append(f"{attempt.host or '-':<28} {tls:<5}  ")
+        text.append(f"{attempt.reply}\n", style="red" if attempt.reply[:1] == "5" else
+                    "yellow" if attempt.reply[:1] == "4" else "")
+    heading(text, "Headers")
+    for name, value in detail.headers:
+        text.append(f"{name}: ", style="bold")
+        text.append(f"{value}\n")
+    heading(text, "Body")
+    lines = detail.body_text.splitlines()
+    text.append("\n".join(lines[:BODY_LINES]) + "\n")
+    if len(lines) > BODY_LINES:
+        text.append(f"… {len(lines) - BODY_LINES} more lines (v shows the raw message)\n",
+                    style="dim")
+    return text
+
+
+class Inspector(Screen):
+    ACTS = INSPECTOR
+    BINDINGS = bindings(INSPECTOR)
+
+    def __init__(self, folder: str, message_id: str) -> None:
+        super().__init__()
+        self.folder = folder
+        self.message_id = message_id
+        self.raw = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="inspector-title", markup=False)
+        with VerticalScroll(id="inspector-body"):
+            yield Static(id="inspector-text", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.show()
+        self.query_one("#inspector-body").focus()
+
+    def show(self) -> None:
+        admin = self.app.admin
+        title = Text(f" {self.folder} › {self.message_id}", style="bold")
+        try:
+            if self.folder == PICKUP:  # not taken yet: no envelope, only the file
+                body = Text((admin.store.folder(PICKUP) / self.message_id).read_bytes().decode(
+                    "utf-8", "replace"))
+                title.append("  in Pickup, not taken yet (esc: back)", style="dim")
+            elif self.raw:
+                body = Text(admin.raw(self.message_id).decode("utf-8", "replace"))
+                title.append("  raw message (v: back to the summary)", style="dim")
+            else:
+                body = render_detail(admin.show(self.message_id), self.app.clock())
+                title.append("  (v: raw message, esc: back)", style="dim")
+        except (NotFound, OSError) as exc:
+            body = Text(f"This message is no longer here: {exc}", style="bold")
+        self.query_one("#inspector-title", Static).update(title)
+        self.query_one("#inspector-text", Static).update(body)
+
+    def action_raw(self) -> None:
+        self.raw = not self.raw
+        self.show()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_scroll(self, where: str) -> None:
+        body = self.query_one("#inspector-body", VerticalScroll)
+        {"down": body.scroll_down, "up": body.scroll_up, "home": body.scroll_home,
+         "end": body.scroll_end}[where]()

@@ -1,0 +1,156 @@
+"""One folder: a title with counts, a filter line and a keyed table updated by diff."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from relay.admin import MessageSummary
+from relay.store import BADMAIL, HOLD, PICKUP, QUEUE
+from tui.model import COLUMNS, PAGE, SORTS, FolderView, state_word
+from tui.widgets.textbox import TextBox
+
+STATE_STYLE = {"✗": "bold red", "‖": "yellow", "↻": "yellow", "▶": "cyan", "→": "cyan",
+               "✓": "green", "…": "dim"}
+
+
+class FolderTable(DataTable):
+    """The folder's table; j/k/g/G as well as the arrows."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "scroll_top", "Top", show=False),
+        Binding("G", "scroll_bottom", "Bottom", show=False),
+    ]
+
+
+class FolderPane(Vertical):
+    """A folder's live view. The app feeds it changed ids; it redraws only what changed."""
+
+    def __init__(self, folder: str, key: str, clock=time.time) -> None:
+        super().__init__(id=f"pane-{folder.lower()}", classes="pane")
+        self.folder = folder
+        self.key = key
+        self.view = FolderView(folder)
+        self.clock = clock
+        self.columns = COLUMNS[folder]
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.title_text(), classes="pane-title", markup=False)
+        yield TextBox(placeholder="filter: sender, recipient, subject, domain, reason — "
+                                "enter keeps, esc clears", classes="filter")
+        table = FolderTable(cursor_type="row", zebra_stripes=True, id=f"table-{self.folder.lower()}")
+        for column in self.columns:
+            table.add_column(Text(column.label), width=column.width, key=column.key)
+        yield table
+
+    @property
+    def table(self) -> FolderTable:
+        return self.query_one(FolderTable)
+
+    @property
+    def filter_input(self) -> TextBox:
+        return self.query_one(".filter", TextBox)
+
+    # --- what the title says ---
+
+    def title_text(self) -> Text:
+        view = self.view
+        total = len(view.ids)
+        text = Text()
+        text.append(f"{self.key} {self.folder}", style="bold")
+        text.append(f"  {total} message{'s' if total != 1 else ''}")
+        if view.needle:
+            text.append(f"  filter “{view.needle}”: {len(view.visible())} of "
+                        f"{len(view.rows)}", style="bold")
+        if view.pages > 1:
+            first = view.page * PAGE + 1
+            text.append(f"  rows {first}–{min(total, first + PAGE - 1)} of {total} ([ ] page)")
+        if view.marks:
+            text.append(f"  {len(view.marks)} marked", style="bold")
+        if view.sort:
+            text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
+        return text
+
+    def current_id(self) -> str | None:
+        table = self.table
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # an empty table has no cell at the cursor
+            return None
+
+    def scope(self) -> list[str]:
+        """What a bulk action applies to: the marks, else the row under the cursor."""
+        if self.view.marks:
+            return sorted(self.view.marks)
+        current = self.current_id()
+        return [current] if current else []
+
+    # --- drawing ---
+
+    def cells(self, row: MessageSummary, now: float) -> list[Text]:
+        out = []
+        for column in self.columns:
+            if column.key == "mark":
+                out.append(Text("●" if row.id in self.view.marks else " ", style="bold"))
+            elif column.key == "state":
+                word = state_word(row, now)
+                out.append(Text(word, style=STATE_STYLE.get(word[0], "")))
+            else:
+                out.append(Text(column.cell(row, now), no_wrap=True, overflow="ellipsis"))
+        return out
+
+    def redraw(self) -> None:
+        """Bring the table to the view by diff; keep the cursor on its row by key."""
+        table = self.table
+        now = self.clock()
+        rows = self.view.visible()
+        wanted = [r.id for r in rows]
+        current = self.current_id()
+        have = [k.value for k in table.rows]
+        keep = set(wanted)
+        kept = [k for k in have if k in keep]
+        if wanted[:len(kept)] != kept:  # the order changed (sort, filter): rebuild
+            table.clear()
+            have = []
+        for key in have:
+            if key not in keep:
+                table.remove_row(key)
+        present = set(have)
+        for row in rows:
+            cells = self.cells(row, now)
+            if row.id in present:
+                for column, cell in zip(self.columns, cells, strict=True):
+                    if table.get_cell(row.id, column.key) != cell:
+                        table.update_cell(row.id, column.key, cell)
+            else:
+                table.add_row(*cells, key=row.id)
+        if current in keep:
+            table.move_cursor(row=table.get_row_index(current), scroll=False)
+        self.query_one(".pane-title", Static).update(self.title_text())
+
+    def toggle_mark(self) -> None:
+        current = self.current_id()
+        if current is None:
+            return
+        self.view.marks ^= {current}
+        self.redraw()
+        self.table.action_cursor_down()
+
+
+def can(folder: str, action: str) -> bool:
+    """Which bulk actions make sense in which folder."""
+    return {
+        "requeue": folder in (BADMAIL, HOLD, QUEUE),
+        "retry": folder == QUEUE,
+        "hold": folder in (QUEUE, HOLD),
+        "delete": folder != PICKUP,
+    }[action]

@@ -1,0 +1,52 @@
+"""The status line: relay state, listeners, outcomes per minute/hour, sparklines, refresh."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Sparkline, Static
+
+from tui.stats import Stats
+
+
+def outcome_text(counts: dict[str, int]) -> Text:
+    text = Text()
+    text.append(f"✓{counts['delivered']}", style="green")
+    text.append(f" ↻{counts['deferred']}", style="yellow")
+    text.append(f" ✗{counts['failed']}", style="red")
+    return text
+
+
+class StatusBar(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static(id="status-line", markup=False)
+        with Horizontal(id="spark-row"):
+            yield Static("queue", classes="spark-label", markup=False)
+            yield Sparkline([], id="spark-depth", classes="spark")
+            yield Static("delivered/min", classes="spark-label", markup=False)
+            yield Sparkline([], id="spark-rate", classes="spark")
+            yield Static(id="spark-note", markup=False)
+
+    def show(self, *, relay_state: str, running: bool, listeners: list[str], stats: Stats,
+             now: float, queue_depth: int, paused: bool) -> None:
+        line = Text()
+        line.append("● " if running else "○ ", style="green" if running else "red")
+        line.append(relay_state)
+        if listeners:
+            line.append("  SMTP " + ",".join(listeners), style="dim")
+        line.append("  1m ")
+        line.append_text(outcome_text(stats.counts(now, 60)))
+        line.append("  1h ")
+        line.append_text(outcome_text(stats.counts(now, 3600)))
+        line.append("  " + time.strftime("%H:%M:%S", time.localtime(now)))
+        line.append("  ‖ PAUSED (p)" if paused else "  live", style="bold reverse"
+                    if paused else "dim")
+        self.query_one("#status-line", Static).update(line)
+        self.query_one("#spark-depth", Sparkline).data = stats.depth_series(now)
+        rate = stats.rate_series(now)
+        self.query_one("#spark-rate", Sparkline).data = rate
+        self.query_one("#spark-note", Static).update(
+            Text(f" now {queue_depth} queued · {int(sum(rate))} delivered in 1h", style="dim"))
