@@ -51,16 +51,6 @@ async def until(pilot, predicate, timeout: float = 10.0) -> None:
         await pilot.pause(0.1)
 
 
-def hold(app: ConsoleApp, message_id: str) -> None:
-    if hasattr(app.admin, "hold"):
-        app.admin.hold([message_id])
-        return
-    store = app.store  # until the operator API can hold: the same claimed, atomic move
-    with store.claim(QUEUE, message_id) as mine:
-        if mine:
-            store.commit(store.move_ops(QUEUE, HOLD, store.read_envelope(QUEUE, message_id)))
-
-
 async def make(workdir: Path) -> None:
     config_path = workdir / "mailroot.yaml"
     config_path.write_text(yaml.safe_dump({
@@ -83,7 +73,7 @@ async def make(workdir: Path) -> None:
             writer.flush()
             panes = app.dashboard.panes
             await until(pilot, lambda: len(panes[QUEUE].view.ids) >= 3 and panes[DROP].view.ids)
-            hold(app, panes[QUEUE].view.ids[0])
+            app.admin.hold([panes[QUEUE].view.ids[0]])
             await until(pilot, lambda: panes[HOLD].view.ids and panes[BADMAIL].view.ids)
             await pilot.pause(1.2)
             shots = [("dashboard.svg", ()), ("badmail-inspector.svg", ("4", "enter")),

@@ -30,22 +30,13 @@ class Row:
     smarthost: str = ""
 
 
-def _get(obj: object, name: str) -> object:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
 def domain_rows(admin) -> list[Row]:
-    """Through the operator API when it has domains(), else from the loaded config."""
-    if hasattr(admin, "domains"):
-        default, aliases, remote = admin.domains()
-    else:
-        local = admin.config.domains.local
-        default, aliases, remote = admin.config.default_domain, local.aliases, \
-            admin.config.domains.remote
+    """The domains as the operator API reads them from the config file."""
+    default, aliases, remote = admin.domains()
     rows = [Row("default", str(default))] + [Row("alias", str(a)) for a in aliases]
     for name, settings in sorted(remote.items()):
-        hop = _get(settings, "smarthost")
-        rows.append(Row("remote", str(name), str(_get(settings, "tls") or "may"),
+        hop = settings.smarthost
+        rows.append(Row("remote", str(name), settings.tls,
                         str(hop) if hop else ""))
     return rows
 
@@ -162,11 +153,7 @@ class DomainEditor(Guarded, Screen):
 
     async def apply(self, method: str, *args, **kwargs) -> None:
         """Call one operator API method; show its refusal inline; reload on success."""
-        call = getattr(self.app.admin, method, None)
-        if call is None:
-            self.notify("This relay version cannot change domains yet; nothing saved.",
-                        severity="error")
-            return
+        call = getattr(self.app.admin, method)
         try:
             result = await asyncio.to_thread(call, *args, **kwargs)
         except (ConfigError, ValueError, LookupError) as exc:

@@ -129,12 +129,8 @@ class SettingsForm(Guarded, Screen):
             self.notify("No changes.")
             self.app.pop_screen()
             return
-        set_many = getattr(self.app.admin, "set_many", None)
-        if set_many is None:
-            errors.update("This relay version cannot save settings yet; nothing saved.")
-            return
         try:
-            await asyncio.to_thread(set_many, changes)
+            await asyncio.to_thread(self.app.admin.set_many, changes)
         except ConfigError as exc:
             if exc.key in self.fields:
                 self.flag(exc.key, exc.reason)
