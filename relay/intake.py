@@ -30,6 +30,7 @@ class Submission:
     source: str  # where it came from, for people: "Pickup/x.eml", "SMTP 127.0.0.1 (helo)"
     received_from: str = ""  # the "from ..." clause of the Received header
     protocol: str = "local"  # the "with ..." clause: local, ESMTP, ESMTPS, ESMTPSA
+    headerless_ok: bool = False  # SMTP clients may send a body without header fields
     done_ops: list[Op] = field(default_factory=list)  # committed with the message (source removal)
     message_id: str = field(default_factory=new_id)
     kind: str = "message"  # message | ndr | delay (reports the relay writes itself)
@@ -80,10 +81,13 @@ class Intake:
         if len(sub.message) > limit:
             raise Rejected(f"message of {len(sub.message)} bytes is over the size limit of "
                            f"{int(limit)} bytes (smtp.max_message_size)", 552, "5.3.4")
+        if not sub.message.strip():
+            raise Rejected("the message is empty", 554, "5.6.0")
         sender, recipients = clean_envelope(sub.sender, sub.recipients,
                                             self.config.smtp.max_recipients)
         try:
-            message = Message.parse(normalize_line_ends(sub.message))  # no bare CR or LF kept
+            message = Message.parse(normalize_line_ends(sub.message),  # no bare CR or LF kept
+                                    headerless_ok=sub.headerless_ok)
             message.check_header()
         except MessageError as exc:
             raise Rejected(str(exc), 554, "5.6.0") from None

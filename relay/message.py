@@ -31,12 +31,13 @@ class Message:
     body: bytes
 
     @classmethod
-    def parse(cls, data: bytes) -> Message:
+    def parse(cls, data: bytes, headerless_ok: bool = False) -> Message:
         """Split CRLF text into fields and body.
 
         The header block ends at an empty line or, as in messages typed by hand into Pickup,
         at the first line that is neither a field nor a continuation (that line starts the
-        body).
+        body).  With `headerless_ok` (SMTP, where a client may send a bare body) text without
+        a header field is all body.
         """
         fields: list[bytes] = []
         pos = 0
@@ -48,6 +49,8 @@ class Message:
                 pos = end + 2
                 break
             if line[:1] in (b" ", b"\t"):
+                if not fields and headerless_ok:
+                    break
                 if not fields:
                     raise MessageError("the first line is a continuation line, not a header field")
                 fields[-1] += b"\r\n" + line
@@ -58,6 +61,8 @@ class Message:
             pos = end + 2
         else:
             pos = len(data)
+        if not fields and headerless_ok:
+            return cls([], data)
         if not fields:
             first = data.split(b"\r\n", 1)[0][:60].decode("utf-8", "replace")
             raise MessageError(f"no header fields: the first line {first!r} is not 'Name: value'")

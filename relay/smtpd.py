@@ -523,7 +523,7 @@ class SmtpServer:
         sub = Submission(message, envelope.mail_from, list(envelope.rcpt_tos),
                          source=f"SMTP {session.client_ip}",
                          received_from=await session.received_from(),
-                         protocol=session.protocol_name())
+                         protocol=session.protocol_name(), headerless_ok=True)
         future = asyncio.get_running_loop().run_in_executor(self.pool, self.accept, sub, client)
         return await asyncio.shield(future)
 

@@ -105,6 +105,17 @@ def test_empty_message_and_header_only_message(smtpd) -> None:
     assert wait_files(smtpd, "Drop", 1)[0].read_bytes().endswith(b"Subject: only a header\r\n\r\n")
 
 
+def test_a_body_without_header_fields_is_accepted_as_a_body(smtpd) -> None:
+    client = RawClient(smtpd.port)
+    for line in ("EHLO c.test", f"MAIL FROM:<a@{LOCAL}>", f"RCPT TO:<user@{LOCAL}>", "DATA"):
+        client.command(line)
+    assert code(client.command("just some text, no headers\r\n second line\r\n.")) == 250
+    data = wait_files(smtpd, "Drop", 1)[0].read_bytes()
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b"\r\nReceived: " in head
+    assert body == b"just some text, no headers\r\n second line\r\n"
+
+
 def test_received_header_and_event_name_the_client(smtpd) -> None:
     with smtplib.SMTP("127.0.0.1", smtpd.port) as client:
         client.ehlo("app-server.test")
