@@ -101,13 +101,13 @@ TO = _col("to", "to", 22, lambda r, now: recipients_text(r), drop=4)
 SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject, drop=8)
 ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts), drop=3)
 NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now), drop=2)
-ERROR = _col("error", "last reply", 18, lambda r, now: r.last_error, flex=True)
-REASON = _col("reason", "reason", 20, lambda r, now: short_reason(r.last_error), flex=True)
+ERROR = _col("error", "last reply", 12, lambda r, now: r.last_error, flex=True)
+REASON = _col("reason", "reason", 14, lambda r, now: short_reason(r.last_error), flex=True)
 SIZE = _col("size", "size", 5, lambda r, now: f"{r.size // 1024}K" if r.size >= 1024
             else f"{r.size}B", drop=6)
 ID = _col("id", "id", 16, lambda r, now: r.id, drop=9)
 NAME = _col("name", "file", 20, lambda r, now: r.id, drop=1)
-FLEX_SUBJECT = _col("subject", "subject", 16, lambda r, now: r.subject, flex=True)
+FLEX_SUBJECT = _col("subject", "subject", 12, lambda r, now: r.subject, flex=True)
 
 COLUMNS: dict[str, list[Column]] = {
     PICKUP: [MARK, _state(9), AGE, NAME, FROM, TO, FLEX_SUBJECT, SIZE],
