@@ -74,6 +74,7 @@ class Dashboard(Guarded, Screen):
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
+        self.call_after_refresh(self.query_one("#activity", Log).scroll_end, animate=False)
 
     # --- the app feeds these ---
 
