@@ -1,9 +1,11 @@
 """Make the README's console screenshots from a real relay run.
 
-Runs the console with its embedded relay on a temporary mailroot, feeds mail through Pickup
-so every folder holds some (Pickup: a file still being written; Queue: remote mail; Drop:
-local mail; Badmail: a file without recipients; Hold: one queued message held), then saves
-SVG screenshots next to this script. Usage: python screenshots/make.py
+Runs the console with its embedded relay on a temporary mailroot, delivering to a real SMTP
+next hop on 127.0.0.1 found through a loopback DNS server (the test suite's), and feeds mail
+through Pickup so every folder holds some (Pickup: a file still being written; Queue: mail
+the hop deferred with 451; Drop: local mail; Badmail: a recipient the hop refused with 550;
+Hold: one deferred message held), then saves SVG screenshots next to this script.
+Usage: python screenshots/make.py
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from relay import config as configmod  # noqa: E402
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE  # noqa: E402
+from tests.dnsserver import DnsServer  # noqa: E402
+from tests.smtpsink import Sink  # noqa: E402
 from tui.app import ConsoleApp  # noqa: E402
+
+REMOTE = ("partner.example", "customer.example", "faraway.example")
 
 MAIL = [
     ("report.eml", "app@example.com", "ops@partner.example", "Nightly report [prod]"),
@@ -30,7 +36,24 @@ MAIL = [
     ("quote.eml", "sales@example.com", "buyer@faraway.example", "Quote request"),
     ("alert.eml", "monitor@example.com", "it@example.com", "Disk 91% on db1"),
     ("welcome.eml", "app@example.com", "new.user@corp.example.com", "Welcome aboard"),
+    ("signup.eml", "app@example.com", "nobody@customer.example", "Your account [trial]"),
+    ("receipt.eml", "shop@example.com", "buyer@customer.example", "Receipt 7731"),
 ]
+
+
+def next_hop() -> tuple[DnsServer, Sink]:
+    """Every remote domain's MX is one aiosmtpd sink on 127.0.0.1: it greylists two
+    recipients, refuses one for good and takes the rest."""
+    dns, hop = DnsServer(), Sink()
+    for domain in REMOTE:
+        dns.mx(domain, (10, f"mx.{domain}"))
+        dns.a(f"mx.{domain}", "127.0.0.1")
+    hop.rcpt_replies.update({
+        "ops@partner.example": "451 4.7.1 greylisted, try again later",
+        "buyer@faraway.example": "451 4.7.1 greylisted, try again later",
+        "accounts@customer.example": "452 4.2.2 mailbox full",
+        "nobody@customer.example": "550 5.1.1 <nobody@customer.example>: no such user"})
+    return dns, hop
 
 
 def message(sender: str, to: str, subject: str) -> bytes:
@@ -51,14 +74,15 @@ async def until(pilot, predicate, timeout: float = 10.0) -> None:
         await pilot.pause(0.1)
 
 
-async def make(workdir: Path) -> None:
+async def make(workdir: Path, dns: DnsServer, hop: Sink) -> None:
     config_path = workdir / "mailroot.yaml"
     config_path.write_text(yaml.safe_dump({
         "mailroot": "./mailroot", "hostname": "relay.example.com",
         "domains": {"local": {"default": "example.com", "aliases": ["corp.example.com"]},
-                    "remote": {"partner.example": {"tls": "require",
-                                                   "smarthost": "mx.partner.example:587"}}},
-        "delivery": {"smarthost": "127.0.0.1:9"},  # nothing answers there: mail stays queued
+                    "remote": {"partner.example": {"tls": "may"}}},
+        "smtp": {"listen": ["127.0.0.1:0"]},
+        "dns": {"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": "1s"},
+        "delivery": {"port": hop.port, "retry": ["10m", "30m", "1h", "4h"]},
     }, sort_keys=False))
     os.chdir(workdir)
     app = ConsoleApp(configmod.load(config_path))
@@ -67,13 +91,14 @@ async def make(workdir: Path) -> None:
         await until(pilot, lambda: app.relay is not None and app.relay.running)
         for name, sender, to, subject in MAIL:
             put(root, name, message(sender, to, subject))
-        put(root, "no-recipients.eml", b"From: app@example.com\r\nSubject: To whom?\r\n\r\nx\r\n")
         with open(root / PICKUP / "export-0917.eml", "wb") as writer:  # still being written
             writer.write(message("erp@example.com", "finance@partner.example", "Export 0917"))
             writer.flush()
             panes = app.dashboard.panes
-            await until(pilot, lambda: len(panes[QUEUE].view.ids) >= 3 and panes[DROP].view.ids)
-            app.admin.hold([panes[QUEUE].view.ids[0]])
+            queue = panes[QUEUE]
+            await until(pilot, lambda: len(queue.view.ids) >= 3 and panes[DROP].view.ids
+                        and all(r.attempts for r in queue.view.rows.values()))
+            app.admin.hold([queue.view.ids[0]])
             await until(pilot, lambda: panes[HOLD].view.ids and panes[BADMAIL].view.ids)
             await pilot.pause(1.2)
             shots = [("dashboard.svg", ()), ("badmail-inspector.svg", ("4", "enter")),
@@ -94,4 +119,9 @@ if __name__ == "__main__":
     os.environ.setdefault("TZ", "UTC")
     time.tzset()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(make(Path(tmp)))
+        servers = next_hop()
+        try:
+            asyncio.run(make(Path(tmp), *servers))
+        finally:
+            servers[1].stop()
+            servers[0].close()

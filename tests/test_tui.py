@@ -238,3 +238,30 @@ def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write
     assert b"relay-stopped" in log.read_bytes()
     assert len(list((root / "Drop").glob("*.eml"))) == 1
     assert lock_holder(Mailroot(root)) is None
+
+
+def test_listeners_follow_each_relay_run_in_the_events():
+    from tui.stats import Stats
+
+    stats = Stats()
+    run = [{"event": "smtp-listening", "host": "127.0.0.1", "port": 2525},
+           {"event": "smtp-listening", "host": "::1", "port": 2525, "tls": True},
+           {"event": "relay-started"}]
+    for event in run:
+        stats.add(event)
+    assert stats.listeners == ["127.0.0.1:2525", "[::1]:2525 tls"]
+    stats.add({"event": "relay-stopped"})
+    assert stats.listeners is None
+    for event in [run[0], run[2], {"event": "relay-stopped"}, {"event": "relay-started"}]:
+        stats.add(event)
+    assert stats.listeners == []  # the last run listened on nothing
+
+
+def test_queue_columns_fit_80_columns_with_attempts_next_and_last_reply():
+    from tui.model import COLUMNS, PAD, fit
+
+    fitted = fit(COLUMNS[QUEUE], 79)
+    keys = [c.key for c, _ in fitted]
+    assert {"state", "to", "attempts", "next", "error"} <= set(keys)
+    assert sum(w + PAD for _, w in fitted) == 79
+    assert [c.key for c, _ in fit(COLUMNS[QUEUE], 300)] == [c.key for c in COLUMNS[QUEUE]]

@@ -98,15 +98,27 @@ def build(root: Path) -> None:
     pickup = store.folder(PICKUP) / "invoice-2292.eml"
     pickup.write_bytes(message("app@example.com", "billing@customer.example", "Invoice 2292"))
     os.utime(pickup, (T0 - 2,) * 2)
-    events = [
+    events = [  # as the relay writes them (relay/scheduler.py, pickup.py, smtpd.py, admin.py)
+        {"time": T0 - 60, "event": "smtp-listening", "host": "127.0.0.1", "port": 2525,
+         "tls": False, "auth": False},
+        {"time": T0 - 60, "event": "relay-started", "mailroot": str(root), "pid": 4242},
         {"time": T0 - 50, "event": "intake", "id": fixed_id(T0 - 300, 30),
-         "source": "Pickup/alert.eml", "outcome": "drop"},
+         "source": "Pickup/alert.eml", "outcome": "drop", "from": "app@example.com",
+         "to": ["it@example.com"]},
         {"time": T0 - 40, "event": "deferred", "id": fixed_id(T0 - 3600, 0),
-         "host": "mx0.partner.example", "reply": "451 4.7.1 greylisted"},
+         "to": ["ops@partner.example"], "host": "mx0.partner.example[192.0.2.10]:25",
+         "reply": "451 4.7.1 greylisted", "tls": True, "next_attempt": T0 + 600},
         {"time": T0 - 30, "event": "delivered", "id": "0000000000000000",
-         "host": "mx.customer.example", "reply": "250 2.0.0 OK [queued as 7F3]"},
+         "to": ["it@customer.example"], "host": "mx.customer.example[192.0.2.20]:25",
+         "reply": "250 2.0.0 OK [queued as 7F3]", "tls": True},
         {"time": T0 - 20, "event": "failed", "id": fixed_id(T0 - 7200, 20),
-         "reply": "550 5.1.1 user unknown"},
+         "to": ["nobody@customer.example"], "host": "mx.customer.example[192.0.2.20]:25",
+         "reply": "550 5.1.1 user unknown", "tls": True},
+        {"time": T0 - 20, "event": "bounced", "id": fixed_id(T0 - 7200, 20),
+         "reason": "delivery failed for <nobody@customer.example>: 550 5.1.1 user unknown",
+         "ndr": None, "to": ["nobody@customer.example"]},
+        {"time": T0 - 10, "event": "admin", "action": "hold", "ids": [fixed_id(T0 - 86400, 9)],
+         "user": "ops"},
     ]
     with (store.log_dir / "events.jsonl").open("w") as log:
         for event in events:

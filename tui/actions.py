@@ -47,18 +47,15 @@ DASHBOARD = [
     Act("5", "folder('Hold')", "Show Hold", "messages put on hold", footer=False),
     Act("tab", "next_folder", "Next folder", footer=False),
     Act("enter", "inspect", "Inspect message", "envelope, headers, body, attempts",
-        label="inspect"),
+        label="open"),
     Act("slash", "filter", "Filter", "by sender, recipient, subject, domain or reason",
         label="filter"),
-    Act("s", "sort", "Cycle sort", "oldest, newest, sender, recipient, subject, attempts, size",
-        label="sort"),
     Act("space", "mark", "Mark / unmark", "bulk actions apply to the marked rows",
         label="mark"),
     Act("escape", "clear", "Clear filter and marks", footer=False),
     Act("right_square_bracket", "page(1)", "Next page", "in folders of more than one page",
         footer=False),
     Act("left_square_bracket", "page(-1)", "Previous page", footer=False),
-    Act("p", "pause", "Pause / resume", "stop live updates while you read", label="pause"),
     Act("r", "bulk('requeue')", "Requeue", "Badmail or Hold back to Queue, clock restarted",
         mutating=True, label="requeue"),
     Act("t", "bulk('retry')", "Retry now", "try queued messages at once", mutating=True,
@@ -67,6 +64,9 @@ DASHBOARD = [
         mutating=True, label="hold"),
     Act("d", "bulk('delete')", "Delete", "move to Trash (undelete within the retention)",
         mutating=True, label="delete"),
+    Act("s", "sort", "Cycle sort", "oldest, newest, sender, recipient, subject, attempts, size",
+        label="sort"),
+    Act("p", "pause", "Pause / resume", "stop live updates while you read", label="pause"),
     Act("e", "domains", "Domain editor", "local default, aliases, remote domains",
         label="domains"),
     Act("c", "settings", "Delivery settings", "retry, expiry, smart host, limits",
@@ -111,6 +111,10 @@ class Guarded:
     refused (their keys do nothing)."""
 
     ACTS: list[Act] = []
+
+    def offered(self) -> list[Act]:
+        """The acts the footer shows now."""
+        return [a for a in self.ACTS if not (a.mutating and self.app.readonly)]  # type: ignore[attr-defined]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         mutating = {a.action.split("(")[0] for a in self.ACTS if a.mutating}

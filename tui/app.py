@@ -22,10 +22,11 @@ from watchfiles import awatch
 
 from relay.admin import Admin
 from relay.config import Config
-from relay.events import format_event, read_events
+from relay.events import read_events
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.store import FOLDERS, QUEUE
 from tui.actions import GLOBAL, bindings
+from tui.activity import activity_line
 from tui.commands import ConsoleCommands
 from tui.model import changed_ids
 from tui.screens.dashboard import VERBS, Dashboard
@@ -41,10 +42,6 @@ class MailrootChanged(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, MailrootChanged)
-
-
-def activity_line(event: dict) -> str:
-    return format_event(event)[11:]  # time of day onwards: the date is the pane's context
 
 
 class ConsoleApp(App):
@@ -188,8 +185,15 @@ class ConsoleApp(App):
         self.dashboard.query_one("#header", Static).update(header)
         self.dashboard.query_one(StatusBar).show(
             relay_state="running" if running else "stopped", running=running,
-            listeners=[str(hp) for hp in self.config.smtp.listen], stats=self.stats, now=now,
+            listeners=self.listeners() if running else [], stats=self.stats, now=now,
             queue_depth=depth, paused=self.paused)
+
+    def listeners(self) -> list[str]:
+        """The SMTP sockets the running relay reported binding; the configured addresses
+        (marked so) when its start is older than the events read."""
+        if self.stats.listeners is not None:
+            return self.stats.listeners or ["off"]
+        return [f"{hp} (config)" for hp in self.config.smtp.listen] or ["off"]
 
     def toggle_pause(self) -> None:
         self.paused = not self.paused

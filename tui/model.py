@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -47,6 +48,12 @@ def state_word(row: MessageSummary, now: float) -> str:
     return "▶ due" if (row.next_attempt or 0) <= now else "↻ retry"
 
 
+def short_reason(reason: str) -> str:
+    """A Badmail reason for its table cell: the recipient is in the `to` column already, so
+    "failed for <a@b> (and 2 more): 550 ..." reads "failed: 550 ..." (Enter shows it all)."""
+    return re.sub(r" for <[^>]*>(?: \(and \d+ more\))?:", ":", reason, count=1)
+
+
 def recipients_text(row: MessageSummary) -> str:
     names = [r.address for r in row.recipients]
     return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "") if names else ""
@@ -56,37 +63,58 @@ def recipients_text(row: MessageSummary) -> str:
 class Column:
     key: str
     label: str
-    width: int | None
+    width: int  # the flexible column's least width
     cell: Callable[[MessageSummary, float], str]
+    drop: int = 0  # when the pane is too narrow, the highest goes first; 0: always shown
+    flex: bool = False  # takes the width left over (one per folder)
 
 
-def _col(key: str, label: str, width: int | None,
-         cell: Callable[[MessageSummary, float], str]) -> Column:
-    return Column(key, label, width, cell)
+def _col(key: str, label: str, width: int, cell: Callable[[MessageSummary, float], str],
+         drop: int = 0, flex: bool = False) -> Column:
+    return Column(key, label, width, cell, drop, flex)
+
+
+def _state(width: int) -> Column:
+    return _col("state", "state", width, state_word)
+
+
+PAD = 2  # a table cell's padding, one each side
+
+
+def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
+    """The columns that fit in `width` cells, in order, with their widths: the least needed
+    are dropped first, and the flexible column takes what is left."""
+    shown = list(columns)
+    for column in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
+        if sum(c.width + PAD for c in shown) <= width:
+            break
+        shown.remove(column)
+    spare = max(0, width - sum(c.width + PAD for c in shown))
+    return [(c, c.width + spare if c.flex else c.width) for c in shown]
 
 
 MARK = _col("mark", " ", 1, lambda r, now: "")
-STATE = _col("state", "state", 9, state_word)
-AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received))
+AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received), drop=5)
 FROM = _col("from", "from", 22, lambda r, now: f"<{r.sender}>" if r.folder != PICKUP or r.sender
-            else "")
-TO = _col("to", "to", 24, lambda r, now: recipients_text(r))
-SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject)
-ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts))
-NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now))
-ERROR = _col("error", "last reply", 40, lambda r, now: r.last_error)
-REASON = _col("reason", "reason", 44, lambda r, now: r.last_error)
-SIZE = _col("size", "size", 6, lambda r, now: f"{r.size // 1024}K" if r.size >= 1024
-            else f"{r.size}B")
-ID = _col("id", "id", 16, lambda r, now: r.id)
-NAME = _col("name", "file", 20, lambda r, now: r.id)
+            else "", drop=7)
+TO = _col("to", "to", 22, lambda r, now: recipients_text(r), drop=4)
+SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject, drop=8)
+ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts), drop=3)
+NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now), drop=2)
+ERROR = _col("error", "last reply", 12, lambda r, now: r.last_error, flex=True)
+REASON = _col("reason", "reason", 14, lambda r, now: short_reason(r.last_error), flex=True)
+SIZE = _col("size", "size", 5, lambda r, now: f"{r.size // 1024}K" if r.size >= 1024
+            else f"{r.size}B", drop=6)
+ID = _col("id", "id", 16, lambda r, now: r.id, drop=9)
+NAME = _col("name", "file", 20, lambda r, now: r.id, drop=1)
+FLEX_SUBJECT = _col("subject", "subject", 12, lambda r, now: r.subject, flex=True)
 
 COLUMNS: dict[str, list[Column]] = {
-    PICKUP: [MARK, STATE, AGE, NAME, FROM, TO, SUBJECT, SIZE],
-    QUEUE: [MARK, STATE, AGE, FROM, TO, ATTEMPTS, NEXT, ERROR, SUBJECT, ID],
-    DROP: [MARK, STATE, AGE, FROM, TO, SUBJECT, SIZE, ID],
-    BADMAIL: [MARK, STATE, AGE, REASON, FROM, TO, SUBJECT, ID],
-    HOLD: [MARK, STATE, AGE, FROM, TO, ATTEMPTS, ERROR, SUBJECT, ID],
+    PICKUP: [MARK, _state(9), AGE, NAME, FROM, TO, FLEX_SUBJECT, SIZE],
+    QUEUE: [MARK, _state(7), AGE, TO, ATTEMPTS, NEXT, ERROR, FROM, SUBJECT, ID],
+    DROP: [MARK, _state(7), AGE, FROM, TO, FLEX_SUBJECT, SIZE, ID],
+    BADMAIL: [MARK, _state(5), AGE, TO, REASON, FROM, SUBJECT, ID],
+    HOLD: [MARK, _state(6), AGE, TO, ATTEMPTS, ERROR, FROM, SUBJECT, ID],
 }
 
 SORTS: list[tuple[str, Callable[[MessageSummary], object], bool]] = [

@@ -1,4 +1,4 @@
-"""Delivery counts and queue depth over the last hour, from the relay's events."""
+"""Delivery counts, queue depth and SMTP listeners, from the relay's own events."""
 
 from __future__ import annotations
 
@@ -10,31 +10,56 @@ OUTCOMES = ("delivered", "deferred", "failed")
 
 
 def outcome(event: dict[str, Any]) -> str | None:
-    """delivered / deferred / failed for a delivery event, else None.
+    """delivered / deferred / failed for an event that ends a delivery attempt, else None.
 
-    Accepts both an event named after its outcome and an `attempt` event carrying `outcome`.
+    The scheduler emits `delivered` and `deferred` per attempt (one per recipient domain),
+    `failed` for the recipients a hop refused for good and then one `bounced` when the message
+    goes to Badmail (after `expired` too). A message fails once: `bounced` is its failure, and
+    so is a Pickup file put in Badmail at intake; the recipient-level `failed` and `expired`
+    events are not counted again.
     """
     name = event.get("event", "")
-    if name in OUTCOMES:
+    if name in ("delivered", "deferred"):
         return name
-    if name in ("attempt", "delivery") and event.get("outcome") in OUTCOMES:
-        return event["outcome"]
-    if name in ("bounced", "expired") or (name == "intake" and event.get("outcome") == "badmail"):
+    if name == "bounced":
+        return "failed"
+    if name == "intake" and event.get("outcome") in ("badmail", "set-aside"):
         return "failed"
     return None
 
 
 class Stats:
-    """Outcomes with their times (last hour) and a queue-depth sample per minute."""
+    """Outcomes with their times (last hour), a queue-depth sample per minute, and the SMTP
+    listeners the running relay reported."""
 
     def __init__(self) -> None:
         self.outcomes: deque[tuple[float, str]] = deque()
         self.depth: dict[int, int] = {}  # minute number -> queue depth seen in it
+        self.listeners: list[str] | None = None  # None: no relay start seen in the events
+        self._starting = False  # between a relay's first smtp-listening and relay-started
 
     def add(self, event: dict[str, Any]) -> None:
         kind = outcome(event)
         if kind:
             self.outcomes.append((float(event.get("time", 0)), kind))
+        self._follow_listeners(event)
+
+    def _follow_listeners(self, event: dict[str, Any]) -> None:
+        """A relay reports each bound socket (smtp-listening) before relay-started."""
+        name = event.get("event")
+        if name == "smtp-listening":
+            if not self._starting:
+                self.listeners, self._starting = [], True
+            host = str(event.get("host", "?"))
+            host = f"[{host}]" if ":" in host else host
+            flags = "+".join(f for f in ("tls", "auth") if event.get(f))
+            self.listeners.append(f"{host}:{event.get('port')}" + (f" {flags}" if flags else ""))
+        elif name == "relay-started":
+            if not self._starting:
+                self.listeners = []  # started without SMTP listeners
+            self._starting = False
+        elif name == "relay-stopped":
+            self.listeners, self._starting = None, False
 
     def sample_depth(self, now: float, depth: int) -> None:
         self.depth[int(now // 60)] = depth

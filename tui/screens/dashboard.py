@@ -3,18 +3,21 @@ and the activity pane."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Log, Static, Tab, Tabs
+from textual.widgets import DataTable, Input, Log, Static, Tab, Tabs
 
 from relay.store import FOLDERS, HOLD, QUEUE
-from tui.actions import DASHBOARD, Guarded, bindings
+from tui.actions import DASHBOARD, Act, Guarded, bindings
 from tui.screens.confirm import Confirm
 from tui.widgets.folder_pane import FolderPane, can
+from tui.widgets.keybar import KeyBar
 from tui.widgets.status import StatusBar
 
 WIDE = 120  # columns from which all panes show side by side
@@ -53,16 +56,25 @@ class Dashboard(Guarded, Screen):
         with Container(id="folders"):
             yield from self.panes.values()
             yield Log(id="activity", max_lines=500)
-        yield Footer()
+        yield KeyBar()
 
     async def on_mount(self) -> None:
         self.show_folder(self.active)
         await self.app.begin()
 
+    def offered(self) -> list[Act]:
+        """The footer's keys: only the bulk actions that make sense in this folder."""
+        acts = [a for a in super().offered()
+                if not a.action.startswith("bulk(") or can(self.active, a.action[6:-2])]
+        if self.active == HOLD:  # h releases what is held
+            acts = [replace(a, label="release") if a.keys == "h" else a for a in acts]
+        return acts
+
     def on_resize(self, event: Resize) -> None:
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
+        self.call_after_refresh(self.query_one("#activity", Log).scroll_end, animate=False)
 
     # --- the app feeds these ---
 
@@ -91,6 +103,7 @@ class Dashboard(Guarded, Screen):
             pane.set_class(name == folder, "active")
         self.query_one(Tabs).active = f"tab-{folder.lower()}"
         self.pane.table.focus()
+        self.query_one(KeyBar).refresh()
 
     @on(Tabs.TabActivated)
     def tab_activated(self, event: Tabs.TabActivated) -> None:
@@ -111,6 +124,7 @@ class Dashboard(Guarded, Screen):
             self.active = pane.folder
             for name, other in self.panes.items():
                 other.set_class(name == pane.folder, "active")
+            self.query_one(KeyBar).refresh()
 
     # --- reading ---
 

@@ -13,10 +13,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 
 from relay.config import ConfigError, Domain, HostPort, TlsPolicy
 from tui.actions import DOMAINS, Guarded, bindings
+from tui.widgets.keybar import KeyBar
 from tui.widgets.textbox import TextBox
 
 TLS_POLICIES = typing.get_args(TlsPolicy)
@@ -128,7 +129,7 @@ class DomainEditor(Guarded, Screen):
             table.add_column(label, width=width, key=label)
         yield table
         yield Static(id="domains-note", markup=False)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.reload()

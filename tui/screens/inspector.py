@@ -9,12 +9,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from relay.admin import MessageDetail, NotFound
 from relay.store import BADMAIL, PICKUP
-from tui.actions import INSPECTOR, bindings
+from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
+from tui.widgets.keybar import KeyBar
 
 BODY_LINES = 400  # a body longer than this is cut in the inspector; `v` shows all of it
 
@@ -81,7 +82,7 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
     return text
 
 
-class Inspector(Screen):
+class Inspector(Guarded, Screen):
     ACTS = INSPECTOR
     BINDINGS = bindings(INSPECTOR)
 
@@ -95,7 +96,7 @@ class Inspector(Screen):
         yield Static(id="inspector-title", markup=False)
         with VerticalScroll(id="inspector-body"):
             yield Static(id="inspector-text", markup=False)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.show()

@@ -11,11 +11,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Footer, Input, Label, Static
+from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from relay.config import ConfigError
 from tui.actions import SETTINGS, Guarded, bindings
 from tui.fields import GROUPS, Field, fields_for
+from tui.widgets.keybar import KeyBar
 from tui.widgets.textbox import TextBox
 
 
@@ -50,7 +51,7 @@ class SettingsForm(Guarded, Screen):
                              disabled=self.app.readonly)
                 yield Button("Cancel", id="cancel")
         yield Static(id="field-help", markup=False)
-        yield Footer()
+        yield KeyBar()
 
     def row(self, field: Field) -> ComposeResult:
         with Vertical(classes="field", id=field_id(field.key)):

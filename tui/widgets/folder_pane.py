@@ -8,13 +8,15 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.events import Resize
 from textual.widgets import DataTable, Static
 
 from relay.admin import MessageSummary
 from relay.store import BADMAIL, HOLD, PICKUP, QUEUE
-from tui.model import COLUMNS, PAGE, SORTS, FolderView, state_word
+from tui.model import COLUMNS, PAGE, SORTS, Column, FolderView, fit, state_word
 from tui.widgets.textbox import TextBox
 
+SCROLLBAR = 1  # the table's vertical scrollbar, kept free so columns never jump
 STATE_STYLE = {"✗": "bold red", "‖": "yellow", "↻": "yellow", "▶": "cyan", "→": "cyan",
                "✓": "green", "…": "dim"}
 
@@ -39,16 +41,37 @@ class FolderPane(Vertical):
         self.key = key
         self.view = FolderView(folder)
         self.clock = clock
-        self.columns = COLUMNS[folder]
+        self.columns: list[Column] = []  # those shown: as many as the pane's width allows
+        self.widths: list[int] = []
 
     def compose(self) -> ComposeResult:
         yield Static(self.title_text(), classes="pane-title", markup=False)
         yield TextBox(placeholder="filter: sender, recipient, subject, domain, reason — "
                                 "enter keeps, esc clears", classes="filter")
-        table = FolderTable(cursor_type="row", zebra_stripes=True, id=f"table-{self.folder.lower()}")
-        for column in self.columns:
-            table.add_column(Text(column.label), width=column.width, key=column.key)
-        yield table
+        yield FolderTable(cursor_type="row", zebra_stripes=True,
+                          id=f"table-{self.folder.lower()}")
+
+    def on_mount(self) -> None:
+        self.fit_columns(80)
+
+    def on_resize(self, event: Resize) -> None:
+        self.fit_columns(event.size.width)
+
+    def fit_columns(self, width: int) -> None:
+        """Show the columns that fit the pane (no sideways scrolling); rebuild if changed."""
+        if width <= 0:
+            return  # a hidden pane: fitted when it is shown
+        fitted = fit(COLUMNS[self.folder], width - SCROLLBAR)
+        columns, widths = [c for c, _ in fitted], [w for _, w in fitted]
+        if (columns, widths) == (self.columns, self.widths):
+            return
+        self.columns, self.widths = columns, widths
+        table = self.table
+        current = self.current_id()
+        table.clear(columns=True)
+        for column, cells in fitted:
+            table.add_column(Text(column.label), width=cells, key=column.key)
+        self.redraw(current)
 
     @property
     def table(self) -> FolderTable:
@@ -108,13 +131,13 @@ class FolderPane(Vertical):
                 out.append(Text(column.cell(row, now), no_wrap=True, overflow="ellipsis"))
         return out
 
-    def redraw(self) -> None:
+    def redraw(self, current: str | None = None) -> None:
         """Bring the table to the view by diff; keep the cursor on its row by key."""
         table = self.table
         now = self.clock()
         rows = self.view.visible()
         wanted = [r.id for r in rows]
-        current = self.current_id()
+        current = current or self.current_id()
         have = [k.value for k in table.rows]
         keep = set(wanted)
         kept = [k for k in have if k in keep]

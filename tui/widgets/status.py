@@ -24,11 +24,10 @@ class StatusBar(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="status-line", markup=False)
         with Horizontal(id="spark-row"):
-            yield Static("queue", classes="spark-label", markup=False)
+            yield Static(id="depth-label", classes="spark-label", markup=False)
             yield Sparkline([], id="spark-depth", classes="spark")
-            yield Static("delivered/min", classes="spark-label", markup=False)
+            yield Static(id="rate-label", classes="spark-label", markup=False)
             yield Sparkline([], id="spark-rate", classes="spark")
-            yield Static(id="spark-note", markup=False)
 
     def show(self, *, relay_state: str, running: bool, listeners: list[str], stats: Stats,
              now: float, queue_depth: int, paused: bool) -> None:
@@ -48,5 +47,5 @@ class StatusBar(Vertical):
         self.query_one("#spark-depth", Sparkline).data = stats.depth_series(now)
         rate = stats.rate_series(now)
         self.query_one("#spark-rate", Sparkline).data = rate
-        self.query_one("#spark-note", Static).update(
-            Text(f" now {queue_depth} queued · {int(sum(rate))} delivered in 1h", style="dim"))
+        self.query_one("#depth-label", Static).update(f"queue {queue_depth} now, 1h:")
+        self.query_one("#rate-label", Static).update(f"delivered {int(sum(rate))} in 1h:")
