@@ -310,3 +310,51 @@ def test_smtp_mangled_commands_get_a_reply_and_never_hang(write_config) -> None:
         assert send_data(after, b"Subject: ok\r\n\r\nok\r\n").startswith("250")
         after.close()
         assert not [e for e in server.events if e["event"] in ("smtp-error", "intake-error")]
+
+
+LONG_LINES = st.integers(990, 3000).map(
+    lambda n: b"From: app@yourdomain.com\r\nSubject: long\r\n\r\n" + b"x" * n + b"\r\n")
+RELAY_ID = re.compile(rb"\(mailroot\)\s+with\s+\S+\s+id\s+(\w+)")
+
+
+def test_a_real_relay_delivers_or_files_every_250_message(relay, sink) -> None:
+    """Fuzzed DATA to a real relay: every 250 ends in Drop, at the next hop (through the smart
+    host), or in Badmail with a reason; the relay stays up."""
+    hop = sink()
+    r = relay({"smtp": {"relay": {"allow": ["127.0.0.0/8"]}},
+               "delivery": {"smarthost": f"127.0.0.1:{hop.port}", "retry": ["1s"] * 4,
+                            "timeout": "5s"}})
+    inputs: list[tuple[bytes, list[str]]] = []
+
+    @settings(max_examples=80, deadline=None, derandomize=True, database=None)
+    @given(st.one_of(MESSAGES, LONG_LINES), RCPT_SETS)
+    def collect(content: bytes, rcpts: list[str]) -> None:
+        inputs.append((content, rcpts))
+
+    collect()
+    accepted: dict[str, list[str]] = {}
+    client = RawClient(r.smtp_port())
+    assert client.command("EHLO fuzz.test").startswith("250")
+    for content, rcpts in inputs:
+        assert client.command("MAIL FROM:<app@yourdomain.com>").startswith("250")
+        for rcpt in rcpts:
+            assert client.command(f"RCPT TO:<{rcpt}>").startswith("250")
+        assert client.command("DATA").startswith("354")
+        reply = send_data(client, content)
+        if check_reply(reply) == 250:
+            accepted[QUEUED_AS.match(reply).group(1)] = rcpts
+        else:
+            assert client.command("RSET").startswith("250")
+    client.close()
+    assert accepted
+    wait_for(lambda: not r.files("Queue"), timeout=20, interval=0.1)
+    delivered = {m.group(1).decode() for got in hop.messages
+                 if (m := RELAY_ID.search(got.data))}
+    for mid, rcpts in accepted.items():
+        if any(not x.endswith("@yourdomain.com") for x in rcpts):
+            bad = r.root / "Badmail" / f"{mid}.BAD"
+            assert mid in delivered or (bad.exists() and read_reason(bad)), mid
+        if any(x.endswith("@yourdomain.com") for x in rcpts):
+            assert (r.root / "Drop" / f"{mid}.eml").exists(), mid
+    assert r.proc.poll() is None
+    assert not [e for e in r.events() if e["event"] in ("smtp-error", "delivery-error")]
