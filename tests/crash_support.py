@@ -3,6 +3,9 @@ through a smart host to a real aiosmtpd sink and local mail to Drop, killed with
 random moments and restarted; then every accepted message is looked for, by the unique token
 header each carries, per recipient.
 
+One remote recipient in ten is refused by the sink (550): that recipient must end in Badmail
+with a reason, and the sender (local) must get an NDR in Drop.
+
 Accepted: an SMTP message once the client has its 250 (a client never resends: a message
 whose reply never came gets no second copy, so SMTP intake cannot duplicate); a Pickup file
 once it is written (every one is taken at last: the run waits for Pickup to empty).
@@ -45,6 +48,10 @@ Key = tuple[str, str]  # (token, recipient)
 def recipients(number: int) -> list[str]:
     """Local only, remote only, or both (split between Drop and the Queue)."""
     return [f"u{number}@{d}" for d in ((LOCAL,), (REMOTE,), (LOCAL, REMOTE))[number % 3]]
+
+
+def refused_by_sink(count: int) -> dict[str, str]:
+    return {f"u{n}@{REMOTE}": "550 5.1.1 no such user" for n in range(7, count, 10)}
 
 
 def message(token: str, rcpts: list[str], number: int) -> bytes:
@@ -151,6 +158,8 @@ class Snapshot:
 @dataclass
 class Tally:
     seen: Counter = field(default_factory=Counter)  # (token, rcpt) -> copies kept or delivered
+    reports: Counter = field(default_factory=Counter)  # token -> reports (NDRs) in Drop
+    bounced: set[str] = field(default_factory=set)  # tokens with a recipient in Badmail
     problems: list[str] = field(default_factory=list)
 
 
@@ -190,6 +199,9 @@ def tally(root: Path, sink: Sink) -> Tally:
     result = Tally(seen=sink_keys(sink))
     for eml in (root / "Drop").glob("*.eml"):
         data = eml.read_bytes()
+        if data.startswith(b"X-Sender: <>\r\n"):  # a report, quoting the original's header
+            result.reports.update(set(tokens_in(data)))
+            continue
         for token in tokens_in(data):
             result.seen.update((token, r.decode()) for r in RECEIVER.findall(data))
     for bad in (root / "Badmail").glob("*.BAD"):
@@ -197,6 +209,7 @@ def tally(root: Path, sink: Sink) -> Tally:
             result.problems.append(f"Badmail/{bad.name} has no reason")
         envelope = Envelope.from_json(bad.with_suffix(".env").read_bytes())
         for token in tokens_in(bad.with_suffix(".eml").read_bytes()):
+            result.bounced.add(token)
             result.seen.update((token, r.address) for r in envelope.recipients
                                if r.state == "failed")
     for leftover in (root / "Queue").iterdir():
@@ -216,6 +229,8 @@ class Report:
     explained: dict[Key, str]  # duplicate -> why it was in flight
     unexplained: list[Key]
     problems: list[str]
+    bounced: int  # accepted messages with a recipient the sink refused, in Badmail
+    duplicate_reports: int  # NDRs sent twice (a bounce in flight at a kill)
     refused: dict[int, int]
     seconds: float
 
@@ -226,6 +241,7 @@ class Report:
                 f"refused with a reply: {self.refused or 0}) lost={len(self.lost)} "
                 f"duplicates={len(self.duplicates)} ({dict(reasons) or 'none'}) "
                 f"unexplained={len(self.unexplained)} problems={len(self.problems)} "
+                f"bounced={self.bounced} (NDRs twice: {self.duplicate_reports}) "
                 f"in {self.seconds:.1f}s")
 
 
@@ -237,6 +253,7 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
     rng = random.Random(seed)
     started = time.monotonic()
     sink = Sink()
+    sink.rcpt_replies.update(refused_by_sink(max(pickup, smtp)))
     port = [free_port()]
     root = tmp / "mailroot"
     config = tmp / "mailroot.yaml"
@@ -291,6 +308,9 @@ def account(seed: int, kills: int, loads: list[Load], flying: list[Snapshot], fo
     kept = {token for token, _ in found.seen}
     problems = found.problems + [f"{t} was refused with {code} but kept"
                                  for t, code in refused.items() if t in kept]
+    accepted_tokens = {token for token, _ in accepted}
+    problems += [f"{t} is in Badmail but its sender got no NDR"
+                 for t in sorted(found.bounced & accepted_tokens) if not found.reports[t]]
     return Report(
         seed=seed, kills=kills,
         accepted_pickup=sum(len(lo.accepted) for lo in loads if isinstance(lo, PickupLoad)),
@@ -299,4 +319,5 @@ def account(seed: int, kills: int, loads: list[Load], flying: list[Snapshot], fo
         lost=sorted(k for k in accepted if found.seen[k] == 0),
         duplicates=duplicates, explained=explained,
         unexplained=sorted(set(duplicates) - set(explained)),
-        problems=problems, refused=dict(Counter(refused.values())), seconds=seconds)
+        problems=problems, bounced=len(found.bounced & accepted_tokens),
+        duplicate_reports=sum(1 for n in found.reports.values() if n > 1), refused=dict(Counter(refused.values())), seconds=seconds)

@@ -15,13 +15,15 @@ from tests.crash_support import crash_run
 KILLS = 5
 
 def test_sigkill_under_pickup_and_smtp_load_loses_nothing(tmp_path: Path) -> None:
-    """Remote mail reaches a real sink through the smart host, local mail Drop; every message
-    accepted (250, or a Pickup file) is found per recipient; duplicates only in flight."""
+    """Remote mail reaches a real sink through the smart host (or Badmail and an NDR when the
+    sink refuses it), local mail Drop; every message accepted (250, or a Pickup file) is found
+    per recipient; duplicates only in flight."""
     report = crash_run(tmp_path, kills=KILLS, pickup=240, smtp=240, clients=3,
                        load_seconds=5.0, gap=(0.3, 1.2), drain_timeout=30)
     print(report.summary())
     assert report.accepted_pickup == 240, report.summary()
     assert report.accepted_smtp > 100, report.summary()
+    assert report.bounced > 10, report.summary()  # the sink's 550s: Badmail and an NDR each
     assert not report.lost, f"{report.summary()}: {report.lost[:10]}"
     assert not report.unexplained, f"{report.summary()}: duplicated but not in flight: " \
                                    f"{report.unexplained[:10]}"
