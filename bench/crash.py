@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"duplicates: {len(report.duplicates)}")
     for why, count in Counter(report.explained.values()).items():
         print(f"  {count} x {why}")
+    for key, why in sorted(report.explained.items())[:20]:
+        print(f"    {key[0]} to {key[1]}: {report.duplicates[key]} copies; {why}")
     for key in report.unexplained[:20]:
         print(f"  NOT in flight at any kill: {key} x{report.duplicates[key]}")
     for problem in report.problems[:20]:
