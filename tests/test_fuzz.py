@@ -1,9 +1,11 @@
-"""Arbitrary bytes and mangled headers never crash the Pickup parser or intake, and every input
-ends in Drop, Queue or Badmail with a reason: never silently dropped."""
+"""Arbitrary bytes and mangled headers never crash the Pickup parser, intake or the SMTP
+listener, and every input ends in Drop, Queue or Badmail with a reason (at the sink once
+delivered), or is refused with a proper SMTP reply: never silently dropped."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from relay.message import MessageError
 from relay.pickup import PickupWatcher, parse_pickup
 from relay.store import Mailroot
 from tests.conftest import wait_for
+from tests.smtpd_support import RawClient, live_smtp
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -156,3 +159,202 @@ def test_a_real_relay_files_every_fuzzed_input(relay) -> None:
     assert sorted(sources) == sorted(f"Pickup/f{n}" for n in range(len(inputs)))
     assert len(outcome(r.root)) >= len(inputs)
     assert r.proc.poll() is None
+
+
+# --- the SMTP listener: fuzzed DATA content, mangled commands and addresses ---
+
+SMTP_FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+REPLY = re.compile(r"[2-5]\d\d([ -].*)?\Z", re.S)
+QUEUED_AS = re.compile(r"^250 2\.0\.0 OK queued as (\w+)\Z")
+RCPT_SETS = st.sampled_from([["u@yourdomain.com"], ["r@remote.example"],
+                             ["u@yourdomain.com", "r@remote.example"]])
+VERBS = st.sampled_from(["HELO", "EHLO", "MAIL FROM:", "RCPT TO:", "DATA", "RSET", "NOOP",
+                         "VRFY", "EXPN", "HELP", "AUTH", "STARTTLS", "BDAT", "QUIT", "mail from:",
+                         "rcpt to: ", "MAIL FROM: ", "Rcpt To:", "MAIL", "RCPT", "", "\x00"])
+PATHS = st.one_of(ADDRESSES.map(lambda a: f"<{a}>"), ADDRESSES,
+                  st.sampled_from(["<u@yourdomain.com>", "<r@remote.example>"]))
+PARAMS = st.sampled_from(["", "", " SIZE=100", " SIZE=abc", " SIZE=999999999999999999999999",
+                          " BODY=8BITMIME", " BODY=9BIT", " SMTPUTF8", " SMTPUTF8=x", " X=Y",
+                          " NOTIFY=NEVER", " AUTH=<>", "  SIZE=1"])
+
+
+def one_line(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape").replace(b"\r", b"").replace(b"\n", b"")
+
+
+GREETINGS = st.sampled_from([b"EHLO fuzz.test", b"HELO fuzz.test", b"ehlo [127.0.0.1]"])
+LONG_LINE = st.integers(500, 1100).map(lambda n: b"MAIL FROM:<" + b"a" * n + b"@x.test>")
+MANGLED_LINES = st.one_of(
+    st.builds(lambda v, sep, p, q: one_line(f"{v}{sep}{p}{q}"), VERBS,
+              st.sampled_from(["", " ", "  ", "\t"]), PATHS, PARAMS),
+    st.builds(lambda v, t: one_line(f"{v} {t}"), VERBS, TEXT),
+    st.binary(max_size=80).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")), LONG_LINE)
+MAIL_OK = st.sampled_from([b"MAIL FROM:<app@yourdomain.com>", b"MAIL FROM:<>"])
+RCPT_OK = st.sampled_from([b"RCPT TO:<u@yourdomain.com>", b"RCPT TO:<r@remote.example>"])
+MAIL_LINES = st.one_of(st.builds(lambda p, q: one_line(f"MAIL FROM:{p}{q}"), PATHS, PARAMS),
+                       MANGLED_LINES)
+RCPT_LINES = st.one_of(st.builds(lambda p, q: one_line(f"RCPT TO:{p}{q}"), PATHS, PARAMS),
+                       MANGLED_LINES)
+
+
+@st.composite
+def sessions(draw) -> list[bytes]:
+    """A session's usual shape (greeting, MAIL, RCPTs, DATA, more), about one step in four
+    mangled."""
+
+    def step(good, bad) -> bytes:
+        return draw(bad) if draw(st.integers(1, 4)) == 2 else draw(good)
+
+    lines = [step(GREETINGS, MANGLED_LINES), step(MAIL_OK, MAIL_LINES)]
+    lines += [step(RCPT_OK, RCPT_LINES) for _ in range(draw(st.integers(1, 3)))]
+    lines.append(step(st.just(b"DATA"), st.sampled_from([b"DATA x", b"data", b"RSET"])))
+    return lines + draw(st.lists(st.one_of(MANGLED_LINES, MAIL_LINES), max_size=3))
+
+
+MESSAGES = st.one_of(st.binary(max_size=600), mangled(), mangled())
+
+
+def stuffed(content: bytes) -> bytes:
+    """DATA as a client sends it: dot-stuffed, ending with <CRLF>.<CRLF>."""
+    body = re.sub(rb"(\A|\r\n)\.", rb"\1..", content)
+    return body + (b"" if body.endswith(b"\r\n") or not body else b"\r\n") + b".\r\n"
+
+
+def kept(root: Path, mid: str, rcpts: list[str]) -> bool:
+    """The message a 250 named is committed where its recipients say, or in Badmail with
+    a reason."""
+    bad = root / "Badmail" / f"{mid}.BAD"
+    if bad.exists():
+        return bool(read_reason(bad))
+    local = any(r.endswith("@yourdomain.com") for r in rcpts)
+    remote = any(not r.endswith("@yourdomain.com") for r in rcpts)
+    return ((root / "Drop" / f"{mid}.eml").exists() or not local) and \
+        ((root / "Queue" / f"{mid}.env").exists() or not remote)
+
+
+def check_reply(reply: str) -> int:
+    assert all(REPLY.match(line) for line in reply.split("\n")), reply
+    return int(reply[:3])
+
+
+def send_data(client: RawClient, content: bytes) -> str:
+    client.send(stuffed(content))
+    return client.reply()
+
+
+def test_smtp_fuzzed_data_is_kept_or_refused_with_a_code(write_config) -> None:
+    with live_smtp(write_config, {"smtp": {"relay": {"allow": ["127.0.0.0/8"]},
+                                           "max_message_size": "4KiB"}}) as server:
+        accepted: list[str] = []
+
+        @SMTP_FUZZ
+        @given(MESSAGES, RCPT_SETS)
+        def send(content: bytes, rcpts: list[str]) -> None:
+            client = RawClient(server.port)
+            try:
+                assert client.command("EHLO fuzz.test").startswith("250")
+                assert client.command("MAIL FROM:<app@yourdomain.com>").startswith("250")
+                for rcpt in rcpts:
+                    assert client.command(f"RCPT TO:<{rcpt}>").startswith("250")
+                assert client.command("DATA").startswith("354")
+                reply = send_data(client, content)
+                code = check_reply(reply)
+                if code == 250:
+                    mid = QUEUED_AS.match(reply).group(1)
+                    assert kept(server.store.root, mid, rcpts), f"{reply}: not kept"
+                    accepted.append(mid)
+                else:
+                    assert 400 <= code < 600 and re.match(r"\d{3} [45]\.\d+\.\d+ ", reply), reply
+                assert client.command("NOOP").startswith("250")  # the session goes on
+            finally:
+                client.close()
+
+        send()
+        assert accepted, "no fuzzed message was accepted at all"
+        assert not [e for e in server.events if e["event"] in ("smtp-error", "intake-error")]
+
+
+def test_smtp_mangled_commands_get_a_reply_and_never_hang(write_config) -> None:
+    with live_smtp(write_config, {"smtp": {"relay": {"allow": ["127.0.0.0/8"]},
+                                           "max_message_size": "4KiB"}}) as server:
+
+        @SMTP_FUZZ
+        @given(sessions(), MESSAGES)
+        def session(lines: list[bytes], content: bytes) -> None:
+            client = RawClient(server.port, timeout=10)  # a hang fails on the read timeout
+            try:
+                assert client.greeting.startswith("220")
+                for line in lines:
+                    client.send(line + b"\r\n")
+                    reply = client.reply()
+                    code = check_reply(reply)
+                    if code == 354:  # a mangled envelope still got this far: send a message
+                        code = check_reply(reply := send_data(client, content))
+                        if code == 250:
+                            mid = QUEUED_AS.match(reply).group(1)
+                            assert any((server.store.root / f).glob(f"{mid}.*")
+                                       for f in ("Drop", "Queue", "Badmail")), reply
+                    if code in (221, 421):
+                        assert client.closed(), f"{reply} but the connection stays open"
+                        return
+            finally:
+                client.close()
+
+        session()
+        after = RawClient(server.port)  # still serving, and a clean message still goes through
+        assert after.command("EHLO ok.test").startswith("250")
+        assert after.command("MAIL FROM:<app@yourdomain.com>").startswith("250")
+        assert after.command("RCPT TO:<u@yourdomain.com>").startswith("250")
+        assert after.command("DATA").startswith("354")
+        assert send_data(after, b"Subject: ok\r\n\r\nok\r\n").startswith("250")
+        after.close()
+        assert not [e for e in server.events if e["event"] in ("smtp-error", "intake-error")]
+
+
+LONG_LINES = st.integers(990, 3000).map(
+    lambda n: b"From: app@yourdomain.com\r\nSubject: long\r\n\r\n" + b"x" * n + b"\r\n")
+RELAY_ID = re.compile(rb"\(mailroot\)\s+with\s+\S+\s+id\s+(\w+)")
+
+
+def test_a_real_relay_delivers_or_files_every_250_message(relay, sink) -> None:
+    """Fuzzed DATA to a real relay: every 250 ends in Drop, at the next hop (through the smart
+    host), or in Badmail with a reason; the relay stays up."""
+    hop = sink()
+    r = relay({"smtp": {"relay": {"allow": ["127.0.0.0/8"]}},
+               "delivery": {"smarthost": f"127.0.0.1:{hop.port}", "retry": ["1s"] * 4,
+                            "timeout": "5s"}})
+    inputs: list[tuple[bytes, list[str]]] = []
+
+    @settings(max_examples=80, deadline=None, derandomize=True, database=None)
+    @given(st.one_of(MESSAGES, LONG_LINES), RCPT_SETS)
+    def collect(content: bytes, rcpts: list[str]) -> None:
+        inputs.append((content, rcpts))
+
+    collect()
+    accepted: dict[str, list[str]] = {}
+    client = RawClient(r.smtp_port())
+    assert client.command("EHLO fuzz.test").startswith("250")
+    for content, rcpts in inputs:
+        assert client.command("MAIL FROM:<app@yourdomain.com>").startswith("250")
+        for rcpt in rcpts:
+            assert client.command(f"RCPT TO:<{rcpt}>").startswith("250")
+        assert client.command("DATA").startswith("354")
+        reply = send_data(client, content)
+        if check_reply(reply) == 250:
+            accepted[QUEUED_AS.match(reply).group(1)] = rcpts
+        else:
+            assert client.command("RSET").startswith("250")
+    client.close()
+    assert accepted
+    wait_for(lambda: not r.files("Queue"), timeout=20, interval=0.1)
+    delivered = {m.group(1).decode() for got in hop.messages
+                 if (m := RELAY_ID.search(got.data))}
+    for mid, rcpts in accepted.items():
+        if any(not x.endswith("@yourdomain.com") for x in rcpts):
+            bad = r.root / "Badmail" / f"{mid}.BAD"
+            assert mid in delivered or (bad.exists() and read_reason(bad)), mid
+        if any(x.endswith("@yourdomain.com") for x in rcpts):
+            assert (r.root / "Drop" / f"{mid}.eml").exists(), mid
+    assert r.proc.poll() is None
+    assert not [e for e in r.events() if e["event"] in ("smtp-error", "delivery-error")]

@@ -1,0 +1,60 @@
+"""The long crash run: `python -m bench.crash [--kills 25] [--seed N] [--json out.json]`.
+
+A real relay under Pickup and SMTP load (remote mail through a smart host to an aiosmtpd sink,
+local mail to Drop) is killed with SIGKILL at random moments and restarted; then every
+accepted message is looked for by its token (see tests/crash_support.py for what counts as
+accepted and as in flight). Prints lost (must be 0) and each duplicate with why it was
+allowed; exits 1 if anything was lost, duplicated without being in flight, or left wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from tests.crash_support import crash_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.crash", description=__doc__)
+    parser.add_argument("--kills", type=int, default=25)
+    parser.add_argument("--pickup", type=int, default=1500, help="Pickup files")
+    parser.add_argument("--smtp", type=int, default=1500, help="SMTP messages")
+    parser.add_argument("--clients", type=int, default=5, help="SMTP client threads")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--json", type=Path, help="write the report here too")
+    args = parser.parse_args(argv)
+    gap = (0.2, 1.5)
+    with tempfile.TemporaryDirectory(prefix="mailroot-crash-") as tmp:
+        report = crash_run(Path(tmp), kills=args.kills, pickup=args.pickup, smtp=args.smtp,
+                           clients=args.clients, load_seconds=args.kills * sum(gap) / 2,
+                           gap=gap, seed=args.seed, drain_timeout=120)
+    print(report.summary())
+    print(f"lost: {len(report.lost)}", *report.lost[:20], sep="\n  ")
+    print(f"duplicates: {len(report.duplicates)}")
+    for why, count in Counter(report.explained.values()).items():
+        print(f"  {count} x {why}")
+    for key, why in sorted(report.explained.items())[:20]:
+        print(f"    {key[0]} to {key[1]}: {report.duplicates[key]} copies; {why}")
+    for key in report.unexplained[:20]:
+        print(f"  NOT in flight at any kill: {key} x{report.duplicates[key]}")
+    for problem in report.problems[:20]:
+        print(f"problem: {problem}")
+    if args.json:
+        data = dataclasses.asdict(report)
+        data["lost"] = [list(k) for k in report.lost]
+        data["unexplained"] = [list(k) for k in report.unexplained]
+        data["duplicates"] = [[*k, n, report.explained.get(k)]
+                              for k, n in report.duplicates.items()]
+        del data["explained"]
+        args.json.write_text(json.dumps(data, indent=1))
+    return 1 if report.lost or report.unexplained or report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

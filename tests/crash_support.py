@@ -1,0 +1,323 @@
+"""A crash run: a real `mailroot serve` under Pickup and SMTP load, remote mail delivered
+through a smart host to a real aiosmtpd sink and local mail to Drop, killed with SIGKILL at
+random moments and restarted; then every accepted message is looked for, by the unique token
+header each carries, per recipient.
+
+One remote recipient in ten is refused by the sink (550): that recipient must end in Badmail
+with a reason, and the sender (local) must get an NDR in Drop.
+
+Accepted: an SMTP message once the client has its 250 (a client never resends: a message
+whose reply never came gets no second copy, so SMTP intake cannot duplicate); a Pickup file
+once it is written (every one is taken at last: the run waits for Pickup to empty).
+
+In flight at a kill (the only duplicates allowed), seen once the process is dead and before
+it is restarted:
+- a Pickup file in tmp/pickup: taken, maybe committed, not yet removed, so taken again;
+- a (token, recipient) the sink had already received while its Queue entry still existed:
+  delivered, the result not yet written, so delivered again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import re
+import smtplib
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from relay.bounce import read_reason
+from relay.store import Envelope
+from tests.conftest import RelayProcess, wait_for
+from tests.smtpsink import Sink
+
+TOKEN = re.compile(rb"^X-Crash-Token: (\S+?)\r?$", re.M)
+RECEIVER = re.compile(rb"^X-Receiver: (\S+?)\r?$", re.M)
+LOCAL, REMOTE = "yourdomain.com", "remote.example"
+
+Key = tuple[str, str]  # (token, recipient)
+
+
+def recipients(number: int) -> list[str]:
+    """Local only, remote only, or both (split between Drop and the Queue)."""
+    return [f"u{number}@{d}" for d in ((LOCAL,), (REMOTE,), (LOCAL, REMOTE))[number % 3]]
+
+
+def refused_by_sink(count: int) -> dict[str, str]:
+    return {f"u{n}@{REMOTE}": "550 5.1.1 no such user" for n in range(7, count, 10)}
+
+
+def message(token: str, rcpts: list[str], number: int) -> bytes:
+    return (f"From: app@{LOCAL}\r\nTo: {', '.join(rcpts)}\r\nSubject: crash {token}\r\n"
+            f"X-Crash-Token: {token}\r\n\r\n" + "body line\r\n" * (number % 40 + 1)).encode()
+
+
+def tokens_in(data: bytes) -> list[str]:
+    return [t.decode() for t in TOKEN.findall(data)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Load(threading.Thread):
+    """Bounded in count and time; records what was accepted, per token its recipients."""
+
+    def __init__(self, count: int, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.count, self.seconds = count, seconds
+        self.began = time.monotonic()
+        self.deadline = self.began + seconds * 3  # a hard bound: the relay may be slow
+        self.accepted: dict[str, list[str]] = {}
+        self.unacknowledged: set[str] = set()  # sent, no 250 seen: may or may not be kept
+
+    def pace(self, done: int) -> None:
+        """Spread the load over about `seconds`, so the kills fall while it runs."""
+        ahead = self.began + self.seconds * done / self.count - time.monotonic()
+        time.sleep(max(0.0, min(ahead, 1.0)))
+
+
+class PickupLoad(Load):
+    """Files written aside, then renamed into Pickup, in bursts of 20."""
+
+    def __init__(self, root: Path, count: int, seconds: float) -> None:
+        super().__init__(count, seconds)
+        self.root = root
+
+    def run(self) -> None:
+        staging = self.root.parent / "staging"
+        staging.mkdir(exist_ok=True)
+        for number in range(self.count):
+            if time.monotonic() > self.deadline:
+                break
+            token, rcpts = f"p{number}", recipients(number)
+            aside = staging / f"{token}.eml"
+            aside.write_bytes(message(token, rcpts, number))
+            os.rename(aside, self.root / "Pickup" / f"{token}.eml")
+            self.accepted[token] = rcpts
+            if number % 20 == 19:
+                self.pace(number + 1)
+
+
+class SmtpLoad(Load):
+    """One smtplib client: up to 10 messages a connection, a new token for every try."""
+
+    def __init__(self, name: str, port: list[int], count: int, seconds: float) -> None:
+        super().__init__(count, seconds)
+        self.name, self.port = name, port
+        self.refused: dict[str, int] = {}  # token -> the reply code it was refused with
+
+    def run(self) -> None:
+        numbers = itertools.count()
+        while time.monotonic() < self.deadline:
+            try:
+                client = smtplib.SMTP("127.0.0.1", self.port[0], timeout=5)
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.05)  # the relay is down: try again
+                continue
+            try:
+                client.ehlo("load.test")
+                for number in itertools.islice(numbers, 10):
+                    if number >= self.count:
+                        return
+                    token, rcpts = f"{self.name}-{number}", recipients(number)
+                    self.unacknowledged.add(token)
+                    try:
+                        refused = client.sendmail(f"app@{LOCAL}", rcpts,
+                                                  message(token, rcpts, number))
+                    except (smtplib.SMTPResponseException,
+                            smtplib.SMTPRecipientsRefused) as exc:
+                        self.unacknowledged.discard(token)
+                        self.refused[token] = getattr(exc, "smtp_code", 550)
+                        break
+                    self.unacknowledged.discard(token)
+                    self.accepted[token] = [r for r in rcpts if r not in refused]
+                    self.pace(number + 1)
+            except (OSError, smtplib.SMTPException):
+                pass  # killed mid-session: that message stays unacknowledged
+            finally:
+                client.close()
+
+
+@dataclass
+class Snapshot:
+    """What a kill left: Pickup files taken but not finished; deliveries not yet recorded."""
+    taken: set[str]
+    delivered_unrecorded: set[Key]
+
+
+@dataclass
+class Tally:
+    seen: Counter = field(default_factory=Counter)  # (token, rcpt) -> copies kept or delivered
+    reports: Counter = field(default_factory=Counter)  # token -> reports (NDRs) in Drop
+    bounced: set[str] = field(default_factory=set)  # tokens with a recipient in Badmail
+    problems: list[str] = field(default_factory=list)
+
+
+def sink_keys(sink: Sink) -> Counter:
+    with sink.lock:
+        received = list(sink.messages)
+    found: Counter = Counter()
+    for got in received:
+        for token in tokens_in(got.data):
+            found.update((token, r) for r in got.recipients)
+    return found
+
+
+def queued_keys(root: Path) -> set[Key]:
+    """Pending (token, recipient) of committed Queue entries."""
+    keys: set[Key] = set()
+    for env_path in (root / "Queue").glob("*.env"):
+        try:
+            envelope = Envelope.from_json(env_path.read_bytes())
+            data = env_path.with_suffix(".eml").read_bytes()
+        except (OSError, ValueError):
+            continue
+        for token in tokens_in(data):
+            keys.update((token, r.address) for r in envelope.recipients)
+    return keys
+
+
+def snapshot(root: Path, sink: Sink) -> Snapshot:
+    taken: set[str] = set()
+    for path in (root / "tmp" / "pickup").glob("*"):
+        taken.update(tokens_in(path.read_bytes()))
+    return Snapshot(taken, set(sink_keys(sink)) & queued_keys(root))
+
+
+def tally(root: Path, sink: Sink) -> Tally:
+    """Where each (token, recipient) ended: the sink, Drop, Badmail (with a reason)."""
+    result = Tally(seen=sink_keys(sink))
+    for eml in (root / "Drop").glob("*.eml"):
+        data = eml.read_bytes()
+        if data.startswith(b"X-Sender: <>\r\n"):  # a report, quoting the original's header
+            result.reports.update(set(tokens_in(data)))
+            continue
+        for token in tokens_in(data):
+            result.seen.update((token, r.decode()) for r in RECEIVER.findall(data))
+    for bad in (root / "Badmail").glob("*.BAD"):
+        if not read_reason(bad):
+            result.problems.append(f"Badmail/{bad.name} has no reason")
+        envelope = Envelope.from_json(bad.with_suffix(".env").read_bytes())
+        for token in tokens_in(bad.with_suffix(".eml").read_bytes()):
+            result.bounced.add(token)
+            result.seen.update((token, r.address) for r in envelope.recipients
+                               if r.state == "failed")
+    for leftover in (root / "Queue").iterdir():
+        result.problems.append(f"Queue/{leftover.name} is left after the queue drained")
+    return result
+
+
+@dataclass
+class Report:
+    seed: int
+    kills: int
+    accepted_pickup: int
+    accepted_smtp: int
+    unacknowledged_smtp: int
+    lost: list[Key]
+    duplicates: dict[Key, int]
+    explained: dict[Key, str]  # duplicate -> why it was in flight
+    unexplained: list[Key]
+    problems: list[str]
+    bounced: int  # accepted messages with a recipient the sink refused, in Badmail
+    duplicate_reports: int  # NDRs sent twice (a bounce in flight at a kill)
+    refused: dict[int, int]
+    seconds: float
+
+    def summary(self) -> str:
+        reasons = Counter(self.explained.values())
+        return (f"seed={self.seed} kills={self.kills} accepted: pickup={self.accepted_pickup} "
+                f"smtp={self.accepted_smtp} (no 250 seen: {self.unacknowledged_smtp}; "
+                f"refused with a reply: {self.refused or 0}) lost={len(self.lost)} "
+                f"duplicates={len(self.duplicates)} ({dict(reasons) or 'none'}) "
+                f"unexplained={len(self.unexplained)} problems={len(self.problems)} "
+                f"bounced={self.bounced} (NDRs twice: {self.duplicate_reports}) "
+                f"in {self.seconds:.1f}s")
+
+
+def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
+              load_seconds: float, gap: tuple[float, float], seed: int | None = None,
+              drain_timeout: float = 60) -> Report:
+    """The whole run; `gap` bounds the random time the relay runs between kills."""
+    seed = random.randrange(1 << 30) if seed is None else seed
+    rng = random.Random(seed)
+    started = time.monotonic()
+    sink = Sink()
+    sink.rcpt_replies.update(refused_by_sink(max(pickup, smtp)))
+    port = [free_port()]
+    root = tmp / "mailroot"
+    config = tmp / "mailroot.yaml"
+    config.write_text(yaml.safe_dump({
+        "mailroot": str(root), "hostname": "relay.test",
+        "domains": {"local": {"default": LOCAL}},
+        "smtp": {"listen": [f"127.0.0.1:{port[0]}"], "relay": {"allow": ["127.0.0.0/8"]}},
+        "pickup": {"rescan": "1s", "settle": "1s"},
+        "dns": {"nameservers": ["127.0.0.1"], "port": 9, "timeout": "1s"},
+        "delivery": {"smarthost": f"127.0.0.1:{sink.port}", "retry": ["1s"] * 4,
+                     "timeout": "5s"}}))
+    relay = RelayProcess(config, root).start(timeout=30)
+    loads: list[Load] = [PickupLoad(root, pickup, load_seconds)]
+    loads += [SmtpLoad(f"s{n}", port, smtp // clients, load_seconds) for n in range(clients)]
+    for load in loads:
+        load.start()
+    flying: list[Snapshot] = []
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(*gap))
+            relay.kill()
+            time.sleep(0.1)  # what the sink had fully read before the kill is recorded
+            flying.append(snapshot(root, sink))
+            relay.start(timeout=30)
+        for load in loads:
+            load.join(timeout=load_seconds * 3 + 30)
+            assert not load.is_alive(), "a load thread did not finish in time"
+        wait_for(lambda: not any((root / "Pickup").iterdir())
+                 and not any((root / "tmp" / "pickup").iterdir())
+                 and not any((root / "Queue").iterdir()), timeout=drain_timeout, interval=0.1)
+    finally:
+        relay.stop()
+        sink.stop()
+    return account(seed, kills, loads, flying, tally(root, sink), time.monotonic() - started)
+
+
+def account(seed: int, kills: int, loads: list[Load], flying: list[Snapshot], found: Tally,
+            seconds: float) -> Report:
+    accepted = {(token, r) for load in loads for token, rcpts in load.accepted.items()
+                for r in rcpts}
+    taken = set().union(*(s.taken for s in flying))
+    unrecorded = set().union(*(s.delivered_unrecorded for s in flying))
+    duplicates = {k: n for k, n in found.seen.items() if n > 1}
+    explained = {}
+    for key in duplicates:
+        if key[0] in taken:
+            explained[key] = "Pickup file taken, not finished at a kill"
+        elif key in unrecorded:
+            explained[key] = "delivered, not yet recorded at a kill"
+    smtp = [load for load in loads if isinstance(load, SmtpLoad)]
+    refused = {t: code for load in smtp for t, code in load.refused.items()}
+    kept = {token for token, _ in found.seen}
+    problems = found.problems + [f"{t} was refused with {code} but kept"
+                                 for t, code in refused.items() if t in kept]
+    accepted_tokens = {token for token, _ in accepted}
+    problems += [f"{t} is in Badmail but its sender got no NDR"
+                 for t in sorted(found.bounced & accepted_tokens) if not found.reports[t]]
+    return Report(
+        seed=seed, kills=kills,
+        accepted_pickup=sum(len(lo.accepted) for lo in loads if isinstance(lo, PickupLoad)),
+        accepted_smtp=sum(len(load.accepted) for load in smtp),
+        unacknowledged_smtp=sum(len(load.unacknowledged) for load in smtp),
+        lost=sorted(k for k in accepted if found.seen[k] == 0),
+        duplicates=duplicates, explained=explained,
+        unexplained=sorted(set(duplicates) - set(explained)),
+        problems=problems, bounced=len(found.bounced & accepted_tokens),
+        duplicate_reports=sum(1 for n in found.reports.values() if n > 1), refused=dict(Counter(refused.values())), seconds=seconds)
