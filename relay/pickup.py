@@ -27,7 +27,7 @@ from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
 from relay.message import Message, MessageError, binary_junk, normalize_line_ends, unstuff
-from relay.store import BADMAIL, PICKUP, Mailroot, Unlink, Write, new_id
+from relay.store import BADMAIL, PICKUP, Mailroot, Unlink, Write, is_id, new_id
 
 ENVELOPE_LINE = re.compile(rb"^X-(Sender|Receiver):[ \t]*(.*)$", re.I)
 
@@ -242,9 +242,11 @@ class PickupWatcher:
     def _process(self, claimed_name: str) -> None:
         """Intake one taken file; on a disk error it stays in tmp/pickup for a later try."""
         claimed = self.claimed / claimed_name
-        name = claimed_name.split(".", 1)[1] if "." in claimed_name else claimed_name
-        source = f"Pickup/{name}"
-        mid = new_id()
+        taken_id, _, name = claimed_name.partition(".")
+        source = f"Pickup/{name or taken_id}"
+        # The id given when the file was taken: a retry after a crash rewrites the same entries
+        # instead of adding a second copy.
+        mid = taken_id if is_id(taken_id) else new_id()
         self.claimed_inflight.add(claimed_name)
         try:
             size = claimed.stat().st_size

