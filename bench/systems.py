@@ -104,13 +104,16 @@ class Reference:
         self.proc.wait(10)
 
 
-def mailroot_queue_json(config: Path) -> float:
-    """Seconds `mailroot queue --json` takes."""
+def mailroot_queue_json(config: Path, count: int) -> float:
+    """Seconds `mailroot queue --json` takes to list `count` messages (a JSON line each)."""
     began = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "relay.cli", "queue", "--json", "-c",
                            str(config)], capture_output=True, timeout=300)
     took = time.monotonic() - began
     if done.returncode != 0:
         raise RuntimeError(done.stderr.decode(errors="replace")[-500:])
-    json.loads(done.stdout or b"null")
+    lines = done.stdout.splitlines()
+    if len(lines) != count:
+        raise RuntimeError(f"`mailroot queue --json` listed {len(lines)} of {count}")
+    json.loads(lines[0])
     return took
