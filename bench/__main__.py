@@ -18,11 +18,10 @@ from bench import postfix as postfixmod
 from bench.core import run, table, write_json
 from bench.load import smtp_source_path
 from bench.sink import Sink
-from bench.systems import probe
 from bench.workloads import Context, Params, all_workloads
 
 QUICK = Params(smtp_count=300, big_count=60, pickup_count=300, latency_samples=10,
-               queue_count=5000, idle_seconds=3.0)
+               queue_count=5000, idle_seconds=3.0, console_seconds=3.0)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -62,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Sink() as sink:
             ctx = Context(sink, params, work, postfix_missing=postfixmod.available())
-            ctx.features = probe(ctx.home("probe-"), sink)
-            log(f"sink on 127.0.0.1:{sink.port}; relay features: {ctx.features}; postfix: "
+            log(f"sink on 127.0.0.1:{sink.port}; postfix: "
                 f"{ctx.postfix_missing or 'available'}")
             rows = run(workloads, ctx, args.runs, log)
     finally:

@@ -9,6 +9,7 @@ the reference system's median measured in the same session.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +41,12 @@ class Row:
     @property
     def median(self) -> float | None:
         return statistics.median(self.runs) if self.runs else None
+
+def spread(ms: list[float], prefix: str = "ms") -> dict[str, float]:
+    """Median and 95th percentile of some milliseconds."""
+    ms = sorted(ms)
+    return {f"{prefix} median": statistics.median(ms),
+            f"{prefix} p95": ms[max(0, math.ceil(len(ms) * 0.95) - 1)]}
 
 def run(workloads: list[Workload], context: Any, runs: int, log: Callable[[str], None]) -> list[Row]:
     rows: dict[tuple[str, str, str], Row] = {}

@@ -127,17 +127,27 @@ class Postfix:
         return subprocess.run([tool("postfix"), "-c", str(self.conf), *args], check=check,
                               capture_output=True, text=True, timeout=60)
 
-    def configure(self) -> None:
-        for sub in ("etc", "spool", "data"):
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+    def _write_config(self) -> None:
         self.home.chmod(0o755)  # the postfix user must reach its queue
         (self.conf / "main.cf").write_text(MAIN_CF.format(home=self.home,
                                                           sink_port=self.sink_port))
         (self.conf / "master.cf").write_text(MASTER_CF.format(
             listen=f"127.0.0.1:{self.smtp_port}"))
+
+    def configure(self) -> None:
+        for sub in ("etc", "spool", "data"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        self._write_config()
         shutil.chown(self.home / "data", "postfix")
         self._postfix("set-permissions", check=False)  # creates the queue directories
         self._postfix("check")
+
+    def clone(self, template: Path) -> None:
+        """Configure like `template`, an instance configured once and never started: copy its
+        tree with owners and modes (seconds faster than set-permissions and check), then
+        write this instance's own config files."""
+        subprocess.run(["cp", "-a", f"{template}/.", str(self.home)], check=True, timeout=60)
+        self._write_config()
 
     def start(self) -> None:
         self._postfix("start")

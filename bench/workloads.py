@@ -1,24 +1,18 @@
-"""The workloads: each measures one system once and returns its figures.
-
-A relay workload that needs a feature the relay lacks (its SMTP listener, delivery from Queue
-to the next hop) raises NotAvailable with a reason; the probe in `Context.features` decides,
-so these workloads start producing figures as soon as the features exist.
-"""
+"""The workloads: each measures one system once and returns its figures."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench import console
 from bench import postfix as postfixmod
-from bench.core import Workload
+from bench.core import Workload, spread
 from bench.load import RECIPIENT, fill_pickup, free_port, message, smtp_load, smtp_one
 from bench.procstat import cpu_seconds, rss_mb
 from bench.sink import Sink
@@ -32,12 +26,14 @@ WAIT = 600  # the longest any one measurement may wait for its messages
 @dataclass
 class Params:
     smtp_count: int = 5000
-    big_count: int = 5000
+    big_count: int = 2000  # 5,000 at 100 KB would take the full run past 10 minutes
     sessions: int = 10
     pickup_count: int = 5000
     latency_samples: int = 50
     queue_count: int = 100_000
     idle_seconds: float = 30.0
+    console_rate: float = 200.0  # Pickup files per second while the console runs
+    console_seconds: float = 10.0
 
 
 @dataclass
@@ -45,25 +41,25 @@ class Context:
     sink: Sink
     params: Params
     work: Path
-    features: dict[str, bool] = field(default_factory=dict)
     postfix_missing: str | None = None
     filled_queue: Relay | None = None
+    postfix_template: Path | None = None
 
     def home(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
 
-    def relay(self, *needs: str) -> Relay:
-        missing = [n for n in needs if not self.features.get(n)]
-        if missing:
-            words = {"smtp": "the relay's SMTP listener", "delivery": "remote delivery"}
-            raise NotAvailable(" and ".join(words[n] for n in missing) + ": not available yet")
+    def relay(self) -> Relay:
         return Relay(self.home("relay-"), self.sink.port)
 
     def postfix(self) -> postfixmod.Postfix:
         if self.postfix_missing:
             raise NotAvailable(f"skipped: {self.postfix_missing}")
+        if self.postfix_template is None:
+            template = postfixmod.Postfix(self.sink.port, 0, self.home("postfix-template-"))
+            template.configure()
+            self.postfix_template = template.home
         instance = postfixmod.Postfix(self.sink.port, free_port(), self.home("postfix-"))
-        instance.configure()
+        instance.clone(self.postfix_template)
         return instance
 
 
@@ -93,7 +89,7 @@ def smtp_throughput(size: int, big: bool):
             finally:
                 instance.stop()
                 cleanup(instance.home)
-        relay = ctx.relay("smtp", "delivery")
+        relay = ctx.relay()
         relay.start()
         try:
             cpu = cpu_seconds(relay.pid)
@@ -138,7 +134,7 @@ def pickup_drain(system: str, ctx: Context) -> dict[str, float]:
             instance.stop()
             cleanup(instance.home)
     else:
-        relay = ctx.relay("delivery")
+        relay = ctx.relay()
         relay.pickup().mkdir(parents=True)
         fill_pickup(relay.pickup(), count, 2000)
         began = time.monotonic()
@@ -152,29 +148,6 @@ def pickup_drain(system: str, ctx: Context) -> dict[str, float]:
     if not ok:
         raise RuntimeError(f"the sink got {ctx.sink.count - before} of {count}")
     return {"msg/s": count / took}
-
-
-def pickup_intake(recipient: str):
-    """Interim figure until delivery exists: pre-filled Pickup -> committed in Drop or Queue."""
-    def measure(system: str, ctx: Context) -> dict[str, float]:
-        count = ctx.params.pickup_count
-        relay = Relay(ctx.home("relay-"), ctx.sink.port)
-        relay.pickup().mkdir(parents=True)
-        fill_pickup(relay.pickup(), count, 2000, recipient)
-        began = time.monotonic()
-        relay.start()
-        try:
-            deadline = began + WAIT
-            while relay.committed() < count and time.monotonic() < deadline:
-                time.sleep(0.01)
-            took = time.monotonic() - began
-            if relay.committed() < count:
-                raise RuntimeError(f"{relay.committed()} of {count} committed")
-            return {"msg/s": count / took}
-        finally:
-            relay.stop()
-            cleanup(relay.home)
-    return measure
 
 
 # --- latency ---------------------------------------------------------------------------------
@@ -192,9 +165,7 @@ def _latencies(samples: int, send, arrived) -> dict[str, float]:
         if not done:
             raise RuntimeError(f"message {token} did not arrive within 30 s")
         taken.append(((done if isinstance(done, float) else time.monotonic()) - began) * 1000)
-    taken.sort()
-    return {"ms median": statistics.median(taken),
-            "ms p95": taken[max(0, math.ceil(len(taken) * 0.95) - 1)]}
+    return spread(taken)
 
 
 def _rename_into(folder: Path, token: str, recipient: str) -> None:
@@ -214,24 +185,11 @@ def latency_pickup(system: str, ctx: Context) -> dict[str, float]:
         finally:
             instance.stop()
             cleanup(instance.home)
-    relay = ctx.relay("delivery")
+    relay = ctx.relay()
     relay.start()
     try:
         return _latencies(samples, lambda t: _rename_into(relay.pickup(), t, RECIPIENT),
                           ctx.sink.arrived)
-    finally:
-        relay.stop()
-        cleanup(relay.home)
-
-
-def latency_pickup_drop(system: str, ctx: Context) -> dict[str, float]:
-    """Interim: a file renamed into Pickup -> its message committed in Drop."""
-    relay = Relay(ctx.home("relay-"), ctx.sink.port)
-    relay.start()
-    try:
-        return _latencies(ctx.params.latency_samples,
-                          lambda t: _rename_into(relay.pickup(), t, f"u@{LOCAL_DOMAIN}"),
-                          lambda t: relay.committed() > int(t.rsplit("-", 1)[1]))
     finally:
         relay.stop()
         cleanup(relay.home)
@@ -248,7 +206,7 @@ def latency_smtp(system: str, ctx: Context) -> dict[str, float]:
         finally:
             instance.stop()
             cleanup(instance.home)
-    relay = ctx.relay("smtp", "delivery")
+    relay = ctx.relay()
     relay.start()
     try:
         return _latencies(samples, lambda t: smtp_one(relay.smtp_port, message(t, 2000)),
@@ -294,7 +252,20 @@ def scale_queue(system: str, ctx: Context) -> dict[str, float]:
 
 
 def scale_queue_listing(system: str, ctx: Context) -> dict[str, float]:
-    return {"s": mailroot_queue_json(filled_queue(ctx).config)}
+    return {"s": mailroot_queue_json(filled_queue(ctx).config, ctx.params.queue_count)}
+
+
+def console_scale(system: str, ctx: Context) -> dict[str, float]:
+    """`mailroot console` (its relay embedded) on the filled Queue, then a steady intake of
+    local mail whose Drop count it must follow; Drop is emptied again after each run."""
+    relay = filled_queue(ctx)
+    try:
+        return console.measure(relay.config, relay.pickup(), ctx.params.queue_count,
+                               ctx.params.console_rate, ctx.params.console_seconds,
+                               f"u@{LOCAL_DOMAIN}")
+    finally:
+        for path in (relay.root / "Drop").iterdir():
+            path.unlink()
 
 
 def all_workloads(params: Params) -> list[Workload]:
@@ -311,14 +282,10 @@ def all_workloads(params: Params) -> list[Workload]:
                  latency_pickup, ["postfix"]),
         Workload(f"latency, SMTP end-of-data → sink ({params.latency_samples} samples)",
                  relays, latency_smtp, ["postfix"]),
-        Workload(f"interim: pickup intake, {params.pickup_count} × 2 KB → Drop", ["mailroot"],
-                 pickup_intake(f"u@{LOCAL_DOMAIN}")),
-        Workload(f"interim: pickup intake, {params.pickup_count} × 2 KB → Queue", ["mailroot"],
-                 pickup_intake(RECIPIENT)),
-        Workload(f"interim: latency, pickup → Drop ({params.latency_samples} samples)",
-                 ["mailroot"], latency_pickup_drop),
         Workload(f"scale: {params.queue_count} deferred in Queue, idle "
                  f"{params.idle_seconds:g} s", ["mailroot"], scale_queue),
         Workload(f"scale: `mailroot queue --json` with {params.queue_count} queued",
                  ["mailroot"], scale_queue_listing),
+        Workload(f"console with {params.queue_count} queued, Pickup intake "
+                 f"{params.console_rate:g} msg/s", ["mailroot"], console_scale),
     ]

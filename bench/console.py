@@ -1,0 +1,124 @@
+"""The operator console as an operator sees it: `mailroot console` in a pseudo-terminal.
+
+Everything is read from what the console writes to its terminal, so the figures include the
+imports, the start of the embedded relay, listing the folders and Textual's rendering:
+- start-to-first-paint: process start until the screen shows the Queue pane's full count;
+- RSS: the process's peak resident memory (VmHWM) by the end of the run;
+- appearance under intake: files renamed into Pickup at a steady rate (local recipient, so
+  they stay in Drop); the n-th file counts as shown when the screen first shows a Drop count
+  of at least n (arrival order, so a count is a fair stand-in for a file).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+from bench.core import spread
+from bench.load import message
+
+ESCAPES = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
+COUNT = re.compile(rb"(Queue|Drop)\s+(\d+)")
+SIZE = (40, 120)  # rows, columns: every pane side by side
+
+
+class Screen:
+    """Reads the terminal's output in a thread; notes when each (pane, count) first showed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.seen: dict[str, list[tuple[float, int]]] = {"Queue": [], "Drop": []}
+        self._tail = b""
+        self._thread = threading.Thread(target=self._read, daemon=True, name="pty-reader")
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except OSError:  # the console exited and the pty closed
+                return
+            if not chunk:
+                return
+            now = time.monotonic()
+            text = ESCAPES.sub(b"", self._tail + chunk)
+            self._tail = chunk[-64:]  # a count split between two reads is seen next time
+            for pane, count in COUNT.findall(text):
+                self.seen[pane.decode()].append((now, int(count)))
+
+    def first(self, pane: str, at_least: int) -> float | None:
+        return next((t for t, n in self.seen[pane] if n >= at_least), None)
+
+    def wait(self, pane: str, at_least: int, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while (when := self.first(pane, at_least)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return when
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def feed_pickup(pickup: Path, rate: float, seconds: float, recipient: str) -> list[float]:
+    """Rename files into Pickup at `rate` per second for `seconds`; when each went in."""
+    aside = pickup.parent / "bench-staging"
+    aside.mkdir(exist_ok=True)
+    began, times = time.monotonic(), []
+    for number in range(int(rate * seconds)):
+        delay = began + number / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        path = aside / f"c{number}.eml"
+        path.write_bytes(message(f"console-{number}", 2000, recipient))
+        os.rename(path, pickup / path.name)
+        times.append(time.monotonic())
+    return times
+
+
+def measure(config: Path, pickup: Path, queued: int, rate: float, seconds: float,
+            recipient: str) -> dict[str, float]:
+    """One console run on a mailroot holding `queued` messages in Queue and none in Drop."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *SIZE, 0, 0))
+    began = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "console", "-c", str(config)],
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            env={**os.environ, "TERM": "xterm-256color"})
+    os.close(slave)
+    screen = Screen(master)
+    try:
+        painted = screen.wait("Queue", queued, timeout=60)
+        if painted is None:
+            raise RuntimeError(f"the console never showed {queued} in Queue")
+        fed = feed_pickup(pickup, rate, seconds, recipient)
+        if screen.wait("Drop", len(fed), timeout=60) is None:
+            raise RuntimeError(f"the console never showed {len(fed)} in Drop")
+        shown = [((screen.first("Drop", n + 1) or 0.0) - at) * 1000 for n, at in enumerate(fed)]
+        figures = {"s first paint": painted - began, "MB peak RSS": peak_rss_mb(proc.pid),
+                   **spread(shown, "ms to show")}
+        os.write(master, b"q")
+        proc.wait(30)
+        return figures
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        os.close(master)
