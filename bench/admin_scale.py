@@ -29,7 +29,7 @@ def fill(root: Path, count: int) -> None:
         env = Envelope(mid, "app@example.com", [Recipient(f"user{i % 50}@remote{i % 7}.example",
                                                           "deferred", "4.4.1", "421 try later")],
                        received=now - i, size=len(body), subject=f"message {i}",
-                       next_attempt=now + 900, queued_at=now - i)
+                       next_attempt=now + 7 * 86400, queued_at=now - i)
         (queue / f"{mid}.eml").write_bytes(body)
         (queue / f"{mid}.env").write_bytes(env.to_json())
 
@@ -42,7 +42,8 @@ def main() -> None:
         fill(root, count)
         print(f"filled {count} queued messages in {time.monotonic() - started:.1f} s")
         config = Path(tmp) / "mailroot.yaml"
-        config.write_text(f"mailroot: {root}\nhostname: relay.test\n")
+        config.write_text(f"mailroot: {root}\nhostname: relay.test\n"
+                          "dns: {nameservers: [127.0.0.1], port: 9}\n")
         runs = []
         for _ in range(3):
             started = time.monotonic()

@@ -2,10 +2,11 @@
 
 Everything is read from what the console writes to its terminal, so the figures include the
 imports, the start of the embedded relay, listing the folders and Textual's rendering:
-- start-to-first-paint: process start until the screen shows the Queue pane's full count;
+- start-to-first-paint: process start until the screen shows the Queue pane's full count
+  (the panes come first; "relay running" is when the header says the embedded relay runs);
 - RSS: the process's peak resident memory (VmHWM) by the end of the run;
 - appearance under intake: files renamed into Pickup at a steady rate (local recipient, so
-  they stay in Drop); the n-th file counts as shown when the screen first shows a Drop count
+  they stay in Drop), fed once the header says the embedded relay runs; the n-th file counts as shown when the screen first shows a Drop count
   of at least n (arrival order, so a count is a fair stand-in for a file).
 """
 
@@ -37,6 +38,7 @@ class Screen:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.seen: dict[str, list[tuple[float, int]]] = {"Queue": [], "Drop": []}
+        self.relay_running: float | None = None  # when the header first said so
         self._tail = b""
         self._thread = threading.Thread(target=self._read, daemon=True, name="pty-reader")
         self._thread.start()
@@ -52,6 +54,8 @@ class Screen:
             now = time.monotonic()
             text = ESCAPES.sub(b"", self._tail + chunk)
             self._tail = chunk[-64:]  # a count split between two reads is seen next time
+            if self.relay_running is None and b"embedded relay pid" in text:
+                self.relay_running = now
             for pane, count in COUNT.findall(text):
                 self.seen[pane.decode()].append((now, int(count)))
 
@@ -104,11 +108,18 @@ def measure(config: Path, pickup: Path, queued: int, rate: float, seconds: float
         painted = screen.wait("Queue", queued, timeout=60)
         if painted is None:
             raise RuntimeError(f"the console never showed {queued} in Queue")
+        deadline = time.monotonic() + 60
+        while screen.relay_running is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the panes show first; the relay loads its queue meanwhile
+        if screen.relay_running is None:
+            raise RuntimeError("the console never said its embedded relay was running")
         fed = feed_pickup(pickup, rate, seconds, recipient)
         if screen.wait("Drop", len(fed), timeout=60) is None:
             raise RuntimeError(f"the console never showed {len(fed)} in Drop")
         shown = [((screen.first("Drop", n + 1) or 0.0) - at) * 1000 for n, at in enumerate(fed)]
-        figures = {"s first paint": painted - began, "MB peak RSS": peak_rss_mb(proc.pid),
+        figures = {"s first paint": painted - began,
+                   "s relay running": screen.relay_running - began,
+                   "MB peak RSS": peak_rss_mb(proc.pid),
                    **spread(shown, "ms to show")}
         os.write(master, b"q")
         proc.wait(30)

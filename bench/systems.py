@@ -35,7 +35,8 @@ class Relay:
             "smtp": {"listen": ["127.0.0.1:0"], "relay": {"allow": ["127.0.0.0/8"]},
                      "max_message_size": "20MiB", "max_session_size": "2048MiB"},
             "delivery": {"smarthost": f"127.0.0.1:{sink_port}"},
-            "pickup": {"rescan": "1s"},
+            "dns": {"nameservers": ["127.0.0.1"], "port": 9},  # never the system resolver
+
         }))
         self.proc: subprocess.Popen | None = None
 

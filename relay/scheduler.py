@@ -37,6 +37,7 @@ from relay.store import (
     Unlink,
     Write,
     damage,
+    envelope_or_none,
     is_id,
 )
 
@@ -124,14 +125,14 @@ class Scheduler:
         found = []
         for mid in ids:
             try:
-                envelope, problem = self.store.inspect(QUEUE, mid)
+                raw, problem = self.store.inspect(QUEUE, mid)
             except OSError:
                 continue
             if problem:
-                if quarantine(self.store, QUEUE, mid, envelope, problem):
+                if quarantine(self.store, QUEUE, mid, envelope_or_none(raw), problem):
                     self.events.emit("quarantined", id=mid, folder=QUEUE, reason=problem)
                 continue
-            found.append((mid, envelope.next_attempt))
+            found.append((mid, raw.get("next_attempt", 0.0)))
         return found
 
     async def _dispatch(self) -> None:

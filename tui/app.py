@@ -61,6 +61,8 @@ class ConsoleApp(App):
         self.admin = Admin(config)
         self.store = self.admin.store
         self.relay: Relay | None = None
+        self.starting = False  # the embedded relay is loading its queue
+        self._relay_start: asyncio.Task | None = None
         self.holder: str | None = None
         self.paused = False
         self.pending: dict[str, set[str]] = {}
@@ -78,16 +80,12 @@ class ConsoleApp(App):
         self.theme = "textual-dark"
 
     async def begin(self) -> None:
-        """Start or attach to the relay and go live; called once the dashboard is mounted."""
+        """Show the folders, go live, then start or attach to the relay; called once the
+        dashboard is mounted.  The panes come first: a relay with 100,000 queued messages takes
+        seconds to load its schedule, and the operator should not stare at an empty screen."""
         self.store.ensure()
         self.holder = lock_holder(self.store)
-        if self.holder is None and not self.readonly:
-            relay = Relay(self.config, stream=None)
-            try:
-                await relay.start()
-                self.relay = relay
-            except AlreadyRunning:
-                self.holder = lock_holder(self.store)
+        self.starting = self.holder is None and not self.readonly
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
         for pane in self.dashboard.panes.values():
@@ -99,16 +97,33 @@ class ConsoleApp(App):
         self.set_interval(1.0, self.tick)
         self.set_interval(30.0, self.resync)
         self.tick()
+        if self.starting:  # a plain task, not a worker: it must finish even while quitting
+            self._relay_start = asyncio.create_task(self.start_relay())
+
+    async def start_relay(self) -> None:
+        relay = Relay(self.config, stream=None)
+        try:
+            await relay.start()
+            self.relay = relay
+        except AlreadyRunning:
+            self.holder = lock_holder(self.store)
+        finally:
+            self.starting = False
+            self.tick()
 
     async def on_unmount(self) -> None:
         if self._stop_watch is not None:
             self._stop_watch.set()
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self._relay_start is not None:
+            await self._relay_start
         if self.relay is not None:
             await self.relay.stop()  # mail stays committed in its folders; nothing is lost
 
     def relay_state(self) -> tuple[str, bool]:
+        if self.starting:
+            return "starting the embedded relay…", False
         if self.relay is not None and self.relay.running:
             return f"embedded relay pid {os.getpid()}", True
         if self.holder:
