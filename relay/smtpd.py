@@ -27,6 +27,7 @@ from relay.address import AddressError, parse_address
 from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
+from relay.message import unstuff
 from relay.store import DROP, QUEUE
 from relay.users import check_login
 
@@ -36,7 +37,6 @@ COMMAND_LIMIT = 512 - 2  # octets of a command line without its CRLF (RFC 5321 4
 LONGER_COMMANDS = {"MAIL": COMMAND_LIMIT + 26 + 10, "AUTH": 998}
 ERROR_LIMIT = 5  # syntax errors, unknown commands and failed AUTHs before "421" and hang-up
 ERROR_REPLY = re.compile(r"50[0-4] |535 ")
-DOT_STUFFING = re.compile(rb"(\A|\r\n)\.")
 PRINTABLE = re.compile(r"[^\x21-\x7e]")
 SESSION_FULL = "452 4.3.4 Session data limit reached; send more in a new session"
 
@@ -96,11 +96,6 @@ async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, in
         return None
     data = b"".join(parts)[:-3]  # keep the CRLF that ends the last line, drop ".\r\n"
     return data, total - 3
-
-
-def unstuff(data: bytes) -> bytes:
-    """RFC 5321 4.5.2: a line's leading dot is removed."""
-    return DOT_STUFFING.sub(rb"\1", data)
 
 
 def split_path(arg: str | None, keyword: str) -> tuple[str, str]:
