@@ -8,13 +8,13 @@ on stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
-
-from relay.store import append_line
 
 LOG_NAME = "events.jsonl"
 
@@ -48,11 +48,40 @@ class EventLog:
         self.path = log_dir / LOG_NAME
         self.stream = stream
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._fd: int | None = None
+        self._checked = 0.0  # when the path was last checked for a rotated-away file
+        self._lock = threading.Lock()
+
+    def _append(self, line: str) -> None:
+        """One write to a descriptor kept open (O_APPEND keeps concurrent writers' lines
+        whole); the file is reopened if it was rotated away, checked at most once a second."""
+        with self._lock:
+            now = time.monotonic()
+            if self._fd is not None and now - self._checked > 1.0:
+                self._checked = now
+                try:
+                    moved = os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
+                except FileNotFoundError:
+                    moved = True
+                if moved:
+                    os.close(self._fd)
+                    self._fd = None
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                   | os.O_CLOEXEC, 0o640)
+                self._checked = now
+            os.write(self._fd, line.encode())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"time": round(time.time(), 3), "event": event, **fields}
         try:
-            append_line(self.path, json.dumps(record, separators=(",", ":"), default=str))
+            self._append(json.dumps(record, separators=(",", ":"), default=str) + "\n")
         except OSError as exc:  # a full or read-only disk must not stop the relay
             if self.stream:
                 print(f"mailroot: cannot write {self.path}: {exc.strerror}", file=self.stream)

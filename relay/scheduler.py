@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -191,18 +192,19 @@ class Scheduler:
 
     async def attempt(self, mid: str) -> None:
         """Claim the message, try its pending recipients, record the outcome."""
-        with self.store.claim(QUEUE, mid) as claimed:
-            if not claimed:
-                if self.store.has(QUEUE, mid):
-                    self.inflight.discard(mid)
-                    if self.store.path(QUEUE, mid, ".eml").exists():
-                        self.schedule(mid, time.time() + BUSY_RETRY)
-                    else:  # its message file vanished under it: never retry it blindly
-                        await asyncio.to_thread(self._due_times, [mid])
-                return
+        loop = asyncio.get_running_loop()
+        claim = await loop.run_in_executor(None, self.store.acquire, QUEUE, mid)
+        if claim is None:
+            if self.store.has(QUEUE, mid):
+                self.inflight.discard(mid)
+                if self.store.path(QUEUE, mid, ".eml").exists():
+                    self.schedule(mid, time.time() + BUSY_RETRY)
+                else:  # its message file vanished under it: never retry it blindly
+                    await asyncio.to_thread(self._due_times, [mid])
+            return
+        try:
             try:
-                envelope = await asyncio.to_thread(self.store.read_envelope, QUEUE, mid)
-                data = await asyncio.to_thread(self.store.read_message, QUEUE, mid)
+                envelope, data = await loop.run_in_executor(None, self._load, mid)
             except FileNotFoundError:
                 return
             now = time.time()
@@ -219,6 +221,13 @@ class Scheduler:
             else:
                 notes = await self.deliver(envelope, data, now)
             await self.finish(envelope, data, now, notes)
+        finally:
+            # Released off the loop: closing the last handle of a delivered message's file
+            # frees it, which costs more than the loop should pay.
+            loop.run_in_executor(None, os.close, claim)
+
+    def _load(self, mid: str) -> tuple[Envelope, bytes]:
+        return self.store.read_envelope(QUEUE, mid), self.store.read_message(QUEUE, mid)
 
     async def deliver(self, envelope: Envelope, data: bytes, now: float) -> list[dict]:
         """One round: the pending recipients, by domain, in parallel; returns the events."""

@@ -128,6 +128,7 @@ class Relay:
         await self.pickup.stop()
         await self.scheduler.stop()
         self.events.emit("relay-stopped", pid=os.getpid())
+        self.events.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

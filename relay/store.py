@@ -302,31 +302,38 @@ class Mailroot:
             ops.append(Unlink(self.path(src, mid, ".env")))
         return ops
 
-    @contextlib.contextmanager
-    def claim(self, folder: str, message_id: str, wait: float = 0.0) -> Iterator[bool]:
-        """Hold the message's claim; yields False if another holder has it or it is gone.
-
-        Yields True only while the message is still committed in `folder`.
-        """
+    def acquire(self, folder: str, message_id: str, wait: float = 0.0) -> int | None:
+        """Take the message's claim: a descriptor to os.close() when done, or None if another
+        holder has it (for longer than `wait`) or the message is not committed in `folder`."""
         try:
             fd = os.open(self.path(folder, message_id, ".eml"), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            yield False
-            return
-        try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(0.02)
-            yield self.has(folder, message_id)
-        finally:
+            return None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return None
+                time.sleep(0.02)
+        if not self.has(folder, message_id):
             os.close(fd)
+            return None
+        return fd
+
+    @contextlib.contextmanager
+    def claim(self, folder: str, message_id: str, wait: float = 0.0) -> Iterator[bool]:
+        """Hold the message's claim; yields True only while the message is still committed
+        in `folder` and no one else holds it."""
+        fd = self.acquire(folder, message_id, wait)
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     # --- start-up recovery ---
 
