@@ -147,6 +147,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class DirSync:
+    """Group commit for directory fsyncs: concurrent commits to one directory share one fsync
+    that started after their renames, instead of queueing one each behind the journal."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._requested: dict[Path, int] = {}
+        self._done: dict[Path, int] = {}
+        self._running: set[Path] = set()
+
+    def sync(self, directory: Path) -> None:
+        """Return once an fsync of `directory` begun after this call has finished."""
+        with self._cond:
+            mine = self._requested[directory] = self._requested.get(directory, 0) + 1
+            while self._done.get(directory, 0) < mine:
+                if directory in self._running:
+                    self._cond.wait()
+                    continue
+                self._running.add(directory)
+                covers = self._requested[directory]  # every rename made before this point
+                self._cond.release()
+                try:
+                    fsync_dir(directory)
+                finally:
+                    self._cond.acquire()
+                    self._running.discard(directory)
+                    self._cond.notify_all()
+                self._done[directory] = max(self._done.get(directory, 0), covers)
+
+
 @dataclass
 class Write:
     """Create or replace `path` with `data` (via tmp + fsync + rename)."""
@@ -179,6 +209,7 @@ class Mailroot:
         self.tmp = self.root / "tmp"
         self.log_dir = self.root / "log"
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
+        self._dir_sync = DirSync()
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -241,7 +272,7 @@ class Mailroot:
                         os.unlink(op.path)
                     dirs[op.path.parent] = None
             for directory in dirs:
-                fsync_dir(directory)
+                self._dir_sync.sync(directory)
         finally:
             for tmp in tmps.values():
                 with contextlib.suppress(OSError):
