@@ -25,6 +25,7 @@ import watchfiles
 from relay.bounce import bad_report, badmail_ops
 from relay.config import Config
 from relay.events import EventLog
+from relay.inotify import DirectoryWatch
 from relay.intake import Intake, Rejected, Submission
 from relay.message import Message, MessageError, binary_junk, normalize_line_ends, unstuff
 from relay.store import BADMAIL, PICKUP, Mailroot, Unlink, Write, is_id, new_id
@@ -161,6 +162,17 @@ class PickupWatcher:
         self.queue.put_nowait(name)
 
     async def _watch(self) -> None:
+        """inotify where the kernel gives it; watchfiles (polling) otherwise."""
+        try:
+            watch = DirectoryWatch(self.folder, self.offer, self.scan)
+        except OSError as exc:
+            self.events.emit("pickup-watch", mode="watchfiles", reason=str(exc))
+        else:
+            try:
+                await self.stop_event.wait()
+            finally:
+                watch.close()
+            return
         async for changes in watchfiles.awatch(self.folder, watch_filter=None, debounce=200,
                                                step=10, stop_event=self.stop_event,
                                                recursive=False):
