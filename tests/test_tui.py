@@ -119,6 +119,27 @@ async def test_readonly_hides_and_refuses_actions(write_config, tmp_path):
         assert not isinstance(app.screen, Confirm)
 
 
+async def test_a_relay_that_cannot_listen_is_shown_and_the_console_stays(write_config, tmp_path):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    app = console(write_config({"smtp": {"listen": [f"127.0.0.1:{port}"]}}))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: not app.starting)
+            assert app.relay is None and "cannot listen" in app.relay_error
+            header = str(app.dashboard.query_one("#header").render())
+            assert "relay not started" in header
+            drop_file(tmp_path / "mailroot" / "Pickup", "a.eml", sample("iis-example-as-written.txt"))
+            await pilot.press("1")  # still usable: the file shows in Pickup, untaken
+            await until(pilot, lambda: len(app.dashboard.panes["Pickup"].view.ids) == 1)
+    finally:
+        taken.close()
+
+
 async def test_retry_interval_15x_is_refused_inline_and_nothing_saved(write_config):
     path = write_config()
     before = path.read_bytes()

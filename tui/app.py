@@ -24,6 +24,7 @@ from relay.admin import Admin
 from relay.config import Config
 from relay.events import read_events
 from relay.service import AlreadyRunning, Relay, lock_holder
+from relay.smtpd import ListenError
 from relay.store import FOLDERS, QUEUE
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
@@ -62,6 +63,7 @@ class ConsoleApp(App):
         self.store = self.admin.store
         self.relay: Relay | None = None
         self.starting = False  # the embedded relay is loading its queue
+        self.relay_error = ""  # why the embedded relay could not start
         self._relay_start: asyncio.Task | None = None
         self.holder: str | None = None
         self.paused = False
@@ -107,6 +109,10 @@ class ConsoleApp(App):
             self.relay = relay
         except AlreadyRunning:
             self.holder = lock_holder(self.store)
+        except ListenError as exc:  # e.g. the port is taken: show it, keep the console usable
+            self.relay_error = str(exc)
+            self.notify(f"The relay did not start: {exc}", severity="error", timeout=30,
+                        markup=False)
         finally:
             self.starting = False
             self.tick()
@@ -124,6 +130,8 @@ class ConsoleApp(App):
     def relay_state(self) -> tuple[str, bool]:
         if self.starting:
             return "starting the embedded relay…", False
+        if self.relay_error:
+            return f"relay not started: {self.relay_error}", False
         if self.relay is not None and self.relay.running:
             return f"embedded relay pid {os.getpid()}", True
         if self.holder:
