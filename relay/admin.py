@@ -35,6 +35,7 @@ from relay.store import (
     MARKER,
     PICKUP,
     QUEUE,
+    TRASH,
     Attempt,
     Envelope,
     Link,
@@ -47,8 +48,6 @@ from relay.store import (
     id_time,
     is_id,
 )
-
-TRASH = "Trash"
 
 
 @dataclass

@@ -12,9 +12,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from relay.admin import TRASH, ActionResult, Admin, MessageSummary, NotFound
+from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
-from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
 
 FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,
                 "hold": HOLD, "trash": TRASH}

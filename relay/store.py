@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -29,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PICKUP, QUEUE, DROP, BADMAIL, HOLD = "Pickup", "Queue", "Drop", "Badmail", "Hold"
+TRASH = "Trash"
 FOLDERS = (PICKUP, QUEUE, DROP, BADMAIL, HOLD)
-WORK_DIRS = ("tmp", "log", "Trash")
-MARKER = {QUEUE: ".env", HOLD: ".env", BADMAIL: ".BAD", DROP: ".eml", "Trash": ".env"}
+WORK_DIRS = ("tmp", "log", TRASH)
+MARKER = {QUEUE: ".env", HOLD: ".env", BADMAIL: ".BAD", DROP: ".eml", TRASH: ".env"}
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _id_lock = threading.Lock()
@@ -304,7 +306,7 @@ class Mailroot:
 
     def locate(self, message_id: str) -> str | None:
         """The folder a message is committed in (Queue, Hold, Badmail, Drop), if any."""
-        for folder in (QUEUE, HOLD, BADMAIL, DROP, "Trash"):
+        for folder in (QUEUE, HOLD, BADMAIL, DROP, TRASH):
             if self.has(folder, message_id):
                 return folder
         return None
@@ -380,8 +382,8 @@ class Mailroot:
         for stale in self.tmp.glob("*"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-        committed: dict[str, set[str]] = {f: set(self.ids(f)) for f in (QUEUE, HOLD, BADMAIL)}
-        for folder in (QUEUE, HOLD, BADMAIL, "Trash"):
+        committed = {f: set(self.ids(f)) for f in (QUEUE, HOLD, BADMAIL, TRASH)}
+        for folder in (QUEUE, HOLD, BADMAIL, TRASH):
             directory = self.root / folder
             if not directory.is_dir():
                 continue
@@ -392,15 +394,12 @@ class Mailroot:
                 for leftover in directory.glob(f"{mid}.*"):
                     leftover.unlink()
                 actions.append((folder, mid, f"removed uncommitted partial (no {marker})"))
-        # An interrupted move leaves the message committed in both folders; the later state
-        # (Badmail after Queue/Hold; Queue/Hold after Badmail is a requeue) wins by mtime.
-        for a, b in ((QUEUE, HOLD), (QUEUE, BADMAIL), (HOLD, BADMAIL)):
+        # An interrupted move (a hold, a bounce, a requeue, a delete or an undelete) leaves the
+        # message committed in both folders; the later state wins by the marker's mtime.
+        for a, b in itertools.combinations((QUEUE, HOLD, BADMAIL, TRASH), 2):
             for mid in committed[a] & committed[b]:
                 older = min((a, b), key=lambda f: self.path(f, mid, MARKER[f]).stat().st_mtime)
-                self.commit([Unlink(self.path(older, mid, MARKER[older])),
-                             Unlink(self.path(older, mid, ".eml"))]
-                            + ([Unlink(self.path(older, mid, ".env"))] if older == BADMAIL
-                               else []))
+                self.commit([Unlink(path) for path in (self.root / older).glob(f"{mid}.*")])
                 actions.append((older, mid, "removed the source of an interrupted move"))
         return actions
 

@@ -30,3 +30,29 @@ def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
     assert not errors and not any(t.is_alive() for t in threads)
     assert len(list((tmp_path / "mailroot" / QUEUE).glob("*.eml"))) == 200
     assert not list((tmp_path / "mailroot" / "tmp").iterdir())
+
+
+def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path: Path) -> None:
+    """A delete (Queue -> Trash) killed after Trash was committed but before the Queue copy
+    went: start-up keeps Trash and removes the Queue copy; an undelete the other way round."""
+    import os
+    import time
+
+    from relay.store import TRASH, Envelope, Recipient
+
+    store = Mailroot(tmp_path / "mailroot")
+    store.ensure()
+    for mid, later in (("0000000000000001", TRASH), ("0000000000000002", QUEUE)):
+        envelope = Envelope(mid, "a@x.test", [Recipient("b@y.test")], time.time(), size=1)
+        earlier = QUEUE if later == TRASH else TRASH
+        store.commit(store.enqueue_ops(earlier, envelope, b"x"))
+        store.commit([Write(store.path(later, mid, ".eml"), b"x"),
+                      Write(store.path(later, mid, ".env"), envelope.to_json())])
+        past = time.time() - 60
+        os.utime(store.path(earlier, mid, ".env"), (past, past))
+    actions = store.recover()
+    assert sorted(store.ids(TRASH)) == ["0000000000000001"]
+    assert sorted(store.ids(QUEUE)) == ["0000000000000002"]
+    assert not list((tmp_path / "mailroot" / QUEUE).glob("0000000000000001.*"))
+    assert not list((tmp_path / "mailroot" / TRASH).glob("0000000000000002.*"))
+    assert len(actions) == 2
