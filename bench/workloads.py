@@ -116,6 +116,19 @@ def _relay_run(ctx: Context, port: int, count: int, sessions: int,
 
 # --- Pickup ----------------------------------------------------------------------------------
 
+def drain(ctx: Context, system, until: int) -> tuple[bool, float]:
+    """Start a system whose pickup folder was filled while it was stopped; (the sink got
+    `until` messages in time, seconds from start); the system is stopped and removed after."""
+    began = time.monotonic()
+    system.start()
+    try:
+        ok = ctx.sink.wait(until, timeout=WAIT)
+        return ok, time.monotonic() - began
+    finally:
+        system.stop()
+        cleanup(system.home)
+
+
 def pickup_drain(system: str, ctx: Context) -> dict[str, float]:
     """N files of 2 KB pre-filled in the pickup folder, the system started after; until the
     sink has them all."""
@@ -125,26 +138,12 @@ def pickup_drain(system: str, ctx: Context) -> dict[str, float]:
         instance = ctx.postfix()
         with ThreadPoolExecutor(8) as pool:  # fill while stopped: its maildrop holds them
             list(pool.map(lambda n: instance.sendmail(message(n, 2000)), range(count)))
-        began = time.monotonic()
-        instance.start()
-        try:
-            ok = ctx.sink.wait(before + count, timeout=WAIT)
-            took = time.monotonic() - began
-        finally:
-            instance.stop()
-            cleanup(instance.home)
+        ok, took = drain(ctx, instance, before + count)
     else:
         relay = ctx.relay()
         relay.pickup().mkdir(parents=True)
         fill_pickup(relay.pickup(), count, 2000)
-        began = time.monotonic()
-        relay.start()
-        try:
-            ok = ctx.sink.wait(before + count, timeout=WAIT)
-            took = time.monotonic() - began
-        finally:
-            relay.stop()
-            cleanup(relay.home)
+        ok, took = drain(ctx, relay, before + count)
     if not ok:
         raise RuntimeError(f"the sink got {ctx.sink.count - before} of {count}")
     return {"msg/s": count / took}
