@@ -9,6 +9,7 @@ Connections are kept open briefly and reused for the same destination, within th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import io
@@ -60,9 +61,10 @@ class Reply:
 class HopFailed(Exception):
     """This host didn't take the transaction; try the next one."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, tls_handshake: bool = False) -> None:
         super().__init__(str(reply))
         self.reply = reply
+        self.tls_handshake = tls_handshake  # it failed in the STARTTLS handshake
 
 
 class Unsendable(Exception):
@@ -369,8 +371,11 @@ class Client:
                 try:
                     conn = await self.connect(hop)
                 except HopFailed as failed:
-                    last, last_host = failed.reply, str(hop)
-                    continue
+                    if failed.tls_handshake and hop.tls == "may" and hop.credentials is None:
+                        conn, failed = await self._in_clear(hop, failed)
+                    if conn is None:
+                        last, last_host = failed.reply, str(hop)
+                        continue
             try:
                 replies = await self.transaction(conn, outgoing, recipients)
             except Unsendable as unsendable:
@@ -419,8 +424,21 @@ class Client:
             if isinstance(exc, HopFailed) or not isinstance(
                     exc, (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError)):
                 raise
-            raise HopFailed(_failure(exc, hop, step)) from None
+            raise HopFailed(_failure(exc, hop, step), tls_handshake=step == "STARTTLS") from None
         return Connection(smtp, hop, tls)
+
+    async def _in_clear(self, hop: Hop, failed: HopFailed) -> tuple[Connection | None,
+                                                                      HopFailed]:
+        """Opportunistic TLS whose handshake fails is no reason to keep mail waiting: as
+        Postfix does with `may`, try the same host again without STARTTLS (never when
+        credentials would be sent)."""
+        conn = await self.pool.acquire(hop.key)
+        if conn is not None:
+            return conn, failed
+        try:
+            return await self.connect(dataclasses.replace(hop, tls="none")), failed
+        except HopFailed as again:
+            return None, again
 
     @staticmethod
     async def _hello(smtp: aiosmtplib.SMTP) -> None:

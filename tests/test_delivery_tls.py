@@ -87,3 +87,26 @@ def test_smart_host_credentials_never_sent_in_clear(relay, sink, tmp_path):
     deferred = wait_for(lambda: events(r, "deferred"))
     assert "only sent over TLS" in deferred[0]["reply"]
     assert not hop.logins and not hop.messages
+
+
+def test_tls_may_with_a_broken_handshake_delivers_in_clear(relay, dns_server, sink):
+    """STARTTLS offered but the handshake fails (a server context with no certificate): with
+    the default policy `may` the message still goes, in clear, on a new connection."""
+    hop = sink(tls=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    r = relay(delivery_config(dns_server, hop.port))
+    drop_file(r.folder("Pickup"), "m.eml", message("x@remote.example"))
+    got = wait_for(lambda: hop.messages)
+    assert got[0].recipients == ["x@remote.example"] and not got[0].tls
+    assert wait_for(lambda: events(r, "delivered"))[0]["tls"] is False
+    assert not events(r, "deferred")
+
+
+def test_tls_require_with_a_broken_handshake_sends_nothing(relay, dns_server, sink):
+    hop = sink(tls=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    config = delivery_config(dns_server, hop.port)
+    config["domains"] = {"remote": {REMOTE: {"tls": "require"}}}
+    r = relay(config)
+    drop_file(r.folder("Pickup"), "m.eml", message("x@remote.example"))
+    deferred = wait_for(lambda: events(r, "deferred"))
+    assert "TLS failed" in deferred[0]["reply"] or "STARTTLS" in deferred[0]["reply"]
+    assert not hop.messages
