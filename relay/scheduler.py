@@ -273,7 +273,12 @@ class Scheduler:
                           "after": str(delivery.expiration)})
         if envelope.pending:
             interval = delivery.retry[min(rounds(envelope), len(delivery.retry)) - 1]
+            notice_at = envelope.clock_start + delivery.delay_notification
             envelope.next_attempt = min(now + interval, expires)
+            if not envelope.delay_notified and envelope.sender and notice_at > now:
+                # one more try when the delay notice is due, so it is not late by a whole
+                # retry interval (up to hours with the IIS defaults)
+                envelope.next_attempt = min(envelope.next_attempt, notice_at)
             for note in notes:
                 if note["event"] == "deferred":
                     note["next_attempt"] = round(envelope.next_attempt, 3)

@@ -52,6 +52,16 @@ def test_always_451_one_delay_notice_then_badmail_and_one_ndr(relay, dns_server,
     assert len(events(r, "delay-notice")) == 1 and not r.files("Queue")
 
 
+def test_delay_notice_is_sent_on_time_even_with_a_long_retry_interval(relay, dns_server, sink):
+    hop = sink()
+    hop.data_reply = "451 4.7.1 try later"
+    r = relay(delivery_config(dns_server, hop.port, retry=["1h", "1h", "1h", "1h"],
+                              delay_notification="2s"))
+    drop_file(r.folder("Pickup"), "m.eml", message("x@remote.example"))
+    wait_for(lambda: reports(r, "delayed"), timeout=8)  # not an hour later
+    assert len(events(r, "delay-notice")) == 1 and r.files("Queue", "*.env")
+
+
 def test_mixed_recipients_one_delivered_once_ndr_names_only_the_refused(relay, dns_server,
                                                                          sink):
     hop = sink()
