@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from relay import config as configmod
 from relay.admin import Admin
 from relay.service import lock_holder
@@ -229,14 +231,20 @@ def drain(fd: int, into: bytearray) -> None:
             into += chunk
 
 
+@pytest.mark.parametrize(("terminal_gone", "unsized"), [(False, False), (True, False),
+                                                        (False, True)])
 def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write_config,
-                                                                            tmp_path):
-    """A dropped SSH session: the console exits, the embedded relay stops, mail stays."""
+                                                                            tmp_path,
+                                                                            terminal_gone,
+                                                                            unsized):
+    """A dropped SSH session: the console exits, the embedded relay stops, mail stays; also
+    when the terminal is already gone, and on a terminal that reports no size (0x0)."""
     path = write_config()
     root = tmp_path / "mailroot"
     log = root / "log" / "events.jsonl"
     primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    if not unsized:
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "-c", str(path)],
                             stdin=secondary, stdout=secondary, stderr=secondary,
                             start_new_session=True, cwd=Path(__file__).parent.parent,
@@ -249,12 +257,15 @@ def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write
         wait_for(lambda: log.exists() and b"relay-started" in log.read_bytes(), timeout=15)
         drop_file(root / "Pickup", "local.eml", sample("iis-example-as-written.txt"))
         wait_for(lambda: list((root / "Drop").glob("*.eml")), timeout=5)
+        if terminal_gone:
+            os.close(primary)
         os.killpg(proc.pid, signal.SIGHUP)
         assert proc.wait(timeout=10) is not None
     finally:
         if proc.poll() is None:
             proc.kill()
-        os.close(primary)
+        if not terminal_gone:
+            os.close(primary)
     assert b"embedded relay" in screen
     assert b"relay-stopped" in log.read_bytes()
     assert len(list((root / "Drop").glob("*.eml"))) == 1

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
+import struct
+import termios
 import time
 from collections.abc import Callable
 
@@ -255,7 +258,19 @@ class ConsoleApp(App):
         self.push_screen(Help(screen.__class__.__name__, acts, self.readonly))
 
 
+def give_terminal_a_size(fd: int = 1) -> None:
+    """A terminal that reports no size (0x0: some serial lines, a pty nobody sized) sends the
+    screen into an endless re-layout; give it 80x24, which any real terminal overrides."""
+    try:
+        rows, columns = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        if not rows or not columns:
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    except OSError:
+        pass  # not a terminal: nothing to size
+
+
 def run_console(config: Config, readonly: bool = False) -> int:
+    give_terminal_a_size()
     app = ConsoleApp(config, readonly=readonly)
     app.run()
     return app.return_code or 0
