@@ -86,6 +86,6 @@ def test_damaged_message_file_is_quarantined_with_reason(relay, dns_server, sink
     mid = queue_directly(r.root, "x@remote.example", data, crc=12345)
     bad = wait_for(lambda: r.files("Badmail", f"{mid}.BAD"), timeout=3)
     assert "damaged" in bad[0].read_text().split("\n\n")[1]
-    assert events(r, "quarantined")[0]["id"] == mid
+    assert wait_for(lambda: events(r, "quarantined"))[0]["id"] == mid  # logged after the move
     assert not hop.messages  # nothing sent; the report went to the local sender
     wait_for(lambda: r.files("Drop"))

@@ -59,6 +59,7 @@ def test_delay_notice_is_sent_on_time_even_with_a_long_retry_interval(relay, dns
                               delay_notification="2s"))
     drop_file(r.folder("Pickup"), "m.eml", message("x@remote.example"))
     wait_for(lambda: reports(r, "delayed"), timeout=8)  # not an hour later
+    wait_for(lambda: events(r, "delay-notice"))  # logged once the notice is on disk
     assert len(events(r, "delay-notice")) == 1 and r.files("Queue", "*.env")
 
 
