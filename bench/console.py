@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench.core import spread
 from bench.load import message
+from bench.procstat import status_mb
 
 ESCAPES = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
 COUNT = re.compile(rb"(Queue|Drop)\s+(\d+)")
@@ -67,14 +68,6 @@ class Screen:
         while (when := self.first(pane, at_least)) is None and time.monotonic() < deadline:
             time.sleep(0.01)
         return when
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def feed_pickup(pickup: Path, rate: float, seconds: float, recipient: str) -> list[float]:
@@ -119,7 +112,7 @@ def measure(config: Path, pickup: Path, queued: int, rate: float, seconds: float
         shown = [((screen.first("Drop", n + 1) or 0.0) - at) * 1000 for n, at in enumerate(fed)]
         figures = {"s first paint": painted - began,
                    "s relay running": screen.relay_running - began,
-                   "MB peak RSS": peak_rss_mb(proc.pid),
+                   "MB peak RSS": status_mb(proc.pid, "VmHWM"),
                    **spread(shown, "ms to show")}
         os.write(master, b"q")
         proc.wait(30)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,17 +118,23 @@ def _relay_run(ctx: Context, port: int, count: int, sessions: int,
 
 # --- Pickup ----------------------------------------------------------------------------------
 
-def drain(ctx: Context, system, until: int) -> tuple[bool, float]:
-    """Start a system whose pickup folder was filled while it was stopped; (the sink got
-    `until` messages in time, seconds from start); the system is stopped and removed after."""
-    began = time.monotonic()
+@contextlib.contextmanager
+def running(system) -> Iterator[None]:
+    """A Postfix instance or a relay, started for the block, then stopped and removed."""
     system.start()
     try:
-        ok = ctx.sink.wait(until, timeout=WAIT)
-        return ok, time.monotonic() - began
+        yield
     finally:
         system.stop()
         cleanup(system.home)
+
+
+def drain(ctx: Context, system, until: int) -> tuple[bool, float]:
+    """Start a system whose pickup folder was filled while it was stopped; (the sink got
+    `until` messages in time, seconds from start)."""
+    began = time.monotonic()
+    with running(system):
+        return ctx.sink.wait(until, timeout=WAIT), time.monotonic() - began
 
 
 def pickup_drain(system: str, ctx: Context) -> dict[str, float]:
@@ -174,45 +182,22 @@ def _rename_into(folder: Path, token: str, recipient: str) -> None:
 
 
 def latency_pickup(system: str, ctx: Context) -> dict[str, float]:
-    samples = ctx.params.latency_samples
     if system == "postfix":
-        instance = ctx.postfix()
-        instance.start()
-        try:
-            return _latencies(samples, lambda t: instance.sendmail(message(t, 2000)),
-                              ctx.sink.arrived)
-        finally:
-            instance.stop()
-            cleanup(instance.home)
-    relay = ctx.relay()
-    relay.start()
-    try:
-        return _latencies(samples, lambda t: _rename_into(relay.pickup(), t, RECIPIENT),
-                          ctx.sink.arrived)
-    finally:
-        relay.stop()
-        cleanup(relay.home)
+        target = ctx.postfix()
+        send = lambda t: target.sendmail(message(t, 2000))  # noqa: E731
+    else:
+        target = ctx.relay()
+        send = lambda t: _rename_into(target.pickup(), t, RECIPIENT)  # noqa: E731
+    with running(target):
+        return _latencies(ctx.params.latency_samples, send, ctx.sink.arrived)
 
 
 def latency_smtp(system: str, ctx: Context) -> dict[str, float]:
-    samples = ctx.params.latency_samples
-    if system == "postfix":
-        instance = ctx.postfix()
-        instance.start()
-        try:
-            return _latencies(samples, lambda t: smtp_one(instance.smtp_port, message(t, 2000)),
-                              ctx.sink.arrived)
-        finally:
-            instance.stop()
-            cleanup(instance.home)
-    relay = ctx.relay()
-    relay.start()
-    try:
-        return _latencies(samples, lambda t: smtp_one(relay.smtp_port, message(t, 2000)),
+    target = ctx.postfix() if system == "postfix" else ctx.relay()
+    with running(target):
+        return _latencies(ctx.params.latency_samples,
+                          lambda t: smtp_one(target.smtp_port, message(t, 2000)),
                           ctx.sink.arrived)
-    finally:
-        relay.stop()
-        cleanup(relay.home)
 
 
 # --- scale -----------------------------------------------------------------------------------
