@@ -11,11 +11,12 @@ from textual.app import ComposeResult
 from textual.containers import Container
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Input, Log, Static, Tab, Tabs
+from textual.widgets import DataTable, Input, Static, Tab, Tabs
 
 from relay.store import FOLDERS, HOLD, QUEUE
 from tui.actions import DASHBOARD, Act, Guarded, bindings
 from tui.screens.confirm import Confirm
+from tui.widgets.activity_log import ActivityLog
 from tui.widgets.folder_pane import FolderPane, can
 from tui.widgets.keybar import KeyBar
 from tui.widgets.status import StatusBar
@@ -55,7 +56,7 @@ class Dashboard(Guarded, Screen):
         yield tabs
         with Container(id="folders"):
             yield from self.panes.values()
-            yield Log(id="activity", max_lines=500)
+            yield ActivityLog(id="activity", max_lines=500)
         yield KeyBar()
 
     async def on_mount(self) -> None:
@@ -74,7 +75,7 @@ class Dashboard(Guarded, Screen):
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
-        self.call_after_refresh(self.query_one("#activity", Log).scroll_end, animate=False)
+        self.call_after_refresh(self.query_one("#activity", ActivityLog).scroll_end, animate=False)
 
     # --- the app feeds these ---
 
@@ -89,7 +90,7 @@ class Dashboard(Guarded, Screen):
                 self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
 
     def activity(self, lines: list[str]) -> None:
-        self.query_one("#activity", Log).write_lines(lines)
+        self.query_one("#activity", ActivityLog).write_lines(lines)
 
     # --- showing folders ---
 
