@@ -121,3 +121,46 @@ def tail(log_dir: Path, count: int) -> Iterator[dict[str, Any]]:
     start = max(0, size - count * 400)
     events, _ = read_events(log_dir, start)
     return iter(events[-count:])
+
+
+
+def events_since(log_dir: Path, since: float, end: int | None = None,
+                 block: int = 1 << 16) -> Iterator[dict[str, Any]]:
+    """Every event at or after time `since` (and before byte `end`, if given), oldest first,
+    whatever the log's size: the file is read backwards block by block, only until a line older
+    than `since` is met."""
+    try:
+        handle = (log_dir / LOG_NAME).open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        pos = handle.seek(0, os.SEEK_END) if end is None else end
+        chunks: list[bytes] = []  # newest first
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            handle.seek(pos)
+            chunk = handle.read(step)
+            probe = chunk + (chunks[-1] if chunks else b"")
+            chunks.append(chunk)
+            if pos:
+                probe = probe.split(b"\n", 1)[-1]  # skip the line cut by the block's start
+            first = _time_of(probe.split(b"\n", 1)[0])
+            if first is not None and first < since:
+                break
+    data = b"".join(reversed(chunks))
+    lines = data.split(b"\n")
+    for line in lines[1:] if pos else lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # an empty or torn line
+        if float(event.get("time", 0)) >= since:
+            yield event
+
+
+def _time_of(line: bytes) -> float | None:
+    try:
+        return float(json.loads(line).get("time", 0))
+    except (ValueError, AttributeError):
+        return None

@@ -78,4 +78,49 @@ async def test_a_cut_activity_line_ends_in_an_ellipsis(attached):
                               "to": ["someone@far.example"], "reply": "451 " + "x" * 200}])
         await until(pilot, lambda: log.lines and log.lines[-1].endswith("id LONG"))
         await pilot.pause(0.1)
-        assert shown_text(log)[-1].rstrip().endswith("…")
+        row = next(t for t in shown_text(log) if "deferred" in t)
+        assert row.endswith("…") and len(row) == log.size.width
+
+
+async def test_hour_counts_are_exact_however_long_the_log(attached):
+    """More than 2 MiB of events in the last hour: every delivery is counted, none older."""
+    root, config = attached
+    now = time.time()
+    pad = "p" * 1000
+    old = [{"time": now - 4000 + n, "event": "delivered", "id": f"OLD{n}"} for n in range(50)]
+    recent = [{"time": now - 3500 + n, "event": "delivered", "id": f"N{n}", "pad": pad}
+              for n in range(3000)]
+    recent += [{"time": now - 30, "event": "bounced", "id": "F1"}]
+    append_events(root, old + recent)
+    assert (root / "log" / "events.jsonl").stat().st_size > 3 * 1024 * 1024
+    app = ConsoleApp(config)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        counts = app.stats.counts(time.time(), 3600)
+        assert (counts["delivered"], counts["failed"]) == (3000, 1)
+        assert "1h ✓3000" in status_line(app)
+
+
+def status_line(app) -> str:
+    return str(app.dashboard.query_one("#status-line").render())
+
+
+async def test_the_status_line_and_the_tab_count_the_queue_alike(attached):
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.tick()
+        store = app.store
+        from relay.store import QUEUE
+        from tests.tui_fixture import envelope, fixed_id, message
+        for n in range(3):
+            mid = fixed_id(time.time(), 90 + n)
+            data = message("a@example.com", f"b{n}@far.example", f"S{n}")
+            store.commit(store.enqueue_ops(QUEUE, envelope(mid, time.time(), "a@example.com",
+                                                           [f"b{n}@far.example"], "S", data),
+                                           data))
+        tab = app.dashboard.query_one("#tab-queue")
+        await until(pilot, lambda: "Queue 6" in str(tab.label), timeout=5)
+        depth = str(app.dashboard.query_one("#depth-label").render())
+        assert "queue 6 now" in depth

@@ -25,7 +25,7 @@ from watchfiles import awatch
 
 from relay.admin import Admin
 from relay.config import Config
-from relay.events import read_events
+from relay.events import LOG_NAME, events_since, read_events
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
 from relay.store import FOLDERS, QUEUE
@@ -34,10 +34,9 @@ from tui.activity import activity_line
 from tui.commands import ConsoleCommands
 from tui.model import changed_ids
 from tui.screens.dashboard import VERBS, Dashboard
-from tui.stats import Stats
+from tui.stats import HOUR, Stats
 from tui.widgets.status import StatusBar
 
-BACKLOG = 2 * 1024 * 1024  # bytes of the event log read at start (the last hour, usually)
 ACTIVITY_AT_START = 200
 
 
@@ -170,6 +169,7 @@ class ConsoleApp(App):
             panes[folder].view.apply(self.admin, ids)
         if pending:
             self.dashboard.refresh_panes(list(pending))
+            self.show_status()
 
     def resync(self) -> None:
         """A cheap safety net for lost file events: compare names, re-read only differences."""
@@ -183,13 +183,15 @@ class ConsoleApp(App):
         self.apply_pending()
 
     def follow_events(self, first: bool = False) -> None:
-        if first:
+        if first:  # the whole last hour, however long the log: the counts are exact
             try:
-                size = (self.store.log_dir / "events.jsonl").stat().st_size
+                self.events_offset = (self.store.log_dir / LOG_NAME).stat().st_size
             except FileNotFoundError:
-                size = 0
-            self.events_offset = max(0, size - BACKLOG)
-        events, self.events_offset = read_events(self.store.log_dir, self.events_offset)
+                self.events_offset = 0
+            events = list(events_since(self.store.log_dir, self.clock() - HOUR,
+                                       end=self.events_offset))
+        else:
+            events, self.events_offset = read_events(self.store.log_dir, self.events_offset)
         for event in events:
             self.stats.add(event)
         shown = events[-ACTIVITY_AT_START:] if first else events
@@ -197,9 +199,13 @@ class ConsoleApp(App):
             self.dashboard.activity([activity_line(e) for e in shown])
 
     def tick(self) -> None:
-        now = self.clock()
         if self.relay is None:
             self.holder = lock_holder(self.store)
+        self.show_status()
+
+    def show_status(self) -> None:
+        """Header and status line from the same figures the panes and tabs show now."""
+        now = self.clock()
         depth = len(self.dashboard.panes[QUEUE].view.ids)
         self.stats.sample_depth(now, depth)
         state, running = self.relay_state()
