@@ -124,3 +124,51 @@ async def test_the_status_line_and_the_tab_count_the_queue_alike(attached):
         await until(pilot, lambda: "Queue 6" in str(tab.label), timeout=5)
         depth = str(app.dashboard.query_one("#depth-label").render())
         assert "queue 6 now" in depth
+
+
+def holder_pid(root: Path) -> int | None:
+    from relay.service import lock_holder
+    from relay.store import Mailroot
+
+    holder = lock_holder(Mailroot(root))
+    return int(holder.split()[1]) if holder and holder.startswith("pid ") else None
+
+
+async def test_q_with_the_embedded_relay_asks_and_can_leave_it_running(write_config, tmp_path):
+    from tui.screens.quit import QuitDialog
+
+    app = ConsoleApp(configmod.load(write_config()))
+    root = tmp_path / "mailroot"
+    background = None
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.relay is not None and app.relay.running)
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, QuitDialog))
+            assert app.screen.question.startswith("Quit and stop the relay?")
+            assert app.screen.focused.id == "stay"  # the default keeps everything as it is
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen is app.dashboard)
+            assert app.relay.running
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, QuitDialog))
+            await pilot.press("b")
+            await until(pilot, lambda: not app.is_running, timeout=15)
+        background = holder_pid(root)
+        assert background is not None and background != os.getpid()
+        os.kill(background, 0)  # alive, holding the mailroot, without the console
+    finally:
+        if background:
+            import signal
+            os.kill(background, signal.SIGTERM)
+            from tests.conftest import wait_for
+            wait_for(lambda: holder_pid(root) is None, timeout=10)
+
+
+async def test_an_attached_console_quits_without_asking(attached):
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)

@@ -34,7 +34,7 @@ GLOBAL = [
     Act("question_mark", "help", "Help", "every key on this screen", label="help"),
     Act("colon", "command_palette", "Command palette", "search every action and screen",
         footer=False),
-    Act("q", "quit", "Quit", "leave the console (an embedded relay stops cleanly)",
+    Act("q", "quit", "Quit", "leave; asks first whether to stop the relay it runs or keep it",
         label="quit"),
 ]
 

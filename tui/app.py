@@ -12,6 +12,8 @@ import fcntl
 import os
 import signal
 import struct
+import subprocess
+import sys
 import termios
 import time
 from collections.abc import Callable
@@ -256,12 +258,59 @@ class ConsoleApp(App):
             text += f" {len(problems)} not: {first[0]}: {first[1]}"
         self.notify(text, severity="warning" if problems else "information", markup=False)
 
+    async def action_quit(self) -> None:
+        """Quit; the console that runs the relay asks first, and can leave it running."""
+        if self.relay is None or not self.relay.running:
+            self.exit()  # attached or read-only: the relay, if any, is another process's
+            return
+        from tui.screens.quit import BACKGROUND, STOP, QuitDialog
+
+        def answered(answer: str | None) -> None:
+            if answer == STOP:
+                self.exit()
+            elif answer == BACKGROUND:
+                self.run_worker(self.hand_over(), group="quit", exclusive=True)
+
+        queued = len(self.dashboard.panes[QUEUE].view.ids)
+        self.push_screen(QuitDialog(queued), answered)
+
+    async def hand_over(self) -> None:
+        """Stop the embedded relay, start `mailroot serve` detached in its place, then quit
+        once it holds the mailroot."""
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            await relay.stop()
+        try:
+            pid = start_background_relay(self.config)
+        except OSError as exc:
+            self.notify(f"The background relay did not start: {exc}", severity="error",
+                        markup=False)
+            return
+        deadline = time.monotonic() + 10
+        while (holder := lock_holder(self.store)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if holder is None:
+            self.notify(f"The background relay (pid {pid}) has not taken the mailroot; "
+                        "see log/events.jsonl", severity="error", markup=False)
+            return
+        self.exit(message=f"mailroot: the relay runs on in the background ({holder})")
+
     def action_help(self) -> None:
         from tui.screens.help import Help
 
         screen = self.screen
         acts = list(getattr(screen, "ACTS", [])) + GLOBAL
         self.push_screen(Help(screen.__class__.__name__, acts, self.readonly))
+
+
+def start_background_relay(config: Config) -> int:
+    """`mailroot serve` in its own session, detached from this terminal; its pid."""
+    command = [sys.executable, "-m", "relay.cli", "serve"]
+    if config.source:
+        command += ["-c", str(config.source)]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    return proc.pid
 
 
 def give_terminal_a_size(fd: int = 1) -> None:
