@@ -24,8 +24,9 @@ from relay.audit import AuditEntry, AuditLog
 from relay.bounce import SEPARATOR, read_reason
 from relay.config import Config, ConfigError, RemoteDomain
 from relay.events import EventLog
-from relay.intake import Intake
+from relay.intake import Intake, Rejected, Submission
 from relay.message import Message, MessageError
+from relay.pickup import parse_pickup
 from relay.qshape import QueueShape, reason_class
 from relay.store import (
     BADMAIL,
@@ -350,19 +351,23 @@ class Admin:
 
     # --- requeue: back to delivery, routed by the current config ---
 
-    def requeue(self, ids: list[str], reason: str = "") -> ActionResult:
-        """Badmail -> Queue with the original envelope (failed recipients due again, attempts
-        and delivery clock reset); Drop and Queue -> routed again by the current domains
-        (like postsuper -r); a Badmail entry refused at intake goes back through Pickup."""
-        return self._act("requeue", ids, self._requeue_one, reason=reason)
+    def requeue(self, ids: list[str], reason: str = "", force: bool = False) -> ActionResult:
+        """Badmail -> Queue under the same id with its envelope (failed recipients due again,
+        the delivery clock restarted, earlier attempts kept); Drop and Queue -> routed again by
+        the current domains (like postsuper -r); a Badmail entry refused at intake goes
+        through intake again under its id.  One that intake would refuse again at once (size,
+        hop count) is refused with the reason unless `force`; one that names no recipient or
+        cannot be read as a message is always refused."""
+        return self._act("requeue", ids, lambda folder, mid: self._requeue_one(folder, mid, force),
+                         reason=reason)
 
     def requeue_all(self, folder: str = BADMAIL, domain: str | None = None,
-                    reason: str = "") -> ActionResult:
+                    reason: str = "", force: bool = False) -> ActionResult:
         ids = [row.id for row in self.list_folder(folder)
                if _domain_matches(row.recipients, domain)] if domain else self.store.ids(folder)
-        return self.requeue(ids, reason)
+        return self.requeue(ids, reason, force)
 
-    def _requeue_one(self, folder: str, mid: str) -> None:
+    def _requeue_one(self, folder: str, mid: str, force: bool = False) -> None:
         self._expect(folder, BADMAIL, DROP, QUEUE)
         now = time.time()
         if folder == DROP:
@@ -375,13 +380,28 @@ class Admin:
             if folder == BADMAIL:
                 _restart(envelope, now)
         else:  # refused at intake: the original file goes through intake again
-            self.store.commit([Write(self.store.folder(PICKUP) / f"{mid}.eml",
-                                     self.store.read_message(BADMAIL, mid)),
-                               *self._remove_ops(BADMAIL, mid)])
+            self._reintake(mid, force)
             return
         if not envelope.pending:
             raise Problem("wrong state: no recipient is left to deliver to")
         self._route(folder, envelope, data)
+
+    def _reintake(self, mid: str, force: bool) -> None:
+        """A Pickup file refused at intake, through intake again under its id: Badmail keeps
+        it (and says why) if intake would refuse it again."""
+        raw = self.store.read_message(BADMAIL, mid)
+        try:
+            parsed = parse_pickup(raw)
+        except MessageError as exc:
+            raise Problem(f"refused, it stays in Badmail: {exc}") from None
+        sub = Submission(parsed.message, parsed.sender, parsed.recipients,
+                         f"requeue of {BADMAIL}/{mid}", done_ops=self._remove_ops(BADMAIL, mid),
+                         message_id=mid)
+        try:
+            self.intake.accept(sub, limits=not force)
+        except Rejected as exc:
+            hint = "" if force else " (--force requeues it over the size and hop limits)"
+            raise Problem(f"refused, it stays in Badmail: {exc.reason}{hint}") from None
 
     def _new_envelope(self, mid: str, sender: str, receivers: list[str], data: bytes,
                       now: float) -> Envelope:
@@ -626,11 +646,11 @@ class Admin:
 
 
 def _restart(envelope: Envelope, now: float) -> None:
-    """A requeued Badmail message: failed recipients due again, attempts and clocks reset."""
+    """A requeued Badmail message: failed recipients due again, clocks restarted (the attempts
+    stay: the new ones follow them)."""
     for rcpt in envelope.recipients:
         if rcpt.state in ("failed", "deferred"):
             rcpt.state, rcpt.status, rcpt.reply, rcpt.host = "pending", None, None, None
-    envelope.attempts = []
     envelope.reason = ""
     envelope.delay_notified = False
     envelope.queued_at = now

@@ -118,8 +118,9 @@ def _ids_or_all(args: argparse.Namespace, everything: Callable[[], ActionResult]
 
 def cmd_requeue(args: argparse.Namespace, admin: Admin) -> int:
     result = _ids_or_all(
-        args, lambda: admin.requeue_all(FOLDER_NAMES[args.folder], args.domain, args.reason),
-        lambda ids: admin.requeue(ids, args.reason))
+        args, lambda: admin.requeue_all(FOLDER_NAMES[args.folder], args.domain, args.reason,
+                                        args.force),
+        lambda ids: admin.requeue(ids, args.reason, args.force))
     if result is None:
         print("mailroot requeue: give message ids, or --all", file=sys.stderr)
         return 2
@@ -223,6 +224,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     requeue.add_argument("--folder", choices=["badmail", "drop", "queue"], default="badmail")
     requeue.add_argument("--domain", help="only messages with a recipient in this domain")
     requeue.add_argument("--reason", default="", help="why (kept in the audit log)")
+    requeue.add_argument("--force", action="store_true",
+                         help="requeue even what intake would refuse again at once (over the "
+                              "size limit or the hop count)")
     retry = sub.add_parser("retry", parents=[common], help="queued messages due now")
     retry.add_argument("ids", nargs="*", metavar="ID")
     retry.add_argument("--all", action="store_true")
