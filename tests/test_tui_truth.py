@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from relay import config as configmod
-from tests.tui_fixture import build, hold_lock, write_config
+from tests.tui_fixture import T0, build, hold_lock, write_config
 from tui.app import ConsoleApp
 
 SIZE = (80, 24)
@@ -172,3 +172,56 @@ async def test_an_attached_console_quits_without_asking(attached):
         await pilot.pause()
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running)
+
+
+@pytest.mark.parametrize("screen_keys", [[], ["e"], ["c"]], ids=["dashboard", "domains",
+                                                                 "settings"])
+async def test_readonly_screens_say_so_and_refuse_with_a_notice(attached, screen_keys):
+    root, config = attached
+    app = ConsoleApp(config, readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press(*screen_keys)
+        await pilot.pause()
+        keybar = str(app.screen.query_one("KeyBar").render())
+        assert keybar.startswith("READ-ONLY")
+        key = {"dashboard": "d", "domains": "a", "settings": "ctrl+s"}[
+            {(): "dashboard", ("e",): "domains", ("c",): "settings"}[tuple(screen_keys)]]
+        if screen_keys == ["c"]:  # every field is shown, none can be typed in
+            assert all(box.disabled for box in app.screen.query("TextBox"))
+            assert "ctrl+s: save" not in str(app.screen.query_one(".form-title").render())
+        if screen_keys == ["e"]:
+            note = str(app.screen.query_one("#domains-note").render())
+            assert "a alias" not in note
+        await pilot.press(key)
+        await until(pilot, lambda: any("Read-only" in str(n.message)
+                                       for n in app._notifications))
+        from tui.screens.confirm import Confirm
+        assert not isinstance(app.screen, Confirm)
+
+
+@pytest.mark.parametrize("width", [60, 70, 80, 100, 160])
+def test_status_line_keeps_state_paused_readonly_and_clock_at_any_width(width):
+    from tui.widgets.status import StatusParts, status_text
+
+    big = {"delivered": 14640, "deferred": 1203, "failed": 1187}
+    parts = StatusParts(True, "running", ["127.0.0.1:2525", "[::1]:2525 tls"], big, big,
+                        T0, paused=True, readonly=True)
+    line = status_text(parts, width).plain
+    assert len(line) <= width, line
+    for word in ("running", "PAUSED", "READ-ONLY", time.strftime("%H:%M:%S",
+                                                                  time.localtime(T0))):
+        assert word in line, (width, line)
+    if width >= 80:
+        assert "1h ✓14k ↻1.2k ✗1.2k" in line or "1h ✓14640" in line
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_the_queue_key_bar_wraps_instead_of_dropping_keys(attached, width):
+    from tui.actions import DASHBOARD
+    from tui.widgets.keybar import keybar_text
+
+    text = keybar_text(DASHBOARD, width).plain
+    assert all(len(line) <= width for line in text.split("\n"))
+    for label in ("sort", "pause", "domains", "settings", "help", "quit"):
+        assert f" {label} " in text

@@ -97,6 +97,8 @@ DOMAINS = [
     Act("escape", "back", "Back", label="back"),
     Act("j", "cursor('down')", "Down", footer=False),
     Act("k", "cursor('up')", "Up", footer=False),
+    Act("g,home", "cursor('top')", "First domain", footer=False),
+    Act("G,end", "cursor('bottom')", "Last domain", footer=False),
 ]
 
 SETTINGS = [
@@ -119,3 +121,13 @@ class Guarded:
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         mutating = {a.action.split("(")[0] for a in self.ACTS if a.mutating}
         return not (self.app.readonly and action in mutating)  # type: ignore[attr-defined]
+
+    def on_key(self, event) -> None:
+        """A changing key in a read-only console says why it does nothing."""
+        if not self.app.readonly:  # type: ignore[attr-defined]
+            return
+        act = next((a for a in self.ACTS if a.mutating and event.key in a.keys.split(",")), None)
+        if act is not None:
+            event.stop()
+            self.notify(f"Read-only console: {act.title.lower()} is off.",  # type: ignore[attr-defined]
+                        severity="warning")

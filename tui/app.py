@@ -220,7 +220,7 @@ class ConsoleApp(App):
         self.dashboard.query_one(StatusBar).show(
             relay_state="running" if running else "stopped", running=running,
             listeners=self.listeners() if running else [], stats=self.stats, now=now,
-            queue_depth=depth, paused=self.paused)
+            queue_depth=depth, paused=self.paused, readonly=self.readonly)
 
     def listeners(self) -> list[str]:
         """The SMTP sockets the running relay reported binding; the configured addresses

@@ -144,8 +144,9 @@ class DomainEditor(Guarded, Screen):
             table.add_row(Text(kind), Text(row.domain), Text(row.tls), Text(row.smarthost),
                           key=f"{row.kind}:{row.domain}")
         self.query_one("#domains-note", Static).update(Text(
-            " a alias · l local · m remote · n rename · P make default · x remove · esc back",
-            style="dim"))
+            " Read-only console: the domains are shown, not changed." if self.app.readonly
+            else " ★ the default local domain · aliases: also local · → remote: own TLS policy "
+                 "and smart host", style="dim"))
 
     def current(self) -> Row | None:
         table = self.query_one(DataTable)
@@ -219,4 +220,5 @@ class DomainEditor(Guarded, Screen):
 
     def action_cursor(self, where: str) -> None:
         table = self.query_one(DataTable)
-        table.action_cursor_down() if where == "down" else table.action_cursor_up()
+        {"down": table.action_cursor_down, "up": table.action_cursor_up,
+         "top": table.action_scroll_top, "bottom": table.action_scroll_bottom}[where]()

@@ -33,8 +33,9 @@ class SettingsForm(Guarded, Screen):
         self.fields = {f.key: f for f in fields_for(self.app.admin.config)}
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(" Delivery settings  (tab: next field, ctrl+s: save, esc: cancel)",
-                          style="bold"), classes="form-title")
+        hint = ("read-only console: shown, not changed; esc: back" if self.app.readonly
+                else "tab: next field, ctrl+s: save, esc: cancel")
+        yield Static(Text(f" Delivery settings  ({hint})", style="bold"), classes="form-title")
         with VerticalScroll(id="form"):
             grouped = {k for _, keys in GROUPS for k in keys}
             groups = GROUPS + [("Other", [k for k in self.fields if k not in grouped])]
@@ -57,10 +58,11 @@ class SettingsForm(Guarded, Screen):
         with Vertical(classes="field", id=field_id(field.key)):
             with Horizontal(classes="field-row"):
                 yield Label(field.label, classes="field-label", markup=False)
+                readonly = self.app.readonly
                 if field.is_bool:
-                    yield Checkbox("", field.text == "true", name=field.key)
+                    yield Checkbox("", field.text == "true", name=field.key, disabled=readonly)
                 else:
-                    yield TextBox(field.text, name=field.key,
+                    yield TextBox(field.text, name=field.key, disabled=readonly,
                                   placeholder="(none)" if field.optional else "")
             yield Static(classes="error", markup=False)
 
@@ -115,6 +117,7 @@ class SettingsForm(Guarded, Screen):
         errors = self.query_one("#form-errors", Static)
         if self.app.readonly:
             errors.update("Read-only console: nothing saved.")
+            self.notify("Read-only console: save is off.", severity="warning")
             return
         problems = self.problems()
         if problems:
