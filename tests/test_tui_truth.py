@@ -225,3 +225,59 @@ def test_the_queue_key_bar_wraps_instead_of_dropping_keys(attached, width):
     assert all(len(line) <= width for line in text.split("\n"))
     for label in ("sort", "pause", "domains", "settings", "help", "quit"):
         assert f" {label} " in text
+
+
+def test_every_text_colour_of_the_theme_meets_wcag_aa():
+    from textual.theme import BUILTIN_THEMES
+
+    from tui.theme import contrasts
+
+    low = [(what, round(ratio, 2)) for what, ratio in contrasts() if ratio < 4.5]
+    assert low == []
+    # the stock theme, which the console used, does not: the check can fail
+    assert [what for what, ratio in contrasts(BUILTIN_THEMES["textual-dark"]) if ratio < 4.5]
+
+
+@pytest.mark.parametrize("no_color", [False, True], ids=["colour", "NO_COLOR"])
+async def test_failures_are_the_most_visible_thing_with_and_without_colour(
+        attached, monkeypatch, no_color):
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.theme == "mailroot"
+        await pilot.press("4")
+        await pilot.pause()
+        pane = app.dashboard.panes["Badmail"]
+        row = next(iter(pane.view.rows.values()))
+        state = pane.cells(row, time.time())[pane.columns.index(
+            next(c for c in pane.columns if c.key == "state"))]
+        style = app.console.get_style(str(state.style))
+        assert style.bold
+        assert style.reverse if no_color else style.bgcolor is not None
+        from tui.widgets.status import outcome_text
+        failed = outcome_text({"delivered": 1, "deferred": 0, "failed": 3}, no_color=no_color)
+        span = next(s for s in failed.spans if failed.plain[s.start:s.end] == "✗3")
+        assert app.console.get_style(str(span.style)).bold
+
+
+async def test_form_fields_are_visible_and_the_checkbox_is_whole(attached):
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("c")
+        await pilot.pause()
+        box = app.screen.query_one("#f-delivery-attempt_direct_first").query_one("Checkbox")
+        before = str(box.render())
+        assert before in ("[X]", "[ ]") and box.size.width == 3
+        box.focus()
+        await pilot.press("space")
+        await pilot.pause()
+        assert str(box.render()) in ("[X]", "[ ]") and str(box.render()) != before
+        empty = next(b for b in app.screen.query("TextBox") if not b.value)
+        assert empty.styles.text_style.underline  # a line to type on, with or without colour
+        from tui.theme import contrast
+        assert contrast(empty.styles.background, app.screen.styles.background) > 1.2

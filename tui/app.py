@@ -37,6 +37,7 @@ from tui.commands import ConsoleCommands
 from tui.model import changed_ids
 from tui.screens.dashboard import VERBS, Dashboard
 from tui.stats import HOUR, Stats
+from tui.theme import THEME
 from tui.widgets.status import StatusBar
 
 ACTIVITY_AT_START = 200
@@ -83,7 +84,8 @@ class ConsoleApp(App):
     # --- start and stop ---
 
     def on_mount(self) -> None:
-        self.theme = "textual-dark"
+        self.register_theme(THEME)
+        self.theme = THEME.name
 
     async def begin(self) -> None:
         """Show the folders, go live, then start or attach to the relay; called once the
@@ -220,7 +222,8 @@ class ConsoleApp(App):
         self.dashboard.query_one(StatusBar).show(
             relay_state="running" if running else "stopped", running=running,
             listeners=self.listeners() if running else [], stats=self.stats, now=now,
-            queue_depth=depth, paused=self.paused, readonly=self.readonly)
+            queue_depth=depth, paused=self.paused, readonly=self.readonly,
+            no_color=self.no_color)
 
     def listeners(self) -> list[str]:
         """The SMTP sockets the running relay reported binding; the configured addresses

@@ -17,6 +17,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from relay.config import ConfigError, Domain, HostPort, TlsPolicy
 from tui.actions import DOMAINS, Guarded, bindings
+from tui.theme import MUTED
 from tui.widgets.keybar import KeyBar
 from tui.widgets.textbox import TextBox
 
@@ -146,7 +147,7 @@ class DomainEditor(Guarded, Screen):
         self.query_one("#domains-note", Static).update(Text(
             " Read-only console: the domains are shown, not changed." if self.app.readonly
             else " ★ the default local domain · aliases: also local · → remote: own TLS policy "
-                 "and smart host", style="dim"))
+                 "and smart host", style=MUTED))
 
     def current(self) -> Row | None:
         table = self.query_one(DataTable)

@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from tui.actions import Act
+from tui.theme import MUTED
 
 LEGEND = [("→ new", "queued, not tried yet"), ("↻ retry", "deferred, waiting for next retry"),
           ("▶ due", "due now"), ("‖ held", "on hold: no delivery, expiry clock stopped"),
@@ -29,7 +30,7 @@ class Help(ModalScreen[None]):
         keys = Table.grid(padding=(0, 2))
         for act in self.acts:
             keys.add_row(Text(act.shown_keys, style="bold"), Text(act.title),
-                         Text(act.help, style="dim"))
+                         Text(act.help, style=MUTED))
         legend = Table.grid(padding=(0, 2))
         for word, meaning in LEGEND:
             legend.add_row(Text(word, style="bold"), Text(meaning))

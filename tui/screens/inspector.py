@@ -15,6 +15,7 @@ from relay.admin import MessageDetail, NotFound
 from relay.store import BADMAIL, PICKUP
 from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
+from tui.theme import FAILED_TEXT, MUTED, WAITING
 from tui.widgets.keybar import KeyBar
 
 BODY_LINES = 400  # a body longer than this is cut in the inspector; `v` shows all of it
@@ -38,10 +39,10 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
     row = detail.summary
     text = Text()
     if row.folder == BADMAIL:
-        text.append("✗ Why it is in Badmail\n", style="bold red")
+        text.append("✗ Why it is in Badmail\n", style=FAILED_TEXT)
         text.append(f"{detail.reason or '(no reason recorded)'}\n", style="bold")
         if detail.report:
-            text.append(f"\n{detail.report.rstrip()}\n", style="dim")
+            text.append(f"\n{detail.report.rstrip()}\n", style=MUTED)
     heading(text, "Envelope")
     field(text, "id", row.id)
     field(text, "folder", f"{row.folder}  {state_word(row, now)}")
@@ -59,16 +60,16 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
     if detail.expires_at is not None:
         left = detail.expires_at - now
         field(text, "expires", f"in {ago(left)}" if left > 0 else "now (expired)",
-              "bold red" if left < 3600 else "")
+              FAILED_TEXT if left < 3600 else "")
     heading(text, f"Attempts ({len(detail.attempts)})")
     if not detail.attempts:
-        text.append("none yet\n", style="dim")
+        text.append("none yet\n", style=MUTED)
     for attempt in detail.attempts:
         tls = {True: "TLS", False: "plain", None: "-"}[attempt.tls]
-        text.append(f"{stamp(attempt.time)}  ", style="dim")
+        text.append(f"{stamp(attempt.time)}  ", style=MUTED)
         text.append(f"{attempt.host or '-':<28} {tls:<5}  ")
-        text.append(f"{attempt.reply}\n", style="red" if attempt.reply[:1] == "5" else
-                    "yellow" if attempt.reply[:1] == "4" else "")
+        text.append(f"{attempt.reply}\n", style=FAILED_TEXT if attempt.reply[:1] == "5" else
+                    WAITING if attempt.reply[:1] == "4" else "")
     heading(text, "Headers")
     for name, value in detail.headers:
         text.append(f"{name}: ", style="bold")
@@ -78,7 +79,7 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
     text.append("\n".join(lines[:BODY_LINES]) + "\n")
     if len(lines) > BODY_LINES:
         text.append(f"… {len(lines) - BODY_LINES} more lines (v shows the raw message)\n",
-                    style="dim")
+                    style=MUTED)
     return text
 
 
@@ -109,13 +110,13 @@ class Inspector(Guarded, Screen):
             if self.folder == PICKUP:  # not taken yet: no envelope, only the file
                 body = Text((admin.store.folder(PICKUP) / self.message_id).read_bytes().decode(
                     "utf-8", "replace"))
-                title.append("  in Pickup, not taken yet (esc: back)", style="dim")
+                title.append("  in Pickup, not taken yet (esc: back)", style=MUTED)
             elif self.raw:
                 body = Text(admin.raw(self.message_id).decode("utf-8", "replace"))
-                title.append("  raw message (v: back to the summary)", style="dim")
+                title.append("  raw message (v: back to the summary)", style=MUTED)
             else:
                 body = render_detail(admin.show(self.message_id), self.app.clock())
-                title.append("  (v: raw message, esc: back)", style="dim")
+                title.append("  (v: raw message, esc: back)", style=MUTED)
         except (NotFound, OSError) as exc:
             body = Text(f"This message is no longer here: {exc}", style="bold")
         self.query_one("#inspector-title", Static).update(title)

@@ -16,6 +16,8 @@ from textual.widgets import Button, Checkbox, Input, Label, Static
 from relay.config import ConfigError
 from tui.actions import SETTINGS, Guarded, bindings
 from tui.fields import GROUPS, Field, fields_for
+from tui.theme import MUTED
+from tui.widgets.checkbox import FormCheckbox
 from tui.widgets.keybar import KeyBar
 from tui.widgets.textbox import TextBox
 
@@ -60,7 +62,8 @@ class SettingsForm(Guarded, Screen):
                 yield Label(field.label, classes="field-label", markup=False)
                 readonly = self.app.readonly
                 if field.is_bool:
-                    yield Checkbox("", field.text == "true", name=field.key, disabled=readonly)
+                    yield FormCheckbox("", field.text == "true", name=field.key,
+                                       disabled=readonly)
                 else:
                     yield TextBox(field.text, name=field.key, disabled=readonly,
                                   placeholder="(none)" if field.optional else "")
@@ -91,7 +94,7 @@ class SettingsForm(Guarded, Screen):
         if key in self.fields:
             field = self.fields[key]
             self.query_one("#field-help", Static).update(
-                Text(f" {field.key}: {field.doc}", style="dim"))
+                Text(f" {field.key}: {field.doc}", style=MUTED))
 
     def on_mount(self) -> None:
         for error in self.query(".field .error"):

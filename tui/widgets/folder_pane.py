@@ -14,11 +14,11 @@ from textual.widgets import DataTable, Static
 from relay.admin import MessageSummary
 from relay.store import BADMAIL, HOLD, PICKUP, QUEUE
 from tui.model import COLUMNS, PAGE, SORTS, Column, FolderView, fit, state_word
+from tui.theme import ACTIVE, MUTED, OK, WAITING, failed_style
 from tui.widgets.textbox import TextBox
 
 SCROLLBAR = 1  # the table's vertical scrollbar, kept free so columns never jump
-STATE_STYLE = {"✗": "bold red", "‖": "yellow", "↻": "yellow", "▶": "cyan", "→": "cyan",
-               "✓": "green", "…": "dim"}
+STATE_STYLE = {"‖": WAITING, "↻": WAITING, "▶": ACTIVE, "→": ACTIVE, "✓": OK, "…": MUTED}
 
 
 class FolderTable(DataTable):
@@ -98,7 +98,7 @@ class FolderPane(Vertical):
         if view.marks:
             text.append(f"  {len(view.marks)} marked", style="bold")
         if view.sort:
-            text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
+            text.append(f"  sort: {SORTS[view.sort][0]}", style=MUTED)
         return text
 
     def current_id(self) -> str | None:
@@ -126,7 +126,9 @@ class FolderPane(Vertical):
                 out.append(Text("●" if row.id in self.view.marks else " ", style="bold"))
             elif column.key == "state":
                 word = state_word(row, now)
-                out.append(Text(word, style=STATE_STYLE.get(word[0], "")))
+                style = failed_style(self.app.no_color) if word[0] == "✗" else STATE_STYLE.get(
+                    word[0], "")
+                out.append(Text(word, style=style))
             else:
                 out.append(Text(column.cell(row, now), no_wrap=True, overflow="ellipsis"))
         return out

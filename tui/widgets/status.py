@@ -12,8 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline, Static
 
 from tui.stats import Stats
-
-FAILED_STYLE = "bold red"
+from tui.theme import MUTED, OK, WAITING, failed_style
 
 
 def short_count(n: int) -> str:
@@ -25,13 +24,15 @@ def short_count(n: int) -> str:
     return str(n)
 
 
-def outcome_text(counts: dict[str, int], short: bool = False) -> Text:
+def outcome_text(counts: dict[str, int], short: bool = False, no_color: bool = False) -> Text:
+    """✓ delivered ↻ deferred ✗ failed; failures, if any, the most visible of all."""
     show = short_count if short else str
     text = Text()
-    text.append(f"✓{show(counts['delivered'])}", style="green")
-    text.append(f" ↻{show(counts['deferred'])}", style="yellow")
-    text.append(f" ✗{show(counts['failed'])}",
-                style=FAILED_STYLE if counts["failed"] else "")
+    text.append(f"✓{show(counts['delivered'])}", style=OK)
+    text.append(f" ↻{show(counts['deferred'])}", style=WAITING)
+    text.append(" ")
+    text.append(f"✗{show(counts['failed'])}",
+                style=failed_style(no_color) if counts["failed"] else "")
     return text
 
 
@@ -45,6 +46,7 @@ class StatusParts:
     now: float = 0.0
     paused: bool = False
     readonly: bool = False
+    no_color: bool = False
 
 
 SHEDDING = ("short", "listeners", "minute", "live", "hint", "hour")  # given up in this order
@@ -67,23 +69,26 @@ def status_text(parts: StatusParts, width: int) -> Text:
 def _line(parts: StatusParts, shed: set[str]) -> Text:
     short = "short" in shed
     line = Text(no_wrap=True, overflow="ellipsis")
-    line.append("● " if parts.running else "○ ", style="green" if parts.running else "red")
-    line.append(parts.relay_state)
+    if parts.running:
+        line.append("● ", style=OK)
+        line.append(parts.relay_state)
+    else:
+        line.append(f"○ {parts.relay_state}", style=failed_style(parts.no_color))
     if parts.paused:
         line.append("  ‖ PAUSED" + ("" if "hint" in shed else " (p)"), style="bold reverse")
     if parts.readonly:
         line.append("  READ-ONLY", style="bold reverse")
     if "listeners" not in shed and parts.listeners:
-        line.append("  SMTP " + ",".join(parts.listeners), style="dim")
+        line.append("  SMTP " + ",".join(parts.listeners), style=MUTED)
     if "minute" not in shed and parts.minute:
         line.append("  1m ")
-        line.append_text(outcome_text(parts.minute, short))
+        line.append_text(outcome_text(parts.minute, short, parts.no_color))
     if "hour" not in shed and parts.hour:
         line.append("  1h ")
-        line.append_text(outcome_text(parts.hour, short))
+        line.append_text(outcome_text(parts.hour, short, parts.no_color))
     line.append("  " + time.strftime("%H:%M:%S", time.localtime(parts.now)))
     if "live" not in shed and not parts.paused:
-        line.append("  live", style="dim")
+        line.append("  live", style=MUTED)
     return line
 
 
@@ -110,10 +115,12 @@ class StatusBar(Vertical):
             yield Sparkline([], id="spark-rate", classes="spark")
 
     def show(self, *, relay_state: str, running: bool, listeners: list[str], stats: Stats,
-             now: float, queue_depth: int, paused: bool, readonly: bool = False) -> None:
+             now: float, queue_depth: int, paused: bool, readonly: bool = False,
+             no_color: bool = False) -> None:
         hour = stats.counts(now, 3600)
         self.query_one(StatusLine).show(StatusParts(
-            running, relay_state, listeners, stats.counts(now, 60), hour, now, paused, readonly))
+            running, relay_state, listeners, stats.counts(now, 60), hour, now, paused, readonly,
+            no_color))
         self.query_one("#spark-depth", Sparkline).data = stats.depth_series(now)
         self.query_one("#spark-rate", Sparkline).data = stats.rate_series(now)
         self.query_one("#depth-label", Static).update(f"queue {queue_depth} now, 1h:")
