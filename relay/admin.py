@@ -421,7 +421,7 @@ class Admin:
         mid = envelope.id
         local, remote = self.intake.router.split([r.address for r in envelope.pending])
         if src == DROP and not remote:
-            return  # all still local: it stays in Drop as it is
+            raise Problem("not requeued: its recipients are still local; it stays in Drop")
         moved = set(local)
         envelope.recipients = [r for r in envelope.recipients
                                if not (r.address in moved and r.state in ("pending", "deferred"))]

@@ -281,3 +281,99 @@ async def test_form_fields_are_visible_and_the_checkbox_is_whole(attached):
         assert empty.styles.text_style.underline  # a line to type on, with or without colour
         from tui.theme import contrast
         assert contrast(empty.styles.background, app.screen.styles.background) > 1.2
+
+
+async def test_help_at_80x24_says_it_scrolls_and_j_k_scroll_it(attached):
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        body = app.screen.query_one("#help-body")
+        assert body.max_scroll_y > 0  # 80x24 does not hold it all
+        assert "more below" in str(app.screen.query_one("#help-more").render())
+        await pilot.press("j", "j", "j")
+        await pilot.pause()
+        assert body.scroll_y == 3
+        await pilot.press("k")
+        await pilot.pause()
+        assert body.scroll_y == 2
+        await pilot.press("G")
+        await pilot.pause()
+        assert "more below" not in str(app.screen.query_one("#help-more").render())
+
+
+async def test_esc_from_the_raw_view_returns_to_the_summary(attached):
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("4", "enter")
+        await pilot.pause()
+        from tui.screens.inspector import Inspector
+        assert isinstance(app.screen, Inspector)
+        await pilot.press("v")
+        assert app.screen.raw
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, Inspector) and not app.screen.raw
+        assert "Envelope" in str(app.screen.query_one("#inspector-text").render())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.dashboard
+
+
+def notices(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+async def test_r_in_drop_and_in_the_inspector_acts_or_says_why(attached):
+    from relay.store import BADMAIL, DROP, QUEUE
+    from tui.screens.confirm import Confirm
+    from tui.screens.inspector import Inspector
+
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("3", "r")  # Drop: routed again; still local, so it says so
+        await until(pilot, lambda: isinstance(app.screen, Confirm))
+        assert app.screen.question == "Requeue 1 message from Drop?"
+        await pilot.press("y")
+        await until(pilot, lambda: any("still local" in n for n in notices(app)))
+        assert len(app.store.ids(DROP)) == 2
+        await pilot.press("4", "enter")
+        await until(pilot, lambda: isinstance(app.screen, Inspector))
+        mid = app.screen.message_id
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, Inspector)
+                    and app.screen.folder == QUEUE)
+        assert mid in app.store.ids(QUEUE) and mid not in app.store.ids(BADMAIL)
+        assert f"Queue › {mid}" in str(app.screen.query_one("#inspector-title").render())
+        await pilot.press("escape", "1", "r")  # Pickup: not taken in yet
+        await until(pilot, lambda: any("not taken in yet" in n for n in notices(app)))
+
+
+async def test_the_inspector_says_each_thing_once_and_no_attempts_honestly(attached):
+    from tui.screens.inspector import Inspector
+
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("4", "enter")
+        await until(pilot, lambda: isinstance(app.screen, Inspector))
+        text = str(app.screen.query_one("#inspector-text").render())
+        reason = app.admin.show(app.screen.message_id).reason
+        head = text[:text.index("Envelope")]  # the reason and what the .BAD report adds
+        assert head.count(reason) == 1 and app.screen.message_id not in head
+        assert "Recipients:" not in head and "Attempts:" not in head
+        assert text.count(app.screen.message_id) == 1
+        assert "Source:" in head  # what the report adds is kept
+        await pilot.press("escape", "3", "enter")
+        await until(pilot, lambda: isinstance(app.screen, Inspector))
+        text = str(app.screen.query_one("#inspector-text").render())
+        assert "none yet" not in text and "never sent on" in text

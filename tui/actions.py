@@ -56,7 +56,7 @@ DASHBOARD = [
     Act("right_square_bracket", "page(1)", "Next page", "in folders of more than one page",
         footer=False),
     Act("left_square_bracket", "page(-1)", "Previous page", footer=False),
-    Act("r", "bulk('requeue')", "Requeue", "Badmail or Hold back to Queue, clock restarted",
+    Act("r", "bulk('requeue')", "Requeue", "Badmail to Queue, Drop and Queue routed again",
         mutating=True, label="requeue"),
     Act("t", "bulk('retry')", "Retry now", "try queued messages at once", mutating=True,
         label="retry"),
@@ -75,7 +75,10 @@ DASHBOARD = [
 
 INSPECTOR = [
     Act("v", "raw", "Raw message", "the message exactly as stored", label="raw"),
-    Act("escape", "back", "Back", "to the dashboard", label="back"),
+    Act("r", "requeue", "Requeue", "this message back to delivery, routed by today's domains",
+        mutating=True, label="requeue"),
+    Act("escape", "back", "Back", "from the raw message to the summary, then the dashboard",
+        label="back"),
     Act("j", "scroll('down')", "Scroll down", footer=False),
     Act("k", "scroll('up')", "Scroll up", footer=False),
     Act("g", "scroll('home')", "Top", footer=False),

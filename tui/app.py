@@ -21,6 +21,7 @@ from collections.abc import Callable
 from rich.text import Text
 from textual import work
 from textual.app import App
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Static
 from watchfiles import awatch
@@ -215,11 +216,16 @@ class ConsoleApp(App):
         state, running = self.relay_state()
         header = Text()
         header.append(" mailroot ", style="bold reverse")
+        if self.readonly:  # first, where no width cuts it off
+            header.append(" READ-ONLY ", style="bold reverse")
         header.append(f" {state}  ·  {self.config.mailroot}")
-        if self.readonly:
-            header.append("  ·  READ-ONLY", style="bold")
-        self.dashboard.query_one("#header", Static).update(header)
-        self.dashboard.query_one(StatusBar).show(
+        try:
+            title, status = self.dashboard.query_one("#header", Static), self.dashboard.query_one(
+                StatusBar)
+        except NoMatches:
+            return  # the dashboard is being taken down as the console quits
+        title.update(header)
+        status.show(
             relay_state="running" if running else "stopped", running=running,
             listeners=self.listeners() if running else [], stats=self.stats, now=now,
             queue_depth=depth, paused=self.paused, readonly=self.readonly,
@@ -240,8 +246,21 @@ class ConsoleApp(App):
 
     # --- operator actions ---
 
+    def confirm_and_operate(self, action: str, folder: str, ids: list[str],
+                            then: Callable[[], None] | None = None) -> None:
+        """Ask with the scope ("Requeue 3 messages from Badmail?"); on yes, act."""
+        from tui.screens.confirm import Confirm
+        from tui.screens.dashboard import question
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.operate(action, folder, ids, then)
+
+        self.push_screen(Confirm(question(action, len(ids), folder)), answered)
+
     @work(group="operate")
-    async def operate(self, action: str, folder: str, ids: list[str]) -> None:
+    async def operate(self, action: str, folder: str, ids: list[str],
+                      then: Callable[[], None] | None = None) -> None:
         """Run one operator API call off the event loop and report what it did."""
         if self.readonly:
             self.notify("Read-only console: actions are off.", severity="error")
@@ -260,6 +279,8 @@ class ConsoleApp(App):
             first = next(iter(problems.items()))
             text += f" {len(problems)} not: {first[0]}: {first[1]}"
         self.notify(text, severity="warning" if problems else "information", markup=False)
+        if then is not None:
+            then()
 
     async def action_quit(self) -> None:
         """Quit; the console that runs the relay asks first, and can leave it running."""

@@ -13,9 +13,8 @@ from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static, Tab, Tabs
 
-from relay.store import FOLDERS, HOLD, QUEUE
+from relay.store import FOLDERS, HOLD, PICKUP, QUEUE
 from tui.actions import DASHBOARD, Act, Guarded, bindings
-from tui.screens.confirm import Confirm
 from tui.widgets.activity_log import ActivityLog
 from tui.widgets.folder_pane import FolderPane, can
 from tui.widgets.keybar import KeyBar
@@ -208,7 +207,10 @@ class Dashboard(Guarded, Screen):
             return
         pane = self.pane
         if not can(pane.folder, action):
-            self.notify(f"Not in {pane.folder}.", severity="warning")
+            self.notify(f"{VERBS[action][0]} does not apply in {pane.folder}"
+                        + (": its files are not taken in yet." if pane.folder == PICKUP else
+                           ": release first (h)." if pane.folder == HOLD else "."),
+                        severity="warning")
             return
         if action == "hold" and pane.folder == HOLD:
             action = "release"
@@ -216,10 +218,5 @@ class Dashboard(Guarded, Screen):
         if not ids:
             self.notify("Nothing to act on: the folder is empty.", severity="warning")
             return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.operate(action, pane.folder, ids)
-
-        self.app.push_screen(Confirm(question(action, len(ids), pane.folder)), answered)
+        self.app.confirm_and_operate(action, pane.folder, ids)
 

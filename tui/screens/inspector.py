@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from relay.admin import MessageDetail, NotFound
-from relay.store import BADMAIL, PICKUP
+from relay.store import BADMAIL, DROP, HOLD, PICKUP
 from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
 from tui.theme import FAILED_TEXT, MUTED, WAITING
@@ -34,6 +34,20 @@ def field(text: Text, name: str, value: str, style: str = "") -> None:
     text.append(f"{value}\n", style=style)
 
 
+NO_ATTEMPTS = {
+    BADMAIL: "none: it was refused before any delivery (r requeues it through intake again)",
+    DROP: "none: delivered into Drop for a local domain, never sent on",
+}
+REPORT_FIELDS = ("Reason:", "Id:", "From:", "Received:", "Recipients:", "Attempts:", "  ")
+
+
+def report_extras(report: str) -> list[str]:
+    """What the `.BAD` report says beyond the reason, the envelope and the attempts shown
+    below it anyway: its source, when it was written, and any note."""
+    lines = report.splitlines()[1:]  # the first says it is in Badmail: the heading does
+    return [line for line in lines if line.strip() and not line.startswith(REPORT_FIELDS)]
+
+
 def render_detail(detail: MessageDetail, now: float) -> Text:
     """The inspector's page for one message."""
     row = detail.summary
@@ -41,8 +55,8 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
     if row.folder == BADMAIL:
         text.append("✗ Why it is in Badmail\n", style=FAILED_TEXT)
         text.append(f"{detail.reason or '(no reason recorded)'}\n", style="bold")
-        if detail.report:
-            text.append(f"\n{detail.report.rstrip()}\n", style=MUTED)
+        for line in report_extras(detail.report):
+            text.append(f"{line}\n", style=MUTED)
     heading(text, "Envelope")
     field(text, "id", row.id)
     field(text, "folder", f"{row.folder}  {state_word(row, now)}")
@@ -63,7 +77,7 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
               FAILED_TEXT if left < 3600 else "")
     heading(text, f"Attempts ({len(detail.attempts)})")
     if not detail.attempts:
-        text.append("none yet\n", style=MUTED)
+        text.append(NO_ATTEMPTS.get(row.folder, "none yet") + "\n", style=MUTED)
     for attempt in detail.attempts:
         tls = {True: "TLS", False: "plain", None: "-"}[attempt.tls]
         text.append(f"{stamp(attempt.time)}  ", style=MUTED)
@@ -127,7 +141,31 @@ class Inspector(Guarded, Screen):
         self.show()
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        """esc: from the raw message to the summary, from the summary to the dashboard."""
+        if self.raw:
+            self.raw = False
+            self.show()
+        else:
+            self.app.pop_screen()
+
+    def action_requeue(self) -> None:
+        from tui.widgets.folder_pane import can
+
+        if not can(self.folder, "requeue"):
+            self.notify(f"A message in {self.folder} is not requeued"
+                        + (": it is not taken in yet." if self.folder == PICKUP else
+                           ": release it first (h on the dashboard)." if self.folder == HOLD
+                           else "."), severity="warning")
+            return
+        self.app.confirm_and_operate("requeue", self.folder, [self.message_id],
+                                     then=self.follow)
+
+    def follow(self) -> None:
+        """After an action: show the message wherever it is now."""
+        folder = self.app.admin.store.locate(self.message_id)
+        if folder is not None:
+            self.folder = folder
+        self.show()
 
     def action_scroll(self, where: str) -> None:
         body = self.query_one("#inspector-body", VerticalScroll)

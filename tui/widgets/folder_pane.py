@@ -12,7 +12,7 @@ from textual.events import Resize
 from textual.widgets import DataTable, Static
 
 from relay.admin import MessageSummary
-from relay.store import BADMAIL, HOLD, PICKUP, QUEUE
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE
 from tui.model import COLUMNS, PAGE, SORTS, Column, FolderView, fit, state_word
 from tui.theme import ACTIVE, MUTED, OK, WAITING, failed_style
 from tui.widgets.textbox import TextBox
@@ -174,7 +174,7 @@ class FolderPane(Vertical):
 def can(folder: str, action: str) -> bool:
     """Which bulk actions make sense in which folder."""
     return {
-        "requeue": folder in (BADMAIL, HOLD, QUEUE),
+        "requeue": folder in (BADMAIL, DROP, QUEUE),
         "retry": folder == QUEUE,
         "hold": folder in (QUEUE, HOLD),
         "delete": folder != PICKUP,
