@@ -217,8 +217,8 @@ class Admin:
         for line in head.split(b"\r\n\r\n", 1)[0].splitlines():
             name, _, value = line.decode("utf-8", "replace").partition(":")
             key = name.strip().lower()
-            if key == "x-sender":
-                sender = value.strip()
+            if key == "x-sender":  # "<>" is the null sender, shown as <> like any other
+                sender = value.strip().removeprefix("<").removesuffix(">")
             elif key == "x-receiver":
                 rcpts.append(Recipient(value.strip(), state="delivered"))
             elif key == "subject" and not subject:

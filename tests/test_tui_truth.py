@@ -377,3 +377,25 @@ async def test_the_inspector_says_each_thing_once_and_no_attempts_honestly(attac
         await until(pilot, lambda: isinstance(app.screen, Inspector))
         text = str(app.screen.query_one("#inspector-text").render())
         assert "none yet" not in text and "never sent on" in text
+
+
+async def test_domain_editor_g_keys_move_and_its_keys_are_listed_once(attached):
+    from tui.screens.domains import DomainEditor
+
+    root, config = attached
+    app = ConsoleApp(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, DomainEditor))
+        table = app.screen.query_one("#domains")
+        await pilot.press("G")
+        await pilot.pause()
+        assert table.cursor_row == table.row_count - 1 > 0
+        assert app.screen.current().kind == "remote"
+        await pilot.press("g")
+        await pilot.pause()
+        assert table.cursor_row == 0
+        note = str(app.screen.query_one("#domains-note").render())
+        keybar = str(app.screen.query_one("KeyBar").render())
+        assert "remove" in keybar and "remove" not in note and " x " not in note
