@@ -1,0 +1,67 @@
+"""The `mailroot import-iis`, `route` and `probe` subcommands: leaving IIS, and answering
+"where will this address go, and why didn't it arrive?" without reading logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from relay import iis_import, metabase
+from relay.config import ConfigError
+from relay.settings import write_atomic
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Exit 0 imported, 1 something important was not imported, 2 not a metabase / usage."""
+    try:
+        mb = metabase.parse(args.metabase)
+        result = iis_import.import_server(mb, args.server)
+    except metabase.NotAMetabase as exc:
+        print(f"mailroot import-iis: not a metabase: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mailroot import-iis: cannot read {args.metabase}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"mailroot import-iis: {args.metabase}: {exc.args[0]}", file=sys.stderr)
+        return 2
+    try:
+        text = iis_import.render(result, str(args.metabase))
+    except ConfigError as exc:  # a mapping bug: never write a config that would not load
+        print(f"mailroot import-iis: the imported config does not validate: {exc}",
+              file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    if args.dry_run:
+        sys.stdout.write(text)
+    elif out.exists() and not args.force:
+        print(f"mailroot import-iis: {out} exists; give --force to replace it, or -o another "
+              "file", file=sys.stderr)
+        return 2
+    else:
+        write_atomic(out, text)
+    for line in iis_import.report_lines(result):
+        print(line, file=sys.stderr)
+    where = "(dry run, nothing written)" if args.dry_run else f"written to {out}"
+    print(f"imported {result.server} from {args.metabase} {where}; check it with: "
+          f"mailroot check -c {out}", file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    imp = sub.add_parser("import-iis", parents=[common],
+                         help="write a mailroot config from an IIS SMTP MetaBase.xml")
+    imp.add_argument("metabase", metavar="METABASE.xml")
+    imp.add_argument("-o", "--output", default="mailroot.yaml", metavar="FILE",
+                     help="the config to write (default: ./mailroot.yaml)")
+    imp.add_argument("--server", metavar="N", help="the SMTP virtual server number "
+                                                   "(default: the first)")
+    imp.add_argument("--dry-run", action="store_true",
+                     help="print the config and the report; write nothing")
+    imp.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+# Commands that need no config of their own (they read another program's).
+STANDALONE = {"import-iis": cmd_import}
