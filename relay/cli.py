@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailroot: config error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "console"
+    if command in cli_iis.COMMANDS:
+        return cli_iis.COMMANDS[command](args, config)
     if command in cli_admin.COMMANDS:
         try:
             return cli_admin.run(command, args, config)

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 from pathlib import Path
 
-from relay import iis_import, metabase
-from relay.config import ConfigError
+from relay import explain, iis_import, metabase
+from relay.config import Config, ConfigError
 from relay.settings import write_atomic
 
 
@@ -50,6 +52,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if result.problems else 0
 
 
+def cmd_route(args: argparse.Namespace, config: Config) -> int:
+    """Exit 0 deliverable now, 1 mail to the address would fail now, 2 not an address."""
+    try:
+        result = asyncio.run(explain.explain(config, args.address))
+    except explain.BadAddress as exc:
+        print(f"mailroot route: {args.address!r} is not an address the relay takes: {exc}",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print("\n".join(explain.render(result)))
+    return 1 if result.fails else 0
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     imp = sub.add_parser("import-iis", parents=[common],
                          help="write a mailroot config from an IIS SMTP MetaBase.xml")
@@ -61,7 +78,12 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     imp.add_argument("--dry-run", action="store_true",
                      help="print the config and the report; write nothing")
     imp.add_argument("--force", action="store_true", help="replace an existing output file")
+    route = sub.add_parser("route", parents=[common],
+                           help="explain where mail to an address goes now, and why")
+    route.add_argument("address")
+    route.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
 
+COMMANDS = {"route": cmd_route}
 # Commands that need no config of their own (they read another program's).
 STANDALONE = {"import-iis": cmd_import}
