@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -14,7 +13,8 @@ from pathlib import Path
 from relay import cli_admin, cli_iis
 from relay import config as configmod
 from relay.config import Config, ConfigError
-from relay.store import PICKUP, Mailroot, new_id
+from relay.pickup import write_pickup
+from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
 
@@ -75,16 +75,7 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         return 2
     store = Mailroot(config.root)
     store.ensure()
-    data = build_message(args, config)
-    name = f"{new_id()}.eml"
-    tmp = store.folder(PICKUP) / f".{name}.tmp"  # dot-files in Pickup are never taken
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, store.folder(PICKUP) / name)
+    name = write_pickup(store, build_message(args, config))
     print(f"Pickup/{name}")
     return 0
 

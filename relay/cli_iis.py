@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from relay import explain, iis_import, metabase
+from relay.address import AddressError, parse_address
 from relay.config import Config, ConfigError
 from relay.settings import write_atomic
 
@@ -67,6 +68,23 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
     return 1 if result.fails else 0
 
 
+def cmd_probe(args: argparse.Namespace, config: Config) -> int:
+    """Exit 0 when the first hop would take (or took) the mail, 1 otherwise, 2 bad usage."""
+    from relay.probe import Probe  # cryptography is loaded only for a probe
+
+    try:
+        address = parse_address(args.address.strip().strip("<>"))
+        sender = parse_address(args.sender) if args.sender else \
+            f"postmaster@{config.default_domain}"
+    except AddressError as exc:
+        print(f"mailroot probe: not an address: {exc}", file=sys.stderr)
+        return 2
+    probe = Probe(config, lambda step: print(step.line(), flush=True))
+    work = probe.send(address, sender, args.timeout) if args.send else \
+        probe.check(address, sender)
+    return 0 if asyncio.run(work) else 1
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     imp = sub.add_parser("import-iis", parents=[common],
                          help="write a mailroot config from an IIS SMTP MetaBase.xml")
@@ -82,8 +100,18 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                            help="explain where mail to an address goes now, and why")
     route.add_argument("address")
     route.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    probe = sub.add_parser("probe", parents=[common],
+                           help="talk to the first hop for an address (no DATA), or with "
+                                "--send follow a test message to its end")
+    probe.add_argument("address")
+    probe.add_argument("--from", dest="sender", metavar="ADDR",
+                       help="the envelope sender (default: postmaster@<default domain>)")
+    probe.add_argument("--send", action="store_true",
+                       help="send a short test message through the relay and follow it")
+    probe.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="how long --send follows the message (default: 120)")
 
 
-COMMANDS = {"route": cmd_route}
+COMMANDS = {"route": cmd_route, "probe": cmd_probe}
 # Commands that need no config of their own (they read another program's).
 STANDALONE = {"import-iis": cmd_import}
