@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from cryptography import x509
 
+from relay.address import AddressError, parse_address
 from relay.config import Config
 from relay.events import read_events
 from relay.pickup import write_pickup
@@ -100,10 +101,20 @@ class Probe:
         self.on_step(step)
         return step
 
+    def _address(self, text: str) -> str:
+        try:
+            return parse_address(text.strip().strip("<>"))
+        except AddressError as exc:
+            self.step("error", f"{text!r} is not an address the relay takes: {exc}")
+            return ""
+
     # --- the conversation without DATA ---
 
     async def check(self, address: str, sender: str) -> bool:
         """True when the first hop would take mail for `address` (nothing is sent)."""
+        address = self._address(address)
+        if not address:
+            return False
         router = Router(self.config)
         if router.is_local(address):
             self.step("done", f"{address} is local: the relay delivers it to Drop itself, "
@@ -245,6 +256,9 @@ class Probe:
 
     async def send(self, address: str, sender: str, timeout: float = 120.0) -> bool:
         """Send a test message through the relay (Pickup) and follow it to its end."""
+        address = self._address(address)
+        if not address:
+            return False
         store = Mailroot(self.config.root)
         holder = lock_holder(store)
         if holder is None:
