@@ -159,13 +159,15 @@ def import_server(mb: Metabase, number: str | None = None) -> Imported:
         result.set(key, value, f"{name}={props[name].strip()}")
     _retry(props, result)
     _smarthost(props, result)
+    _outbound(props, result)
     _bindings(props, result)
     _relay(props, result)
     _auth(props, result)
     _folders(props, result)
     _domains(server, result)
     for name in sorted(set(props) - HANDLED):
-        result.skip(name, props[name], NOT_MAPPED.get(name, "no mailroot setting"))
+        shown = "" if "password" in name.lower() else props[name]  # never a secret, anywhere
+        result.skip(name, shown, NOT_MAPPED.get(name, "no mailroot setting"))
     for other in mb.servers:
         if other is not server.key:
             result.skip(f"IIsSmtpServer {other.location}", "", "another virtual server: import "
@@ -207,13 +209,36 @@ def _smarthost(props: dict[str, str], result: Imported) -> None:
     result.set("delivery.smarthost", smart, source)
     if kind == 1:
         result.set("delivery.attempt_direct_first", True, source)
-    action = dword(props.get("RouteAction", "0") or "0")
-    if action & SMTP_SASL and props.get("RouteUserName", "").strip():
-        result.set("delivery.auth.username", props["RouteUserName"].strip(),
-                   f"RouteUserName={props['RouteUserName'].strip()}")
+
+
+def _outbound(props: dict[str, str], result: Imported) -> None:
+    """The server's RouteAction: its Outbound Security (TLS, credentials for the next hop)."""
+    text = props.get("RouteAction", "").strip()
+    action = dword(text or "0")
+    unknown = action & ~sum(ROUTE_BITS)
+    if unknown:
+        result.problem("RouteAction", text, f"unknown RouteAction bits 0x{unknown:x}")
+    user = props.get("RouteUserName", "").strip()
+    if action & SMTP_SASL and user:
+        if "delivery.smarthost" in result.values:
+            result.set("delivery.auth.username", user, f"RouteUserName={user}")
+        else:
+            result.skip("RouteUserName", user, "mailroot sends credentials to smart hosts "
+                                               "only, and no SmartHost is set")
     if action & SMTP_SSL:
-        result.problem("RouteAction", str(action), "TLS to the smart host: mailroot sets TLS "
-                       "per remote domain only (domains.remote.<domain>.tls: require)")
+        result.problem("RouteAction", text, "TLS for all outbound mail: mailroot sets TLS per "
+                       "remote domain (domains.remote.<domain>.tls: require)")
+    if action & SMTP_AUTH_NTLM:
+        result.problem("RouteAction", text, "Windows integrated (NTLM) authentication to the "
+                       "next hop is not supported")
+    _unmapped_bits("RouteAction", action & ~(SMTP_SASL | SMTP_SSL | SMTP_AUTH_NTLM
+                                             | SMTP_AUTH_CLEARTEXT | unknown), result)
+
+
+def _unmapped_bits(name: str, bits: int, result: Imported) -> None:
+    for bit, bit_name in ROUTE_BITS.items():
+        if bits & bit:
+            result.skip(name, bit_name, "no mailroot setting")
 
 
 def _host(name: str, text: str, result: Imported) -> str | None:
@@ -342,7 +367,7 @@ def _remote(name: str, label: str, action: int, props: dict[str, str],
             result.set(prefix + "smarthost", smart, f"{label} RouteActionString={text}")
     if action & SMTP_SASL and props.get("RouteUserName", "").strip():
         result.set(prefix + "auth.username", props["RouteUserName"].strip(), source)
-        result.skip(f"{label} RoutePassword", "…", NOT_MAPPED["RoutePassword"].replace(
+        result.skip(f"{label} RoutePassword", "", NOT_MAPPED["RoutePassword"].replace(
             "delivery.auth", prefix + "auth"))
     if action & SMTP_AUTH_NTLM:
         result.problem(f"{label} RouteAction", str(action),
@@ -352,11 +377,9 @@ def _remote(name: str, label: str, action: int, props: dict[str, str],
         result.problem(f"{label} RouteAction", str(action), "\"allow incoming mail to be "
                        "relayed to this domain\" has no mailroot equivalent; clients need "
                        "smtp.relay.allow or AUTH to relay to it")
-    rest = action & ~(SMTP_SMARTHOST | SMTP_SSL | SMTP_SASL | SMTP_AUTH_NTLM
-                      | SMTP_AUTH_CLEARTEXT | SMTP_DOMAIN_RELAY | LOCAL_BITS)
-    for bit, bit_name in ROUTE_BITS.items():
-        if rest & bit:
-            result.skip(f"{label} RouteAction", bit_name, "no mailroot setting")
+    _unmapped_bits(f"{label} RouteAction", action & ~(
+        SMTP_SMARTHOST | SMTP_SSL | SMTP_SASL | SMTP_AUTH_NTLM | SMTP_AUTH_CLEARTEXT
+        | SMTP_DOMAIN_RELAY | LOCAL_BITS), result)
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -187,3 +187,23 @@ def test_a_relay_on_an_imported_config_delivers_to_drop_and_the_smart_host(
     finally:
         relay.stop()
     assert Config().smtp.max_message_size == 2048 * 1024  # what the default install said
+
+
+def test_outbound_security_and_a_moved_drop_folder_are_reported(tmp_path, capsys) -> None:
+    """Server RouteAction 268 = SMTP_SSL | SMTP_SASL | SMTP_AUTH_CLEARTEXT (Outbound Security:
+    basic authentication and TLS), as scripts set it for a smart host such as a mail service."""
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text("smarthost.xml", **{
+        'ServerBindings=":25:"': 'ServerBindings=":25:" RouteAction="268" '
+                                 'RouteUserName="relay@example.net" RoutePassword="secret"',
+        'DropDirectory="C:\\Inetpub\\mailroot\\Drop"': 'DropDirectory="D:\\Mail\\Drop"'}))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 1  # TLS for all outbound mail cannot be said in mailroot
+    assert imported["delivery"]["auth"] == {"username": "relay@example.net"}
+    text = out.read_text()
+    assert "secret" not in text  # a password is never written
+    assert "RoutePassword — passwords are never imported" in text
+    assert "DropDirectory=D:\\Mail\\Drop" in text
+    err = capsys.readouterr().err
+    assert "TLS for all outbound mail" in err and "secret" not in err
+    assert main(["check", "-c", str(out)]) == 0

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
 import trustme
 
 from relay.cli import main
 from tests.test_delivery import REMOTE, delivery_config
+from tests.test_delivery_tls import server_tls
 
 
 @pytest.fixture
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def server_tls(ca: trustme.CA, name: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(name).configure_cert(context)
-    return context
 
 
 def lines_of(capsys) -> list[str]:

@@ -3,7 +3,6 @@ screen's live transcript, against the loopback DNS server and an aiosmtpd next h
 
 from __future__ import annotations
 
-import ssl
 import time
 
 import trustme
@@ -11,6 +10,7 @@ import trustme
 from relay import config as configmod
 from relay.store import QUEUE, Envelope, Mailroot, Recipient
 from tests.test_delivery import REMOTE, delivery_config
+from tests.test_delivery_tls import server_tls
 from tests.test_tui import SIZE, until
 from tui.app import ConsoleApp
 from tui.screens.probe import ProbeScreen
@@ -70,9 +70,7 @@ async def test_palette_route_and_enter_on_a_recipient_explains_it(write_config, 
 async def test_probe_screen_shows_the_transcript_live_and_sends_no_data(
         write_config, dns_server, sink, tmp_path):
     ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(f"mx.{REMOTE}").configure_cert(context)
-    hop = sink(tls=context)
+    hop = sink(tls=server_tls(ca, f"mx.{REMOTE}"))
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     path = write_config(delivery_config(dns_server, hop.port, ca_file=str(tmp_path / "ca.pem")))
     app = ConsoleApp(configmod.load(path), readonly=True)
