@@ -13,7 +13,6 @@ from pathlib import Path
 from relay import cli_admin, cli_iis
 from relay import config as configmod
 from relay.config import Config, ConfigError
-from relay.pickup import write_pickup
 from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
@@ -75,6 +74,8 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         return 2
     store = Mailroot(config.root)
     store.ensure()
+    from relay.pickup import write_pickup  # not loaded for the other commands
+
     name = write_pickup(store, build_message(args, config))
     print(f"Pickup/{name}")
     return 0

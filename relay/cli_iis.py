@@ -9,14 +9,17 @@ import json
 import sys
 from pathlib import Path
 
-from relay import explain, iis_import, metabase
 from relay.address import AddressError, parse_address
 from relay.config import Config, ConfigError
-from relay.settings import write_atomic
+
+# Each command imports what it needs when it runs: `mailroot queue` from cron stays quick.
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Exit 0 imported, 1 something important was not imported, 2 not a metabase / usage."""
+    from relay import iis_import, metabase
+    from relay.settings import write_atomic
+
     try:
         mb = metabase.parse(args.metabase)
         result = iis_import.import_server(mb, args.server)
@@ -55,6 +58,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace, config: Config) -> int:
     """Exit 0 deliverable now, 1 mail to the address would fail now, 2 not an address."""
+    from relay import explain
+
     try:
         result = asyncio.run(explain.explain(config, args.address))
     except explain.BadAddress as exc:
@@ -70,7 +75,7 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_probe(args: argparse.Namespace, config: Config) -> int:
     """Exit 0 when the first hop would take (or took) the mail, 1 otherwise, 2 bad usage."""
-    from relay.probe import Probe  # cryptography is loaded only for a probe
+    from relay.probe import Probe
 
     try:
         address = parse_address(args.address.strip().strip("<>"))
