@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from relay import config as configmod
 from relay import settings
@@ -48,6 +48,10 @@ from relay.store import (
     id_time,
     is_id,
 )
+
+if TYPE_CHECKING:
+    from relay.explain import Explanation
+    from relay.probe import Probe, Step
 
 
 @dataclass
@@ -623,6 +627,22 @@ class Admin:
 
     def audit(self) -> list[AuditEntry]:
         return self.audit_log.entries()
+
+    # --- where mail goes (`mailroot route` / `probe`, for the console) ---
+
+    async def route(self, address: str) -> tuple[Explanation, list[str]]:
+        """What the relay would do with mail to `address`, and the same as lines of text;
+        raises explain.BadAddress."""
+        from relay import explain  # it reads Queue and Hold through this API
+
+        result = await explain.explain(self.config, address)
+        return result, explain.render(result)
+
+    def prober(self, on_step: Callable[[Step], None]) -> Probe:
+        """A probe of an address's first hop (`check`) or a test message (`send`)."""
+        from relay.probe import Probe  # loads cryptography: only when probing
+
+        return Probe(self.config, on_step)
 
 
 def _restart(envelope: Envelope, now: float) -> None:

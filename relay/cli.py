@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from relay import cli_admin
+from relay import cli_admin, cli_iis
 from relay import config as configmod
 from relay.config import Config, ConfigError
-from relay.store import PICKUP, Mailroot, new_id
+from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
 
@@ -75,16 +74,9 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         return 2
     store = Mailroot(config.root)
     store.ensure()
-    data = build_message(args, config)
-    name = f"{new_id()}.eml"
-    tmp = store.folder(PICKUP) / f".{name}.tmp"  # dot-files in Pickup are never taken
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, store.folder(PICKUP) / name)
+    from relay.pickup import write_pickup  # not loaded for the other commands
+
+    name = write_pickup(store, build_message(args, config))
     print(f"Pickup/{name}")
     return 0
 
@@ -143,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
                                  "or the first line of stdin)")
     passwd.add_argument("user")
     cli_admin.add_parsers(sub, common)
+    cli_iis.add_parsers(sub, common)
     return top
 
 
@@ -152,12 +145,16 @@ COMMANDS = {"console": cmd_console, "serve": cmd_serve, "check": cmd_check, "sen
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in cli_iis.STANDALONE:
+        return cli_iis.STANDALONE[args.command](args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"mailroot: config error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "console"
+    if command in cli_iis.COMMANDS:
+        return cli_iis.COMMANDS[command](args, config)
     if command in cli_admin.COMMANDS:
         try:
             return cli_admin.run(command, args, config)

@@ -34,6 +34,7 @@ from tui.activity import activity_line
 from tui.commands import ConsoleCommands
 from tui.model import changed_ids
 from tui.screens.dashboard import VERBS, Dashboard
+from tui.screens.route import RouteCommands
 from tui.stats import Stats
 from tui.widgets.status import StatusBar
 
@@ -51,7 +52,7 @@ class MailrootChanged(Message):
 class ConsoleApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "mailroot"
-    COMMANDS = {ConsoleCommands}
+    COMMANDS = {ConsoleCommands, RouteCommands}
     ACTS = GLOBAL
     BINDINGS = bindings(GLOBAL)
 
