@@ -9,6 +9,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dkim
@@ -257,3 +258,36 @@ def test_keygen_needs_a_config_file(tmp_path):
                             env={**os.environ})
     assert result.returncode == 2 and "-c FILE" in result.stderr
     assert not list(tmp_path.glob("*.key"))
+
+
+async def test_settings_form_lists_keys_and_whether_each_record_is_published(
+        dns_server, write_config, tmp_path):
+    from relay.config import load
+    from tui.app import ConsoleApp
+    from tui.screens.settings import SettingsForm
+
+    published, record = make_key(tmp_path, "rsa-sha256", "r1")
+    unpublished, _ = make_key(tmp_path, "ed25519-sha256", "e1")
+    other, _ = make_key(tmp_path, "ed25519-sha256", "o1")
+    dns_server.txt(f"r1._domainkey.{DOMAIN}", record)
+    dns_server.txt("o1._domainkey.other.test", dkim_keys.record_value(
+        "ed25519-sha256", dkim_keys.generate("ed25519-sha256")))
+    config = write_config({
+        "dns": {"nameservers": ["127.0.0.1"], "port": dns_server.port, "timeout": "1s"},
+        "dkim": {DOMAIN: [dkim_block(published, "r1", "rsa-sha256"),
+                          dkim_block(unpublished, "e1", "ed25519-sha256")],
+                 "other.test": dkim_block(other, "o1", "ed25519-sha256")}})
+    app = ConsoleApp(load(config))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("c")
+        deadline = time.monotonic() + 10
+        while not isinstance(app.screen, SettingsForm) or any(
+                "checking DNS" in str(row.render()) for row in app.screen.query(".dkim-key")):
+            assert time.monotonic() < deadline, "the DKIM rows were not filled in"
+            await pilot.pause(0.05)
+        rows = [str(row.render()) for row in app.screen.query(".dkim-key")]
+    assert len(rows) == 3
+    assert DOMAIN in rows[0] and "r1" in rows[0] and "✓ published" in rows[0]
+    assert "e1" in rows[1] and "ed25519-sha256" in rows[1] and "✗ not published" in rows[1]
+    assert "other.test" in rows[2] and "✗ DNS has another key" in rows[2]
