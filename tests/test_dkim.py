@@ -291,3 +291,32 @@ async def test_settings_form_lists_keys_and_whether_each_record_is_published(
     assert DOMAIN in rows[0] and "r1" in rows[0] and "✓ published" in rows[0]
     assert "e1" in rows[1] and "ed25519-sha256" in rows[1] and "✗ not published" in rows[1]
     assert "other.test" in rows[2] and "✗ DNS has another key" in rows[2]
+
+
+def test_running_relay_keeps_its_last_good_key_and_takes_a_new_one_live(relay, dns_server,
+                                                                        sink, tmp_path):
+    hop = sink()
+    key, record = make_key(tmp_path, "ed25519-sha256", "s1")
+    dns_server.txt(f"s1._domainkey.{DOMAIN}", record)
+    r = relay({**delivery_config(dns_server, hop.port),
+               "dkim": {DOMAIN: dkim_block(key, "s1", "ed25519-sha256")}})
+    good = r.config.read_text()
+    r.config.write_text(good.replace(str(key), str(tmp_path / "gone.key")))
+    error = wait_for(lambda: events(r, "config-error"))[-1]["error"]
+    assert "gone.key" in error and f"dkim.{DOMAIN}.key_file" in error
+    drop_file(r.folder("Pickup"), "a.eml", message("x@remote.example", sender=f"app@{DOMAIN}"))
+    wait_for(lambda: hop.messages)
+    assert verified(hop.messages[0].data, dns_server)  # still signed, with the last good key
+    r.config.write_text(good)
+    wait_for(lambda: events(r, "config-reloaded"))
+    made = run("dkim", "keygen", "other.test", "--selector", "o1", "--algorithm", "ed25519",
+               config=r.config)
+    assert made.returncode == 0, made.stderr
+    name, rdata = re.fullmatch(r"(\S+) IN TXT (.+)", made.stdout.strip().splitlines()[-1]).groups()
+    dns_server.add(name, "TXT", rdata)
+    wait_for(lambda: len(events(r, "config-reloaded")) >= 2)
+    drop_file(r.folder("Pickup"), "b.eml", message("y@remote.example", sender="app@other.test"))
+    wait_for(lambda: len(hop.messages) == 2)
+    data = hop.messages[1].data
+    assert [(t["d"], t["s"]) for t in signature_tags(data)] == [("other.test", "o1")]
+    assert verified(data, dns_server)
