@@ -89,13 +89,11 @@ def add_key(domain: str, selector: str, key_file: str,
         if any(k.selector.lower() == selector.lower() for k in existing):
             raise ConfigError(f"{name} already has a key with selector {selector}",
                               key=f"dkim.{name}")
-        section = doc.section(["dkim"])
-        if not existing:
-            section[name] = block
-            return
-        written = section[doc._find(section, name)]
-        items = written if isinstance(written, list) else [written]
-        section[doc._find(section, name)] = [*items, block]
+        written = doc.get(["dkim", name])
+        if isinstance(written, list):
+            written.append(block)
+        else:  # a first key is a mapping; a second one makes the domain's entry a list
+            doc.set(["dkim", name], [written, block] if written else block)
     return change
 
 
