@@ -54,15 +54,11 @@ class Signature:
         return f"{self.domain} (selector {self.selector}, {self.algorithm or 'no algorithm'})"
 
 
-def config_key(config: Config, domain: str, index: int) -> str:
-    """The key path of one dkim entry, as errors name it."""
-    return f"dkim.{domain}[{index}]" if len(config.dkim[domain]) > 1 else f"dkim.{domain}"
-
-
 def load_key(config: Config, domain: str, index: int) -> LoadedKey:
     """Read one key and sign a probe with it; ConfigError naming the file and key if unusable."""
     entry: DkimKey = config.dkim[domain][index]
-    where = config_key(config, domain, index) + ".key_file"
+    where = (f"dkim.{domain}[{index}]" if len(config.dkim[domain]) > 1 else f"dkim.{domain}") + \
+        ".key_file"
     path = Path(entry.key_file)
     if not path.is_absolute() and config.source:
         path = Path(config.source).parent / path
@@ -130,7 +126,8 @@ class Signer:
         """Prepend a DKIM-Signature per key of the message's domain, unless it already has one
         for that domain; return the signatures added."""
         domain = self.domain_for(message)
-        if domain is None or any(s.domain == domain for s in signatures_in(message.get_all("dkim-signature"))):
+        present_signatures = signatures_in(message.get_all("dkim-signature"))
+        if domain is None or any(s.domain == domain for s in present_signatures):
             return []
         data = message.to_bytes()
         present = {Message.name_of(f) for f in message.fields}
