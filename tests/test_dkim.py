@@ -320,3 +320,22 @@ def test_running_relay_keeps_its_last_good_key_and_takes_a_new_one_live(relay, d
     data = hop.messages[1].data
     assert [(t["d"], t["s"]) for t in signature_tags(data)] == [("other.test", "o1")]
     assert verified(data, dns_server)
+
+
+@pytest.mark.parametrize(("text", "key", "line", "words"), [
+    ("dkim:\n  a.test:\n    key_file: /k\n", "dkim.a.test.selector", 2, "selector"),
+    ("dkim:\n  a.test:\n    selector: s1\n", "dkim.a.test.key_file", 2, "is required"),
+    ("dkim:\n  a.test:\n    selector: s1\n    key_file: /k\n    algorithm: rsa\n",
+     "dkim.a.test.algorithm", 5, "must be one of rsa-sha256, ed25519-sha256"),
+    ("dkim:\n  a.test:\n    - {selector: s1, key_file: /k}\n    - {selector: S1, key_file: /j}\n",
+     "dkim.a.test[1].selector", 4, "given twice"),
+    ("dkim:\n  a.test:\n    selector: s1\n    key_file: /k\n    bits: 2048\n",
+     "dkim.a.test.bits", 5, "unknown key"),
+])
+def test_dkim_config_errors_name_key_and_line(text, key, line, words):
+    from relay.config import ConfigError, parse
+
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "m.yaml")
+    assert (caught.value.key, caught.value.line) == (key, line)
+    assert words in caught.value.reason
