@@ -10,9 +10,10 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from relay import cli_admin, cli_iis
+from relay import cli_admin, cli_dkim, cli_iis
 from relay import config as configmod
 from relay.config import Config, ConfigError
+from relay.dkim import load_keys
 from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
@@ -31,7 +32,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
     try:
         asyncio.run(serve(config))
-    except (AlreadyRunning, ListenError) as exc:
+    except (AlreadyRunning, ListenError, ConfigError) as exc:  # ConfigError: a DKIM key
         print(f"mailroot: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -44,6 +45,11 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    try:
+        load_keys(config)  # read and try every DKIM key, as the relay does at start
+    except ConfigError as exc:
+        print(f"mailroot: config error: {exc}", file=sys.stderr)
+        return 2
     print(f"# {config.source or 'defaults (no config file)'}: OK")
     rows = configmod.describe(config)
     width = max(len(key) for key, _, _ in rows)
@@ -136,11 +142,12 @@ def parser() -> argparse.ArgumentParser:
     passwd.add_argument("user")
     cli_admin.add_parsers(sub, common)
     cli_iis.add_parsers(sub, common)
+    cli_dkim.add_parsers(sub, common)
     return top
 
 
 COMMANDS = {"console": cmd_console, "serve": cmd_serve, "check": cmd_check, "send": cmd_send,
-            "passwd": cmd_passwd}
+            "passwd": cmd_passwd, "dkim": cli_dkim.cmd_dkim}
 
 
 def main(argv: list[str] | None = None) -> int:
