@@ -115,11 +115,15 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: ./{DEFAULT_CONFIG} if present)"
+    # -c may come before or after the command: the command's own -c only counts when given,
+    # so `mailroot -c FILE check` is not undone by check's default
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE",
-                        help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
-    top = argparse.ArgumentParser(prog="mailroot", parents=[common],
+    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=config_help)
+    top = argparse.ArgumentParser(prog="mailroot",
                                   description="A mail relay built around the IIS mailroot.")
+    top.add_argument("-c", "--config", metavar="FILE", help=config_help)
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     console = sub.add_parser("console", parents=[common],
                              help="the operator console (the default with no command)")

@@ -69,6 +69,7 @@ class Intake:
     def __init__(self, config: Config, store: Mailroot, signing: bool = True) -> None:
         self.store = store
         self.signing = signing  # False: never accepts mail (the operator API routes only)
+        self.on_queued: Callable[[str], None] | None = None  # called (from any thread) per Queue entry
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -78,7 +79,6 @@ class Intake:
         self.signer = Signer(load_keys(config) if self.signing else {})
         self.config = config
         self.router = Router(config)
-        self.on_queued: Callable[[str], None] | None = None  # called (from any thread) per Queue entry
 
     def prepare(self, sub: Submission) -> tuple[str, list[str], Message]:
         """Validate limits and envelope; return the cleaned envelope and the message."""
