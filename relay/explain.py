@@ -42,6 +42,7 @@ class Waiting:
     attempts: int
     next_attempt: float | None
     reply: str
+    signed_by: list[str] = field(default_factory=list)  # its DKIM signatures, "" if none
 
 
 @dataclass
@@ -199,9 +200,10 @@ def _waiting(config: Config, address: str) -> list[Waiting]:
         for row in admin.list_folder(folder):
             for rcpt in row.recipients:
                 if rcpt.address.lower() == wanted:
+                    signed = [str(s) for s in admin.show(row.id).signatures]
                     found.append(Waiting(row.id, folder, "held" if folder == HOLD
                                          else rcpt.state, row.attempts, row.next_attempt,
-                                         rcpt.reply or ""))
+                                         rcpt.reply or "", signed))
     return found
 
 
@@ -237,6 +239,8 @@ def render(result: Explanation, now: float | None = None) -> list[str]:
         reply = f": {wait.reply}" if wait.reply else ""
         lines.append(f"  {'waiting':<12}{wait.id} in {wait.folder}: {wait.state}, "
                      f"{wait.attempts} attempt(s){due}{reply}")
+        lines.append(f"  {'':<12}" + ("signed by " + "; ".join(wait.signed_by)
+                                       if wait.signed_by else "not signed (DKIM)"))
     lines.append(f"  {'verdict':<12}" + (f"would fail now: {result.fails}" if result.fails
                                           else "deliverable now"))
     return lines

@@ -118,11 +118,20 @@ def test_mail_waiting_in_queue_shows_its_state_and_next_attempt(route, tmp_path)
                         [Recipient("kim@broken.test", "deferred", "4.4.3", "451 try later")],
                         now - 60, size=5, next_attempt=now + 600)
     store.commit(store.enqueue_ops(QUEUE, envelope, b"hi\r\n"))
+    signed = Envelope("01JAAAAAAAAAAAAB", "app@example.com",
+                      [Recipient("kim@broken.test", "pending")], now - 30, size=0)
+    store.commit(store.enqueue_ops(QUEUE, signed, (
+        b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=example.com;\r\n"
+        b" s=mail2026; h=from; bh=AAAA; b=BBBB\r\nFrom: app@example.com\r\n\r\nhi\r\n")))
     code, data, text = route("kim@broken.test")
     assert code == 1  # NXDOMAIN: broken.test is not in the zone
     assert data["waiting"][0]["state"] == "deferred"
     assert data["waiting"][0]["next_attempt"] == pytest.approx(now + 600)
     assert "01JAAAAAAAAAAAAA in Queue: deferred" in text and "451 try later" in text
+    assert data["waiting"][0]["signed_by"] == []
+    assert data["waiting"][1]["signed_by"] == ["example.com (selector mail2026, ed25519-sha256)"]
+    assert "signed by example.com (selector mail2026, ed25519-sha256)" in text
+    assert "not signed (DKIM)" in text
 
 
 def test_not_an_address_is_bad_usage(write_config) -> None:
