@@ -21,7 +21,7 @@ from bench.sink import Sink
 from bench.workloads import Context, Params, all_workloads
 
 QUICK = Params(smtp_count=300, big_count=60, pickup_count=300, latency_samples=10,
-               queue_count=5000, idle_seconds=3.0, console_seconds=3.0)
+               queue_count=5000, idle_seconds=3.0, console_seconds=3.0, dkim_count=200)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import console
+from bench import console, dkim
 from bench import postfix as postfixmod
 from bench.core import Workload, spread
 from bench.load import RECIPIENT, fill_pickup, free_port, message, smtp_load, smtp_one
@@ -36,6 +36,7 @@ class Params:
     idle_seconds: float = 30.0
     console_rate: float = 200.0  # Pickup files per second while the console runs
     console_seconds: float = 10.0
+    dkim_count: int = 300  # messages through intake per DKIM system and run
 
 
 @dataclass
@@ -272,4 +273,5 @@ def all_workloads(params: Params) -> list[Workload]:
                  ["mailroot"], scale_queue_listing),
         Workload(f"console with {params.queue_count} queued, Pickup intake "
                  f"{params.console_rate:g} msg/s", ["mailroot"], console_scale),
+        dkim.workload(params.dkim_count),
     ]

@@ -15,14 +15,15 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from relay import config as configmod
-from relay import settings
+from relay import dkim_keys, settings
 from relay.address import domain_of
 from relay.audit import AuditEntry, AuditLog
 from relay.bounce import SEPARATOR, read_reason
 from relay.config import Config, ConfigError, RemoteDomain
+from relay.dkim import Signature, signatures_in
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
 from relay.message import Message, MessageError
@@ -49,6 +50,10 @@ from relay.store import (
     id_time,
     is_id,
 )
+
+if TYPE_CHECKING:
+    from relay.explain import Explanation
+    from relay.probe import Probe, Step
 
 
 @dataclass
@@ -94,6 +99,7 @@ class MessageDetail:
     report: str = ""  # Badmail: the readable head of the .BAD file
     delay_notice_at: float | None = None
     expires_at: float | None = None
+    signatures: list[Signature] = field(default_factory=list)  # its DKIM-Signature fields
 
 
 class NotFound(LookupError):
@@ -164,7 +170,7 @@ class Admin:
     def __init__(self, config: Config, wait: float = 2.0) -> None:
         self.config = config
         self.store = Mailroot(config.root)
-        self.intake = Intake(config, self.store)
+        self.intake = Intake(config, self.store, signing=False)
         self.audit_log = AuditLog(self.store.log_dir)
         self.events = EventLog(self.store.log_dir, stream=None)
         self.wait = wait  # how long an action waits for a message the relay is working on
@@ -273,7 +279,9 @@ class Admin:
             body = part.get_content() if part is not None else ""
         except (KeyError, LookupError, ValueError):
             body = data.split(b"\r\n\r\n", 1)[-1].decode("utf-8", "replace")
-        detail = MessageDetail(summary=summary, headers=headers, body_text=body)
+        detail = MessageDetail(summary=summary, headers=headers, body_text=body,
+                               signatures=signatures_in(
+                                   [v for k, v in headers if k.lower() == "dkim-signature"]))
         if folder in (QUEUE, HOLD, BADMAIL) and self.store.path(folder, message_id,
                                                                 ".env").exists():
             env: Envelope = self.store.read_envelope(folder, message_id)
@@ -641,8 +649,33 @@ class Admin:
 
     # --- the audit log ---
 
+    def add_dkim_key(self, domain: str, selector: str, key_file: str, algorithm: str) -> Config:
+        """Sign `domain`'s mail with one more key (its file already written)."""
+        return self._edit("dkim-add-key", dkim_keys.add_key(domain, selector, key_file, algorithm),
+                          domain=domain, selector=selector, key_file=key_file)
+
+    def dkim_records(self, domain: str | None = None) -> list[dkim_keys.RecordCheck]:
+        """Whether each DKIM key's record is published in DNS and matches the key."""
+        return dkim_keys.check(self._current(), domain)
+
     def audit(self) -> list[AuditEntry]:
         return self.audit_log.entries()
+
+    # --- where mail goes (`mailroot route` / `probe`, for the console) ---
+
+    async def route(self, address: str) -> tuple[Explanation, list[str]]:
+        """What the relay would do with mail to `address`, and the same as lines of text;
+        raises explain.BadAddress."""
+        from relay import explain  # it reads Queue and Hold through this API
+
+        result = await explain.explain(self.config, address)
+        return result, explain.render(result)
+
+    def prober(self, on_step: Callable[[Step], None]) -> Probe:
+        """A probe of an address's first hop (`check`) or a test message (`send`)."""
+        from relay.probe import Probe  # loads cryptography: only when probing
+
+        return Probe(self.config, on_step)
 
 
 def _restart(envelope: Envelope, now: float) -> None:

@@ -11,10 +11,11 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from relay import cli_admin
+from relay import cli_admin, cli_dkim, cli_iis
 from relay import config as configmod
 from relay.config import Config, ConfigError
-from relay.store import PICKUP, Mailroot, new_id
+from relay.dkim import load_keys
+from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
 
@@ -32,7 +33,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
     try:
         asyncio.run(serve(config))
-    except (AlreadyRunning, ListenError) as exc:
+    except (AlreadyRunning, ListenError, ConfigError) as exc:  # ConfigError: a DKIM key
         print(f"mailroot: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -45,6 +46,11 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    try:
+        load_keys(config)  # read and try every DKIM key, as the relay does at start
+    except ConfigError as exc:
+        print(f"mailroot: config error: {exc}", file=sys.stderr)
+        return 2
     print(f"# {config.source or 'defaults (no config file)'}: OK")
     rows = configmod.describe(config)
     width = max(len(key) for key, _, _ in rows)
@@ -75,16 +81,9 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         return 2
     store = Mailroot(config.root)
     store.ensure()
-    data = build_message(args, config)
-    name = f"{new_id()}.eml"
-    tmp = store.folder(PICKUP) / f".{name}.tmp"  # dot-files in Pickup are never taken
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, store.folder(PICKUP) / name)
+    from relay.pickup import write_pickup  # not loaded for the other commands
+
+    name = write_pickup(store, build_message(args, config))
     print(f"Pickup/{name}")
     return 0
 
@@ -117,11 +116,15 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: ./{DEFAULT_CONFIG} if present)"
+    # -c may come before or after the command: the command's own -c only counts when given,
+    # so `mailroot -c FILE check` is not undone by check's default
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE",
-                        help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
-    top = argparse.ArgumentParser(prog="mailroot", parents=[common],
+    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=config_help)
+    top = argparse.ArgumentParser(prog="mailroot",
                                   description="A mail relay built around the IIS mailroot.")
+    top.add_argument("-c", "--config", metavar="FILE", help=config_help)
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     console = sub.add_parser("console", parents=[common],
                              help="the operator console (the default with no command)")
@@ -143,15 +146,19 @@ def parser() -> argparse.ArgumentParser:
                                  "or the first line of stdin)")
     passwd.add_argument("user")
     cli_admin.add_parsers(sub, common)
+    cli_iis.add_parsers(sub, common)
+    cli_dkim.add_parsers(sub, common)
     return top
 
 
 COMMANDS = {"console": cmd_console, "serve": cmd_serve, "check": cmd_check, "send": cmd_send,
-            "passwd": cmd_passwd}
+            "passwd": cmd_passwd, "dkim": cli_dkim.cmd_dkim}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in cli_iis.STANDALONE:
+        return cli_iis.STANDALONE[args.command](args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(command: str, args: argparse.Namespace, config: Config) -> int:
+    if command in cli_iis.COMMANDS:
+        return cli_iis.COMMANDS[command](args, config)
     if command in cli_admin.COMMANDS:
         try:
             return cli_admin.run(command, args, config)

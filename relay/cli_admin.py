@@ -87,6 +87,7 @@ def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
             print(f"{label + ':':<11}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stamp))}")
     if detail.reason:
         print(f"Reason:    {detail.reason}")
+    print(f"Signed by: {', '.join(map(str, detail.signatures)) or 'not DKIM-signed'}")
     print("Recipients:")
     for line in format_row(row)[1:]:
         if line.startswith("    <"):

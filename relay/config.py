@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 TlsPolicy = Literal["none", "may", "require", "verify"]
+DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
 
 
 class ConfigError(Exception):
@@ -107,6 +108,10 @@ class HostPort:
 
 DOMAIN_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
                        r"(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+SELECTOR_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 class Domain(str):
@@ -267,6 +272,13 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class DkimKey:
+    selector: str = setting("", "the key's DNS record is SELECTOR._domainkey.DOMAIN")
+    key_file: str = setting("", "the private key (PEM for rsa, base64 seed for ed25519)")
+    algorithm: DkimAlgorithm = setting("rsa-sha256", "rsa-sha256 or ed25519-sha256")
+
+
+@dataclass(frozen=True)
 class Config:
     mailroot: str = setting("./mailroot", "the mailroot folder")
     hostname: str | None = setting(None, "FQDN for EHLO, Received and Reporting-MTA")
@@ -276,6 +288,8 @@ class Config:
     dns: Dns = setting(Dns())
     pickup: Pickup = setting(Pickup())
     admin: Admin = setting(Admin())
+    dkim: dict[Domain, list[DkimKey]] = setting(
+        {}, "DKIM signing keys by sender domain (a mapping, or a list of them to dual-sign)")
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
 
     @property
@@ -326,6 +340,8 @@ class _Loader:
         if origin is list:
             if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
                 return []
+            if isinstance(node, yaml.MappingNode) and dataclasses.is_dataclass(args[0]):
+                return [self.section(node, args[0], key)]  # one section: a list of one
             if not isinstance(node, yaml.SequenceNode):
                 raise self.error(node, key, "expected a list")
             for i, item in enumerate(node.value):
@@ -440,6 +456,27 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
         raise fail("smtp.tls", "set both cert and key, or neither")
     if config.smtp.tls.require and not config.smtp.tls.cert:
         raise fail("smtp.tls.require", "STARTTLS can't be required without smtp.tls.cert/key")
+    for domain, keys in config.dkim.items():
+        prefix = written.get(f"dkim.{domain}", f"dkim.{domain}")
+        if not keys:
+            raise fail(prefix, "give a selector and key_file, or remove the domain")
+        selectors: set[str] = set()
+        for i, key in enumerate(keys):
+            where = f"{prefix}[{i}]" if f"{prefix}[{i}]" in lines else prefix
+
+            def fail_at(name: str, message: str, where: str = where) -> ConfigError:
+                path = f"{where}.{name}"
+                return ConfigError(message, file=file, key=path,
+                                   line=lines.get(path, lines.get(where)))
+
+            if not SELECTOR_RE.fullmatch(key.selector):
+                raise fail_at("selector", "a selector (DNS labels, like mail2026) is required, "
+                                          f"not {key.selector!r}")
+            if key.selector.lower() in selectors:
+                raise fail_at("selector", f"selector {key.selector} is given twice")
+            selectors.add(key.selector.lower())
+            if not key.key_file:
+                raise fail_at("key_file", "the private key's file is required")
 
 
 def load(path: str | Path | None) -> Config:
@@ -481,7 +518,9 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
                 if not value:
                     rows.append((path, "{}", f.metadata.get("doc", "")))
                 for name, sub in value.items():
-                    walk(sub, f"{path}.{name}.")
+                    items = sub if isinstance(sub, list) else [sub]
+                    for i, item in enumerate(items):
+                        walk(item, f"{path}.{name}{f'[{i}]' if len(items) > 1 else ''}.")
             else:
                 rows.append((path, show(value), f.metadata.get("doc", "")))
 
@@ -502,7 +541,10 @@ def key_paths(cls: type = Config, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp) and tp not in PARSED_TYPES:
             paths += key_paths(tp, path + ".")
         elif typing.get_origin(tp) is dict:
-            paths += key_paths(typing.get_args(tp)[1], path + ".<domain>.")
+            item = typing.get_args(tp)[1]
+            if typing.get_origin(item) is list:  # dkim: one or more sections per domain
+                item = typing.get_args(item)[0]
+            paths += key_paths(item, path + ".<domain>.")
         else:
             paths.append(path)
     return paths

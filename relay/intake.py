@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from relay.address import AddressError, parse_address
 from relay.config import Config
+from relay.dkim import Signer, SigningError, load_keys
 from relay.message import Message, MessageError, format_date, normalize_line_ends, wrap_received
 from relay.router import Router
 from relay.store import DROP, QUEUE, Envelope, Mailroot, Op, Recipient, Write, checksum, new_id
@@ -65,15 +66,19 @@ def clean_envelope(sender: str, recipients: list[str], max_recipients: int) -> t
 
 
 class Intake:
-    def __init__(self, config: Config, store: Mailroot) -> None:
+    def __init__(self, config: Config, store: Mailroot, signing: bool = True) -> None:
         self.store = store
+        self.signing = signing  # False: never accepts mail (the operator API routes only)
+        self.on_queued: Callable[[str], None] | None = None  # called (from any thread) per Queue entry
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
-        """Use a new config from the next message on (local domains, limits)."""
+        """Use a new config from the next message on (local domains, limits, DKIM keys).
+
+        Raises ConfigError, with nothing changed, when a DKIM key is unusable."""
+        self.signer = Signer(load_keys(config) if self.signing else {})
         self.config = config
         self.router = Router(config)
-        self.on_queued: Callable[[str], None] | None = None  # called (from any thread) per Queue entry
 
     def prepare(self, sub: Submission, limits: bool = True) -> tuple[str, list[str], Message]:
         """Validate limits (size, hop count; unless an operator forces them) and envelope;
@@ -122,6 +127,10 @@ class Intake:
         sender, recipients, message = self.prepare(sub, limits)
         now = time.time()
         message.prepend("Received", self.received_header(sub, recipients, now))
+        try:
+            self.signer.sign(message)
+        except SigningError as exc:
+            raise Rejected(f"DKIM signing failed: {exc}", 451, "4.7.0") from None
         data = message.to_bytes()
         local, remote = self.router.split(recipients)
         mid = sub.message_id

@@ -93,6 +93,21 @@ def parse_pickup(raw: bytes) -> Parsed:
     return Parsed(sender, receivers, message.to_bytes())
 
 
+def write_pickup(store: Mailroot, data: bytes) -> str:
+    """Put a message into Pickup as a careful producer does (a dot-file, fsync, rename), so
+    the relay never sees it half written; returns its name in Pickup."""
+    name = f"{new_id()}.eml"
+    tmp = store.folder(PICKUP) / f".{name}.tmp"  # dot-files in Pickup are never taken
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, store.folder(PICKUP) / name)
+    return name
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100]
 

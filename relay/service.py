@@ -71,8 +71,8 @@ class Relay:
         if config.root.absolute() != self.config.root.absolute():
             raise ConfigError("mailroot cannot change while the relay runs: restart it",
                               file=config.source, key="mailroot")
+        self.intake.reconfigure(config)  # first: a bad DKIM key raises with nothing changed
         self.config = config
-        self.intake.reconfigure(config)
         self.pickup.config = config
         self.scheduler.reconfigure(config)
         self.smtpd.reconfigure(config)

@@ -1,8 +1,9 @@
 """A small authoritative DNS server on loopback (UDP and TCP), for resolver and delivery tests.
 
 Zone data is set per test: `dns.mx("partner.test", (10, "mx.partner.test"))`,
-`dns.a("mx.partner.test", "127.0.0.1")`, `dns.nxdomain(...)`, `dns.servfail(...)`,
-`dns.silent(...)` (never answers: a timeout).  Any other name is NXDOMAIN.
+`dns.a("mx.partner.test", "127.0.0.1")`, `dns.txt("s._domainkey.a.test", "v=DKIM1; ...")`,
+`dns.add(name, "TXT", '"one" "two"')` (any type, as zone file rdata), `dns.nxdomain(...)`,
+`dns.servfail(...)`, `dns.silent(...)` (never answers: a timeout).  Any other name is NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class DnsServer:
 
     def aaaa(self, name: str, *addresses: str) -> None:
         self.add(name, "AAAA", *addresses)
+
+    def txt(self, name: str, *values: str) -> None:
+        """One TXT record per value, split in 255-byte strings as zone files write them."""
+        self.add(name, "TXT", *(" ".join(f'"{v[i:i + 255]}"' for i in range(0, len(v), 255))
+                                for v in values))
 
     def exists(self, name: str) -> None:
         """The name exists but has no records of any asked type."""

@@ -93,3 +93,22 @@ def test_check_prints_effective_settings(tmp_path: Path) -> None:
     out = run_check(path).stdout
     assert "delivery.retry" in out and "[1s, 1s, 1s, 1s]" in out
     assert "domains.local.default" in out and "mx.test" in out
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_config_option_counts_before_or_after_the_command(tmp_path: Path, order: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("delivery:\n  retry: [15m\n")
+    args = ["-c", str(path), "check"] if order == "before" else ["check", "-c", str(path)]
+    result = subprocess.run([sys.executable, "-m", "relay.cli", *args],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+def test_a_reloaded_config_still_hands_new_queue_entries_to_the_scheduler(
+        write_config) -> None:
+    from relay.service import Relay
+    config = cfg.load(write_config())
+    relay = Relay(config, stream=None)
+    relay.apply_config(cfg.load(write_config({"delivery": {"retry": ["1s"] * 4}})))
+    assert relay.intake.on_queued == relay.scheduler.notify

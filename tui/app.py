@@ -27,7 +27,7 @@ from textual.widgets import Static
 from watchfiles import awatch
 
 from relay.admin import Admin
-from relay.config import Config
+from relay.config import Config, ConfigError
 from relay.events import LOG_NAME, events_since, read_events
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
@@ -37,6 +37,7 @@ from tui.activity import activity_line
 from tui.commands import ConsoleCommands
 from tui.model import changed_ids
 from tui.screens.dashboard import VERBS, Dashboard
+from tui.screens.route import RouteCommands
 from tui.stats import HOUR, Stats
 from tui.theme import THEME
 from tui.widgets.status import StatusBar
@@ -54,7 +55,7 @@ class MailrootChanged(Message):
 class ConsoleApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "mailroot"
-    COMMANDS = {ConsoleCommands}
+    COMMANDS = {ConsoleCommands, RouteCommands}
     ACTS = GLOBAL
     BINDINGS = bindings(GLOBAL)
 
@@ -110,13 +111,13 @@ class ConsoleApp(App):
             self._relay_start = asyncio.create_task(self.start_relay())
 
     async def start_relay(self) -> None:
-        relay = Relay(self.config, stream=None)
         try:
+            relay = Relay(self.config, stream=None)
             await relay.start()
             self.relay = relay
         except AlreadyRunning:
             self.holder = lock_holder(self.store)
-        except ListenError as exc:  # e.g. the port is taken: show it, keep the console usable
+        except (ListenError, ConfigError) as exc:  # a taken port, a bad DKIM key: show it
             self.relay_error = str(exc)
             self.notify(f"The relay did not start: {exc}", severity="error", timeout=30,
                         markup=False)

@@ -66,6 +66,8 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
         reply = f"  {rcpt.reply}" if rcpt.reply else ""
         field(text, "to", f"<{rcpt.address}>  {rcpt.state}{status}{reply}")
     field(text, "size", f"{row.size} bytes")
+    field(text, "signed by", ", ".join(map(str, detail.signatures)) or "not DKIM-signed",
+          "" if detail.signatures else MUTED)
     field(text, "received", f"{stamp(row.received)} ({ago(now - row.received)} ago)")
     if row.next_attempt is not None:
         field(text, "next retry", f"{until(row.next_attempt, now)}  ({stamp(row.next_attempt)})")

@@ -1,6 +1,7 @@
 """The delivery-settings form: every delivery.* key and hostname, grouped like the IIS Delivery
-and Messages tabs. Bad values are flagged as they are typed; Save applies all changes in one
-validated write through the operator API; Cancel discards them."""
+and Messages tabs (then the DKIM keys and their DNS state). Bad values are flagged as they are
+typed; Save applies all changes in one validated write through the operator API; Cancel
+discards them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tui.actions import SETTINGS, Guarded, bindings
 from tui.fields import GROUPS, Field, fields_for
 from tui.theme import MUTED
 from tui.widgets.checkbox import FormCheckbox
+from tui.widgets.dkim_status import DkimSection
 from tui.widgets.keybar import KeyBar
 from tui.widgets.textbox import TextBox
 
@@ -48,6 +50,7 @@ class SettingsForm(Guarded, Screen):
                 yield Static(title, classes="group", markup=False)
                 for key in keys:
                     yield from self.row(self.fields[key])
+            yield DkimSection()
             yield Static(id="form-errors", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Save", id="save", variant="primary",

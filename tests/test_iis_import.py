@@ -1,0 +1,209 @@
+"""Issue 14: `mailroot import-iis` on MetaBase.xml files written from Microsoft's metabase
+property reference; each imported config is compared key by key and passes `mailroot check`."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import yaml
+
+from relay import metabase
+from relay.cli import main
+from relay.config import Config
+from tests.conftest import drop_file, sample, wait_for
+
+HERE = Path(__file__).resolve().parent / "metabase"
+R = 0x80000000
+
+
+def run_import(tmp_path: Path, source: Path | str, *extra: str) -> tuple[int, dict, Path]:
+    out = tmp_path / "imported.yaml"
+    code = main(["import-iis", str(source), "-o", str(out), *extra])
+    return code, (yaml.safe_load(out.read_text()) if out.exists() else {}), out
+
+
+def metabase_text(name: str, **replace: str) -> str:
+    text = (HERE / name).read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_default_install_imports_to_mailroot_defaults(tmp_path, capsys) -> None:
+    code, imported, out = run_import(tmp_path, HERE / "default.xml")
+    assert code == 0
+    # The machine's own names and the binding are all that differ from mailroot's defaults:
+    # 2048 KB messages, 15/30/60/240 minute retries, 12 h / 2 d expiry... are not written.
+    assert imported == {"domains": {"local": {"default": "win2003.example.local"}},
+                        "smtp": {"listen": ["0.0.0.0:25"]}}
+    text = out.read_text()
+    assert "ServerComment=Default SMTP Virtual Server — a label only" in text
+    assert "# IIS ServerBindings=:25:" in text
+    err = capsys.readouterr().err
+    assert "not imported: EnableReverseDnsLookup=FALSE" in err
+    assert main(["check", "-c", str(out)]) == 0
+
+
+def test_smart_host_with_direct_delivery_first(tmp_path) -> None:
+    code, imported, out = run_import(tmp_path, HERE / "smarthost.xml")
+    assert code == 0
+    assert imported == {
+        "hostname": "mail.example.local",
+        "domains": {"local": {"default": "win2003.example.local"}},
+        "delivery": {"smarthost": "smarthost.example.net", "attempt_direct_first": True},
+        "smtp": {"listen": ["0.0.0.0:25"]},
+    }
+    assert main(["check", "-c", str(out)]) == 0
+
+
+def test_aliases_remote_domain_retries_limits_and_relay_list(tmp_path, capsys) -> None:
+    code, imported, out = run_import(tmp_path, HERE / "full.xml")
+    assert code == 0, capsys.readouterr().err
+    assert imported == {
+        "domains": {
+            "local": {"default": "example.com", "aliases": ["example.net", "example.org"]},
+            "remote": {"partner.example": {"smarthost": "relay.partner.example",
+                                           "tls": "require"}},
+        },
+        "delivery": {
+            "retry": ["5m", "10m", "30m", "1h"],  # the server's own, not the service's
+            "delay_notification": "4h", "expiration": "1d", "max_hop_count": 30,
+            "max_connections_per_domain": 20, "timeout": "2m",
+            "ndr_copy_to": "postmaster@example.com", "masquerade_domain": "example.com",
+        },
+        "smtp": {
+            "listen": ["192.168.10.5:25", "127.0.0.1:2525"],
+            "relay": {"allow": ["192.168.10.25/32", "10.1.0.0/16"],
+                      "allow_authenticated": False},
+            "max_message_size": "10MiB", "max_session_size": "50MiB", "max_recipients": 500,
+            "timeout": "5m",
+        },
+    }
+    err = capsys.readouterr().err
+    assert "not imported: AllowVerify=TRUE — VRFY is never offered" in err
+    assert "--server 2" in err
+    assert "AllowVerify=TRUE — VRFY is never offered" in out.read_text()
+    assert main(["check", "-c", str(out)]) == 0
+
+
+def test_second_virtual_server_by_number(tmp_path) -> None:
+    code, imported, _ = run_import(tmp_path, HERE / "full.xml", "--server", "2")
+    assert code == 0
+    assert imported["smtp"]["listen"] == ["0.0.0.0:587"]
+    assert "relay" not in imported["smtp"]  # the other server's relay list is not this one's
+    assert main(["import-iis", str(HERE / "full.xml"), "--server", "7", "--dry-run"]) == 2
+
+
+def test_relay_list_in_the_published_layout() -> None:
+    """The bytes a published WMI script writes for "only the list below" with 127.0.0.1."""
+    block = bytearray(struct.pack("<20I", R | 24, R | 32, R | 60, R | 68, 1, 76, 0, 0, 1, 0,
+                                  2, 1, 4, 0, R | 76, 0, 0, 0, 0, 0xFFFFFFFF))
+    block[36] += 1  # one address in the grant list
+    block[44] += 1  # one more item in its entry (after the mask)
+    decoded = metabase.relay_list((bytes(block) + bytes([127, 0, 0, 1])).hex())
+    assert decoded.grant == ["127.0.0.1/32"]
+
+
+def _deny_list() -> str:
+    """"All except the list below": 10.0.0.0/8 in the deny list."""
+    return (struct.pack("<6I", R | 24, R | 52, R | 60, R | 68, 1, 76)
+            + struct.pack("<2I", 1, 1) + struct.pack("<5I", 2, 2, 1, 0, R | 76)
+            + struct.pack("<6I", 0, 0, 0, 0, 0, 0) + bytes([255, 0, 0, 0, 10, 0, 0, 0])).hex()
+
+
+def test_a_deny_list_imports_no_relay_list_and_says_so(tmp_path, capsys) -> None:
+    raw = _deny_list().upper()
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text("full.xml", **{
+        'RelayIpList="': f'RelayIpList="{raw}" Old="'}))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 1
+    assert "allow" not in imported["smtp"]["relay"]  # nobody relays by address
+    assert imported["smtp"]["relay"]["allow_authenticated"] is False
+    err = capsys.readouterr().err
+    assert "problem: RelayIpList=" in err and "mailroot has no deny list" in err
+    assert raw in out.read_text()  # the raw value is kept in a comment
+    assert main(["check", "-c", str(out)]) == 0
+
+
+def test_unknown_route_action_bits_are_a_problem(tmp_path, capsys) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text("full.xml", **{'RouteAction="6"': 'RouteAction="134217734"'}))
+    code, imported, _ = run_import(tmp_path, source)
+    assert code == 1
+    assert "remote" not in imported["domains"]
+    assert "unknown RouteAction bits 0x8000000" in capsys.readouterr().err
+
+
+def test_not_a_metabase_exits_2_naming_the_line(tmp_path, capsys) -> None:
+    broken = tmp_path / "broken.xml"
+    broken.write_text('<?xml version="1.0"?>\n<configuration>\n<IIsSmtpService Location=/>\n')
+    assert main(["import-iis", str(broken), "--dry-run"]) == 2
+    assert f"{broken}:3:" in capsys.readouterr().err
+    other = tmp_path / "web.config"
+    other.write_text('<?xml version="1.0"?>\n<configuration><system.web/></configuration>\n')
+    assert main(["import-iis", str(other), "--dry-run"]) == 2
+    assert "no IIsSmtpService" in capsys.readouterr().err
+
+
+def test_an_existing_config_is_not_replaced_without_force(tmp_path) -> None:
+    out = tmp_path / "mailroot.yaml"
+    out.write_text("hostname: mine.example\n")
+    assert main(["import-iis", str(HERE / "default.xml"), "-o", str(out)]) == 2
+    assert out.read_text() == "hostname: mine.example\n"
+    assert main(["import-iis", str(HERE / "default.xml"), "-o", str(out), "--force"]) == 0
+    assert "win2003.example.local" in out.read_text()
+
+
+def test_a_relay_on_an_imported_config_delivers_to_drop_and_the_smart_host(
+        tmp_path, sink) -> None:
+    from relay.settings import ConfigFile, set_values
+    from tests.conftest import RelayProcess
+
+    hop = sink()
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text(
+        "default.xml", **{'SmartHostType="0"': 'SmartHostType="2" SmartHost="[127.0.0.1]"',
+                          'RemoteSmtpPort="25"': f'RemoteSmtpPort="{hop.port}"',
+                          'ServerBindings=":25:"': 'ServerBindings="127.0.0.1:0:"',
+                          "win2003.example.local": "yourdomain.com"}))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 0
+    assert imported["delivery"] == {"port": hop.port, "smarthost": "127.0.0.1"}
+    # Where the mailroot lives on this machine is the one thing IIS could not say.
+    ConfigFile(out).edit(set_values({"mailroot": str(tmp_path / "mailroot")}))
+    relay = RelayProcess(out, tmp_path / "mailroot").start()
+    try:
+        drop_file(relay.folder("Pickup"), "iis.txt", sample("iis-example-as-written.txt"))
+        drop_file(relay.folder("Pickup"), "app.eml", sample("dotnet-smtpclient-pickup.eml"))
+        wait_for(lambda: len(relay.files("Drop")) == 2)
+        wait_for(lambda: hop.messages)
+        assert hop.messages[0].recipients == ["bob@partner.example"]
+        dropped = b"".join(p.read_bytes() for p in relay.files("Drop"))
+        assert b"X-Receiver: email@yourdomain.com" in dropped
+        assert b"X-Receiver: alice@yourdomain.com" in dropped
+    finally:
+        relay.stop()
+    assert Config().smtp.max_message_size == 2048 * 1024  # what the default install said
+
+
+def test_outbound_security_and_a_moved_drop_folder_are_reported(tmp_path, capsys) -> None:
+    """Server RouteAction 268 = SMTP_SSL | SMTP_SASL | SMTP_AUTH_CLEARTEXT (Outbound Security:
+    basic authentication and TLS), as scripts set it for a smart host such as a mail service."""
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text("smarthost.xml", **{
+        'ServerBindings=":25:"': 'ServerBindings=":25:" RouteAction="268" '
+                                 'RouteUserName="relay@example.net" RoutePassword="secret"',
+        'DropDirectory="C:\\Inetpub\\mailroot\\Drop"': 'DropDirectory="D:\\Mail\\Drop"'}))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 1  # TLS for all outbound mail cannot be said in mailroot
+    assert imported["delivery"]["auth"] == {"username": "relay@example.net"}
+    text = out.read_text()
+    assert "secret" not in text  # a password is never written
+    assert "RoutePassword — passwords are never imported" in text
+    assert "DropDirectory=D:\\Mail\\Drop" in text
+    err = capsys.readouterr().err
+    assert "TLS for all outbound mail" in err and "secret" not in err
+    assert main(["check", "-c", str(out)]) == 0

@@ -1,0 +1,138 @@
+"""Issue 14: `mailroot route ADDRESS` explains each case against the loopback DNS server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from relay.cli import main
+from relay.store import QUEUE, Envelope, Mailroot, Recipient
+
+pytestmark = pytest.mark.usefixtures("dns_server")
+
+
+@pytest.fixture
+def route(write_config, dns_server, capsys):
+    """route(address, {...config...}) -> (exit code, the JSON explanation, the text)."""
+
+    def run(address: str, extra: dict | None = None) -> tuple[int, dict, str]:
+        config = write_config({"dns": {"port": dns_server.port}, **(extra or {})})
+        code = main(["route", "-c", str(config), "--json", address])
+        data = json.loads(capsys.readouterr().out)
+        assert main(["route", "-c", str(config), address]) == code
+        return code, data, capsys.readouterr().out
+
+    return run
+
+
+def test_default_domain_goes_to_drop(route) -> None:
+    code, data, text = route("Alice@YourDomain.com")
+    assert code == 0
+    assert data["kind"] == "local" and data["destination"].startswith("Drop")
+    assert data["rule"] == "domains.local.default is yourdomain.com"
+    assert "goes to     Drop (local delivery" in text
+
+
+def test_alias_domain_goes_to_drop_naming_the_rule(route) -> None:
+    code, data, _ = route("bob@alias.test")
+    assert code == 0
+    assert data["kind"] == "local"
+    assert data["rule"] == "alias.test is in domains.local.aliases"
+
+
+def test_remote_via_mx_with_two_preferences(route, dns_server) -> None:
+    dns_server.mx("partner.test", (20, "mx2.partner.test"), (10, "mx1.partner.test"))
+    dns_server.a("mx1.partner.test", "127.0.0.11")
+    dns_server.a("mx2.partner.test", "127.0.0.12")
+    code, data, text = route("carol@partner.test")
+    assert code == 0
+    assert [(m["preference"], m["host"], m["addresses"], m["ttl"]) for m in data["mx"]] == [
+        (10, "mx1.partner.test", ["127.0.0.11"], 300),
+        (20, "mx2.partner.test", ["127.0.0.12"], 300)]
+    assert data["destination"] == "MX mx1.partner.test (preference 10)"
+    assert data["tls"] == "may" and data["tls_source"].startswith("the default")
+    assert data["limits"]["connections to this domain"] == "100"
+    assert "10 mx1.partner.test [127.0.0.11], TTL 300s" in text
+    assert "deliverable now" in text
+
+
+def test_implicit_mx(route, dns_server) -> None:
+    dns_server.a("bare.test", "127.0.0.21")
+    code, data, text = route("dave@bare.test")
+    assert code == 0
+    assert data["implicit_mx"] is True
+    assert data["mx"][0]["addresses"] == ["127.0.0.21"]
+    assert "implicit MX" in text
+
+
+def test_null_mx(route, dns_server) -> None:
+    dns_server.null_mx("nomail.test")
+    code, data, text = route("erin@nomail.test")
+    assert code == 1
+    assert data["fails"].startswith("5.1.10")
+    assert "accepts no mail" in text and "would fail now" in text
+
+
+def test_nxdomain(route) -> None:
+    code, data, text = route("frank@missing.test")
+    assert code == 1
+    assert "NXDOMAIN" in data["dns"] and data["fails"].startswith("5.1.2")
+    assert "does not exist" in text
+
+
+def test_servfail(route, dns_server) -> None:
+    dns_server.servfail("broken.test")
+    code, data, text = route("gina@broken.test")
+    assert code == 1
+    assert data["dns"].startswith("SERVFAIL") and data["fails"].startswith("4.4.3")
+    assert "retried" in text
+
+
+def test_smart_host_for_all_remote_mail(route, dns_server) -> None:
+    code, data, text = route("hank@partner.test", {"delivery": {"smarthost": "127.0.0.1:2600"}})
+    assert code == 0
+    assert data["smarthost"] == "127.0.0.1:2600"
+    assert data["smarthost_rule"] == "delivery.smarthost (all remote mail)"
+    assert data["destination"] == "smart host 127.0.0.1:2600"
+    assert ("partner.test.", "MX") not in dns_server.queries  # no MX lookup for it
+    assert "delivery.smarthost (all remote mail)" in text
+
+
+def test_per_domain_smart_host_and_tls_require(route, dns_server) -> None:
+    dns_server.mx("partner.test", (10, "mx1.partner.test"))
+    code, data, text = route("ivy@partner.test", {"domains": {"remote": {"partner.test": {
+        "smarthost": "127.0.0.1:2700", "tls": "require"}}}})
+    assert code == 0
+    assert data["smarthost_rule"] == "domains.remote.partner.test.smarthost"
+    assert (data["tls"], data["tls_source"]) == ("require", "domains.remote.partner.test.tls")
+    assert "require (from domains.remote.partner.test.tls)" in text
+
+
+def test_mail_waiting_in_queue_shows_its_state_and_next_attempt(route, tmp_path) -> None:
+    store = Mailroot(tmp_path / "mailroot")
+    store.ensure()
+    now = time.time()
+    envelope = Envelope("01JAAAAAAAAAAAAA", "app@yourdomain.com",
+                        [Recipient("kim@broken.test", "deferred", "4.4.3", "451 try later")],
+                        now - 60, size=5, next_attempt=now + 600)
+    store.commit(store.enqueue_ops(QUEUE, envelope, b"hi\r\n"))
+    signed = Envelope("01JAAAAAAAAAAAAB", "app@example.com",
+                      [Recipient("kim@broken.test", "pending")], now - 30, size=0)
+    store.commit(store.enqueue_ops(QUEUE, signed, (
+        b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=example.com;\r\n"
+        b" s=mail2026; h=from; bh=AAAA; b=BBBB\r\nFrom: app@example.com\r\n\r\nhi\r\n")))
+    code, data, text = route("kim@broken.test")
+    assert code == 1  # NXDOMAIN: broken.test is not in the zone
+    assert data["waiting"][0]["state"] == "deferred"
+    assert data["waiting"][0]["next_attempt"] == pytest.approx(now + 600)
+    assert "01JAAAAAAAAAAAAA in Queue: deferred" in text and "451 try later" in text
+    assert data["waiting"][0]["signed_by"] == []
+    assert data["waiting"][1]["signed_by"] == ["example.com (selector mail2026, ed25519-sha256)"]
+    assert "signed by example.com (selector mail2026, ed25519-sha256)" in text
+    assert "not signed (DKIM)" in text
+
+
+def test_not_an_address_is_bad_usage(write_config) -> None:
+    assert main(["route", "-c", str(write_config()), "a@b@c"]) == 2

@@ -1,0 +1,91 @@
+"""Issue 14 in the console: the route screen (palette, enter on a recipient) and the probe
+screen's live transcript, against the loopback DNS server and an aiosmtpd next hop."""
+
+from __future__ import annotations
+
+import time
+
+import trustme
+
+from relay import config as configmod
+from relay.store import QUEUE, Envelope, Mailroot, Recipient
+from tests.test_delivery import REMOTE, delivery_config
+from tests.test_delivery_tls import server_tls
+from tests.test_tui import SIZE, until
+from tui.app import ConsoleApp
+from tui.screens.probe import ProbeScreen
+from tui.screens.route import RouteScreen
+
+
+def queued(root, *recipients: str) -> str:
+    store = Mailroot(root)
+    store.ensure()
+    mid = "01JBBBBBBBBBBBBB"
+    data = b"From: app@yourdomain.com\r\nSubject: s\r\n\r\nx\r\n"
+    store.commit(store.enqueue_ops(QUEUE, Envelope(
+        mid, "app@yourdomain.com", [Recipient(r) for r in recipients], time.time(),
+        size=len(data), next_attempt=time.time() + 600), data))
+    return mid
+
+
+def text_of(screen, selector: str) -> str:
+    return str(screen.query_one(selector).render())
+
+
+def log_text(screen) -> str:
+    log = screen.query_one("#probe-log")
+    return "".join("".join(segment.text for segment in line) for line in log.lines)
+
+
+async def test_palette_route_and_enter_on_a_recipient_explains_it(write_config, dns_server,
+                                                                  tmp_path):
+    dns_server.mx(REMOTE, (10, f"mx.{REMOTE}"), (20, f"mx2.{REMOTE}"))
+    dns_server.a(f"mx.{REMOTE}", "127.0.0.1")
+    dns_server.a(f"mx2.{REMOTE}", "127.0.0.2")
+    path = write_config({"dns": {"port": dns_server.port}})
+    queued(tmp_path / "mailroot", "alice@alias.test", f"bob@{REMOTE}")
+    app = ConsoleApp(configmod.load(path), readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: app.dashboard.panes[QUEUE].table.row_count == 1)
+        await pilot.press("colon")
+        await pilot.press(*"explain route")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, RouteScreen))
+        screen = app.screen
+        assert screen.recipients == ["alice@alias.test", f"bob@{REMOTE}"]
+        await pilot.press("enter")  # the first recipient
+        await until(pilot, lambda: "verdict" in text_of(screen, "#route-text"))
+        assert "alias.test is in domains.local.aliases" in text_of(screen, "#route-text")
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: "TTL" in text_of(screen, "#route-text"))
+        text = text_of(screen, "#route-text")
+        assert f"10 mx.{REMOTE} [127.0.0.1], TTL 300s" in text
+        assert "01JBBBBBBBBBBBBB in Queue: pending" in text
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+
+
+async def test_probe_screen_shows_the_transcript_live_and_sends_no_data(
+        write_config, dns_server, sink, tmp_path):
+    ca = trustme.CA()
+    hop = sink(tls=server_tls(ca, f"mx.{REMOTE}"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    path = write_config(delivery_config(dns_server, hop.port, ca_file=str(tmp_path / "ca.pem")))
+    app = ConsoleApp(configmod.load(path), readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.push_screen(RouteScreen(f"someone@{REMOTE}"))
+        await until(pilot, lambda: isinstance(app.screen, RouteScreen))
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: isinstance(app.screen, ProbeScreen))
+        screen = app.screen
+        await until(pilot, lambda: "finished" in log_text(screen))
+        text = log_text(screen)
+        for step in ("C:  EHLO relay.test", "C:  STARTTLS", "verifies", "C:  RCPT TO:",
+                     "no DATA was sent"):
+            assert step in text, text
+        assert text.index("STARTTLS") < text.index("RCPT TO")
+        assert hop.messages == []
+        assert screen.check_action("send", ()) is False  # read-only: no test message
