@@ -27,7 +27,7 @@ from relay.dkim import Signature, signatures_in
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
 from relay.message import Message, MessageError
-from relay.pickup import parse_pickup
+from relay.pickup import parse_pickup, why_waiting
 from relay.qshape import QueueShape, reason_class
 from relay.store import (
     BADMAIL,
@@ -72,6 +72,9 @@ class MessageSummary:
     last_error: str = ""
     held: bool = False
     name: str = ""  # the file name (Pickup entries keep the producer's name)
+    header_from: str = ""  # the From: and To: fields, for entries without an envelope
+    header_to: str = ""  # (a Pickup file refused at intake names its application there)
+    waiting: str = ""  # Pickup: why it is not taken yet (being written, settling), if known
 
     @property
     def age(self) -> float:
@@ -206,33 +209,42 @@ class Admin:
                 last_error=read_reason(self.store.path(BADMAIL, message_id, ".BAD"))
                 if folder == BADMAIL else attempts[-1]["reply"] if attempts else "",
                 held=folder == HOLD)
-        if folder == BADMAIL:
+        if folder == BADMAIL:  # refused at intake: the original file, its header fields
             path = self.store.path(BADMAIL, message_id, ".BAD")
-            return MessageSummary(id=message_id, folder=folder, received=id_time(message_id),
-                                  size=path.stat().st_size, sender="", recipients=[],
-                                  last_error=read_reason(path))
+            original = self.store.path(BADMAIL, message_id, ".eml")
+            try:
+                row = self._file_summary(folder, message_id, original)
+            except FileNotFoundError:  # set aside unopened: no message file
+                row = MessageSummary(id=message_id, folder=folder, received=0, sender="",
+                                     size=0, recipients=[])
+            row.received, row.last_error = id_time(message_id), read_reason(path)
+            row.recipients = [Recipient(r.address, state="failed") for r in row.recipients]
+            return row
         if folder == DROP:
             return self._file_summary(folder, message_id,
                                       self.store.path(DROP, message_id, ".eml"))
         raise NotFound(f"{folder} has no envelopes")
 
     def _file_summary(self, folder: str, message_id: str, path: os.PathLike) -> MessageSummary:
+        """A row from a message file's head: X-Sender/X-Receiver lines (Drop, Pickup), and
+        the From:, To: and Subject: fields (LF or CRLF line ends, as producers write them)."""
         with open(path, "rb") as handle:
-            head = handle.read(8192)
-        sender, rcpts, subject = "", [], ""
-        for line in head.split(b"\r\n\r\n", 1)[0].splitlines():
+            head = handle.read(8192).replace(b"\r\n", b"\n")
+        sender, rcpts, fields = "", [], {"subject": "", "from": "", "to": ""}
+        for line in head.split(b"\n\n", 1)[0].splitlines():
             name, _, value = line.decode("utf-8", "replace").partition(":")
             key = name.strip().lower()
             if key == "x-sender":  # "<>" is the null sender, shown as <> like any other
                 sender = value.strip().removeprefix("<").removesuffix(">")
             elif key == "x-receiver":
-                rcpts.append(Recipient(value.strip(), state="delivered"))
-            elif key == "subject" and not subject:
-                subject = value.strip()
+                rcpts.append(Recipient(value.strip().strip("<>"), state="delivered"))
+            elif key in fields and not fields[key]:
+                fields[key] = value.strip()
         st = os.stat(path)
         return MessageSummary(id=message_id, folder=folder, received=st.st_mtime,
-                              size=st.st_size, sender=sender, recipients=rcpts, subject=subject,
-                              name=os.path.basename(path))
+                              size=st.st_size, sender=sender, recipients=rcpts,
+                              subject=fields["subject"], name=os.path.basename(path),
+                              header_from=fields["from"], header_to=fields["to"])
 
     def list_folder(self, folder: str = QUEUE) -> list[MessageSummary]:
         """A folder's messages, oldest first."""
@@ -244,9 +256,11 @@ class Admin:
                 if name.startswith(".") or not path.is_file() or path.is_symlink():
                     continue
                 try:
-                    rows.append(self._file_summary(PICKUP, name, path))
+                    row = self._file_summary(PICKUP, name, path)
+                    row.waiting = why_waiting(path, self.config.pickup.settle)
                 except OSError:
                     continue
+                rows.append(row)
             return sorted(rows, key=lambda r: r.received)
         rows = []
         for mid in self.store.ids(folder):

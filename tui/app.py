@@ -208,6 +208,7 @@ class ConsoleApp(App):
         if self.relay is None:
             self.holder = lock_holder(self.store)
         self.show_status()
+        self.dashboard.tick_panes()
 
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""

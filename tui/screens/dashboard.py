@@ -45,6 +45,7 @@ class Dashboard(Guarded, Screen):
         self.panes = {folder: FolderPane(folder, str(i + 1), self.app.clock)
                       for i, folder in enumerate(FOLDERS)}
         self.active = QUEUE
+        self.grid_columns = ""  # the shares of width side by side, as last set
 
     def compose(self) -> ComposeResult:
         yield Static(id="header", markup=False)
@@ -87,6 +88,22 @@ class Dashboard(Guarded, Screen):
             for folder in folders:
                 self.panes[folder].redraw()
                 self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
+            self.share_width()
+
+    def tick_panes(self) -> None:
+        for pane in self.panes.values():
+            pane.tick()
+
+    def share_width(self) -> None:
+        """Side by side, a grid column whose folders are empty gives its width to the busy:
+        1 share when empty, 3 when it holds mail, at least 2 for the activity pane's."""
+        grid = [[f for i, f in enumerate(FOLDERS) if i % 3 == column] for column in range(3)]
+        shares = [3 if any(self.panes[f].view.ids for f in folders) else 2 if column == 2
+                  else 1 for column, folders in enumerate(grid)]
+        wanted = " ".join(f"{n}fr" for n in shares)
+        if wanted != self.grid_columns:
+            self.grid_columns = wanted
+            self.query_one("#folders").styles.grid_columns = wanted
 
     def activity(self, lines: list[str]) -> None:
         self.query_one("#activity", ActivityLog).write_lines(lines)
