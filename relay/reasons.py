@@ -38,5 +38,5 @@ def reply_text(reason: str) -> str:
     reason itself when it holds none: what a narrow cell should show first."""
     head, sep, tail = reason.partition(": ")
     if sep and head.startswith(("delivery failed", "delivery time expired", "permanent")):
-        return re.sub(r"^<[^>]*>:?\s*", "", tail) if tail.startswith("<") else tail
+        return re.sub(r"<[^>]*>:?\s*", "", tail, count=1)  # the recipient: in its own column
     return reason

@@ -147,7 +147,7 @@ MARK = _col("mark", " ", 1, lambda r, now: "")
 AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received), drop=5, ticks=True)
 FROM = _col("from", "from", 22, lambda r, now: sender_text(r), drop=7, shorten=short_address)
 # The recipient is what an operator looks for first: never dropped, cut in its local part.
-TO = _col("to", "to", 18, lambda r, now: recipients_text(r), shorten=short_address)
+TO = _col("to", "to", 22, lambda r, now: recipients_text(r), shorten=short_address)
 SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject, drop=8)
 ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts), drop=4)
 NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now), drop=3, ticks=True)

@@ -120,7 +120,7 @@ class Dashboard(Guarded, Screen):
             pane.set_class(name == folder, "active")
         self.query_one(Tabs).active = f"tab-{folder.lower()}"
         self.pane.table.focus()
-        self.query_one(KeyBar).refresh()
+        self.query_one(KeyBar).refresh(layout=True)  # its lines follow its keys
 
     @on(Tabs.TabActivated)
     def tab_activated(self, event: Tabs.TabActivated) -> None:
@@ -141,7 +141,7 @@ class Dashboard(Guarded, Screen):
             self.active = pane.folder
             for name, other in self.panes.items():
                 other.set_class(name == pane.folder, "active")
-            self.query_one(KeyBar).refresh()
+            self.query_one(KeyBar).refresh(layout=True)  # its lines follow its keys
 
     # --- reading ---
 

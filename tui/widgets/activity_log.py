@@ -24,6 +24,7 @@ class ActivityLog(Log):
         return self
 
     def _render_line(self, y: int, scroll_x: int, width: int) -> Strip:
+        width = min(width, self.scrollable_content_region.width)  # not under the scrollbar
         strip = super()._render_line(y, scroll_x, width)
         if width > 1 and y < len(self._lines) and cell_len(self._lines[y]) > scroll_x + width:
             style = self.rich_style

@@ -20,15 +20,17 @@ def keybar_text(acts: list[Act], width: int, readonly: bool = False) -> Text:
     used = 0
     if readonly:
         text.append(READ_ONLY, style=KEY_STYLE)
-        text.append(" ")
-        used = len(READ_ONLY) + 1
+        used = len(READ_ONLY)
     for key, label in items:
-        size = len(key) + len(label) + 2
-        if used and used + size > width:
+        size = len(key) + 1 + len(label)
+        if used and used + 1 + size > width:
             text.append("\n")
             used = 0
+        elif used:
+            text.append(" ")
+            used += 1
         text.append(key, style=KEY_STYLE)
-        text.append(f" {label} ")
+        text.append(f" {label}")
         used += size
     return text
 
@@ -38,10 +40,12 @@ class KeyBar(Static):
 
     DEFAULT_CSS = "KeyBar { height: auto; max-height: 3; dock: bottom; }"
 
-    def render(self) -> Text:
-        screen = self.screen
-        return keybar_text(screen.offered(), self.size.width,  # type: ignore[attr-defined]
+    def text(self, width: int) -> Text:
+        return keybar_text(self.screen.offered(), width,  # type: ignore[attr-defined]
                            getattr(self.app, "readonly", False))
 
-    def on_resize(self) -> None:
-        self.refresh(layout=True)  # the number of lines follows the width
+    def render(self) -> Text:
+        return self.text(self.size.width)
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return len(self.text(width).plain.split("\n"))
