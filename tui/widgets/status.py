@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline, Static
 
+from relay.refusals import Pressure
 from tui.stats import Stats
 
 
@@ -17,6 +18,17 @@ def outcome_text(counts: dict[str, int]) -> Text:
     text.append(f"✓{counts['delivered']}", style="green")
     text.append(f" ↻{counts['deferred']}", style="yellow")
     text.append(f" ✗{counts['failed']}", style="red")
+    return text
+
+
+def pressure_text(pressure: Pressure, now: float) -> Text:
+    """Refused clients per minute and stress mode; nothing while there are neither."""
+    text = Text()
+    refused = pressure.per_minute(now)
+    if refused:
+        text.append(f"  refused {refused}/m", style="yellow")
+    if pressure.stressed:
+        text.append("  STRESS", style="bold reverse red")
     return text
 
 
@@ -40,6 +52,7 @@ class StatusBar(Vertical):
         line.append_text(outcome_text(stats.counts(now, 60)))
         line.append("  1h ")
         line.append_text(outcome_text(stats.counts(now, 3600)))
+        line.append_text(pressure_text(stats.pressure, now))
         line.append("  " + time.strftime("%H:%M:%S", time.localtime(now)))
         line.append("  ‖ PAUSED (p)" if paused else "  live", style="bold reverse"
                     if paused else "dim")
