@@ -39,6 +39,9 @@ LONGER_COMMANDS = {"MAIL": COMMAND_LIMIT + 26 + 10, "AUTH": 998}
 ERROR_LIMIT = 5  # syntax errors, unknown commands and failed AUTHs before "421" and hang-up
 ERROR_REPLY = re.compile(r"50[0-4] |535 |454 ")
 PRINTABLE = re.compile(r"[^\x21-\x7e]")
+# connections the kernel holds until accepted: a burst beyond asyncio's 100 would have its
+# SYNs dropped and retried a second later (the kernel caps it at net.core.somaxconn)
+LISTEN_BACKLOG = 1024
 SESSION_FULL = "452 4.3.4 Session data limit reached; send more in a new session"
 AUTH_LOCKED = "454 4.7.0 Too many failed logins from your address, try again later"
 REFUSALS = {anvil.GLOBAL: "too many connections, try again later",
@@ -530,7 +533,8 @@ class SmtpServer:
         for listen in self.config.smtp.listen:
             host, port = listen.with_default(25)
             try:
-                server = await loop.create_server(lambda: SmtpSession(self), host, port)
+                server = await loop.create_server(lambda: SmtpSession(self), host, port,
+                                                  backlog=LISTEN_BACKLOG)
             except OSError as exc:
                 await self.stop()
                 raise ListenError(f"cannot listen on {listen} (smtp.listen): "
