@@ -459,6 +459,9 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
         raise fail("smtp.tls", "set both cert and key, or neither")
     if config.smtp.tls.require and not config.smtp.tls.cert:
         raise fail("smtp.tls.require", "STARTTLS can't be required without smtp.tls.cert/key")
+    for key in ("stress_timeout", "greeting_timeout"):
+        if not getattr(config.smtp, key):
+            raise fail(f"smtp.{key}", "must be longer than 0s (0 would drop every client at once)")
 
 
 def load(path: str | Path | None) -> Config:

@@ -186,7 +186,7 @@ class SmtpSession(SMTP):
         if self.server.anvil.stressed and not self.trusted:
             self._timeout_duration = self.server.config.smtp.stress_timeout
         greeting = self.server.config.smtp.greeting_timeout
-        self._reset_timeout(min(greeting, self._timeout_duration) or self._timeout_duration)
+        self._reset_timeout(min(greeting, self._timeout_duration))
 
     def connection_lost(self, error: Exception | None) -> None:
         if not self.counted:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import config as configmod
 from relay.users import set_password
 from tests.conftest import wait_for
 from tests.smtpd_support import LOCAL, RawClient, code, live_smtp, message, wait_files
@@ -191,3 +192,10 @@ def test_no_limit_applies_to_an_allowed_network_below_its_trusted_limit(write_co
         assert len(wait_files(server, "Drop", 200)) == 200
         assert not [e for e in server.events if e["event"] in ("connection-refused", "stress")]
         assert code(RawClient(server.port, source=OTHER).greeting) == 220  # not counted
+
+
+@pytest.mark.parametrize("key", ["stress_timeout", "greeting_timeout"])
+def test_a_zero_stress_or_greeting_timeout_is_a_config_error(key: str) -> None:
+    with pytest.raises(configmod.ConfigError) as info:
+        configmod.parse(f"smtp:\n  max_connections: 10\n  {key}: 0s\n", "relay.yaml")
+    assert info.value.key == f"smtp.{key}" and info.value.line == 3
