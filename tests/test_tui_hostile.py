@@ -4,10 +4,18 @@ mode, from the embedded relay's own events."""
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 
 from relay import config as configmod
 from tests.test_tui import SIZE, until
 from tui.app import ConsoleApp
+
+
+def visible(svg: str) -> str:
+    """The text of a screenshot, run by run."""
+    return "\n".join(html.unescape(t).replace("\xa0", " ")
+                     for t in re.findall(r">([^<]*)</text>", svg))
 
 
 async def connect(port: int, source: str) -> tuple[asyncio.StreamWriter, bytes]:
@@ -34,6 +42,8 @@ async def test_status_line_shows_refusals_per_minute_and_stress(write_config) ->
         second, greeting = await connect(port, "127.0.0.3")  # 2 of 2 open: stress
         assert greeting.startswith(b"220")
         await until(pilot, lambda: "refused 2/m" in status() and "STRESS" in status())
+        shown = visible(app.export_screenshot())  # what an 80-column terminal shows
+        assert "STRESS" in shown and "refused 2/m" in shown
         for writer in (first, second, *(w for w, _ in refused)):
             writer.close()
         await until(pilot, lambda: "STRESS" not in status())  # it ends, and the line says so

@@ -24,11 +24,11 @@ def outcome_text(counts: dict[str, int]) -> Text:
 def pressure_text(pressure: Pressure, now: float) -> Text:
     """Refused clients per minute and stress mode; nothing while there are neither."""
     text = Text()
+    if pressure.stressed:
+        text.append("  STRESS", style="bold reverse red")
     refused = pressure.per_minute(now)
     if refused:
         text.append(f"  refused {refused}/m", style="yellow")
-    if pressure.stressed:
-        text.append("  STRESS", style="bold reverse red")
     return text
 
 
@@ -48,11 +48,11 @@ class StatusBar(Vertical):
         line.append(relay_state)
         if listeners:
             line.append("  SMTP " + ",".join(listeners), style="dim")
+        line.append_text(pressure_text(stats.pressure, now))  # first: it must fit at 80 columns
         line.append("  1m ")
         line.append_text(outcome_text(stats.counts(now, 60)))
         line.append("  1h ")
         line.append_text(outcome_text(stats.counts(now, 3600)))
-        line.append_text(pressure_text(stats.pressure, now))
         line.append("  " + time.strftime("%H:%M:%S", time.localtime(now)))
         line.append("  ‖ PAUSED (p)" if paused else "  live", style="bold reverse"
                     if paused else "dim")
