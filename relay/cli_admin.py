@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
+from relay.refusals import top_refused
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
 
 FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,
@@ -162,6 +163,11 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
         for row in shape.badmail:
             print(f"{row.name:<{width}} {row.total:>6}"
                   + "".join(f" {n:>8}" for n in row.counts))
+    refused = top_refused(admin.store.log_dir, time.time())
+    if refused:
+        print(f"\n{'Refused clients, last hour':<{width}}")
+        for client, count in refused:
+            print(f"{client:<{width}} {count:>6}")
     return 0
 
 
@@ -236,7 +242,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     delete = sub.add_parser("delete", parents=[common], help="move messages to Trash")
     delete.add_argument("ids", nargs="+", metavar="ID")
     delete.add_argument("--yes", "-y", action="store_true", help="don't ask")
-    sub.add_parser("summary", parents=[common], help="queue shape by domain and age")
+    sub.add_parser("summary", parents=[common], help="queue shape by domain and age; most refused clients")
     domains = sub.add_parser("domains", parents=[common], help="list or change domains")
     domains.add_argument("action", nargs="?", choices=["list", "add-local", "add-alias",
                                                        "set-default", "remove", "rename",

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline, Static
 
+from relay.refusals import Pressure
 from tui.stats import Stats
 
 
@@ -17,6 +18,17 @@ def outcome_text(counts: dict[str, int]) -> Text:
     text.append(f"✓{counts['delivered']}", style="green")
     text.append(f" ↻{counts['deferred']}", style="yellow")
     text.append(f" ✗{counts['failed']}", style="red")
+    return text
+
+
+def pressure_text(pressure: Pressure, now: float) -> Text:
+    """Refused clients per minute and stress mode; nothing while there are neither."""
+    text = Text()
+    if pressure.stressed:
+        text.append("  STRESS", style="bold reverse red")
+    refused = pressure.per_minute(now)
+    if refused:
+        text.append(f"  refused {refused}/m", style="yellow")
     return text
 
 
@@ -36,6 +48,7 @@ class StatusBar(Vertical):
         line.append(relay_state)
         if listeners:
             line.append("  SMTP " + ",".join(listeners), style="dim")
+        line.append_text(pressure_text(stats.pressure, now))  # first: it must fit at 80 columns
         line.append("  1m ")
         line.append_text(outcome_text(stats.counts(now, 60)))
         line.append("  1h ")
