@@ -11,6 +11,7 @@ import socket
 import sys
 from typing import TextIO
 
+from relay.address import domain_of
 from relay.admin import Admin
 from relay.bounce import quarantine
 from relay.config import Config, ConfigError
@@ -19,8 +20,9 @@ from relay.events import EventLog
 from relay.intake import Intake
 from relay.pickup import PickupWatcher
 from relay.scheduler import Scheduler
+from relay.sdnotify import Notifier, supervise
 from relay.smtpd import SmtpServer
-from relay.store import HOLD, Mailroot
+from relay.store import HOLD, QUEUE, Mailroot
 
 LOCK_NAME = "relay.lock"
 
@@ -61,6 +63,8 @@ class Relay:
         self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
             if config.source else None
         self._lock_fd: int | None = None
+        self.notifier = Notifier()
+        self._supervise: asyncio.Task | None = None
         self.running = False
 
     def apply_config(self, config: Config) -> None:
@@ -110,6 +114,16 @@ class Relay:
             self.config_watcher.start()
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
+        # listening, queue loaded, Pickup watched: only now is the service ready
+        self.notifier.send(ready=1, status=self.status_line(), mainpid=os.getpid())
+        self._supervise = asyncio.create_task(supervise(self.notifier, self.status_line))
+
+    def status_line(self) -> str:
+        """For systemd's STATUS=: '312 queued, 4 deferred domains' (reads Queue's envelopes)."""
+        rows = Admin(self.config).list_folder(QUEUE)
+        domains = {domain_of(r.address).lower() for row in rows for r in row.recipients
+                   if r.state == "deferred"}
+        return f"{len(rows)} queued, {len(domains)} deferred domain{'s' * (len(domains) != 1)}"
 
     def quarantine_held(self) -> None:
         """Damaged entries in Hold go to Badmail at start (the scheduler checks Queue's in its
@@ -122,6 +136,10 @@ class Relay:
         if not self.running:
             return
         self.running = False
+        self.notifier.send(stopping=1, status="stopping")
+        if self._supervise:
+            self._supervise.cancel()
+            await asyncio.gather(self._supervise, return_exceptions=True)
         if self.config_watcher:
             await self.config_watcher.stop()
         await self.smtpd.stop()
