@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from relay import cli_admin
+from relay import cli_admin, cli_service
 from relay import config as configmod
 from relay.config import Config, ConfigError
 from relay.store import PICKUP, Mailroot, new_id
@@ -143,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
                                  "or the first line of stdin)")
     passwd.add_argument("user")
     cli_admin.add_parsers(sub, common)
+    cli_service.add_parser(sub, common)
     return top
 
 
@@ -152,6 +153,8 @@ COMMANDS = {"console": cmd_console, "serve": cmd_serve, "check": cmd_check, "sen
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "service":
+        return cli_service.run(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -47,6 +47,7 @@ class EventLog:
     def __init__(self, log_dir: Path, stream: TextIO | None = sys.stderr) -> None:
         self.path = log_dir / LOG_NAME
         self.stream = stream
+        self.format: Callable[[dict[str, Any]], str] = format_event  # the stderr line
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._fd: int | None = None
         self._checked = 0.0  # when the path was last checked for a rotated-away file
@@ -86,7 +87,7 @@ class EventLog:
             if self.stream:
                 print(f"mailroot: cannot write {self.path}: {exc.strerror}", file=self.stream)
         if self.stream:
-            print(format_event(record), file=self.stream, flush=True)
+            print(self.format(record), file=self.stream, flush=True)
         for listener in list(self.listeners):
             listener(record)
         return record

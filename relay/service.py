@@ -11,6 +11,7 @@ import socket
 import sys
 from typing import TextIO
 
+from relay import journal
 from relay.address import domain_of
 from relay.admin import Admin
 from relay.bounce import quarantine
@@ -55,6 +56,8 @@ class Relay:
         self.store = Mailroot(config.root)
         self.store.ensure()
         self.events = EventLog(self.store.log_dir, stream)
+        if stream is not None and journal.attached(stream):
+            self.events.format = journal.journal_line  # the journal stamps lines itself
         self.intake = Intake(config, self.store)
         self.pickup = PickupWatcher(config, self.store, self.intake, self.events)
         self.scheduler = Scheduler(config, self.store, self.intake, self.events)

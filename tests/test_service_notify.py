@@ -4,6 +4,7 @@ STATUS= lines, WATCHDOG=1 pings at half WATCHDOG_USEC; the real NOTIFY_SOCKET pr
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import RelayProcess, drop_file, wait_for
+
+MAILROOT_SERVE = [sys.executable, "-m", "relay.cli", "serve"]
 
 
 def datagrams(sock: socket.socket, until: Callable[[list[dict[str, str]]], bool],
@@ -46,7 +49,7 @@ def test_ready_only_once_listening_then_status_and_watchdog(
     sock.bind(address)
     env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
     with open(tmp_path / "relay.stderr", "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "serve", "-c", str(config)],
+        proc = subprocess.Popen([*MAILROOT_SERVE, "-c", str(config)],
                                 stdout=err, stderr=err, env=env)
     try:
         got = datagrams(sock, lambda r: any("READY" in d for d in r))
@@ -82,3 +85,30 @@ def test_watchdog_for_another_process_is_not_ours() -> None:
     assert Notifier({"WATCHDOG_USEC": "4000000"}).watchdog == 2.0
     assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog is None
     assert Notifier({}).send(ready=1) is False  # not under systemd: nothing is sent
+
+
+def test_stderr_lines_for_the_journal(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    """With stderr on the journal (JOURNAL_STREAM names it), lines carry a syslog priority
+    and no timestamp of their own; one line per event."""
+    config = write_config({"pickup": {"settle": "0s"}})
+    root = tmp_path / "mailroot"
+    err_path = tmp_path / "journal"
+    with open(err_path, "wb") as err:
+        info = os.fstat(err.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+        proc = subprocess.Popen([*MAILROOT_SERVE, "-c", str(config)], stdout=err, stderr=err,
+                                env=env)
+    events = RelayProcess(config, root)
+    try:
+        wait_for(lambda: any(e["event"] == "relay-started" for e in events.events()))
+        drop_file(root / "Pickup", "a.eml",
+                  b"From: app@yourdomain.com\r\nTo: x@remote.test\r\nSubject: s\r\n\r\nhi\r\n")
+        wait_for(lambda: any(e["event"] == "deferred" for e in events.events()), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    lines = err_path.read_text().splitlines()
+    assert len(lines) == len(events.events())
+    assert any(line.startswith("<6>relay-started ") for line in lines)
+    assert any(line.startswith("<4>deferred id=") for line in lines)
+    assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in lines)
