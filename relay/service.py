@@ -19,6 +19,7 @@ from relay.config import Config, ConfigError
 from relay.config_watch import ConfigWatcher
 from relay.events import EventLog
 from relay.intake import Intake
+from relay.logrotate import Rotation
 from relay.pickup import PickupWatcher
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier, supervise
@@ -55,7 +56,7 @@ class Relay:
         self.config = config
         self.store = Mailroot(config.root)
         self.store.ensure()
-        self.events = EventLog(self.store.log_dir, stream)
+        self.events = EventLog(self.store.log_dir, stream, Rotation.of(config.log))
         if stream is not None and journal.attached(stream):
             self.events.format = journal.journal_line  # the journal stamps lines itself
         self.intake = Intake(config, self.store)
