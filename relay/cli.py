@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from relay import cli_admin, cli_service
+from relay import cli_admin, cli_health, cli_service
 from relay import config as configmod
 from relay.config import Config, ConfigError
 from relay.store import PICKUP, Mailroot, new_id
@@ -144,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     passwd.add_argument("user")
     cli_admin.add_parsers(sub, common)
     cli_service.add_parser(sub, common)
+    cli_health.add_parser(sub, common)
     return top
 
 
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "service":
         return cli_service.run(args)
+    if args.command == "health":
+        return cli_health.run(args, load_config)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
