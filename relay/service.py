@@ -20,10 +20,11 @@ from relay.config_watch import ConfigWatcher
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.logrotate import Rotation
+from relay.metrics import RelayMetrics
 from relay.pickup import PickupWatcher
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier, supervise
-from relay.smtpd import SmtpServer
+from relay.smtpd import ListenError, SmtpServer
 from relay.store import HOLD, QUEUE, Mailroot
 
 LOCK_NAME = "relay.lock"
@@ -66,6 +67,9 @@ class Relay:
         self.smtpd = SmtpServer(config, self.intake, self.events)
         self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
             if config.source else None
+        self.metrics = RelayMetrics(self.store) if config.metrics.listen else None
+        if self.metrics:
+            self.events.listeners.append(self.metrics.observe)
         self._lock_fd: int | None = None
         self.notifier = Notifier()
         self._supervise: asyncio.Task | None = None
@@ -106,8 +110,11 @@ class Relay:
             self.events.emit("recovered", id=mid, folder=folder, action=what)
         self.quarantine_held()
         try:
+            self.serve_metrics()
             await self.smtpd.start()
         except Exception:
+            if self.metrics:
+                self.metrics.stop()
             os.close(self._lock_fd)  # type: ignore[arg-type]
             self._lock_fd = None
             raise
@@ -121,6 +128,17 @@ class Relay:
         # listening, queue loaded, Pickup watched: only now is the service ready
         self.notifier.send(ready=1, status=self.status_line(), mainpid=os.getpid())
         self._supervise = asyncio.create_task(supervise(self.notifier, self.status_line))
+
+    def serve_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if self.metrics is None or listen is None or listen.port is None:
+            return  # (config checks say a port is given)
+        try:
+            host, port = self.metrics.serve(listen.host, listen.port)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {listen} (metrics.listen): "
+                              f"{exc.strerror or exc}") from None
+        self.events.emit("metrics-listening", host=host, port=port)
 
     def status_line(self) -> str:
         """For systemd's STATUS=: '312 queued, 4 deferred domains' (reads Queue's envelopes)."""
@@ -149,6 +167,8 @@ class Relay:
         await self.smtpd.stop()
         await self.pickup.stop()
         await self.scheduler.stop()
+        if self.metrics:
+            self.metrics.stop()
         self.events.emit("relay-stopped", pid=os.getpid())
         self.events.close()
         if self._lock_fd is not None:

@@ -37,6 +37,7 @@ COMMAND_LIMIT = 512 - 2  # octets of a command line without its CRLF (RFC 5321 4
 LONGER_COMMANDS = {"MAIL": COMMAND_LIMIT + 26 + 10, "AUTH": 998}
 ERROR_LIMIT = 5  # syntax errors, unknown commands and failed AUTHs before "421" and hang-up
 ERROR_REPLY = re.compile(r"50[0-4] |535 ")
+REJECTION = re.compile(r"[45]\d\d ")
 PRINTABLE = re.compile(r"[^\x21-\x7e]")
 SESSION_FULL = "452 4.3.4 Session data limit reached; send more in a new session"
 
@@ -155,15 +156,18 @@ class SmtpSession(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # a new connection, not its TLS layer
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if peer else "unknown"
+            self.server.events.emit("smtp-connect", client=self.client_ip)
             if len(self.server.sessions) >= self.server.config.smtp.max_connections:
-                transport.write(f"421 4.7.0 {self.hostname} too many connections, try again "
-                                "later\r\n".encode())
+                reply = f"421 4.7.0 {self.hostname} too many connections, try again later"
+                self.server.events.emit("smtp-rejected", client=self.client_ip, code="421",
+                                        reply=reply)
+                transport.write(f"{reply}\r\n".encode())
                 transport.close()
                 return
             self.server.sessions.add(self)
             self.counted = True
-            peer = transport.get_extra_info("peername")
-            self.client_ip = peer[0] if peer else "unknown"
             self.rdns = asyncio.ensure_future(self.server.reverse_name(self.client_ip))
         super().connection_made(transport)
 
@@ -186,6 +190,9 @@ class SmtpSession(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if REJECTION.match(text):  # every refusal, for the log and the metrics
+            self.server.events.emit("smtp-rejected", client=self.client_ip, code=text[:3],
+                                    reply=text[:200])
         if ERROR_REPLY.match(text):
             self.errors += 1
             if self.errors >= ERROR_LIMIT:
