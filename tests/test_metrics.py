@@ -3,6 +3,7 @@ with prometheus_client's own parser and every counter equals what the event log 
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import urllib.request
 from collections import Counter
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,6 +102,12 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
         p.stat().st_size for p in proc.files(QUEUE))
     assert total("mailroot_oldest_message_age_seconds", folder=QUEUE) > 0
     assert total("mailroot_oldest_message_age_seconds", folder=PICKUP) == 0
+
+    # every metric the shipped alert rules use is one the relay exports
+    rules = (Path(__file__).resolve().parent.parent / "docs/prometheus-alerts.yaml").read_text()
+    exported = {name for name, _ in samples}
+    used = set(re.findall(r"mailroot_\w+", rules))
+    assert used and used <= exported, used - exported
 
 
 def test_metrics_listen_taken_is_a_clear_error(write_config) -> None:
