@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
+from relay.folderstats import all_usage, usage_table
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
 
 FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,
@@ -161,6 +162,8 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
         for row in shape.badmail:
             print(f"{row.name:<{width}} {row.total:>6}"
                   + "".join(f" {n:>8}" for n in row.counts))
+    print("\nDisk used by each folder")
+    print("\n".join(usage_table(all_usage(admin.store, time.time()))))
     return 0
 
 

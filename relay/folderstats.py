@@ -62,3 +62,11 @@ def human_size(size: int) -> str:
             break
         value, unit = value / 1024, bigger
     return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.1f} {unit}"
+
+
+def usage_table(usage: dict[str, FolderUsage]) -> list[str]:
+    """`Queue  312 messages  1.2 MiB`: one line per folder, for `mailroot summary` and the
+    console (Drop and Badmail keep growing until an operator clears them)."""
+    width = max(len(name) for name in usage)
+    return [f"{name:<{width}} {one.messages:>8} message{'s' if one.messages != 1 else ' '}"
+            f" {human_size(one.bytes):>10}" for name, one in usage.items()]
