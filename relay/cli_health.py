@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from relay import health
 from relay.config import Config, ConfigError, Duration
 from relay.store import Mailroot
 
@@ -36,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 def run(args: argparse.Namespace, load_config: Callable[[str | None], Config]) -> int:
     """Runs before the usual config handling: a broken config is UNKNOWN (3), not usage (2)."""
+    from relay import health  # here: it loads the relay's modules, which other commands skip
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
