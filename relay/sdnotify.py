@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 
 class Notifier:
@@ -45,12 +45,14 @@ def watchdog_interval(environ: Mapping[str, str]) -> float | None:
 async def supervise(notifier: Notifier, status: Callable[[], str],
                     every: float = 10.0) -> None:
     """Until cancelled: WATCHDOG=1 at the watchdog interval (from the event loop, so a stuck
-    loop misses it and systemd restarts the relay) and STATUS= every `every` seconds (worked
-    out in a thread: reading a long queue must not delay the watchdog)."""
-    tasks = [asyncio.create_task(_repeat(every, lambda: _status(notifier, status)))]
+    loop misses it and systemd restarts the relay) and STATUS= every `every` seconds, or less
+    often when working it out takes long (it runs in a thread, at most 1% of the time, so a
+    long queue neither delays the watchdog nor costs the relay). Nothing outside systemd."""
+    if not notifier.address:
+        return
+    tasks = [asyncio.create_task(_tell_status(notifier, status, every))]
     if notifier.watchdog:
-        tasks.append(asyncio.create_task(_repeat(
-            notifier.watchdog, lambda: _ping(notifier))))
+        tasks.append(asyncio.create_task(_ping(notifier, notifier.watchdog)))
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -59,19 +61,19 @@ async def supervise(notifier: Notifier, status: Callable[[], str],
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _repeat(interval: float, step: Callable[[], Awaitable[None]]) -> None:
+async def _ping(notifier: Notifier, interval: float) -> None:
     while True:
-        await step()
+        notifier.send(watchdog=1)
         await asyncio.sleep(interval)
 
 
-async def _ping(notifier: Notifier) -> None:
-    notifier.send(watchdog=1)
-
-
-async def _status(notifier: Notifier, status: Callable[[], str]) -> None:
-    try:
-        text = await asyncio.to_thread(status)
-    except OSError as exc:  # an unreadable folder is worth saying, never worth stopping for
-        text = f"cannot read the mailroot: {exc.strerror or exc}"
-    notifier.send(status=text)
+async def _tell_status(notifier: Notifier, status: Callable[[], str], every: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            text = await asyncio.to_thread(status)
+        except OSError as exc:  # an unreadable folder is worth saying, never worth stopping for
+            text = f"cannot read the mailroot: {exc.strerror or exc}"
+        notifier.send(status=text)
+        await asyncio.sleep(max(every, 100 * (loop.time() - started)))

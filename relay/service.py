@@ -126,7 +126,9 @@ class Relay:
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
         # listening, queue loaded, Pickup watched: only now is the service ready
-        self.notifier.send(ready=1, status=self.status_line(), mainpid=os.getpid())
+        if self.notifier.address:
+            self.notifier.send(ready=1, status=await asyncio.to_thread(self.status_line),
+                               mainpid=os.getpid())
         self._supervise = asyncio.create_task(supervise(self.notifier, self.status_line))
 
     def serve_metrics(self) -> None:
