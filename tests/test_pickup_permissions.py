@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,6 +128,21 @@ def test_submit_group_writes_pickup_and_nobody_else_can(spool: Path) -> None:
         assert any(b"Subject: sent by a member" in m for m in got)
         assert sorted(os.listdir(root / "Pickup")) == []
         assert not any(e["event"] == "pickup-error" for e in events())
+
+        # a file the member kept to itself (mode 600) is named once, and taken once readable
+        def write_private() -> None:
+            os.umask(0o077)
+            (root / "Pickup" / "private.eml").write_bytes(MESSAGE % b"private")
+
+        assert as_user(MEMBER_UID, MEMBER_UID, [SUBMIT_GID], write_private) == 0
+        wait_for(lambda: any(e["event"] == "pickup-error" for e in events()))
+        time.sleep(1.0)  # five more looks at it
+        errors = [e for e in events() if e["event"] == "pickup-error"]
+        assert [(e["file"], e["error"]) for e in errors] == [
+            ("Pickup/private.eml", "Permission denied")]
+        assert as_user(MEMBER_UID, MEMBER_UID, [SUBMIT_GID],
+                       lambda: os.chmod(root / "Pickup" / "private.eml", 0o640)) == 0
+        wait_for(lambda: len(dropped()) == 3, timeout=20)
         for path in (root / "Drop").glob("*.eml"):
             assert path.stat().st_uid == RELAY_UID  # the relay's own copy, not the writer's
     finally:
