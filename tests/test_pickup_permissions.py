@@ -20,7 +20,7 @@ import yaml
 import relay.service  # noqa: F401  (imported before forking: the children may not reach it)
 from relay import cli
 from relay.install import prepare_mailroot
-from tests.conftest import wait_for
+from tests.conftest import RelayProcess, wait_for
 
 RELAY_UID, RELAY_GID, SUBMIT_GID = 40001, 40001, 40002
 MEMBER_UID, OUTSIDER_UID, OUTSIDER_GID = 40003, 40004, 40004
@@ -148,3 +148,57 @@ def test_submit_group_writes_pickup_and_nobody_else_can(spool: Path) -> None:
     finally:
         os.kill(relay, signal.SIGTERM)
         assert exit_code(relay) == 0, (spool / "relay.stderr").read_text()
+
+
+def test_with_cap_lease_another_users_file_is_taken_once_closed(spool: Path, relay_process):
+    """A relay with CAP_LEASE (here root, as the service has it) sees when another user's
+    writer still has the file open, and takes it as soon as it is closed: not after
+    pickup.settle (30 s here)."""
+    root = spool / "mailroot"
+    prepare_mailroot(root, RELAY_UID, RELAY_GID, SUBMIT_GID)
+    proc = relay_process(spool, root, {"pickup": {"settle": "30s"}})
+    go_on_r, go_on_w = os.pipe()
+    opened_r, opened_w = os.pipe()
+
+    def slow_writer() -> None:
+        with open(root / "Pickup" / "slow.eml", "wb") as handle:  # in place, not renamed
+            handle.write(b"From: app@yourdomain.com\r\nTo: ops@yourdomain.com\r\n")
+            handle.flush()
+            os.write(opened_w, b"!")
+            os.read(go_on_r, 1)
+            handle.write(b"Subject: written slowly\r\n\r\nhi\r\n")
+
+    writer = start_as(MEMBER_UID, MEMBER_UID, [SUBMIT_GID], slow_writer)
+    try:
+        os.read(opened_r, 1)
+        time.sleep(1.5)  # the relay looks at it several times meanwhile
+        assert (root / "Pickup" / "slow.eml").exists() and not list((root / "Drop").iterdir())
+        os.write(go_on_w, b"!")
+        assert exit_code(writer) == 0
+        closed = time.monotonic()
+        got = wait_for(lambda: list((root / "Drop").glob("*.eml")), timeout=10)
+        assert time.monotonic() - closed < 5  # by the lease, far within pickup.settle
+        assert b"Subject: written slowly\r\n\r\nhi\r\n" in got[0].read_bytes()
+    finally:
+        for fd in (go_on_r, go_on_w, opened_r, opened_w):
+            os.close(fd)
+    assert proc.stop() == 0
+
+
+@pytest.fixture
+def relay_process() -> Iterator[Callable[..., RelayProcess]]:
+    started: list[RelayProcess] = []
+
+    def start(spool: Path, root: Path, extra: dict) -> RelayProcess:
+        config = spool / "relay-root.yaml"
+        config.write_text(yaml.safe_dump({
+            "mailroot": str(root), "hostname": "relay.test",
+            "domains": {"local": {"default": "yourdomain.com"}},
+            "smtp": {"listen": ["127.0.0.1:0"]}, **extra}))
+        started.append(RelayProcess(config, root).start())
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.proc and proc.proc.poll() is None:
+            proc.stop()
