@@ -84,6 +84,7 @@ class Relay:
             raise ConfigError("mailroot cannot change while the relay runs: restart it",
                               file=config.source, key="mailroot")
         self.config = config
+        self.events.rotation = Rotation.of(config.log)  # metrics.listen needs a restart
         self.intake.reconfigure(config)
         self.pickup.config = config
         self.scheduler.reconfigure(config)
