@@ -100,37 +100,6 @@ class EventLog:
         return record
 
 
-def read_events(log_dir: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Events appended since byte `offset`, and the new offset (only whole lines)."""
-    path = log_dir / LOG_NAME
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return [], 0
-    end = data.rfind(b"\n") + 1
-    events = []
-    for line in data[:end].splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events, offset + end
-
-
-def tail(log_dir: Path, count: int) -> Iterator[dict[str, Any]]:
-    """The last `count` events (reads only the end of the file)."""
-    path = log_dir / LOG_NAME
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return iter(())
-    start = max(0, size - count * 400)
-    events, _ = read_events(log_dir, start)
-    return iter(events[-count:])
-
-
 # --- reading across rotated files (events.jsonl.N ... .1, events.jsonl; audit.log alike) ---
 
 CHUNK = 64 * 1024
