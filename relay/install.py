@@ -77,7 +77,6 @@ def unit_text(plan: Plan, mailroot: Path) -> str:
     return f"""\
 [Unit]
 Description=mailroot mail relay (IIS-style Pickup, Queue, Drop, Badmail)
-Documentation=file://{plan.config}
 After=network-online.target
 Wants=network-online.target
 
@@ -106,7 +105,8 @@ ProtectHome=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectControlGroups=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+# AF_NETLINK: glibc's getaddrinfo asks the kernel which address families are configured
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SyslogIdentifier=mailroot
 
 [Install]
