@@ -161,8 +161,7 @@ class SmtpSession(SMTP):
             self.server.events.emit("smtp-connect", client=self.client_ip)
             if len(self.server.sessions) >= self.server.config.smtp.max_connections:
                 reply = f"421 4.7.0 {self.hostname} too many connections, try again later"
-                self.server.events.emit("smtp-rejected", client=self.client_ip, code="421",
-                                        reply=reply)
+                self.refused(reply)
                 transport.write(f"{reply}\r\n".encode())
                 transport.close()
                 return
@@ -190,18 +189,23 @@ class SmtpSession(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if REJECTION.match(text):  # every refusal, for the log and the metrics
-            self.server.events.emit("smtp-rejected", client=self.client_ip, code=text[:3],
-                                    reply=text[:200])
         if ERROR_REPLY.match(text):
             self.errors += 1
             if self.errors >= ERROR_LIMIT:
                 await self.hang_up("421 4.7.0 too many errors, closing the connection")
                 return
+        if REJECTION.match(text):
+            self.refused(text)
         await super().push(status)
+
+    def refused(self, reply: str) -> None:
+        """Every 4xx/5xx reply is an event, for the log and the metrics."""
+        self.server.events.emit("smtp-rejected", client=self.client_ip, code=reply[:3],
+                                reply=reply[:200])
 
     async def hang_up(self, reply: str) -> None:
         """Send `reply` and close; the session's task ends at its next wait."""
+        self.refused(reply)
         await super().push(reply)
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()

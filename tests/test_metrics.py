@@ -56,6 +56,9 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
     with smtplib.SMTP("127.0.0.1", proc.smtp_port(), timeout=10) as client:
         client.send_message(mail("app@yourdomain.com", ["gone@remote.test", "ok2@remote.test"],
                                  "smtp two"))
+    with smtplib.SMTP("127.0.0.1", proc.smtp_port(), timeout=10) as client:
+        replies = [client.docmd("BOGUS")[0] for _ in range(5)]  # the fifth hangs up
+    assert replies == [500, 500, 500, 500, 421]
     for n, to in enumerate(["ok@remote.test", "grey@remote.test", "gone@remote.test"]):
         drop_file(proc.folder("Pickup"), f"p{n}.eml",
                   bytes(mail("app@yourdomain.com", [to], f"pickup {n}")))
@@ -83,10 +86,11 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
     assert total("mailroot_delivery_attempts_total", result="failed") == 2
     assert total("mailroot_bounces_total") == 2
     assert total("mailroot_smtp_connections_total") == sum(
-        e["event"] == "smtp-connect" for e in events) == 2
+        e["event"] == "smtp-connect" for e in events) == 3
     rejected = Counter(e["code"] for e in events if e["event"] == "smtp-rejected")
-    assert rejected == {"553": 1}
-    assert total("mailroot_smtp_rejections_total", code="553") == 1
+    assert rejected == {"553": 1, "500": 4, "421": 1}  # each reply as the client saw it
+    for code, count in rejected.items():
+        assert total("mailroot_smtp_rejections_total", code=code) == count
     delivered = sum(len(e["to"]) for e in events if e["event"] == "delivered")
     assert total("mailroot_delivery_delay_seconds_count") == delivered
     assert total("mailroot_delivery_delay_seconds_bucket", le="+Inf") == delivered
