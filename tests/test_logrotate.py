@@ -109,3 +109,12 @@ async def test_console_activity_reads_across_rotation(write_config, tmp_path: Pa
         followed = [int(line.rsplit("id ", 1)[1]) for line in shown() if "id 0000" in line]
         # the pane keeps its last lines: every one of them, in order, nothing skipped
         assert len(followed) >= 400 and followed == list(range(5_750 - len(followed), 5_750))
+
+
+def test_a_config_reload_applies_new_log_limits(write_config) -> None:
+    from relay.service import Relay
+
+    relay = Relay(configmod.load(write_config()), stream=None)
+    assert relay.events.rotation == Rotation(50 * MiB, 5)
+    relay.apply_config(configmod.load(write_config({"log": {"max_size": "1MiB", "keep": 2}})))
+    assert relay.events.rotation == Rotation(MiB, 2)
