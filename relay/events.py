@@ -2,7 +2,8 @@
 
 Each event is one JSON line in `log/events.jsonl` inside the mailroot (appended with a single
 write, so the relay, the CLI and the console can all write and follow it) and one readable line
-on stderr.
+on stderr. The log is rotated at log.max_size (relay/logrotate.py); read_rotated() and
+LogFollower read across the rotated files.
 """
 
 from __future__ import annotations

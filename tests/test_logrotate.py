@@ -11,6 +11,7 @@ from relay import config as configmod
 from relay.audit import AuditLog
 from relay.events import LOG_NAME, EventLog, LogFollower, read_rotated
 from relay.logrotate import Rotation, rotated_files
+from relay.service import Relay
 from tests.test_tui import SIZE, until
 from tui.app import ACTIVITY_AT_START, ConsoleApp
 
@@ -112,8 +113,6 @@ async def test_console_activity_reads_across_rotation(write_config, tmp_path: Pa
 
 
 def test_a_config_reload_applies_new_log_limits(write_config) -> None:
-    from relay.service import Relay
-
     relay = Relay(configmod.load(write_config()), stream=None)
     assert relay.events.rotation == Rotation(50 * MiB, 5)
     relay.apply_config(configmod.load(write_config({"log": {"max_size": "1MiB", "keep": 2}})))
