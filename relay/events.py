@@ -114,11 +114,17 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _open(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None  # rotated away or not written yet
+
+
 def _lines_backwards(path: Path) -> Iterator[bytes]:
     """The file's whole lines, last first, reading only as far back as asked."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
+    handle = _open(path)
+    if handle is None:
         return
     with handle:
         end = handle.seek(0, os.SEEK_END)
@@ -136,9 +142,8 @@ def _lines_backwards(path: Path) -> Iterator[bytes]:
 
 
 def _lines_forwards(path: Path) -> Iterator[bytes]:
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
+    handle = _open(path)
+    if handle is None:
         return
     with handle:
         yield from (line for line in handle if line.endswith(b"\n"))
@@ -175,7 +180,7 @@ class LogFollower:
     def __init__(self, path: Path, backlog: int = 0) -> None:
         """Start `backlog` bytes before the current end (at a line start)."""
         self.path = path
-        self._handle = self._open()
+        self._handle = _open(path)
         self._partial = b""
         if self._handle and backlog:
             size = self._handle.seek(0, os.SEEK_END)
@@ -185,17 +190,11 @@ class LogFollower:
             else:
                 self._handle.seek(0)
 
-    def _open(self, path: Path | None = None) -> BinaryIO | None:
-        try:
-            return (path or self.path).open("rb")
-        except FileNotFoundError:
-            return None
-
     def read(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         while True:
             if self._handle is None:
-                self._handle = self._open()
+                self._handle = _open(self.path)
                 if self._handle is None:
                     return records
             records += self._drain()
@@ -220,7 +219,7 @@ class LogFollower:
             except FileNotFoundError:
                 inodes.append(None)
         after = inodes.index(inode) + 1 if inode in inodes else 0
-        return self._open(files[after]) if after < len(files) else None
+        return _open(files[after]) if after < len(files) else None
 
     def _drain(self) -> list[dict[str, Any]]:
         assert self._handle is not None
