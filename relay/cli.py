@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from relay import cli_admin, cli_dkim, cli_iis
+from relay import cli_admin, cli_dkim, cli_health, cli_iis, cli_service
 from relay import config as configmod
 from relay.config import Config, ConfigError
 from relay.dkim import load_keys
@@ -147,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     cli_admin.add_parsers(sub, common)
     cli_iis.add_parsers(sub, common)
     cli_dkim.add_parsers(sub, common)
+    cli_service.add_parser(sub, common)
+    cli_health.add_parser(sub, common)
     return top
 
 
@@ -158,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command in cli_iis.STANDALONE:
         return cli_iis.STANDALONE[args.command](args)
+    if args.command == "service":
+        return cli_service.run(args)
+    if args.command == "health":
+        return cli_health.run(args, load_config)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

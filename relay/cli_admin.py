@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
+from relay.folderstats import all_usage, usage_table
 from relay.refusals import top_refused
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
 
@@ -168,6 +169,8 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
         print(f"\n{'Refused clients, last hour':<{width}}")
         for client, count in refused:
             print(f"{client:<{width}} {count:>6}")
+    print("\nDisk used by each folder")
+    print("\n".join(usage_table(all_usage(admin.store, time.time()))))
     return 0
 
 

@@ -298,6 +298,17 @@ class DkimKey:
 
 
 @dataclass(frozen=True)
+class Log:
+    max_size: Size = setting(Size(50 * 1024**2), "rotate events.jsonl and audit.log at this size")
+    keep: int = setting(5, "rotated files kept (events.jsonl.1 is the newest)")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    listen: HostPort | None = setting(None, "serve Prometheus /metrics on host:port (off: null)")
+
+
+@dataclass(frozen=True)
 class Config:
     mailroot: str = setting("./mailroot", "the mailroot folder")
     hostname: str | None = setting(None, "FQDN for EHLO, Received and Reporting-MTA")
@@ -307,6 +318,8 @@ class Config:
     dns: Dns = setting(Dns())
     pickup: Pickup = setting(Pickup())
     admin: Admin = setting(Admin())
+    log: Log = setting(Log())
+    metrics: Metrics = setting(Metrics())
     dkim: dict[Domain, list[DkimKey]] = setting(
         {}, "DKIM signing keys by sender domain (a mapping, or a list of them to dual-sign)")
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
@@ -499,6 +512,12 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
             selectors.add(key.selector.lower())
             if not key.key_file:
                 raise fail_at("key_file", "the private key's file is required")
+    if config.log.keep < 1:
+        raise fail("log.keep", "keep at least one rotated file")
+    if config.log.max_size < 64 * 1024:
+        raise fail("log.max_size", "rotate at 64KiB or more")
+    if config.metrics.listen and config.metrics.listen.port is None:
+        raise fail("metrics.listen", "give host:port, e.g. 127.0.0.1:9154")
 
 
 def load(path: str | Path | None) -> Config:

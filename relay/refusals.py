@@ -6,12 +6,11 @@ Read from events, so a console or a CLI in another process sees what the relay r
 
 from __future__ import annotations
 
-import json
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from relay.events import LOG_NAME, read_events
+from relay.events import LOG_NAME, read_rotated
 
 # every refusal of a client names it: a connection refused at connect, a failed or refused AUTH
 REFUSAL_EVENTS = frozenset({"connection-refused", "auth-failed"})
@@ -46,31 +45,9 @@ class Pressure:
 
 
 def events_since(log_dir: Path, since: float) -> list[dict[str, Any]]:
-    """The events logged at or after `since`; only the end of the log is read (stepping back
-    from its end until a line older than `since`)."""
-    path = log_dir / LOG_NAME
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return []
-    with handle:
-        probe = handle.seek(0, 2)
-        start, step = 0, 1 << 16
-        while probe > 0:
-            probe = max(0, probe - step)
-            step *= 2
-            handle.seek(probe)
-            if probe:
-                handle.readline()  # the rest of a line cut by the step
-            start = handle.tell()
-            try:
-                first = json.loads(handle.readline())
-            except ValueError:  # end of file or a damaged line: step further back
-                continue
-            if float(first.get("time", 0)) < since:
-                break
-    events, _ = read_events(log_dir, start)
-    return [e for e in events if float(e.get("time", 0)) >= since]
+    """The events logged at or after `since`, newest first, across rotated files (only as far
+    back as `since` is read)."""
+    return list(read_rotated(log_dir / LOG_NAME, newest_first=True, since=since))
 
 
 def top_refused(log_dir: Path, now: float, span: float = HOUR,

@@ -38,6 +38,7 @@ COMMAND_LIMIT = 512 - 2  # octets of a command line without its CRLF (RFC 5321 4
 LONGER_COMMANDS = {"MAIL": COMMAND_LIMIT + 26 + 10, "AUTH": 998}
 ERROR_LIMIT = 5  # syntax errors, unknown commands and failed AUTHs before "421" and hang-up
 ERROR_REPLY = re.compile(r"50[0-4] |535 |454 ")
+REJECTION = re.compile(r"[45]\d\d ")
 PRINTABLE = re.compile(r"[^\x21-\x7e]")
 # connections the kernel holds until accepted: a burst beyond asyncio's 100 would have its
 # SYNs dropped and retried a second later (the kernel caps it at net.core.somaxconn)
@@ -170,6 +171,7 @@ class SmtpSession(SMTP):
             return
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
+        self.server.events.emit("smtp-connect", client=self.client_ip)
         self.trusted = self.trusted_network
         refused = self.server.anvil.admit(self.client_ip, self.trusted)
         if refused:
@@ -227,10 +229,18 @@ class SmtpSession(SMTP):
             if self.errors >= ERROR_LIMIT:
                 await self.hang_up("421 4.7.0 too many errors, closing the connection")
                 return
+        if REJECTION.match(text):
+            self.refused(text)
         await super().push(status)
+
+    def refused(self, reply: str) -> None:
+        """Every 4xx/5xx reply is an event, for the log and the metrics."""
+        self.server.events.emit("smtp-rejected", client=self.client_ip, code=reply[:3],
+                                reply=reply[:200])
 
     async def hang_up(self, reply: str) -> None:
         """Send `reply` and close; the session's task ends at its next wait."""
+        self.refused(reply)
         await super().push(reply)
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()

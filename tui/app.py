@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import os
 import signal
 import struct
@@ -25,7 +26,7 @@ from watchfiles import awatch
 
 from relay.admin import Admin
 from relay.config import Config, ConfigError
-from relay.events import read_events
+from relay.events import LOG_NAME, LogFollower, read_rotated
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
 from relay.store import FOLDERS, QUEUE
@@ -72,7 +73,7 @@ class ConsoleApp(App):
         self.holder: str | None = None
         self.paused = False
         self.pending: dict[str, set[str]] = {}
-        self.events_offset = 0
+        self.follower: LogFollower | None = None
         self.stats = Stats()
         self._stop_watch: asyncio.Event | None = None
 
@@ -184,16 +185,17 @@ class ConsoleApp(App):
         self.apply_pending()
 
     def follow_events(self, first: bool = False) -> None:
-        if first:
-            try:
-                size = (self.store.log_dir / "events.jsonl").stat().st_size
-            except FileNotFoundError:
-                size = 0
-            self.events_offset = max(0, size - BACKLOG)
-        events, self.events_offset = read_events(self.store.log_dir, self.events_offset)
+        path = self.store.log_dir / LOG_NAME
+        if first or self.follower is None:
+            self.follower = LogFollower(path, backlog=BACKLOG)
+        events = self.follower.read()  # follows the log across rotations
         for event in events:
             self.stats.add(event)
-        shown = events[-ACTIVITY_AT_START:] if first else events
+        if first:  # the latest events, from the rotated files too when the log is young
+            shown = list(itertools.islice(read_rotated(path, newest_first=True),
+                                          ACTIVITY_AT_START))[::-1]
+        else:
+            shown = events
         if shown:
             self.dashboard.activity([activity_line(e) for e in shown])
 
