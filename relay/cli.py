@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -17,6 +18,15 @@ from relay.dkim import load_keys
 from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
+
+
+def login_name() -> str:
+    """Who runs the command; a uid with no name (a container, a service user without a
+    passwd entry) is `uidN`."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
 
 
 def load_config(path: str | None) -> Config:
@@ -61,7 +71,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
 def build_message(args: argparse.Namespace, config: Config) -> bytes:
     """An RFC 5322 message from the send options (Bcc kept: Pickup takes it as envelope)."""
     msg = EmailMessage()
-    sender = args.sender or f"{getpass.getuser()}@{config.default_domain}"
+    sender = args.sender or f"{login_name()}@{config.default_domain}"
     msg["From"] = sender
     for name, values in (("To", args.to), ("Cc", args.cc), ("Bcc", args.bcc)):
         if values:

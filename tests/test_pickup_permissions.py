@@ -104,10 +104,14 @@ def test_submit_group_writes_pickup_and_nobody_else_can(spool: Path) -> None:
             os.rename(tmp, root / "Pickup" / "member.eml")
 
         assert as_user(MEMBER_UID, MEMBER_UID, [SUBMIT_GID], write_as_member) == 0
-        # ... and with `mailroot send`
-        assert as_user(MEMBER_UID, MEMBER_UID, [SUBMIT_GID], lambda: cli.main([
-            "send", "-c", str(config), "--from", "app@yourdomain.com", "--to", "ops@yourdomain.com",
-            "--subject", "sent by a member"])) == 0
+        # ... and with `mailroot send`, as a uid with no name and no --from
+        def send_as_member() -> int:
+            for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+                os.environ.pop(name, None)
+            return cli.main(["send", "-c", str(config), "--to", "ops@yourdomain.com",
+                             "--subject", "sent by a member"])
+
+        assert as_user(MEMBER_UID, MEMBER_UID, [SUBMIT_GID], send_as_member) == 0
 
         # somebody outside the group can neither write nor list Pickup
         def write_as_outsider() -> None:
@@ -125,7 +129,8 @@ def test_submit_group_writes_pickup_and_nobody_else_can(spool: Path) -> None:
 
         got = wait_for(lambda: len(dropped()) == 2 and dropped(), timeout=20)
         assert any(b"Subject: from a member" in m for m in got)
-        assert any(b"Subject: sent by a member" in m for m in got)
+        assert any(b"Subject: sent by a member" in m
+                   and b"X-Sender: uid40003@yourdomain.com" in m for m in got)
         assert sorted(os.listdir(root / "Pickup")) == []
         assert not any(e["event"] == "pickup-error" for e in events())
 
