@@ -26,6 +26,7 @@ from relay.config import Config, ConfigError, RemoteDomain
 from relay.dkim import Signature, signatures_in
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
+from relay.logrotate import Rotation
 from relay.message import Message, MessageError
 from relay.pickup import parse_pickup, why_waiting
 from relay.qshape import QueueShape, reason_class
@@ -174,8 +175,9 @@ class Admin:
         self.config = config
         self.store = Mailroot(config.root)
         self.intake = Intake(config, self.store, signing=False)
-        self.audit_log = AuditLog(self.store.log_dir)
-        self.events = EventLog(self.store.log_dir, stream=None)
+        self.audit_log = AuditLog(self.store.log_dir, Rotation.of(config.log))
+        self.events = EventLog(self.store.log_dir, stream=None,
+                               rotation=Rotation.of(config.log))
         self.wait = wait  # how long an action waits for a message the relay is working on
 
     # --- reading ---

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.events import read_rotated
+from relay.logrotate import Rotation, rotate_path_if_full
 from relay.store import append_line
 
 AUDIT_NAME = "audit.log"
@@ -43,8 +45,9 @@ class AuditEntry:
 
 
 class AuditLog:
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, rotation: Rotation | None = None) -> None:
         self.path = log_dir / AUDIT_NAME
+        self.rotation = rotation
 
     def append(self, action: str, ids: list[str], **detail: Any) -> AuditEntry:
         entry = AuditEntry(round(time.time(), 3), operator(), action, list(ids),
@@ -53,19 +56,17 @@ class AuditLog:
                   **entry.detail}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         append_line(self.path, json.dumps(record, separators=(",", ":"), default=str))
+        if self.rotation:
+            rotate_path_if_full(self.path, self.rotation)
         return entry
 
     def entries(self) -> list[AuditEntry]:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
+        """Oldest first, across the rotated files (audit.log.N ... audit.log)."""
         entries = []
-        for line in lines:
+        for raw in read_rotated(self.path):
             try:
-                raw = json.loads(line)
                 entries.append(AuditEntry(raw.pop("time"), raw.pop("user"), raw.pop("action"),
                                           raw.pop("ids", []), raw))
-            except (ValueError, KeyError, AttributeError):
-                continue  # a line cut short by a full disk
+            except KeyError:
+                continue  # not an audit record
         return entries

@@ -11,13 +11,22 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from relay import cli_admin, cli_dkim, cli_iis
+from relay import cli_admin, cli_dkim, cli_health, cli_iis, cli_service
 from relay import config as configmod
 from relay.config import Config, ConfigError
 from relay.dkim import load_keys
 from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
+
+
+def login_name() -> str:
+    """Who runs the command; a uid with no name (a container, a service user without a
+    passwd entry) is `uidN`."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
 
 
 def load_config(path: str | None) -> Config:
@@ -62,7 +71,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
 def build_message(args: argparse.Namespace, config: Config) -> bytes:
     """An RFC 5322 message from the send options (Bcc kept: Pickup takes it as envelope)."""
     msg = EmailMessage()
-    sender = args.sender or f"{getpass.getuser()}@{config.default_domain}"
+    sender = args.sender or f"{login_name()}@{config.default_domain}"
     msg["From"] = sender
     for name, values in (("To", args.to), ("Cc", args.cc), ("Bcc", args.bcc)):
         if values:
@@ -148,6 +157,8 @@ def parser() -> argparse.ArgumentParser:
     cli_admin.add_parsers(sub, common)
     cli_iis.add_parsers(sub, common)
     cli_dkim.add_parsers(sub, common)
+    cli_service.add_parser(sub, common)
+    cli_health.add_parser(sub, common)
     return top
 
 
@@ -159,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command in cli_iis.STANDALONE:
         return cli_iis.STANDALONE[args.command](args)
+    if args.command == "service":
+        return cli_service.run(args)
+    if args.command == "health":
+        return cli_health.run(args, load_config)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

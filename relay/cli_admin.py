@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
+from relay.folderstats import all_usage, usage_table
 from relay.qshape import AGE_BUCKETS, ShapeRow
+from relay.refusals import top_refused
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
 
 FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,
@@ -166,6 +168,13 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
         print("\nBadmail by reason")
         for row in shape.badmail:
             print(_shape_line(row, width))
+    refused = top_refused(admin.store.log_dir, time.time())
+    if refused:
+        print("\nRefused clients, last hour")
+        for client, count in refused:
+            print(f"{_cut(client, width):<{width}} {count:>6}")
+    print("\nDisk used by each folder")
+    print("\n".join(usage_table(all_usage(admin.store, time.time()))))
     return 0
 
 
@@ -177,9 +186,13 @@ def age_labels() -> list[str]:
     return [f"{int(b // 60)}" if b != math.inf else f"{int(bounds[-2] // 60)}+" for b in bounds]
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _shape_line(row: ShapeRow, width: int) -> str:
-    name = row.name if len(row.name) <= width else row.name[:width - 1] + "…"
-    return f"{name:<{width}} {row.total:>6}" + "".join(f" {n:>5}" for n in row.counts)
+    return f"{_cut(row.name, width):<{width}} {row.total:>6}" + "".join(
+        f" {n:>5}" for n in row.counts)
 
 
 def cmd_domains(args: argparse.Namespace, admin: Admin) -> int:
@@ -256,7 +269,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     delete = sub.add_parser("delete", parents=[common], help="move messages to Trash")
     delete.add_argument("ids", nargs="+", metavar="ID")
     delete.add_argument("--yes", "-y", action="store_true", help="don't ask")
-    sub.add_parser("summary", parents=[common], help="queue shape by domain and age")
+    sub.add_parser("summary", parents=[common], help="queue shape by domain and age; most refused clients")
     domains = sub.add_parser("domains", parents=[common], help="list or change domains")
     domains.add_argument("action", nargs="?", choices=["list", "add-local", "add-alias",
                                                        "set-default", "remove", "rename",

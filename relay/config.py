@@ -238,6 +238,20 @@ class SmtpTls:
 class SmtpAuth:
     users_file: str | None = setting(None, "one user:hash per line (see mailroot passwd)")
     allow_plaintext: bool = setting(False, "offer AUTH before STARTTLS")
+    max_failures: int = setting(5, "failed AUTHs from one address before it is locked out")
+    failure_window: Duration = setting(Duration(600), "count an address's failures this long")
+    lockout: Duration = setting(Duration(900), "refuse AUTH (454) from a locked-out address")
+    failure_delay: Duration = setting(Duration(1), "a failed AUTH is answered after this "
+                                      "times the address's failure count (at most 10x)")
+
+
+@dataclass(frozen=True)
+class SmtpLimits:
+    per_client_connections: int = setting(50, "concurrent connections from one address "
+                                          "(0: no limit)")
+    per_client_rate: int = setting(0, "connections per minute from one address (0: no limit)")
+    trusted_connections: int = setting(1000, "concurrent connections from one address in "
+                                       "smtp.relay.allow (0: no limit)")
 
 
 @dataclass(frozen=True)
@@ -251,6 +265,11 @@ class Smtp:
     timeout: Duration = setting(Duration(600), "idle/slow client timeout")
     tls: SmtpTls = setting(SmtpTls())
     auth: SmtpAuth = setting(SmtpAuth())
+    limits: SmtpLimits = setting(SmtpLimits())
+    stress_timeout: Duration = setting(Duration(10), "idle timeout while over 80% of "
+                                       "max_connections are open")
+    greeting_timeout: Duration = setting(Duration(30), "drop a client silent this long after "
+                                         "the banner")
 
 
 @dataclass(frozen=True)
@@ -279,6 +298,17 @@ class DkimKey:
 
 
 @dataclass(frozen=True)
+class Log:
+    max_size: Size = setting(Size(50 * 1024**2), "rotate events.jsonl and audit.log at this size")
+    keep: int = setting(5, "rotated files kept (events.jsonl.1 is the newest)")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    listen: HostPort | None = setting(None, "serve Prometheus /metrics on host:port (off: null)")
+
+
+@dataclass(frozen=True)
 class Config:
     mailroot: str = setting("./mailroot", "the mailroot folder")
     hostname: str | None = setting(None, "FQDN for EHLO, Received and Reporting-MTA")
@@ -288,6 +318,8 @@ class Config:
     dns: Dns = setting(Dns())
     pickup: Pickup = setting(Pickup())
     admin: Admin = setting(Admin())
+    log: Log = setting(Log())
+    metrics: Metrics = setting(Metrics())
     dkim: dict[Domain, list[DkimKey]] = setting(
         {}, "DKIM signing keys by sender domain (a mapping, or a list of them to dual-sign)")
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
@@ -456,6 +488,9 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
         raise fail("smtp.tls", "set both cert and key, or neither")
     if config.smtp.tls.require and not config.smtp.tls.cert:
         raise fail("smtp.tls.require", "STARTTLS can't be required without smtp.tls.cert/key")
+    for key in ("stress_timeout", "greeting_timeout"):
+        if not getattr(config.smtp, key):
+            raise fail(f"smtp.{key}", "must be longer than 0s (0 would drop every client at once)")
     for domain, keys in config.dkim.items():
         prefix = written.get(f"dkim.{domain}", f"dkim.{domain}")
         if not keys:
@@ -477,6 +512,12 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
             selectors.add(key.selector.lower())
             if not key.key_file:
                 raise fail_at("key_file", "the private key's file is required")
+    if config.log.keep < 1:
+        raise fail("log.keep", "keep at least one rotated file")
+    if config.log.max_size < 64 * 1024:
+        raise fail("log.max_size", "rotate at 64KiB or more")
+    if config.metrics.listen and config.metrics.listen.port is None:
+        raise fail("metrics.listen", "give host:port, e.g. 127.0.0.1:9154")
 
 
 def load(path: str | Path | None) -> Config:

@@ -2,7 +2,8 @@
 
 Each event is one JSON line in `log/events.jsonl` inside the mailroot (appended with a single
 write, so the relay, the CLI and the console can all write and follow it) and one readable line
-on stderr.
+on stderr. The log is rotated at log.max_size (relay/logrotate.py); read_rotated() and
+LogFollower read across the rotated files.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
+
+from relay.logrotate import Rotation, rotate_if_full, rotated_files
 
 LOG_NAME = "events.jsonl"
 
@@ -44,9 +47,12 @@ def format_event(event: dict[str, Any]) -> str:
 class EventLog:
     """Writes events to the mailroot's log and to stderr; in-process listeners get them too."""
 
-    def __init__(self, log_dir: Path, stream: TextIO | None = sys.stderr) -> None:
+    def __init__(self, log_dir: Path, stream: TextIO | None = sys.stderr,
+                 rotation: Rotation | None = None) -> None:
         self.path = log_dir / LOG_NAME
+        self.rotation = rotation
         self.stream = stream
+        self.format: Callable[[dict[str, Any]], str] = format_event  # the stderr line
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._fd: int | None = None
         self._checked = 0.0  # when the path was last checked for a rotated-away file
@@ -71,6 +77,9 @@ class EventLog:
                                    | os.O_CLOEXEC, 0o640)
                 self._checked = now
             os.write(self._fd, line.encode())
+            if self.rotation and rotate_if_full(self.path, self.rotation, self._fd):
+                os.close(self._fd)  # the next line starts the new file
+                self._fd = None
 
     def close(self) -> None:
         with self._lock:
@@ -86,81 +95,147 @@ class EventLog:
             if self.stream:
                 print(f"mailroot: cannot write {self.path}: {exc.strerror}", file=self.stream)
         if self.stream:
-            print(format_event(record), file=self.stream, flush=True)
+            print(self.format(record), file=self.stream, flush=True)
         for listener in list(self.listeners):
             listener(record)
         return record
 
 
-def read_events(log_dir: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Events appended since byte `offset`, and the new offset (only whole lines)."""
-    path = log_dir / LOG_NAME
+# --- reading across rotated files (events.jsonl.N ... .1, events.jsonl; audit.log alike) ---
+
+CHUNK = 64 * 1024
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
     try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return [], 0
-    end = data.rfind(b"\n") + 1
-    events = []
-    for line in data[:end].splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events, offset + end
+        record = json.loads(line)
+    except ValueError:
+        return None  # a line cut short by a full disk
+    return record if isinstance(record, dict) else None
 
 
-def tail(log_dir: Path, count: int) -> Iterator[dict[str, Any]]:
-    """The last `count` events (reads only the end of the file)."""
-    path = log_dir / LOG_NAME
+def _open(path: Path) -> BinaryIO | None:
     try:
-        size = path.stat().st_size
+        return path.open("rb")
     except FileNotFoundError:
-        return iter(())
-    start = max(0, size - count * 400)
-    events, _ = read_events(log_dir, start)
-    return iter(events[-count:])
+        return None  # rotated away or not written yet
 
 
-
-def events_since(log_dir: Path, since: float, end: int | None = None,
-                 block: int = 1 << 16) -> Iterator[dict[str, Any]]:
-    """Every event at or after time `since` (and before byte `end`, if given), oldest first,
-    whatever the log's size: the file is read backwards block by block, only until a line older
-    than `since` is met."""
-    try:
-        handle = (log_dir / LOG_NAME).open("rb")
-    except FileNotFoundError:
+def _lines_backwards(path: Path) -> Iterator[bytes]:
+    """The file's whole lines, last first, reading only as far back as asked."""
+    handle = _open(path)
+    if handle is None:
         return
     with handle:
-        pos = handle.seek(0, os.SEEK_END) if end is None else end
-        chunks: list[bytes] = []  # newest first
-        while pos > 0:
-            step = min(block, pos)
-            pos -= step
-            handle.seek(pos)
-            chunk = handle.read(step)
-            probe = chunk + (chunks[-1] if chunks else b"")
-            chunks.append(chunk)
-            if pos:
-                probe = probe.split(b"\n", 1)[-1]  # skip the line cut by the block's start
-            first = _time_of(probe.split(b"\n", 1)[0])
-            if first is not None and first < since:
-                break
-    data = b"".join(reversed(chunks))
-    lines = data.split(b"\n")
-    for line in lines[1:] if pos else lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # an empty or torn line
-        if float(event.get("time", 0)) >= since:
-            yield event
+        end = handle.seek(0, os.SEEK_END)
+        rest = b""
+        while end > 0:
+            start = max(0, end - CHUNK)
+            handle.seek(start)
+            block = handle.read(end - start) + rest
+            end = start
+            lines = block.split(b"\n")
+            rest = lines.pop(0)  # maybe the tail of a line that starts further back
+            yield from (line for line in reversed(lines) if line)
+        if rest:
+            yield rest
 
 
-def _time_of(line: bytes) -> float | None:
-    try:
-        return float(json.loads(line).get("time", 0))
-    except (ValueError, AttributeError):
-        return None
+def _lines_forwards(path: Path) -> Iterator[bytes]:
+    handle = _open(path)
+    if handle is None:
+        return
+    with handle:
+        yield from (line for line in handle if line.endswith(b"\n"))
+
+
+def read_rotated(path: Path, *, newest_first: bool = False,
+                 since: float | None = None) -> Iterator[dict[str, Any]]:
+    """Every record of a JSON-lines log and its rotated files: oldest to newest, or newest
+    first (which reads only as far back as the caller goes). `since`: records at or after
+    that time only; newest first stops at the first older one."""
+    files = rotated_files(path)
+    if newest_first:
+        for name in reversed(files):
+            for line in _lines_backwards(name):
+                record = _parse(line)
+                if record is None:
+                    continue
+                if since is not None and record.get("time", 0) < since:
+                    return
+                yield record
+        return
+    for name in files:
+        for line in _lines_forwards(name):
+            record = _parse(line)
+            if record is not None and (since is None or record.get("time", 0) >= since):
+                yield record
+
+
+class LogFollower:
+    """The records appended to a log since the last read(), across rotations: the file is
+    held open, so when its name moves on to a new file the rest of the old one is read
+    first."""
+
+    def __init__(self, path: Path, backlog: int = 0) -> None:
+        """Start `backlog` bytes before the current end (at a line start)."""
+        self.path = path
+        self._handle = _open(path)
+        self._partial = b""
+        if self._handle and backlog:
+            size = self._handle.seek(0, os.SEEK_END)
+            if size > backlog:
+                self._handle.seek(size - backlog)
+                self._handle.readline()  # the rest of a line cut by the seek
+            else:
+                self._handle.seek(0)
+
+    @classmethod
+    def at_end(cls, path: Path) -> LogFollower:
+        """A follower of what is appended from now on."""
+        follower = cls(path)
+        if follower._handle:
+            follower._handle.seek(0, os.SEEK_END)
+        return follower
+
+    def read(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        while True:
+            if self._handle is None:
+                self._handle = _open(self.path)
+                if self._handle is None:
+                    return records
+            records += self._drain()
+            mine = os.fstat(self._handle.fileno()).st_ino
+            try:
+                if os.stat(self.path).st_ino == mine:
+                    return records
+            except FileNotFoundError:
+                pass
+            records += self._drain()  # lines written between the drain and the rename
+            self._handle.close()
+            self._handle, self._partial = self._successor(mine), b""
+
+    def _successor(self, inode: int) -> BinaryIO | None:
+        """The file written after the one with `inode` (rotated more than once since the last
+        read, it is not the newest); the oldest kept if that one is gone too."""
+        files = rotated_files(self.path)
+        inodes = []
+        for path in files:
+            try:
+                inodes.append(path.stat().st_ino)
+            except FileNotFoundError:
+                inodes.append(None)
+        after = inodes.index(inode) + 1 if inode in inodes else 0
+        return _open(files[after]) if after < len(files) else None
+
+    def _drain(self) -> list[dict[str, Any]]:
+        assert self._handle is not None
+        data = self._partial + self._handle.read()
+        end = data.rfind(b"\n") + 1
+        self._partial = data[end:]
+        return [r for r in map(_parse, data[:end].splitlines()) if r is not None]
+
+    def close(self) -> None:
+        if self._handle:
+            self._handle.close()

@@ -161,6 +161,7 @@ class PickupWatcher:
         self.busy: set[str] = set()
         self.stop_event = asyncio.Event()
         self.claimed_inflight: set[str] = set()
+        self.unreadable: dict[str, int] = {}  # name -> errno, said once while it lasts
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -261,8 +262,11 @@ class PickupWatcher:
         except OSError as exc:  # a link swapped in, or no permission
             if exc.errno == errno.ELOOP:
                 return self._set_aside(name, os.lstat(path))
-            self.events.emit("pickup-error", file=f"Pickup/{name}", error=exc.strerror)
+            if self.unreadable.get(name) != exc.errno:  # once, not at every look
+                self.unreadable[name] = exc.errno
+                self.events.emit("pickup-error", file=f"Pickup/{name}", error=exc.strerror)
             return "busy"
+        self.unreadable.pop(name, None)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:

@@ -24,7 +24,7 @@ from cryptography import x509
 
 from relay.address import AddressError, parse_address
 from relay.config import Config
-from relay.events import read_events
+from relay.events import LOG_NAME, LogFollower
 from relay.pickup import write_pickup
 from relay.resolver import DnsFailure, Resolver
 from relay.router import Router
@@ -265,14 +265,20 @@ class Probe:
             self.step("error", f"no relay is running on {store.root}: start one (mailroot "
                                "serve) and probe again; nothing was written")
             return False
-        _, offset = read_events(store.log_dir, 0)
-        name = write_pickup(store, self._test_message(address, sender))
-        self.step("info", f"wrote Pickup/{name} (relay: {holder})")
-        source, mid = f"Pickup/{name}", None
+        log = LogFollower.at_end(store.log_dir / LOG_NAME)
+        try:
+            name = write_pickup(store, self._test_message(address, sender))
+            self.step("info", f"wrote Pickup/{name} (relay: {holder})")
+            return await self._follow_test(log, f"Pickup/{name}", timeout)
+        finally:
+            log.close()
+
+    async def _follow_test(self, log: LogFollower, source: str, timeout: float) -> bool:
+        """Follow the test message written as `source` through the event log to its end."""
+        mid = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            events, offset = read_events(store.log_dir, offset)
-            for event in events:
+            for event in log.read():
                 if mid is None and event.get("event") == "intake" \
                         and event.get("source") == source:
                     mid = event.get("id")
@@ -288,7 +294,7 @@ class Probe:
                     return event.get("event") == "delivered"
             await asyncio.sleep(0.05)
         self.step("error", f"no end within {timeout:.0f}s; see `mailroot show {mid}`"
-                  if mid else f"the relay did not take Pickup/{name} within {timeout:.0f}s")
+                  if mid else f"the relay did not take {source} within {timeout:.0f}s")
         return False
 
     def _follow(self, event: dict) -> bool:

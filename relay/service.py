@@ -11,16 +11,21 @@ import socket
 import sys
 from typing import TextIO
 
+from relay import journal
+from relay.address import domain_of
 from relay.admin import Admin
 from relay.bounce import quarantine
 from relay.config import Config, ConfigError
 from relay.config_watch import ConfigWatcher
 from relay.events import EventLog
 from relay.intake import Intake
+from relay.logrotate import Rotation
+from relay.metrics import RelayMetrics
 from relay.pickup import PickupWatcher
 from relay.scheduler import Scheduler
-from relay.smtpd import SmtpServer
-from relay.store import HOLD, Mailroot
+from relay.sdnotify import Notifier, supervise
+from relay.smtpd import ListenError, SmtpServer
+from relay.store import HOLD, QUEUE, Mailroot
 
 LOCK_NAME = "relay.lock"
 
@@ -52,7 +57,9 @@ class Relay:
         self.config = config
         self.store = Mailroot(config.root)
         self.store.ensure()
-        self.events = EventLog(self.store.log_dir, stream)
+        self.events = EventLog(self.store.log_dir, stream, Rotation.of(config.log))
+        if stream is not None and journal.attached(stream):
+            self.events.format = journal.journal_line  # the journal stamps lines itself
         self.intake = Intake(config, self.store)
         self.pickup = PickupWatcher(config, self.store, self.intake, self.events)
         self.scheduler = Scheduler(config, self.store, self.intake, self.events)
@@ -60,7 +67,12 @@ class Relay:
         self.smtpd = SmtpServer(config, self.intake, self.events)
         self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
             if config.source else None
+        self.metrics = RelayMetrics(self.store) if config.metrics.listen else None
+        if self.metrics:
+            self.events.listeners.append(self.metrics.observe)
         self._lock_fd: int | None = None
+        self.notifier = Notifier()
+        self._supervise: asyncio.Task | None = None
         self.running = False
 
     def apply_config(self, config: Config) -> None:
@@ -73,6 +85,7 @@ class Relay:
                               file=config.source, key="mailroot")
         self.intake.reconfigure(config)  # first: a bad DKIM key raises with nothing changed
         self.config = config
+        self.events.rotation = Rotation.of(config.log)  # metrics.listen needs a restart
         self.pickup.config = config
         self.scheduler.reconfigure(config)
         self.smtpd.reconfigure(config)
@@ -98,8 +111,11 @@ class Relay:
             self.events.emit("recovered", id=mid, folder=folder, action=what)
         self.quarantine_held()
         try:
+            self.serve_metrics()
             await self.smtpd.start()
         except Exception:
+            if self.metrics:
+                self.metrics.stop()
             os.close(self._lock_fd)  # type: ignore[arg-type]
             self._lock_fd = None
             raise
@@ -110,6 +126,29 @@ class Relay:
             self.config_watcher.start()
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
+        # listening, queue loaded, Pickup watched: only now is the service ready
+        if self.notifier.address:
+            self.notifier.send(ready=1, status=await asyncio.to_thread(self.status_line),
+                               mainpid=os.getpid())
+        self._supervise = asyncio.create_task(supervise(self.notifier, self.status_line))
+
+    def serve_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if self.metrics is None or listen is None or listen.port is None:
+            return  # (config checks say a port is given)
+        try:
+            host, port = self.metrics.serve(listen.host, listen.port)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {listen} (metrics.listen): "
+                              f"{exc.strerror or exc}") from None
+        self.events.emit("metrics-listening", host=host, port=port)
+
+    def status_line(self) -> str:
+        """For systemd's STATUS=: '312 queued, 4 deferred domains' (reads Queue's envelopes)."""
+        rows = Admin(self.config).list_folder(QUEUE)
+        domains = {domain_of(r.address).lower() for row in rows for r in row.recipients
+                   if r.state == "deferred"}
+        return f"{len(rows)} queued, {len(domains)} deferred domain{'s' * (len(domains) != 1)}"
 
     def quarantine_held(self) -> None:
         """Damaged entries in Hold go to Badmail at start (the scheduler checks Queue's in its
@@ -122,11 +161,17 @@ class Relay:
         if not self.running:
             return
         self.running = False
+        self.notifier.send(stopping=1, status="stopping")
+        if self._supervise:
+            self._supervise.cancel()
+            await asyncio.gather(self._supervise, return_exceptions=True)
         if self.config_watcher:
             await self.config_watcher.stop()
         await self.smtpd.stop()
         await self.pickup.stop()
         await self.scheduler.stop()
+        if self.metrics:
+            self.metrics.stop()
         self.events.emit("relay-stopped", pid=os.getpid())
         self.events.close()
         if self._lock_fd is not None:

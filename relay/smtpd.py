@@ -23,6 +23,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from relay import anvil
 from relay.address import AddressError, parse_address
 from relay.config import Config
 from relay.events import EventLog
@@ -36,9 +37,18 @@ COMMAND_LIMIT = 512 - 2  # octets of a command line without its CRLF (RFC 5321 4
 # SIZE (RFC 1870) and SMTPUTF8 (RFC 6531) lengthen MAIL; AUTH's initial response (RFC 4954)
 LONGER_COMMANDS = {"MAIL": COMMAND_LIMIT + 26 + 10, "AUTH": 998}
 ERROR_LIMIT = 5  # syntax errors, unknown commands and failed AUTHs before "421" and hang-up
-ERROR_REPLY = re.compile(r"50[0-4] |535 ")
+ERROR_REPLY = re.compile(r"50[0-4] |535 |454 ")
+REJECTION = re.compile(r"[45]\d\d ")
 PRINTABLE = re.compile(r"[^\x21-\x7e]")
+# connections the kernel holds until accepted: a burst beyond asyncio's 100 would have its
+# SYNs dropped and retried a second later (the kernel caps it at net.core.somaxconn)
+LISTEN_BACKLOG = 1024
 SESSION_FULL = "452 4.3.4 Session data limit reached; send more in a new session"
+AUTH_LOCKED = "454 4.7.0 Too many failed logins from your address, try again later"
+REFUSALS = {anvil.GLOBAL: "too many connections, try again later",
+            anvil.PER_CLIENT: "too many connections from your address, try again later",
+            anvil.PER_CLIENT_RATE: "too many connections per minute from your address, "
+                                   "try again later"}
 
 
 class ListenError(Exception):
@@ -148,35 +158,63 @@ class SmtpSession(SMTP):
         self.session_octets = 0
         self.counted = False
         self.committing = False
+        self.receiving = False  # between DATA's 354 and its reply: not idle
         self.client_ip = "unknown"
+        self.trusted = False  # in smtp.relay.allow when it connected
         self.rdns: asyncio.Future[str] | None = None
 
     # --- connection ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._original_transport is None:  # a new connection, not its TLS layer
-            if len(self.server.sessions) >= self.server.config.smtp.max_connections:
-                transport.write(f"421 4.7.0 {self.hostname} too many connections, try again "
-                                "later\r\n".encode())
-                transport.close()
-                return
-            self.server.sessions.add(self)
-            self.counted = True
-            peer = transport.get_extra_info("peername")
-            self.client_ip = peer[0] if peer else "unknown"
-            self.rdns = asyncio.ensure_future(self.server.reverse_name(self.client_ip))
+        if self._original_transport is not None:  # the TLS layer of a connection
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else "unknown"
+        self.server.events.emit("smtp-connect", client=self.client_ip)
+        self.trusted = self.trusted_network
+        refused = self.server.anvil.admit(self.client_ip, self.trusted)
+        if refused:
+            self.server.events.emit("connection-refused", client=self.client_ip,
+                                    reason=refused)
+            transport.write(f"421 4.7.0 {self.hostname} {REFUSALS[refused]}\r\n".encode())
+            transport.close()
+            return
+        self.server.sessions.add(self)
+        self.counted = True
+        self.rdns = asyncio.ensure_future(self.server.reverse_name(self.client_ip))
         super().connection_made(transport)
+        self.server.follow_stress()
+        if self.server.anvil.stressed and not self.trusted:
+            self._timeout_duration = self.server.config.smtp.stress_timeout
+        greeting = self.server.config.smtp.greeting_timeout
+        self._reset_timeout(min(greeting, self._timeout_duration))
 
     def connection_lost(self, error: Exception | None) -> None:
         if not self.counted:
             return  # refused at connect: aiosmtpd never saw this connection
+        self.counted = False
         self.server.sessions.discard(self)
+        self.server.anvil.release(self.client_ip, self.trusted)
+        self.server.follow_stress()
         if self.rdns:
             self.rdns.cancel()
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
         self.close_with(f"421 4.4.2 {self.hostname} timeout, closing")
+
+    def stress_timeout(self, stressed: bool) -> None:
+        """Under stress an untrusted session's idle timeout is smtp.stress_timeout: from its
+        next command on, and at once if it is waiting for one now."""
+        if self.trusted:
+            return
+        smtp = self.server.config.smtp
+        self._timeout_duration = smtp.stress_timeout if stressed else smtp.timeout
+        handle = self._timeout_handle
+        if stressed and not self.receiving and handle is not None \
+                and handle.when() - self.loop.time() > smtp.stress_timeout:
+            self._reset_timeout()
 
     def close_with(self, reply: str) -> None:
         """Say why and close (from outside the session's own task)."""
@@ -191,10 +229,18 @@ class SmtpSession(SMTP):
             if self.errors >= ERROR_LIMIT:
                 await self.hang_up("421 4.7.0 too many errors, closing the connection")
                 return
+        if REJECTION.match(text):
+            self.refused(text)
         await super().push(status)
+
+    def refused(self, reply: str) -> None:
+        """Every 4xx/5xx reply is an event, for the log and the metrics."""
+        self.server.events.emit("smtp-rejected", client=self.client_ip, code=reply[:3],
+                                reply=reply[:200])
 
     async def hang_up(self, reply: str) -> None:
         """Send `reply` and close; the session's task ends at its next wait."""
+        self.refused(reply)
         await super().push(reply)
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()
@@ -348,8 +394,18 @@ class SmtpSession(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        smtp = self.server.config.smtp
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.receiving = True
+        try:
+            await self.receive_data()
+        finally:
+            self.receiving = False
+        if self.server.closing:
+            await self.hang_up(f"421 4.3.2 {self.hostname} shutting down")
+
+    async def receive_data(self) -> None:
+        """DATA after its 354: read, commit, reply."""
+        smtp = self.server.config.smtp
         got = await read_data(self._reader, smtp.max_message_size)
         if got is None:
             return
@@ -368,8 +424,6 @@ class SmtpSession(SMTP):
             await self.push(reply)
         finally:
             self.committing = False
-        if self.server.closing:
-            await self.hang_up(f"421 4.3.2 {self.hostname} shutting down")
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         if self._tls_protocol:
@@ -378,6 +432,14 @@ class SmtpSession(SMTP):
         await super().smtp_STARTTLS(arg)
 
     # --- AUTH: aiosmtpd runs the exchange, the password is checked here, off the loop ---
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """A locked-out address gets 454 before any credentials are read (no oracle)."""
+        if self.server.anvil.locked_for(self.client_ip):
+            self.server.events.emit("auth-failed", client=self.client_ip, reason="locked")
+            await self.push(AUTH_LOCKED)
+            return
+        await super().smtp_AUTH(arg)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self.check_credentials(await super().auth_PLAIN(_, args))
@@ -392,11 +454,20 @@ class SmtpSession(SMTP):
         assert self.server.users_file is not None
         ok = await self.loop.run_in_executor(self.server.pool, check_login,
                                              self.server.users_file, login, password)
-        user = login.decode("utf-8", "replace")
-        if not ok:
-            self.server.events.emit("smtp-auth-failed", client=self.client_ip, user=user[:100])
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=user)
+        user = login.decode("utf-8", "replace")[:100]
+        events, limits = self.server.events, self.server.anvil
+        if limits.locked_for(self.client_ip):  # locked out by another session meanwhile
+            events.emit("auth-failed", client=self.client_ip, user=user, reason="locked")
+            return AuthResult(success=False, handled=False, message=AUTH_LOCKED)
+        if ok:
+            return AuthResult(success=True, auth_data=user)
+        failures, locked = limits.auth_failed(self.client_ip)
+        events.emit("auth-failed", client=self.client_ip, user=user, failures=failures)
+        if locked:
+            events.emit("auth-locked", client=self.client_ip, failures=failures,
+                        seconds=round(limits.locked_for(self.client_ip)))
+        await asyncio.sleep(limits.tarpit(failures))  # other sessions go on meanwhile
+        return AuthResult(success=False, handled=False)
 
     # --- what goes into the Received header and the log ---
 
@@ -425,6 +496,7 @@ class SmtpServer:
         self.config = config
         self.intake = intake
         self.events = events
+        self.anvil = anvil.Anvil(config.smtp)
         self.reconfigure(config)
         self.tls: ssl.SSLContext | None = None
         self.servers: list[asyncio.Server] = []
@@ -439,6 +511,18 @@ class SmtpServer:
         self.users_file = Path(config.smtp.auth.users_file) if config.smtp.auth.users_file \
             else None
         self.relay_networks = [ipaddress.ip_network(n) for n in config.smtp.relay.allow]
+        self.anvil.reconfigure(config.smtp)
+
+    def follow_stress(self) -> None:
+        """After a connection opened or closed: enter or leave stress mode, say so, and set
+        every untrusted session's idle timeout accordingly."""
+        if not self.anvil.stress_changed():
+            return
+        stressed = self.anvil.stressed
+        self.events.emit("stress", state="on" if stressed else "off",
+                         open=self.anvil.untrusted_open, limit=self.config.smtp.max_connections)
+        for session in self.sessions:
+            session.stress_timeout(stressed)
 
     def tls_context(self) -> ssl.SSLContext | None:
         tls = self.config.smtp.tls
@@ -459,7 +543,8 @@ class SmtpServer:
         for listen in self.config.smtp.listen:
             host, port = listen.with_default(25)
             try:
-                server = await loop.create_server(lambda: SmtpSession(self), host, port)
+                server = await loop.create_server(lambda: SmtpSession(self), host, port,
+                                                  backlog=LISTEN_BACKLOG)
             except OSError as exc:
                 await self.stop()
                 raise ListenError(f"cannot listen on {listen} (smtp.listen): "

@@ -70,8 +70,11 @@ def live_smtp(write_config: Any, extra: dict | None = None) -> Iterator[LiveSmtp
 class RawClient:
     """A plain socket: send exact bytes, read exact replies."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, source: str | None = None) -> None:
+        """`source`: the loopback address to connect from (127.0.0.2 ...), to be another
+        client address."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buffer = b""
         self.greeting = self.reply()
 

@@ -152,7 +152,7 @@ def test_auth_after_starttls_lets_the_client_relay(write_config, tls_files, user
         assert b"with ESMTPSA id" in eml
         event = next(e for e in server.events if e["event"] == "intake")
         assert event["tls"] is True and event["auth"] == "app" and event["outcome"] == "queue"
-        assert any(e["event"] == "smtp-auth-failed" for e in server.events)
+        assert any(e["event"] == "auth-failed" for e in server.events)
 
 
 def test_auth_login_mechanism_and_relaying_off_for_authenticated(write_config, tls_files,

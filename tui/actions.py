@@ -71,6 +71,7 @@ DASHBOARD = [
         label="domains"),
     Act("c", "settings", "Delivery settings", "retry, expiry, smart host, limits",
         label="settings"),
+    Act("z", "disk", "Folder sizes", "how much disk each folder holds", footer=False),
 ]
 
 INSPECTOR = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import os
 import signal
 import struct
@@ -28,7 +29,7 @@ from watchfiles import awatch
 
 from relay.admin import Admin
 from relay.config import Config, ConfigError
-from relay.events import LOG_NAME, events_since, read_events
+from relay.events import LOG_NAME, LogFollower, read_rotated
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
 from relay.store import FOLDERS, QUEUE
@@ -75,7 +76,7 @@ class ConsoleApp(App):
         self.holder: str | None = None
         self.paused = False
         self.pending: dict[str, set[str]] = {}
-        self.events_offset = 0
+        self.follower: LogFollower | None = None
         self.stats = Stats()
         self._stop_watch: asyncio.Event | None = None
 
@@ -189,18 +190,20 @@ class ConsoleApp(App):
         self.apply_pending()
 
     def follow_events(self, first: bool = False) -> None:
-        if first:  # the whole last hour, however long the log: the counts are exact
-            try:
-                self.events_offset = (self.store.log_dir / LOG_NAME).stat().st_size
-            except FileNotFoundError:
-                self.events_offset = 0
-            events = list(events_since(self.store.log_dir, self.clock() - HOUR,
-                                       end=self.events_offset))
+        path = self.store.log_dir / LOG_NAME
+        if first or self.follower is None:  # the whole last hour, however long the log
+            self.follower = LogFollower.at_end(path)  # then what is appended, across rotations
+            events = list(read_rotated(path, newest_first=True,
+                                       since=self.clock() - HOUR))[::-1]
         else:
-            events, self.events_offset = read_events(self.store.log_dir, self.events_offset)
+            events = self.follower.read()
         for event in events:
             self.stats.add(event)
-        shown = events[-ACTIVITY_AT_START:] if first else events
+        if first:  # the latest events, from the rotated files too when the log is young
+            shown = list(itertools.islice(read_rotated(path, newest_first=True),
+                                          ACTIVITY_AT_START))[::-1]
+        else:
+            shown = events
         if shown:
             self.dashboard.activity([activity_line(e) for e in shown])
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from relay.refusals import Pressure
+
 HOUR = 3600
 OUTCOMES = ("delivered", "deferred", "failed")
 
@@ -37,12 +39,14 @@ class Stats:
         self.depth: dict[int, int] = {}  # minute number -> queue depth seen in it
         self.listeners: list[str] | None = None  # None: no relay start seen in the events
         self._starting = False  # between a relay's first smtp-listening and relay-started
+        self.pressure = Pressure()  # refusals of hostile clients, stress mode
 
     def add(self, event: dict[str, Any]) -> None:
         kind = outcome(event)
         if kind:
             self.outcomes.append((float(event.get("time", 0)), kind))
         self._follow_listeners(event)
+        self.pressure.add(event)
 
     def _follow_listeners(self, event: dict[str, Any]) -> None:
         """A relay reports each bound socket (smtp-listening) before relay-started."""

@@ -3,6 +3,8 @@ and the activity pane."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 
 from rich.text import Text
@@ -13,6 +15,7 @@ from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static, Tab, Tabs
 
+from relay.folderstats import all_usage, usage_table
 from relay.store import FOLDERS, HOLD, PICKUP, QUEUE
 from tui.actions import DASHBOARD, Act, Guarded, bindings
 from tui.widgets.activity_log import ActivityLog
@@ -215,6 +218,12 @@ class Dashboard(Guarded, Screen):
         from tui.screens.settings import SettingsForm
 
         self.app.push_screen(SettingsForm())
+
+    async def action_disk(self) -> None:
+        """Drop and Badmail grow until the operator clears them: say what each folder holds."""
+        usage = await asyncio.to_thread(all_usage, self.app.store, time.time())
+        self.notify("\n".join(usage_table(usage)), title="Disk used by each folder", timeout=15,
+                    markup=False)
 
     # --- acting ---
 

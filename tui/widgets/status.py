@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline, Static
 
+from relay.refusals import Pressure
 from tui.stats import Stats
 from tui.theme import MUTED, OK, WAITING, failed_style
 
@@ -47,6 +48,7 @@ class StatusParts:
     paused: bool = False
     readonly: bool = False
     no_color: bool = False
+    pressure: Text = field(default_factory=Text)  # refused clients and stress mode, if any
 
 
 SHEDDING = ("short", "listeners", "minute", "live", "hint", "hour")  # given up in this order
@@ -78,6 +80,7 @@ def _line(parts: StatusParts, shed: set[str]) -> Text:
         line.append("  ‖ PAUSED" + ("" if "hint" in shed else " (p)"), style="bold reverse")
     if parts.readonly:
         line.append("  READ-ONLY", style="bold reverse")
+    line.append_text(parts.pressure)
     if "listeners" not in shed and parts.listeners:
         line.append("  SMTP " + ",".join(parts.listeners), style=MUTED)
     if "minute" not in shed and parts.minute:
@@ -105,6 +108,19 @@ class StatusLine(Static):
         return status_text(self.parts, self.size.width or 80)
 
 
+def pressure_text(pressure: Pressure, now: float, no_color: bool = False) -> Text:
+    """Refused clients per minute and stress mode; nothing while there are neither."""
+    text = Text()
+    if pressure.stressed:
+        text.append("  STRESS", style=failed_style(no_color))
+    refused = pressure.per_minute(now)
+    if refused:
+        text.append(f"  refused {refused}/m", style=WAITING)
+    return text
+
+
+
+
 class StatusBar(Vertical):
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status-line", markup=False)
@@ -120,7 +136,7 @@ class StatusBar(Vertical):
         hour = stats.counts(now, 3600)
         self.query_one(StatusLine).show(StatusParts(
             running, relay_state, listeners, stats.counts(now, 60), hour, now, paused, readonly,
-            no_color))
+            no_color, pressure_text(stats.pressure, now, no_color)))
         self.query_one("#spark-depth", Sparkline).data = stats.depth_series(now)
         self.query_one("#spark-rate", Sparkline).data = stats.rate_series(now)
         self.query_one("#depth-label", Static).update(f"queue {queue_depth} now, 1h:")

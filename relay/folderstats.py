@@ -1,0 +1,72 @@
+"""How much each folder holds: messages, bytes on disk, the oldest message's age.
+
+One directory pass per folder (names and a stat, never a message body), shared by the
+metrics, the health check, `mailroot summary` and the systemd STATUS line.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from relay.store import FOLDERS, MARKER, TRASH, Mailroot, id_time, is_id
+
+WATCHED = (*FOLDERS, TRASH)
+
+
+@dataclass(frozen=True)
+class FolderUsage:
+    folder: str
+    messages: int
+    bytes: int
+    oldest_age: float  # seconds; 0 when the folder is empty
+
+
+def usage(store: Mailroot, folder: str, now: float) -> FolderUsage:
+    """Messages are committed entries (any plain file in Pickup); bytes count every file."""
+    marker = MARKER.get(folder)
+    count = size = 0
+    oldest = now
+    try:
+        entries = list(os.scandir(store.folder(folder)))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # delivered or moved while we looked
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        size += info.st_size
+        if marker is None:  # Pickup: any name a producer chose, dot-files are in the making
+            if not entry.name.startswith("."):
+                count += 1
+                oldest = min(oldest, info.st_mtime)
+        elif entry.name.endswith(marker) and is_id(entry.name[:-len(marker)]):
+            count += 1
+            oldest = min(oldest, id_time(entry.name[:-len(marker)]))
+    return FolderUsage(folder, count, size, max(0.0, now - oldest) if count else 0.0)
+
+
+def all_usage(store: Mailroot, now: float) -> dict[str, FolderUsage]:
+    return {folder: usage(store, folder, now) for folder in WATCHED}
+
+
+def human_size(size: int) -> str:
+    """1.5 MiB, 300 KiB, 12 B: for the summary and the console."""
+    value, unit = float(size), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.1f} {unit}"
+
+
+def usage_table(usage: dict[str, FolderUsage]) -> list[str]:
+    """`Queue  312 messages  1.2 MiB`: one line per folder, for `mailroot summary` and the
+    console (Drop and Badmail keep growing until an operator clears them)."""
+    width = max(len(name) for name in usage)
+    return [f"{name:<{width}} {one.messages:>8} message{'s' if one.messages != 1 else ' '}"
+            f" {human_size(one.bytes):>10}" for name, one in usage.items()]

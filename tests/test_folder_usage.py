@@ -1,0 +1,52 @@
+"""Drop and Badmail grow until the operator clears them: `mailroot summary` and the console
+say how much disk each folder holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from relay import config as configmod
+from relay.folderstats import human_size
+from relay.store import BADMAIL, DROP
+from tests.conftest import drop_file, wait_for
+from tests.test_tui import SIZE, until
+from tui.app import ConsoleApp
+
+LOCAL = b"From: app@yourdomain.com\r\nTo: ops@yourdomain.com\r\nSubject: s\r\n\r\n" + b"x" * 5000
+NO_RECIPIENT = b"From: app@yourdomain.com\r\nSubject: nobody to send it to\r\n\r\nhi\r\n"
+
+
+def fill(proc) -> dict[str, int]:
+    drop_file(proc.folder("Pickup"), "local.eml", LOCAL)
+    drop_file(proc.folder("Pickup"), "bad.eml", NO_RECIPIENT)
+    wait_for(lambda: proc.files(DROP, "*.eml") and proc.files(BADMAIL, "*.BAD"))
+    return {folder: sum(p.stat().st_size for p in (proc.root / folder).iterdir())
+            for folder in (DROP, BADMAIL)}
+
+
+def test_summary_says_what_each_folder_holds(relay) -> None:
+    proc = relay({"pickup": {"settle": "0s"}})
+    sizes = fill(proc)
+    out = subprocess.run([sys.executable, "-m", "relay.cli", "summary", "-c", str(proc.config)],
+                         capture_output=True, text=True, check=True).stdout
+    disk = out.split("Disk used by each folder\n", 1)[1].splitlines()
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in disk}
+    assert rows[DROP].split()[:2] == ["1", "message"]
+    assert rows[DROP].endswith(human_size(sizes[DROP]))
+    assert rows[BADMAIL].split()[:2] == ["1", "message"]
+    assert rows[BADMAIL].endswith(human_size(sizes[BADMAIL]))
+    assert rows["Queue"].split()[:2] == ["0", "messages"]
+
+
+async def test_console_z_shows_folder_sizes(relay, tmp_path: Path) -> None:
+    proc = relay({"pickup": {"settle": "0s"}})
+    sizes = fill(proc)
+    app = ConsoleApp(configmod.load(proc.config))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("z")
+        await until(pilot, lambda: len(app._notifications) > 0)
+        text = str(list(app._notifications)[-1].message)
+        assert f"Drop           1 message  {human_size(sizes[DROP]):>10}" in text
+        assert f"Badmail        1 message  {human_size(sizes[BADMAIL]):>10}" in text

@@ -1,0 +1,63 @@
+"""`mailroot health`: Nagios/Icinga plugin exit codes and perfdata, from the folders and the
+relay lock, beside a running relay or without one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from relay.store import id_time
+from tests.conftest import drop_file, wait_for
+
+REMOTE = b"From: app@yourdomain.com\r\nTo: x@remote.test\r\nSubject: s\r\n\r\nhi\r\n"
+
+
+def health(config: Path, *args: str) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, "-m", "relay.cli", "health", "-c", str(config),
+                           *args], capture_output=True, text=True, timeout=30)
+    assert done.stderr == ""
+    assert len(done.stdout.splitlines()) == 1, done.stdout  # one status line
+    return done.returncode, done.stdout.strip()
+
+
+def test_fresh_then_warning_then_critical_by_age_and_expected_relay(relay, tmp_path) -> None:
+    proc = relay({"pickup": {"settle": "0s"}})
+    config = proc.config
+    code, line = health(config, "--expect-relay")
+    assert code == 0, line
+    assert line.startswith("MAILROOT OK - 0 queued")
+    assert "queue=0;;;0; oldest=0s;3600;14400;0;" in line and "relay=1;;;0;1" in line
+
+    drop_file(proc.folder("Pickup"), "a.eml", REMOTE)  # deferred: no DNS answers here
+    wait_for(lambda: any(e["event"] == "deferred" for e in proc.events()), timeout=30)
+    queued = proc.files("Queue", "*.env")[0].stem
+    wait_for(lambda: time.time() - id_time(queued) > 2.0, timeout=5)
+
+    code, line = health(config, "--warn-age", "2s", "--crit-age", "1h")
+    assert code == 1, line
+    assert line.startswith("MAILROOT WARNING - oldest queued message")
+    age = int(re.search(r"oldest=(\d+)s;2;3600;", line)[1])
+    assert age >= 2
+    code, line = health(config, "--warn-age", "1s", "--crit-age", "2s")
+    assert code == 2 and line.startswith("MAILROOT CRITICAL - oldest queued message"), line
+    code, line = health(config, "--warn-badmail", "1")
+    assert code == 0 and "queue=1;;;0;" in line, line
+
+    assert proc.stop() == 0
+    code, line = health(config)
+    assert code == 0 and "no relay running" in line, line
+    code, line = health(config, "--expect-relay")
+    assert code == 2, line
+    assert line.startswith("MAILROOT CRITICAL - no relay running") and "relay=0;;;0;1" in line
+
+
+def test_unknown_without_a_mailroot_or_with_a_broken_config(tmp_path: Path) -> None:
+    config = tmp_path / "mailroot.yaml"
+    config.write_text(f"mailroot: {tmp_path / 'nothing'}\n")
+    assert health(config)[0] == 3
+    config.write_text("log:\n  keep: 0\n")
+    code, line = health(config)
+    assert code == 3 and "log.keep" in line
