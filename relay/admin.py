@@ -25,9 +25,10 @@ from relay.bounce import SEPARATOR, read_reason
 from relay.config import Config, ConfigError, RemoteDomain
 from relay.dkim import Signature, signatures_in
 from relay.events import EventLog
-from relay.intake import Intake
+from relay.intake import Intake, Rejected, Submission
 from relay.logrotate import Rotation
 from relay.message import Message, MessageError
+from relay.pickup import parse_pickup, why_waiting
 from relay.qshape import QueueShape, reason_class
 from relay.store import (
     BADMAIL,
@@ -72,6 +73,9 @@ class MessageSummary:
     last_error: str = ""
     held: bool = False
     name: str = ""  # the file name (Pickup entries keep the producer's name)
+    header_from: str = ""  # the From: and To: fields, for entries without an envelope
+    header_to: str = ""  # (a Pickup file refused at intake names its application there)
+    waiting: str = ""  # Pickup: why it is not taken yet (being written, settling), if known
 
     @property
     def age(self) -> float:
@@ -207,33 +211,42 @@ class Admin:
                 last_error=read_reason(self.store.path(BADMAIL, message_id, ".BAD"))
                 if folder == BADMAIL else attempts[-1]["reply"] if attempts else "",
                 held=folder == HOLD)
-        if folder == BADMAIL:
+        if folder == BADMAIL:  # refused at intake: the original file, its header fields
             path = self.store.path(BADMAIL, message_id, ".BAD")
-            return MessageSummary(id=message_id, folder=folder, received=id_time(message_id),
-                                  size=path.stat().st_size, sender="", recipients=[],
-                                  last_error=read_reason(path))
+            original = self.store.path(BADMAIL, message_id, ".eml")
+            try:
+                row = self._file_summary(folder, message_id, original)
+            except FileNotFoundError:  # set aside unopened: no message file
+                row = MessageSummary(id=message_id, folder=folder, received=0, sender="",
+                                     size=0, recipients=[])
+            row.received, row.last_error = id_time(message_id), read_reason(path)
+            row.recipients = [Recipient(r.address, state="failed") for r in row.recipients]
+            return row
         if folder == DROP:
             return self._file_summary(folder, message_id,
                                       self.store.path(DROP, message_id, ".eml"))
         raise NotFound(f"{folder} has no envelopes")
 
     def _file_summary(self, folder: str, message_id: str, path: os.PathLike) -> MessageSummary:
+        """A row from a message file's head: X-Sender/X-Receiver lines (Drop, Pickup), and
+        the From:, To: and Subject: fields (LF or CRLF line ends, as producers write them)."""
         with open(path, "rb") as handle:
-            head = handle.read(8192)
-        sender, rcpts, subject = "", [], ""
-        for line in head.split(b"\r\n\r\n", 1)[0].splitlines():
+            head = handle.read(8192).replace(b"\r\n", b"\n")
+        sender, rcpts, fields = "", [], {"subject": "", "from": "", "to": ""}
+        for line in head.split(b"\n\n", 1)[0].splitlines():
             name, _, value = line.decode("utf-8", "replace").partition(":")
             key = name.strip().lower()
-            if key == "x-sender":
-                sender = value.strip()
+            if key == "x-sender":  # "<>" is the null sender, shown as <> like any other
+                sender = value.strip().removeprefix("<").removesuffix(">")
             elif key == "x-receiver":
-                rcpts.append(Recipient(value.strip(), state="delivered"))
-            elif key == "subject" and not subject:
-                subject = value.strip()
+                rcpts.append(Recipient(value.strip().strip("<>"), state="delivered"))
+            elif key in fields and not fields[key]:
+                fields[key] = value.strip()
         st = os.stat(path)
         return MessageSummary(id=message_id, folder=folder, received=st.st_mtime,
-                              size=st.st_size, sender=sender, recipients=rcpts, subject=subject,
-                              name=os.path.basename(path))
+                              size=st.st_size, sender=sender, recipients=rcpts,
+                              subject=fields["subject"], name=os.path.basename(path),
+                              header_from=fields["from"], header_to=fields["to"])
 
     def list_folder(self, folder: str = QUEUE) -> list[MessageSummary]:
         """A folder's messages, oldest first."""
@@ -245,9 +258,11 @@ class Admin:
                 if name.startswith(".") or not path.is_file() or path.is_symlink():
                     continue
                 try:
-                    rows.append(self._file_summary(PICKUP, name, path))
+                    row = self._file_summary(PICKUP, name, path)
+                    row.waiting = why_waiting(path, self.config.pickup.settle)
                 except OSError:
                     continue
+                rows.append(row)
             return sorted(rows, key=lambda r: r.received)
         rows = []
         for mid in self.store.ids(folder):
@@ -360,19 +375,23 @@ class Admin:
 
     # --- requeue: back to delivery, routed by the current config ---
 
-    def requeue(self, ids: list[str], reason: str = "") -> ActionResult:
-        """Badmail -> Queue with the original envelope (failed recipients due again, attempts
-        and delivery clock reset); Drop and Queue -> routed again by the current domains
-        (like postsuper -r); a Badmail entry refused at intake goes back through Pickup."""
-        return self._act("requeue", ids, self._requeue_one, reason=reason)
+    def requeue(self, ids: list[str], reason: str = "", force: bool = False) -> ActionResult:
+        """Badmail -> Queue under the same id with its envelope (failed recipients due again,
+        the delivery clock restarted, earlier attempts kept); Drop and Queue -> routed again by
+        the current domains (like postsuper -r); a Badmail entry refused at intake goes
+        through intake again under its id.  One that intake would refuse again at once (size,
+        hop count) is refused with the reason unless `force`; one that names no recipient or
+        cannot be read as a message is always refused."""
+        return self._act("requeue", ids, lambda folder, mid: self._requeue_one(folder, mid, force),
+                         reason=reason)
 
     def requeue_all(self, folder: str = BADMAIL, domain: str | None = None,
-                    reason: str = "") -> ActionResult:
+                    reason: str = "", force: bool = False) -> ActionResult:
         ids = [row.id for row in self.list_folder(folder)
                if _domain_matches(row.recipients, domain)] if domain else self.store.ids(folder)
-        return self.requeue(ids, reason)
+        return self.requeue(ids, reason, force)
 
-    def _requeue_one(self, folder: str, mid: str) -> None:
+    def _requeue_one(self, folder: str, mid: str, force: bool = False) -> None:
         self._expect(folder, BADMAIL, DROP, QUEUE)
         now = time.time()
         if folder == DROP:
@@ -385,13 +404,28 @@ class Admin:
             if folder == BADMAIL:
                 _restart(envelope, now)
         else:  # refused at intake: the original file goes through intake again
-            self.store.commit([Write(self.store.folder(PICKUP) / f"{mid}.eml",
-                                     self.store.read_message(BADMAIL, mid)),
-                               *self._remove_ops(BADMAIL, mid)])
+            self._reintake(mid, force)
             return
         if not envelope.pending:
             raise Problem("wrong state: no recipient is left to deliver to")
         self._route(folder, envelope, data)
+
+    def _reintake(self, mid: str, force: bool) -> None:
+        """A Pickup file refused at intake, through intake again under its id: Badmail keeps
+        it (and says why) if intake would refuse it again."""
+        raw = self.store.read_message(BADMAIL, mid)
+        try:
+            parsed = parse_pickup(raw)
+        except MessageError as exc:
+            raise Problem(f"refused, it stays in Badmail: {exc}") from None
+        sub = Submission(parsed.message, parsed.sender, parsed.recipients,
+                         f"requeue of {BADMAIL}/{mid}", done_ops=self._remove_ops(BADMAIL, mid),
+                         message_id=mid)
+        try:
+            self.intake.accept(sub, limits=not force)
+        except Rejected as exc:
+            hint = "" if force else " (--force requeues it over the size and hop limits)"
+            raise Problem(f"refused, it stays in Badmail: {exc.reason}{hint}") from None
 
     def _new_envelope(self, mid: str, sender: str, receivers: list[str], data: bytes,
                       now: float) -> Envelope:
@@ -411,7 +445,7 @@ class Admin:
         mid = envelope.id
         local, remote = self.intake.router.split([r.address for r in envelope.pending])
         if src == DROP and not remote:
-            return  # all still local: it stays in Drop as it is
+            raise Problem("not requeued: its recipients are still local; it stays in Drop")
         moved = set(local)
         envelope.recipients = [r for r in envelope.recipients
                                if not (r.address in moved and r.state in ("pending", "deferred"))]
@@ -661,11 +695,11 @@ class Admin:
 
 
 def _restart(envelope: Envelope, now: float) -> None:
-    """A requeued Badmail message: failed recipients due again, attempts and clocks reset."""
+    """A requeued Badmail message: failed recipients due again, clocks restarted (the attempts
+    stay: the new ones follow them)."""
     for rcpt in envelope.recipients:
         if rcpt.state in ("failed", "deferred"):
             rcpt.state, rcpt.status, rcpt.reply, rcpt.host = "pending", None, None, None
-    envelope.attempts = []
     envelope.reason = ""
     envelope.delay_notified = False
     envelope.queued_at = now

@@ -48,8 +48,9 @@ RESCAN_SECONDS = 30.0
 
 
 def rounds(envelope: Envelope) -> int:
-    """Delivery rounds so far (the attempts of one round, one per domain, share a time)."""
-    return len({a.time for a in envelope.attempts})
+    """Delivery rounds since the message was queued or last requeued (the attempts of one
+    round, one per domain, share a time); a requeued message keeps its earlier attempts."""
+    return len({a.time for a in envelope.attempts if a.time >= envelope.queued_at})
 
 
 def summary(replies: dict[str, Reply]) -> str:
