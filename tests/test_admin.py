@@ -16,30 +16,39 @@ def envelope(r, folder: str, mid: str) -> Envelope:
     return Envelope.from_json((r.folder(folder) / f"{mid}.env").read_bytes())
 
 
+def first_try_done(r, ids: list[str]) -> None:
+    """Wait for each message's first attempt (no DNS answers here: each is deferred after the
+    1 s lookup timeout), so what is listed is settled, not racing the attempt."""
+    wait_for(lambda: set(ids) <= {e["id"] for e in r.events() if e["event"] == "deferred"})
+
+
 def test_queue_lists_oldest_first_as_text_and_json(relay) -> None:
     r = relay()
     ids = submit(r, "user@remote.example", 3)
+    first_try_done(r, ids)
     out = cli(r.config, "queue", "--json")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [row["id"] for row in rows] == sorted(ids)  # ids sort by arrival: oldest first
     ids = sorted(ids)
-    assert rows[0]["recipients"] == [{"address": "user@remote.example", "state": "pending",
-                                      "status": None, "reply": None}]
+    assert rows[0]["recipients"] == [{"address": "user@remote.example", "state": "deferred",
+                                      "status": "4.4.3",
+                                      "reply": "DNS lookup of remote.example MX timed out"}]
     assert sorted(row["subject"] for row in rows) == ["m-token-0", "m-token-1", "m-token-2"]
     assert rows[0]["sender"] == "app@yourdomain.com"
     text = cli(r.config, "queue").stdout
     assert text.index(ids[0]) < text.index(ids[1]) < text.index(ids[2])
-    assert "<user@remote.example> pending" in text and "3 messages in Queue" in text
+    assert "<user@remote.example> deferred 4.4.3" in text and "3 messages in Queue" in text
     assert "0 messages in Hold" in cli(r.config, "queue", "--folder", "hold").stdout
 
 
 def test_show_and_raw(relay) -> None:
     r = relay()
     [mid] = submit(r, "user@remote.example")
+    first_try_done(r, [mid])
     shown = cli(r.config, "show", mid)
     assert shown.returncode == 0, shown.stderr
-    assert f"Id:        {mid}" in shown.stdout and "<user@remote.example> pending" in shown.stdout
+    assert f"Id:        {mid}" in shown.stdout and "<user@remote.example> deferred" in shown.stdout
     assert "Subject: m-token-0" in shown.stdout
     raw = cli(r.config, "show", mid, "--raw", binary=True)
     assert raw.stdout == (r.folder("Queue") / f"{mid}.eml").read_bytes()
