@@ -214,6 +214,7 @@ class Delivery:
     timeout: Duration = setting(Duration(600), "timeout for each SMTP step")
     ndr_copy_to: Address | None = setting(None, "send a copy of every NDR here")
     masquerade_domain: Domain | None = setting(None, "replace the sender's domain on remote mail")
+    active_limit: int = setting(20000, "queued messages the queue manager keeps in memory")
 
 
 @dataclass(frozen=True)

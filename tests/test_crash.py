@@ -10,6 +10,7 @@ from pathlib import Path
 
 from relay.bounce import read_reason
 from relay.store import Envelope, new_id
+from tests.conftest import wait_for
 from tests.crash_support import crash_run
 
 KILLS = 5
@@ -64,6 +65,8 @@ def test_half_written_leftovers_are_cleared_or_quarantined_at_start(relay, tmp_p
     (root / "tmp" / f"{new_id()}.tmp").write_bytes(data[:10])
 
     r = relay()
+    # both run beside intake: the recovery pass, and the queue manager's scan
+    wait_for(lambda: {"recovery-finished", "queue-scanned"} <= {e["event"] for e in r.events()})
     assert sorted(p.name for p in r.files("Queue")) == [f"{good}.eml", f"{good}.env"]
     assert not r.files("Hold")
     assert not r.files("tmp", "*.tmp")
