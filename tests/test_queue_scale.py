@@ -1,0 +1,136 @@
+"""A restart with a large queue takes mail at once: with 50,000 deferred messages in Queue
+(written in the store's format by tests/queue_fill.py), Pickup and SMTP work within a second
+of the process starting, a message due now is tried within 2 s, and an interrupted move is
+resolved before the id is delivered or listed."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.admin import Admin
+from relay.config import load
+from relay.store import HOLD, QUEUE, Mailroot
+from tests.conftest import RelayProcess, wait_for
+from tests.queue_fill import fill_queue, queued_message
+
+QUEUED = 50_000
+LOCAL = "user@yourdomain.com"
+
+pytestmark = pytest.mark.slow  # filling 50,000 messages takes seconds
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def place_in_pickup(root: Path, name: str, data: bytes) -> Path:
+    """A file renamed into Pickup from outside the mailroot (tmp/ is cleared at start)."""
+    aside = root.parent / name
+    aside.write_bytes(data)
+    os.rename(aside, root / "Pickup" / name)
+    return root / "Pickup" / name
+
+
+def drop_files(root: Path) -> list[Path]:
+    return list((root / "Drop").glob("*.eml"))
+
+
+def test_pickup_and_smtp_work_within_a_second_of_start_with_50000_queued(
+        write_config, tmp_path: Path) -> None:
+    root = tmp_path / "mailroot"
+    fill_queue(root, QUEUED)
+    place_in_pickup(root, "waiting.eml", queued_message(LOCAL))
+    port = free_port()
+    relay = RelayProcess(write_config({"smtp": {"listen": [f"127.0.0.1:{port}"]}}), root)
+    began, began_wall = time.monotonic(), time.time()
+    relay.proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "serve", "-c",
+                                   str(relay.config)], stderr=subprocess.DEVNULL)
+    try:
+        answered = None
+        while answered is None and time.monotonic() - began < 10:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+                    client.sendmail("app@yourdomain.com", [LOCAL], queued_message(LOCAL))
+                answered = time.monotonic() - began
+            except ConnectionRefusedError:
+                time.sleep(0.005)
+        assert answered is not None and answered < 1.0, f"SMTP 250 after {answered} s"
+        first = wait_for(lambda: drop_files(root), timeout=10)
+        taken = min(p.stat().st_ctime for p in first) - began_wall
+        assert taken < 1.0, f"the Pickup file reached Drop {taken:.2f} s after start"
+        assert not (root / "Pickup" / "waiting.eml").exists()
+        assert len(Mailroot(root).ids(QUEUE)) == QUEUED  # nothing of the queue was lost
+    finally:
+        relay.proc.terminate()
+        relay.proc.wait(10)
+
+
+def test_message_due_now_among_50000_not_due_is_tried_within_2_s(
+        write_config, sink, tmp_path: Path) -> None:
+    root = tmp_path / "mailroot"
+    fill_queue(root, QUEUED // 2)
+    (due,) = fill_queue(root, 1, due_in=-60, recipient="due@remote.example")
+    fill_queue(root, QUEUED // 2)
+    hop = sink()
+    relay = RelayProcess(write_config({"delivery": {"smarthost": f"127.0.0.1:{hop.port}"}}),
+                         root)
+    began_wall = time.time()
+    relay.start(timeout=30)
+    try:
+        wait_for(lambda: hop.messages, timeout=10)
+        assert hop.messages[0].recipients == ["due@remote.example"]
+        assert hop.messages[0].at - began_wall < 2.0, \
+            f"tried {hop.messages[0].at - began_wall:.2f} s after start"
+        wait_for(lambda: not Mailroot(root).has(QUEUE, due))
+        time.sleep(0.5)
+        assert len(hop.messages) == 1  # the others are not due
+    finally:
+        relay.stop()
+
+
+def test_interrupted_move_is_resolved_before_the_id_is_delivered_or_listed(
+        write_config, sink, tmp_path: Path) -> None:
+    """`held` was being put on hold (Queue -> Hold) and `released` released (Hold -> Queue)
+    when a crash came: each is committed in both folders, both copies due now.  The later
+    state wins: `held` is never delivered and lists only in Hold; `released` is delivered
+    once and lists only in Queue; on disk the stale copies go."""
+    root = tmp_path / "mailroot"
+    fill_queue(root, QUEUED)
+    store = Mailroot(root)
+    held, released = (fill_queue(root, 1, due_in=-60, recipient=f"{name}@remote.example")[0]
+                      for name in ("held", "released"))
+    past = time.time() - 60
+    for mid, stale in ((held, QUEUE), (released, HOLD)):
+        os.link(store.path(QUEUE, mid, ".eml"), store.path(HOLD, mid, ".eml"))
+        store.path(HOLD, mid, ".env").write_bytes(store.path(QUEUE, mid, ".env").read_bytes())
+        os.utime(store.path(stale, mid, ".env"), (past, past))
+    hop = sink()
+    config = write_config({"delivery": {"smarthost": f"127.0.0.1:{hop.port}"}})
+    admin = Admin(load(config))
+    assert held not in {row.id for row in admin.list_folder(QUEUE)}
+    assert held in {row.id for row in admin.list_folder(HOLD)}
+    assert released not in {row.id for row in admin.list_folder(HOLD)}
+    relay = RelayProcess(config, root).start(timeout=30)
+    try:
+        wait_for(lambda: hop.messages, timeout=10)
+        time.sleep(1.0)
+        assert [m.recipients for m in hop.messages] == [["released@remote.example"]]
+        assert held not in {row.id for row in admin.list_folder(QUEUE)}
+        wait_for(lambda: not list(root.glob(f"Queue/{held}.*")))
+        assert store.has(HOLD, held)
+        assert not list(root.glob(f"Hold/{released}.*"))
+        events = {(e["event"], e.get("id"), e.get("folder")) for e in relay.events()}
+        assert ("recovered", held, QUEUE) in events and ("recovered", released, HOLD) in events
+    finally:
+        relay.stop()
+
