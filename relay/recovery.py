@@ -32,15 +32,18 @@ class Recovery:
         self.halt = threading.Event()
         self.task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.run(), name="recovery")
+    def start(self, after: asyncio.Event) -> None:
+        """Begin once `after` is set (the queue manager's first scan: finding due mail
+        first, the lazy per-id recovery covering what this pass has not reached)."""
+        self.task = asyncio.create_task(self.run(after), name="recovery")
 
     async def stop(self) -> None:
         self.halt.set()
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)
 
-    async def run(self) -> None:
+    async def run(self, after: asyncio.Event) -> None:
+        await after.wait()
         began = time.monotonic()
         actions = self.store.recover(self.began, self.halt)
         done = 0

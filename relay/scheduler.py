@@ -27,7 +27,7 @@ from pathlib import Path
 import watchfiles
 
 from relay.address import domain_of
-from relay.bounce import delivery_report, failed_delivery_ops, quarantine
+from relay.bounce import delivery_report, failed_delivery_ops, quarantine, quarantine_ops
 from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
@@ -81,6 +81,7 @@ class Scheduler:
         self.horizon = math.inf  # every Queue entry outside the window is due at or after this
         self.scan_horizon = math.inf  # the same, as the scan in progress has seen it so far
         self.halt = threading.Event()  # stops a scan's directory walk in its thread
+        self.scanned = asyncio.Event()  # set when the first scan is done
         self.inflight: set[str] = set()
         self.ready: asyncio.Queue[str] = asyncio.Queue()
         self.wake = asyncio.Event()
@@ -158,6 +159,10 @@ class Scheduler:
         entries that must not be delivered (damaged, unreadable) go to Badmail instead."""
         found = []
         for mid in ids:
+            due = self.store.due_at(QUEUE, mid)
+            if due is not None:
+                found.append((mid, due))
+                continue
             try:
                 raw, problem = self.store.inspect(QUEUE, mid)
             except OSError:
@@ -229,6 +234,7 @@ class Scheduler:
             for mid, due in await asyncio.to_thread(self._due_times, unknown):
                 self.schedule(mid, due)
         self.horizon = self.scan_horizon  # this pass saw every entry outside the window
+        self.scanned.set()
         took = time.monotonic() - began
         self.events.emit("queue-scanned", entries=seen, window=len(self.due) + len(self.inflight),
                          seconds=round(took, 3))
@@ -265,6 +271,9 @@ class Scheduler:
                 envelope, data = await loop.run_in_executor(None, self._load, mid)
             except FileNotFoundError:
                 return
+            except (ValueError, TypeError, KeyError) as exc:  # the scan only skimmed it
+                await asyncio.to_thread(self._quarantine_claimed, mid, exc)
+                return
             now = time.time()
             if envelope.next_attempt > now + 0.05:  # rescheduled by someone meanwhile
                 self.inflight.discard(mid)
@@ -283,6 +292,11 @@ class Scheduler:
             # Released off the loop: closing the last handle of a delivered message's file
             # frees it, which costs more than the loop should pay.
             loop.run_in_executor(None, os.close, claim)
+
+    def _quarantine_claimed(self, mid: str, exc: Exception) -> None:
+        reason = f"the envelope {QUEUE}/{mid}.env cannot be read: {exc!r}"
+        self.store.commit(quarantine_ops(self.store, QUEUE, mid, None, reason))
+        self.events.emit("quarantined", id=mid, folder=QUEUE, reason=reason)
 
     def _load(self, mid: str) -> tuple[Envelope, bytes]:
         """The claimed message's envelope and bytes; FileNotFoundError if an interrupted move

@@ -107,7 +107,7 @@ class Relay:
         await self.pickup.start()
         if self.config_watcher:
             self.config_watcher.start()
-        self.recovery.start()
+        self.recovery.start(after=self.scheduler.scanned)
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
 
