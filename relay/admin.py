@@ -279,6 +279,10 @@ class Admin:
         return sorted(rows, key=lambda r: r.received)
 
     def find(self, message_id: str) -> str:
+        """The folder a message is in (its later state, if a move was interrupted)."""
+        copies = self.store.copies(message_id)
+        if copies:
+            return max(copies, key=copies.__getitem__)
         folder = self.store.locate(message_id)
         if folder is None:
             raise NotFound(f"no message {message_id}")

@@ -214,7 +214,6 @@ class Delivery:
     timeout: Duration = setting(Duration(600), "timeout for each SMTP step")
     ndr_copy_to: Address | None = setting(None, "send a copy of every NDR here")
     masquerade_domain: Domain | None = setting(None, "replace the sender's domain on remote mail")
-    active_limit: int = setting(20000, "queued messages the queue manager keeps in memory")
 
 
 @dataclass(frozen=True)
@@ -268,6 +267,11 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class QueueManager:
+    active_limit: int = setting(20000, "queued messages kept in memory (the earliest due)")
+
+
+@dataclass(frozen=True)
 class Config:
     mailroot: str = setting("./mailroot", "the mailroot folder")
     hostname: str | None = setting(None, "FQDN for EHLO, Received and Reporting-MTA")
@@ -277,6 +281,7 @@ class Config:
     dns: Dns = setting(Dns())
     pickup: Pickup = setting(Pickup())
     admin: Admin = setting(Admin())
+    queue: QueueManager = setting(QueueManager())
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
 
     @property
@@ -441,6 +446,8 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
         raise fail("smtp.tls", "set both cert and key, or neither")
     if config.smtp.tls.require and not config.smtp.tls.cert:
         raise fail("smtp.tls.require", "STARTTLS can't be required without smtp.tls.cert/key")
+    if config.queue.active_limit < 1:
+        raise fail("queue.active_limit", "must be at least 1")
 
 
 def load(path: str | Path | None) -> Config:

@@ -38,8 +38,9 @@ class Recovery:
         self.task = asyncio.create_task(self.run(after), name="recovery")
 
     async def stop(self) -> None:
-        self.halt.set()
+        self.halt.set()  # a walk in its thread ends at the next entry
         if self.task is not None:
+            self.task.cancel()  # it may still be waiting for the first scan
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def run(self, after: asyncio.Event) -> None:

@@ -2,7 +2,7 @@
 the delay notice, expiry, Badmail and reports to senders.
 
 Due times live in each message's envelope and, for an active window of the earliest due
-(`delivery.active_limit` messages, like Postfix's active queue), in a heap in memory, so a
+(`queue.active_limit` messages, like Postfix's active queue), in a heap in memory, so a
 restart keeps the schedule and memory does not grow with the queue.  The window is filled by
 incremental scans of `Queue/` (streamed, in batches, beside delivery: a message due now is
 tried as soon as the scan reaches it); a scan runs at start, when the earliest entry left
@@ -103,7 +103,7 @@ class Scheduler:
 
     @property
     def limit(self) -> int:
-        return max(1, self.config.delivery.active_limit)
+        return self.config.queue.active_limit
 
     async def start(self) -> None:
         """Start the services at once; the first scan fills the window beside delivery."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from relay.admin import Admin
-from relay.config import load
+from relay.config import ConfigError, load
 from relay.store import HOLD, QUEUE, Mailroot
 from tests.conftest import RelayProcess, wait_for
 from tests.queue_fill import fill_queue, queued_message
@@ -67,10 +67,12 @@ def test_pickup_and_smtp_work_within_a_second_of_start_with_50000_queued(
         taken = min(p.stat().st_ctime for p in first) - began_wall
         assert taken < 1.0, f"the Pickup file reached Drop {taken:.2f} s after start"
         assert not (root / "Pickup" / "waiting.eml").exists()
-        assert len(Mailroot(root).ids(QUEUE)) == QUEUED  # nothing of the queue was lost
     finally:
-        relay.proc.terminate()
-        relay.proc.wait(10)
+        relay.proc.terminate()  # most likely in the middle of its first scan: it stops at once
+        code = relay.proc.wait(10)
+    assert code == 0
+    assert "relay-stopped" in {e["event"] for e in relay.events()}
+    assert len(Mailroot(root).ids(QUEUE)) == QUEUED  # nothing of the queue was lost
 
 
 @pytest.mark.slow  # filling 50,000 messages takes seconds
@@ -152,3 +154,30 @@ def test_an_envelope_the_scan_only_skimmed_is_quarantined_when_it_cannot_be_read
         assert not hop.messages and not Mailroot(root).has(QUEUE, mid)
     finally:
         relay.stop()
+
+
+def test_a_window_of_4_still_delivers_30_messages_due_at_different_times(
+        write_config, sink, tmp_path: Path) -> None:
+    """Only `queue.active_limit` due times are held in memory; the rest wait on disk and are
+    found by further scans as the earliest of them comes due."""
+    root = tmp_path / "mailroot"
+    ids = [mid for step in range(5)
+           for mid in fill_queue(root, 6, due_in=0.5 * step - 0.5, recipient=f"s{step}@r.example")]
+    hop = sink()
+    relay = RelayProcess(write_config({"delivery": {"smarthost": f"127.0.0.1:{hop.port}"},
+                                       "queue": {"active_limit": 4}}), root).start()
+    try:
+        wait_for(lambda: len(hop.messages) >= len(ids), timeout=20)
+        wait_for(lambda: not Mailroot(root).ids(QUEUE))
+        assert sorted(r for m in hop.messages for r in m.recipients) == sorted(
+            f"s{n // 6}@r.example" for n in range(30))
+        scans = [e for e in relay.events() if e["event"] == "queue-scanned"]
+        assert len(scans) > 1 and all(s["window"] <= 5 for s in scans)  # 4 and a quarter
+    finally:
+        relay.stop()
+
+
+def test_an_active_limit_below_1_is_refused_naming_the_key(write_config) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load(write_config({"queue": {"active_limit": 0}}))
+    assert refused.value.key == "queue.active_limit" and "at least 1" in str(refused.value)
