@@ -6,9 +6,10 @@ Fills Queue with N messages in the store's format (next attempt a day away, test
 plus one due now, places a local-domain file in Pickup, then starts `mailroot serve` and
 measures, from the moment the process is started: the first SMTP 250 (a client retrying its
 connection from that moment), the Pickup file in Drop, the due message at the sink (its
-first attempt), the end of the queue manager's first scan; then idle CPU and RSS (now and
-peak) over an idle window; then, with the relay stopped, `mailroot queue --json` (first line
-and all N) and `mailroot summary`.  Everything on 127.0.0.1; every wait bounded.
+first attempt), the end of the queue manager's first scan and of the recovery pass; then
+idle CPU and RSS (now and peak) over an idle window; then, with the relay stopped, `mailroot
+queue --json` (first line and all N) and `mailroot summary`.  Everything on 127.0.0.1; every
+wait bounded.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def events(root: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def logged(root: Path, event: str) -> bool:
+    return any(e["event"] == event for e in events(root))
+
+
 def cli(config: Path, *args: str) -> tuple[float, float, int]:
     """(seconds to the first line, seconds in all, lines) of a `mailroot` subcommand."""
     began = time.monotonic()
@@ -132,8 +137,8 @@ def run_relay(root: Path, home: Path, size: int, idle: float, sink: Sink) -> dic
         pending = {"s first Pickup file in Drop": lambda: dropped_for(root / "Drop",
                                                                       f"pickup@{LOCAL}"),
                    "s first due message at the sink": lambda: sink.count >= 1,
-                   "s first scan done": lambda: any(e["event"] == "queue-scanned"
-                                                    for e in events(root))}
+                   "s first scan done": lambda: logged(root, "queue-scanned"),
+                   "s recovery pass done": lambda: logged(root, "recovery-finished")}
         deadline = began + WAIT
         while pending and time.monotonic() < deadline:
             for name, check in list(pending.items()):
