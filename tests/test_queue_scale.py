@@ -5,6 +5,7 @@ resolved before the id is delivered or listed."""
 
 from __future__ import annotations
 
+import json
 import os
 import smtplib
 import socket
@@ -18,6 +19,7 @@ import pytest
 from relay.admin import Admin
 from relay.config import ConfigError, load
 from relay.store import HOLD, QUEUE, Mailroot
+from tests.admin_support import cli
 from tests.conftest import RelayProcess, wait_for
 from tests.queue_fill import fill_queue, queued_message
 
@@ -181,3 +183,16 @@ def test_an_active_limit_below_1_is_refused_naming_the_key(write_config) -> None
     with pytest.raises(ConfigError) as refused:
         load(write_config({"queue": {"active_limit": 0}}))
     assert refused.value.key == "queue.active_limit" and "at least 1" in str(refused.value)
+
+
+def test_queue_listing_oldest_first_or_unsorted_lists_every_message_once(
+        write_config, tmp_path: Path) -> None:
+    root = tmp_path / "mailroot"
+    ids = fill_queue(root, 40)
+    config = write_config()
+    oldest_first = cli(config, "queue", "--json")
+    unsorted = cli(config, "queue", "--json", "--unsorted")
+    text = cli(config, "queue")
+    assert [json.loads(line)["id"] for line in oldest_first.stdout.splitlines()] == ids
+    assert sorted(json.loads(line)["id"] for line in unsorted.stdout.splitlines()) == ids
+    assert text.stdout.splitlines()[-1].startswith("-- ") and "in 40 messages in Queue" in text.stdout
