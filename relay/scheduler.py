@@ -53,6 +53,7 @@ WATCH_DEBOUNCE_MS = 100
 RESCAN_SECONDS = 30.0  # the shortest time between safety-net scans...
 RESCAN_COST_SHARE = 0.01  # ...which may take at most this share of the time
 SCAN_BATCH = 2000  # envelopes read per hop to the scan thread
+SAVED_WINDOW = "queue.window"  # the window as the last scan left it: the next start's first guess
 
 
 def rounds(envelope: Envelope) -> int:
@@ -222,6 +223,15 @@ class Scheduler:
         and a stat, never bodies) and scheduled, the window keeping the earliest due.
         Returns the seconds it took."""
         began = time.monotonic()
+        if not self.scanned.is_set():  # a restart: what was due soonest comes first
+            saved = await asyncio.to_thread(self._saved_window)
+            for start in range(0, len(saved), SCAN_BATCH):
+                for mid, due in await asyncio.to_thread(self._due_times,
+                                                        saved[start:start + SCAN_BATCH]):
+                    self.schedule(mid, due)
+            if saved:
+                self.events.emit("queue-window-restored", entries=len(self.due),
+                                 seconds=round(time.monotonic() - began, 3))
         self.scan_horizon = math.inf
         names = self.store.iter_ids(QUEUE, self.halt)
         seen = 0
@@ -235,10 +245,24 @@ class Scheduler:
                 self.schedule(mid, due)
         self.horizon = self.scan_horizon  # this pass saw every entry outside the window
         self.scanned.set()
+        await asyncio.to_thread(self._save_window, sorted(self.due.items(), key=lambda i: i[1]))
         took = time.monotonic() - began
         self.events.emit("queue-scanned", entries=seen, window=len(self.due) + len(self.inflight),
                          seconds=round(took, 3))
         return took
+
+    def _save_window(self, window: list[tuple[str, float]]) -> None:
+        """Note the window's ids by due time: only a hint (each envelope is read again when
+        it is used), so a stale or missing file costs a restart time, never a message."""
+        text = "".join(f"{due!r} {mid}\n" for mid, due in window)
+        self.store.commit([Write(self.store.root / SAVED_WINDOW, text.encode())])
+
+    def _saved_window(self) -> list[str]:
+        try:
+            lines = (self.store.root / SAVED_WINDOW).read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        return [mid for mid in (line.partition(" ")[2] for line in lines) if is_id(mid)]
 
     async def _worker(self) -> None:
         while True:

@@ -196,3 +196,39 @@ def test_queue_listing_oldest_first_or_unsorted_lists_every_message_once(
     assert [json.loads(line)["id"] for line in oldest_first.stdout.splitlines()] == ids
     assert sorted(json.loads(line)["id"] for line in unsorted.stdout.splitlines()) == ids
     assert text.stdout.splitlines()[-1].startswith("-- ") and "in 40 messages in Queue" in text.stdout
+
+
+@pytest.mark.slow  # filling 50,000 messages takes seconds
+def test_a_restart_takes_up_the_window_the_last_scan_saved_before_scanning_again(
+        write_config, sink, tmp_path: Path) -> None:
+    """40 messages due soonest among 25,000: the first run's scan notes them (the window, by
+    due time); once they are due, a restart tries them all before its own scan of the 25,000
+    has ended, wherever they are in the directory order."""
+    root = tmp_path / "mailroot"
+    fill_queue(root, QUEUED // 2)
+    soon = fill_queue(root, 40, due_in=3600, recipient="soon@remote.example")
+    hop = sink()
+    config = write_config({"delivery": {"smarthost": f"127.0.0.1:{hop.port}"}})
+    first = RelayProcess(config, root).start(timeout=30)
+    wait_for(lambda: any(e["event"] == "queue-scanned" for e in first.events()), timeout=40)
+    first.stop()
+    store = Mailroot(root)
+    for mid in soon:  # the hour has passed
+        envelope = store.read_envelope(QUEUE, mid)
+        envelope.next_attempt = time.time() - 1
+        store.update_envelope(QUEUE, envelope)
+    offset = len(first.events())
+    second = RelayProcess(config, root).start(timeout=30)
+    try:
+        def restored_and_delivered() -> list[dict] | None:
+            events = second.events()[offset:]
+            delivered = {e["id"] for e in events if e["event"] == "delivered"}
+            restored = any(e["event"] == "queue-window-restored" for e in events)
+            return events if restored and set(soon) <= delivered else None
+
+        later = wait_for(restored_and_delivered, timeout=30)
+        names = [e["event"] for e in later]
+        scanned = names.index("queue-scanned") if "queue-scanned" in names else len(names)
+        assert max(i for i, name in enumerate(names) if name == "delivered") < scanned
+    finally:
+        second.stop()
