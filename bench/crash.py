@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pickup", type=int, default=1500, help="Pickup files")
     parser.add_argument("--smtp", type=int, default=1500, help="SMTP messages")
     parser.add_argument("--clients", type=int, default=5, help="SMTP client threads")
+    parser.add_argument("--queued", type=int, default=0,
+                        help="deferred messages parked in Queue behind the load")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--json", type=Path, help="write the report here too")
     args = parser.parse_args(argv)
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mailroot-crash-") as tmp:
         report = crash_run(Path(tmp), kills=args.kills, pickup=args.pickup, smtp=args.smtp,
                            clients=args.clients, load_seconds=args.kills * sum(gap) / 2,
-                           gap=gap, seed=args.seed, drain_timeout=120)
+                           gap=gap, seed=args.seed, drain_timeout=120,
+                           queued=args.queued)
     print(report.summary())
     print(f"lost: {len(report.lost)}", *report.lost[:20], sep="\n  ")
     print(f"duplicates: {len(report.duplicates)}")

@@ -36,6 +36,7 @@ from relay.store import (
     FOLDERS,
     HOLD,
     MARKER,
+    MOVE_FOLDERS,
     PICKUP,
     QUEUE,
     TRASH,
@@ -250,29 +251,61 @@ class Admin:
 
     def list_folder(self, folder: str = QUEUE) -> list[MessageSummary]:
         """A folder's messages, oldest first."""
+        return list(self.iter_folder(folder))
+
+    def iter_folder(self, folder: str = QUEUE, ordered: bool = True) -> Iterator[MessageSummary]:
+        """A folder's messages, each as soon as it is read: oldest first (after one listing
+        of the names), or in directory order (from the first entry on).  An id an
+        interrupted move left in two folders is shown only where its later state is."""
         if folder == PICKUP:
-            rows = []
-            pickup = self.store.folder(PICKUP)
-            for name in sorted(os.listdir(pickup)):
-                path = pickup / name
-                if name.startswith(".") or not path.is_file() or path.is_symlink():
-                    continue
-                try:
-                    row = self._file_summary(PICKUP, name, path)
-                    row.waiting = why_waiting(path, self.config.pickup.settle)
-                except OSError:
-                    continue
-                rows.append(row)
-            return sorted(rows, key=lambda r: r.received)
-        rows = []
-        for mid in self.store.ids(folder):
+            yield from self._pickup_rows()
+            return
+        ids = self.store.ids(folder) if ordered else self.store.iter_ids(folder)
+        elsewhere = self._committed_elsewhere(folder)
+        for mid in ids:
+            if elsewhere(mid) and self._superseded(folder, mid):
+                continue
             try:
-                rows.append(self.summary_of(folder, mid))
+                yield self.summary_of(folder, mid)
             except (OSError, ValueError):
                 continue  # moved on while we looked
-        return rows
+
+    def _committed_elsewhere(self, folder: str) -> Callable[[str], bool]:
+        """A quick test for "this id may be committed in another folder too": the names of
+        Hold, Badmail and Trash (usually few) are listed once, the Queue is asked per id."""
+        if folder not in MOVE_FOLDERS:
+            return lambda mid: False
+        others = set().union(*(self.store.ids(f) for f in (HOLD, BADMAIL, TRASH)
+                               if f != folder))
+        if folder == QUEUE:
+            return others.__contains__
+        queue = f"{self.store.root}/{QUEUE}/"
+        return lambda mid: mid in others or os.path.exists(f"{queue}{mid}.env")
+
+    def _superseded(self, folder: str, message_id: str) -> bool:
+        copies = self.store.copies(message_id)
+        return folder in copies and max(copies, key=copies.__getitem__) != folder
+
+    def _pickup_rows(self) -> list[MessageSummary]:
+        rows = []
+        pickup = self.store.folder(PICKUP)
+        for name in sorted(os.listdir(pickup)):
+            path = pickup / name
+            if name.startswith(".") or not path.is_file() or path.is_symlink():
+                continue
+            try:
+                row = self._file_summary(PICKUP, name, path)
+                row.waiting = why_waiting(path, self.config.pickup.settle)
+            except OSError:
+                continue
+            rows.append(row)
+        return sorted(rows, key=lambda r: r.received)
 
     def find(self, message_id: str) -> str:
+        """The folder a message is in (its later state, if a move was interrupted)."""
+        copies = self.store.copies(message_id)
+        if copies:
+            return max(copies, key=copies.__getitem__)
         folder = self.store.locate(message_id)
         if folder is None:
             raise NotFound(f"no message {message_id}")
@@ -333,12 +366,22 @@ class Admin:
                     raise Problem("wrong state: a Pickup entry set aside unopened, not a message")
                 continue
             with self.store.claim(folder, message_id, wait=self.wait) as held:
+                if held and self._settled_elsewhere(folder, message_id):
+                    continue  # an interrupted move left a stale copy here: look again
                 if held:
                     yield folder
                     return
             if self.store.has(folder, message_id):
                 raise Problem("busy: the relay is working on it; try again")
         raise Problem("busy: it kept moving between folders; try again")
+
+    def _settled_elsewhere(self, folder: str, message_id: str) -> bool:
+        """Resolve an interrupted move of a claimed message; True if `folder` lost."""
+        stale = self.store.settle(message_id)
+        for lost in stale:
+            self.events.emit("recovered", id=message_id, folder=lost,
+                             action="removed the source of an interrupted move")
+        return folder in stale
 
     def _act(self, action: str, ids: Iterable[str], step: Callable[[str, str], None],
              **detail: object) -> ActionResult:
@@ -584,10 +627,11 @@ class Admin:
     # --- queue shape ---
 
     def summary(self, folder: str = QUEUE) -> QueueShape:
-        """Messages per destination domain by age, and Badmail by reason class."""
+        """Messages per destination domain by age, and Badmail by reason class; the rows
+        are streamed in directory order, so a million take constant memory."""
         now = time.time()
         shape = QueueShape()
-        for row in self.list_folder(folder):
+        for row in self.iter_folder(folder, ordered=False):
             domains = {domain_of(r.address).lower() or "(local)" for r in row.recipients
                        if r.state in ("pending", "deferred")}
             for domain in sorted(domains):

@@ -55,17 +55,20 @@ def format_row(row: MessageSummary) -> list[str]:
 
 
 def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
-    rows = admin.list_folder(FOLDER_NAMES[args.folder])
+    """Rows are written as they are read: the first at once, a million in constant memory."""
+    folder = FOLDER_NAMES[args.folder]
     out = sys.stdout
-    if args.json:
-        encode = json.JSONEncoder(separators=(",", ":")).encode
-        out.write("".join(encode(row.to_dict()) + "\n" for row in rows))
-        return 0
-    for row in rows:
-        out.write("\n".join(format_row(row)) + "\n\n")
-    size = sum(row.size for row in rows)
-    out.write(f"-- {size // 1024} KiB in {len(rows)} message{'s' * (len(rows) != 1)} "
-              f"in {FOLDER_NAMES[args.folder]}\n")
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    count = size = 0
+    for row in admin.iter_folder(folder, ordered=not args.unsorted):
+        out.write(encode(row.to_dict()) + "\n" if args.json
+                  else "\n".join(format_row(row)) + "\n\n")
+        count += 1
+        size += row.size
+        if count == 1:
+            out.flush()
+    if not args.json:
+        out.write(f"-- {size // 1024} KiB in {count} message{'s' * (count != 1)} in {folder}\n")
     return 0
 
 
@@ -244,6 +247,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     queue = sub.add_parser("queue", parents=[common], help="list a folder, oldest first")
     queue.add_argument("--folder", choices=list(FOLDER_NAMES), default="queue")
     queue.add_argument("--json", action="store_true", help="one JSON object per line")
+    queue.add_argument("--unsorted", action="store_true",
+                       help="in directory order, not oldest first: the first row at once")
     show = sub.add_parser("show", parents=[common], help="one message: envelope, attempts")
     show.add_argument("id")
     show.add_argument("--raw", action="store_true", help="the message exactly as stored")
