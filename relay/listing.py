@@ -6,7 +6,8 @@ parser, so the same words select the same messages everywhere.
 
 The expression: space-separated terms, all of which must hold (AND).
   word            in the id, sender, a recipient, subject, reason or last reply (any case)
-  domain:D        a recipient domain (still to deliver, in Queue and Hold) is D or under D
+  domain:D        a recipient domain (still to deliver, in Queue and Hold) is D;
+                  domain:.D (or *.D) any domain under D
   from:X to:X     part of the sender / of a recipient address
   reason:X        part of the Badmail reason or the last reply, or the reason class
   subject:X       part of the subject
@@ -87,8 +88,8 @@ class Entry:
 
 def entry_of(row) -> Entry:
     """An Entry from an admin MessageSummary (relay.admin builds those from the files)."""
-    waiting = [r for r in row.recipients if r.state in ("pending", "deferred")]
-    chosen = waiting if row.folder in (QUEUE, HOLD) and waiting else row.recipients
+    chosen = [r for r in row.recipients if r.state in ("pending", "deferred")] \
+        if row.folder in (QUEUE, HOLD) else row.recipients
     domains = tuple(dict.fromkeys(domain_of(r.address).lower() for r in chosen))
     recipients = tuple(r.address for r in row.recipients)
     origin = getattr(row, "deleted_from", "")
@@ -109,9 +110,11 @@ _OPS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge
 
 
 def _domain_test(wanted: str) -> Test:
-    wanted = wanted.lower().strip(".")
-    suffix = "." + wanted
-    return lambda e: any(d == wanted or d.endswith(suffix) for d in e.domains)
+    if wanted.startswith(("*.", ".")):  # every domain under it
+        suffix = "." + wanted.lstrip("*.")
+        return lambda e: any(d.endswith(suffix) for d in e.domains)
+    wanted = wanted.rstrip(".")
+    return lambda e: wanted in e.domains
 
 
 def _term(term: str, now: float) -> Test:

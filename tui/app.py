@@ -13,6 +13,7 @@ import os
 import signal
 import struct
 import termios
+import threading
 import time
 from collections.abc import Callable
 
@@ -26,14 +27,17 @@ from watchfiles import awatch
 from relay.admin import Admin
 from relay.config import Config
 from relay.events import read_events
+from relay.listing import MatchError
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
-from relay.store import FOLDERS, QUEUE
+from relay.store import QUEUE
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
+from tui.bulk import VERBS, result_line
 from tui.commands import ConsoleCommands
+from tui.index import FolderIndex
 from tui.model import changed_ids
-from tui.screens.dashboard import VERBS, Dashboard
+from tui.screens.dashboard import VIEWS, Dashboard
 from tui.stats import Stats
 from tui.widgets.status import StatusBar
 
@@ -74,6 +78,11 @@ class ConsoleApp(App):
         self.events_offset = 0
         self.stats = Stats()
         self._stop_watch: asyncio.Event | None = None
+        self.index = FolderIndex(self.admin, VIEWS)
+        self.unindexed: dict[str, set[str]] = {}  # changed while the index was being built
+        self._changing = asyncio.Lock()  # one change of the index and the views at a time
+        self.bulk_cancel: threading.Event | None = None  # set by esc: the running bulk stops
+        self.last_result = ""  # the line that accounted for the last bulk action
 
     def get_default_screen(self) -> Dashboard:
         self.dashboard = Dashboard()
@@ -95,7 +104,8 @@ class ConsoleApp(App):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
         for pane in self.dashboard.panes.values():
             pane.view.load(self.admin)
-        self.dashboard.refresh_panes(FOLDERS)
+        self.dashboard.refresh_panes(VIEWS)
+        self.build_index()
         self.follow_events(first=True)
         self._stop_watch = asyncio.Event()
         self.watch_mailroot()
@@ -146,7 +156,7 @@ class ConsoleApp(App):
     @work(exclusive=True, group="watch", exit_on_error=False)
     async def watch_mailroot(self) -> None:
         """Turn file events into pending ids plus one mergeable message per burst."""
-        paths = [self.store.folder(f) for f in FOLDERS] + [self.store.log_dir]
+        paths = [self.store.folder(f) for f in VIEWS] + [self.store.log_dir]
         log_dir = str(self.store.log_dir)
         async for changes in awatch(*paths, watch_filter=None, debounce=100, step=50,
                                     recursive=False, stop_event=self._stop_watch):
@@ -161,14 +171,59 @@ class ConsoleApp(App):
         if not self.paused:
             self.apply_pending()
 
-    def apply_pending(self) -> None:
-        pending, self.pending = self.pending, {}
-        if pending.pop("log", None) is not None:
-            self.follow_events()
-        panes = self.dashboard.panes
-        for folder, ids in pending.items():
-            panes[folder].view.apply(self.admin, ids)
-        if pending:
+    # --- the index ---
+
+    @work(group="index", exit_on_error=False)
+    async def build_index(self) -> None:
+        """Read every folder whole, off the event loop, then let the views use the index;
+        what changed meanwhile is read again."""
+        built = await asyncio.to_thread(self.index.build)
+        async with self._changing:
+            self.index.install(built)
+            again, self.unindexed = self.unindexed, {}
+            if again:
+                self.index.merge(await asyncio.to_thread(self.index.read_changes, again))
+            for folder in VIEWS:
+                self.show_view(folder)
+            self.dashboard.refresh_panes(VIEWS)
+
+    def show_view(self, folder: str, changed: set[str] | frozenset[str] = frozenset()) -> None:
+        """A pane's ids from the index (its filter and sort over the whole folder)."""
+        view = self.dashboard.panes[folder].view
+        ids = view.ids if view.indexed else []
+        try:
+            ids = self.index.query(folder, view.needle, view.sort)
+            view.error = ""
+        except MatchError as exc:
+            view.error = str(exc)
+        entries = self.index.entries[folder]
+        view.show(self.admin, ids, len(entries), entries.__contains__, changed)
+
+    def refresh_view(self, folder: str) -> None:
+        """After the operator changed a view's filter, sort or page."""
+        if self.index.ready:
+            self.show_view(folder)
+        else:
+            self.dashboard.panes[folder].view.apply(self.admin, ())
+        self.dashboard.refresh_panes([folder])
+
+    @work(group="apply", exit_on_error=False)
+    async def apply_pending(self) -> None:
+        """Bring the index and the panes up to the file events gathered so far."""
+        async with self._changing:
+            pending, self.pending = self.pending, {}
+            if pending.pop("log", None) is not None:
+                self.follow_events()
+            if not pending:
+                return
+            if self.index.ready:
+                self.index.merge(await asyncio.to_thread(self.index.read_changes, pending))
+                for folder, ids in pending.items():
+                    self.show_view(folder, ids)
+            else:
+                for folder, ids in pending.items():
+                    self.unindexed.setdefault(folder, set()).update(ids)
+                    self.dashboard.panes[folder].view.apply(self.admin, ids)
             self.dashboard.refresh_panes(list(pending))
 
     def resync(self) -> None:
@@ -176,10 +231,12 @@ class ConsoleApp(App):
         if self.paused:
             return
         for folder, pane in self.dashboard.panes.items():
-            names = set(self.admin.store.ids(folder)) if folder != "Pickup" else None
-            if names is None or names.symmetric_difference(pane.view.ids):
-                self.pending.setdefault(folder, set()).update(
-                    names.symmetric_difference(pane.view.ids) if names is not None else ())
+            if folder == "Pickup":
+                continue
+            known = self.index.entries[folder] if self.index.ready else pane.view.ids
+            differ = set(self.admin.store.ids(folder)).symmetric_difference(known)
+            if differ:
+                self.pending.setdefault(folder, set()).update(differ)
         self.apply_pending()
 
     def follow_events(self, first: bool = False) -> None:
@@ -200,7 +257,7 @@ class ConsoleApp(App):
         now = self.clock()
         if self.relay is None:
             self.holder = lock_holder(self.store)
-        depth = len(self.dashboard.panes[QUEUE].view.ids)
+        depth = self.dashboard.panes[QUEUE].view.total
         self.stats.sample_depth(now, depth)
         state, running = self.relay_state()
         header = Text()
@@ -231,24 +288,48 @@ class ConsoleApp(App):
 
     @work(group="operate")
     async def operate(self, action: str, folder: str, ids: list[str]) -> None:
-        """Run one operator API call off the event loop and report what it did."""
+        """Run one bulk action off the event loop, with a progress bar that esc stops, and
+        report what it did to every message."""
         if self.readonly:
             self.notify("Read-only console: actions are off.", severity="error")
             return
-        method = getattr(self.admin, action)
+        if self.bulk_cancel is not None:
+            self.notify("Another bulk action is running; esc stops it.", severity="warning")
+            return
         verb = VERBS[action][0]
+        cancel = self.bulk_cancel = threading.Event()
+        done = [0]
+
+        def progress(count: int) -> bool:
+            done[0] = count
+            return not cancel.is_set()
+
+        started = time.monotonic()
+        self.dashboard.bulk_progress(verb, 0, len(ids), 0.0)
+        timer = self.set_interval(0.1, lambda: self.dashboard.bulk_progress(
+            verb, done[0], len(ids), time.monotonic() - started))
         try:
-            result = await asyncio.to_thread(method, ids)
+            result = await asyncio.to_thread(self.admin.bulk, action, ids, progress)
         except Exception as exc:  # the API's refusal, shown to the operator, not a crash
             self.notify(f"{verb} failed: {exc}", severity="error", markup=False)
             return
-        done, problems = list(result.done), dict(result.problems)
-        self.dashboard.panes[folder].view.marks.difference_update(done)
-        text = f"{verb}: {len(done)} of {len(ids)} done."
-        if problems:
-            first = next(iter(problems.items()))
-            text += f" {len(problems)} not: {first[0]}: {first[1]}"
-        self.notify(text, severity="warning" if problems else "information", markup=False)
+        finally:
+            timer.stop()
+            self.bulk_cancel = None
+            self.dashboard.bulk_progress(verb, None, len(ids), 0.0)
+        self.dashboard.panes[folder].view.marks.difference_update(result.done)
+        undo = "Undo: 6 (Trash), mark them, u." if action == "delete" else ""
+        self.last_result = result_line(action, result, len(ids), undo)
+        self.notify(self.last_result[:1].upper() + self.last_result[1:],
+                    severity="warning" if len(result.done) < len(ids) else "information",
+                    timeout=8 if undo else 5, markup=False)
+
+    def cancel_bulk(self) -> bool:
+        """esc while a bulk action runs: it stops after the message in hand."""
+        if self.bulk_cancel is None:
+            return False
+        self.bulk_cancel.set()
+        return True
 
     def action_help(self) -> None:
         from tui.screens.help import Help

@@ -12,8 +12,9 @@ from textual.events import Resize
 from textual.widgets import DataTable, Static
 
 from relay.admin import MessageSummary
-from relay.store import BADMAIL, HOLD, PICKUP, QUEUE
-from tui.model import COLUMNS, PAGE, SORTS, Column, FolderView, fit, state_word
+from relay.listing import SORTS
+from relay.store import BADMAIL, HOLD, PICKUP, QUEUE, TRASH
+from tui.model import COLUMNS, PAGE, Column, FolderView, fit, state_word
 from tui.widgets.textbox import TextBox
 
 SCROLLBAR = 1  # the table's vertical scrollbar, kept free so columns never jump
@@ -85,20 +86,26 @@ class FolderPane(Vertical):
 
     def title_text(self) -> Text:
         view = self.view
-        total = len(view.ids)
+        total, shown = view.total, len(view.ids)
         text = Text()
         text.append(f"{self.key} {self.folder}", style="bold")
-        text.append(f"  {total} message{'s' if total != 1 else ''}")
-        if view.needle:
-            text.append(f"  filter “{view.needle}”: {len(view.visible())} of "
-                        f"{len(view.rows)}", style="bold")
+        text.append(f"  {total:,} message{'s' if total != 1 else ''}")
+        if view.needle and not view.indexed:
+            text.append(f"  filter “{view.needle}”: indexing…", style="bold")
+        elif view.needle:
+            text.append(f"  filter “{view.needle}”: {shown:,} of {total:,}", style="bold")
+        if view.error:
+            text.append(f"  {view.error}", style="bold red")
         if view.pages > 1:
             first = view.page * PAGE + 1
-            text.append(f"  rows {first}–{min(total, first + PAGE - 1)} of {total} ([ ] page)")
+            text.append(f"  rows {first:,}–{min(shown, first + PAGE - 1):,} of {shown:,} "
+                        "([ ] page)")
         if view.marks:
-            text.append(f"  {len(view.marks)} marked", style="bold")
+            text.append(f"  {len(view.marks):,} marked", style="bold reverse")
         if view.sort:
             text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
+        if view.follow:
+            text.append("  following", style="bold")
         return text
 
     def current_id(self) -> str | None:
@@ -156,8 +163,10 @@ class FolderPane(Vertical):
                         table.update_cell(row.id, column.key, cell)
             else:
                 table.add_row(*cells, key=row.id)
+        if self.view.follow:
+            current = self.view.newest()
         if current in keep:
-            table.move_cursor(row=table.get_row_index(current), scroll=False)
+            table.move_cursor(row=table.get_row_index(current), scroll=self.view.follow)
         self.query_one(".pane-title", Static).update(self.title_text())
 
     def toggle_mark(self) -> None:
@@ -175,5 +184,6 @@ def can(folder: str, action: str) -> bool:
         "requeue": folder in (BADMAIL, HOLD, QUEUE),
         "retry": folder == QUEUE,
         "hold": folder in (QUEUE, HOLD),
-        "delete": folder != PICKUP,
+        "delete": folder not in (PICKUP, TRASH),
+        "undelete": folder == TRASH,
     }[action]
