@@ -10,19 +10,19 @@ from relay.store import QUEUE, Attempt, Envelope, Mailroot, Recipient, new_id
 
 
 def fill_queue(root: Path, count: int, domains: int = 20, folder: str = QUEUE,
-               size_of=lambda n: 200, last_subject: str = "") -> list[str]:
-    """`count` messages deferred once, recipient domain d{n % domains}.example, oldest first;
-    the last one's subject is `last_subject` when given. Returns the ids in order."""
+               size_of=lambda n: 200, last_subject: str = "", prefix: str = "d") -> list[str]:
+    """`count` messages deferred once, recipient domain {prefix}{n % domains}.example, oldest
+    first; the last one's subject is `last_subject` when given. Returns the ids in order."""
     store = Mailroot(root)
     store.ensure()
     now, later, ids = time.time(), time.time() + 86400, []
     for n in range(count):
         mid = new_id()
         subject = last_subject if last_subject and n == count - 1 else f"report {n}"
-        data = (f"From: app@example.com\r\nTo: u{n}@d{n % domains}.example\r\n"
+        data = (f"From: app@example.com\r\nTo: u{n}@{prefix}{n % domains}.example\r\n"
                 f"Subject: {subject}\r\n\r\n").encode() + b"x" * size_of(n)
         env = Envelope(mid, "app@example.com",
-                       [Recipient(f"u{n}@d{n % domains}.example", "deferred", "4.7.1",
+                       [Recipient(f"u{n}@{prefix}{n % domains}.example", "deferred", "4.7.1",
                                   "451 4.7.1 greylisted")],
                        received=now - count + n, size=len(data), subject=subject,
                        next_attempt=later, queued_at=now,

@@ -10,7 +10,7 @@ import bisect
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.admin import Admin, MessageSummary
 from relay.store import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE, TRASH
@@ -117,8 +117,8 @@ COLUMNS: dict[str, list[Column]] = {
     DROP: [MARK, _state(7), AGE, FROM, TO, FLEX_SUBJECT, SIZE, ID],
     BADMAIL: [MARK, _state(5), AGE, TO, REASON, FROM, SUBJECT, ID],
     HOLD: [MARK, _state(6), AGE, TO, ATTEMPTS, ERROR, FROM, SUBJECT, ID],
-    TRASH: [MARK, _state(9), AGE, _col("origin", "from folder", 7, lambda r, now: r.deleted_from),
-            SIZE, TO, FLEX_SUBJECT, FROM, ID],
+    TRASH: [MARK, _state(9), _col("origin", "was in", 7, lambda r, now: r.deleted_from),
+            replace(SIZE, drop=0), AGE, TO, FLEX_SUBJECT, FROM, ID],
 }
 
 @dataclass
