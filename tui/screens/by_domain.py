@@ -62,6 +62,10 @@ class ByDomain(Guarded, Screen):
             title += f"  {len(self.marks)} marked"
         self.query_one("#by-domain-title", Static).update(Text(title, style="bold"))
 
+    def index_changed(self) -> None:
+        """The Queue changed: count again (a pass over the index, not over the files)."""
+        self.reload()
+
     def current(self) -> DomainRow | None:
         table = self.query_one(DataTable)
         if not self.rows or table.cursor_row >= len(self.rows):

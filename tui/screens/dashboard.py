@@ -80,6 +80,8 @@ class Dashboard(Guarded, Screen):
             for folder in folders:
                 self.panes[folder].redraw()
                 self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
+        if QUEUE in folders and hasattr(self.app.screen, "index_changed"):
+            self.app.screen.index_changed()
 
     def activity(self, lines: list[str]) -> None:
         self.query_one("#activity", Log).write_lines(lines)

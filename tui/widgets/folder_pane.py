@@ -90,8 +90,9 @@ class FolderPane(Vertical):
         text = Text()
         text.append(f"{self.key} {self.folder}", style="bold")
         text.append(f"  {total:,} message{'s' if total != 1 else ''}")
-        if view.needle and not view.indexed:
-            text.append(f"  filter “{view.needle}”: indexing…", style="bold")
+        if not view.indexed:
+            text.append(f"  filter “{view.needle}”: indexing…" if view.needle
+                        else "  indexing…", style="dim")
         elif view.needle:
             text.append(f"  filter “{view.needle}”: {shown:,} of {total:,}", style="bold")
         if view.error:
