@@ -17,20 +17,16 @@ Usage: python -m bench.console_index [COUNT]   (default 100,000; one run)
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import signal
-import struct
-import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 from pathlib import Path
 
+from bench.console import console_in_pty
 from bench.procstat import status_mb
 from relay.store import Attempt, Envelope, Recipient, new_id
 
@@ -108,17 +104,10 @@ def type_filter(fd: int, text: str) -> None:
 
 
 def measure(config: Path, count: int) -> dict[str, float]:
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *SIZE, 0, 0))
-    began = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "console", "-c", str(config)],
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                            env={**os.environ, "TERM": "xterm-256color"})
-    os.close(slave)
-    screen = Screen(master)
     total = f"{count:,}".encode()
     per_domain = f"{count // DOMAINS:,}".encode()
-    try:
+    with console_in_pty(config, SIZE) as (proc, master, began):
+        screen = Screen(master)
         painted = screen.wait(rb"Queue %d" % count, began, 60)
         type_filter(master, TOKEN)
         indexed = screen.wait(rb"1 of " + total, painted, 60)
@@ -139,25 +128,12 @@ def measure(config: Path, count: int) -> dict[str, float]:
         start = time.monotonic()
         os.write(master, b"y")
         ended = screen.wait(rb"Held " + per_domain, start, 600)
-        figures = {"s first paint": painted - began,
-                   "s index complete": indexed - began,
-                   "s filter over the folder": filtered - asked,
-                   "bulk hold msg/s": count // DOMAINS / (ended - start),
-                   "ms longest frame gap in the bulk hold":
-                       screen.longest_gap(start, ended) * 1000,
-                   "MB peak RSS": status_mb(proc.pid, "VmHWM")}
-        os.write(master, b"q")
-        proc.wait(60)
-        return figures
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        os.close(master)
+        return {"s first paint": painted - began,
+                "s index complete": indexed - began,
+                "s filter over the folder": filtered - asked,
+                "bulk hold msg/s": count // DOMAINS / (ended - start),
+                "ms longest frame gap in the bulk hold": screen.longest_gap(start, ended) * 1000,
+                "MB peak RSS": status_mb(proc.pid, "VmHWM")}
 
 
 def main() -> None:
