@@ -189,12 +189,16 @@ class Admin:
                 counts[folder] = len(self.store.ids(folder))
         return counts
 
+    def envelope_fields(self, folder: str, message_id: str) -> dict:
+        """A message's envelope as raw JSON fields: the cheapest read, for listing many."""
+        return _decode(_read_small(f"{self.store.root}/{folder}/{message_id}.env").decode())
+
     def summary_of(self, folder: str, message_id: str) -> MessageSummary:
         """One message's row; reads the small envelope or the head of the file, not bodies."""
         if folder in (QUEUE, HOLD, TRASH) or (folder == BADMAIL and self.store.path(
                 BADMAIL, message_id, ".env").exists()):
             # The hot path of listing 100,000 messages: the raw JSON, no Path, no Envelope.
-            env = _decode(_read_small(f"{self.store.root}/{folder}/{message_id}.env").decode())
+            env = self.envelope_fields(folder, message_id)
             attempts = env.get("attempts") or []
             return MessageSummary(
                 id=message_id, folder=folder, received=env["received"], size=env.get("size", 0),

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from relay.admin import Admin
-from relay.listing import SORTS, Entry, compile_match, entry_of
+from relay.listing import SORTS, Entry, compile_match, entry_of, read_entry
 from relay.qshape import AGE_BUCKETS, bucket
 from relay.store import PICKUP, QUEUE
 
@@ -50,7 +50,7 @@ class FolderIndex:
         out: dict[str, Entry | None] = {}
         for mid in ids:
             try:
-                out[mid] = _compact(entry_of(self.admin.summary_of(folder, mid)))
+                out[mid] = _compact(read_entry(self.admin, folder, mid))
             except (OSError, ValueError, LookupError, KeyError, TypeError):
                 out[mid] = None  # gone, or moved on while we looked; its file event follows
         return out

@@ -95,18 +95,18 @@ class FolderPane(Vertical):
                         else "  indexing…", style="dim")
         elif view.needle:
             text.append(f"  filter “{view.needle}”: {shown:,} of {total:,}", style="bold")
+        if view.marks:  # before what may be cut off at the right: marks act off screen
+            text.append(f"  {len(view.marks):,} marked", style="bold reverse")
+        if view.follow:
+            text.append("  following", style="bold")
         if view.error:
             text.append(f"  {view.error}", style="bold red")
+        if view.sort:
+            text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
         if view.pages > 1:
             first = view.page * PAGE + 1
             text.append(f"  rows {first:,}–{min(shown, first + PAGE - 1):,} of {shown:,} "
                         "([ ] page)")
-        if view.marks:
-            text.append(f"  {len(view.marks):,} marked", style="bold reverse")
-        if view.sort:
-            text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
-        if view.follow:
-            text.append("  following", style="bold")
         return text
 
     def current_id(self) -> str | None:
