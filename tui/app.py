@@ -43,6 +43,7 @@ from tui.widgets.status import StatusBar
 
 BACKLOG = 2 * 1024 * 1024  # bytes of the event log read at start (the last hour, usually)
 ACTIVITY_AT_START = 200
+BULK_REFRESH = 0.5  # seconds between two redraws of the panes while a bulk action runs
 
 
 class MailrootChanged(Message):
@@ -81,6 +82,7 @@ class ConsoleApp(App):
         self.index = FolderIndex(self.admin, VIEWS)
         self.unindexed: dict[str, set[str]] = {}  # changed while the index was being built
         self._changing = asyncio.Lock()  # one change of the index and the views at a time
+        self._last_apply = 0.0
         self.bulk_cancel: threading.Event | None = None  # set by esc: the running bulk stops
         self.last_result = ""  # the line that accounted for the last bulk action
 
@@ -105,7 +107,7 @@ class ConsoleApp(App):
         for pane in self.dashboard.panes.values():
             pane.view.load(self.admin)
         self.dashboard.refresh_panes(VIEWS)
-        self.build_index()
+        self.call_after_refresh(self.build_index)  # the first frame goes out first
         self.follow_events(first=True)
         self._stop_watch = asyncio.Event()
         self.watch_mailroot()
@@ -211,6 +213,9 @@ class ConsoleApp(App):
     async def apply_pending(self) -> None:
         """Bring the index and the panes up to the file events gathered so far."""
         async with self._changing:
+            if self.bulk_cancel is not None:  # a bulk action moves thousands: gather more
+                await asyncio.sleep(self._last_apply + BULK_REFRESH - time.monotonic())
+            self._last_apply = time.monotonic()
             pending, self.pending = self.pending, {}
             if pending.pop("log", None) is not None:
                 self.follow_events()
@@ -226,15 +231,18 @@ class ConsoleApp(App):
                     self.dashboard.panes[folder].view.apply(self.admin, ids)
             self.dashboard.refresh_panes(list(pending))
 
-    def resync(self) -> None:
-        """A cheap safety net for lost file events: compare names, re-read only differences."""
+    @work(group="resync", exclusive=True, exit_on_error=False)
+    async def resync(self) -> None:
+        """A cheap safety net for lost file events: compare names (listed off the event loop:
+        100,000 of them take a while), re-read only the differences."""
         if self.paused:
             return
-        for folder, pane in self.dashboard.panes.items():
-            if folder == "Pickup":
-                continue
-            known = self.index.entries[folder] if self.index.ready else pane.view.ids
-            differ = set(self.admin.store.ids(folder)).symmetric_difference(known)
+        folders = [f for f in self.dashboard.panes if f != "Pickup"]
+        names = await asyncio.to_thread(lambda: {f: set(self.store.ids(f)) for f in folders})
+        for folder in folders:
+            known = self.index.entries[folder] if self.index.ready else \
+                self.dashboard.panes[folder].view.ids
+            differ = names[folder].symmetric_difference(known)
             if differ:
                 self.pending.setdefault(folder, set()).update(differ)
         self.apply_pending()
@@ -317,6 +325,7 @@ class ConsoleApp(App):
             timer.stop()
             self.bulk_cancel = None
             self.dashboard.bulk_progress(verb, None, len(ids), 0.0)
+            self.dashboard.refresh_panes([f for f, p in self.dashboard.panes.items() if p.stale])
         self.dashboard.panes[folder].view.marks.difference_update(result.done)
         undo = "Undo: 6 (Trash), mark them, u." if action == "delete" else ""
         self.last_result = result_line(action, result, len(ids), undo)

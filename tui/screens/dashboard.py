@@ -67,7 +67,15 @@ class Dashboard(Guarded, Screen):
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
+        self.call_after_refresh(self.redraw_stale)
         self.call_after_refresh(self.query_one("#activity", Log).scroll_end, animate=False)
+
+    def redraw_stale(self) -> None:
+        """Panes that changed while hidden and show now (the screen grew wide)."""
+        for pane in self.panes.values():
+            if pane.stale and pane.display:
+                pane.stale = False
+                pane.redraw()
 
     # --- the app feeds these ---
 
@@ -76,9 +84,15 @@ class Dashboard(Guarded, Screen):
         return Text(f"{pane.key} {folder} {pane.view.total}")
 
     def refresh_panes(self, folders) -> None:
+        """Redraw the panes. While a bulk action runs, a hidden one (narrow: all but the
+        active) is redrawn when it is shown, so moving thousands between two folders draws
+        one table, not two."""
         with self.app.batch_update():
             for folder in folders:
-                self.panes[folder].redraw()
+                pane = self.panes[folder]
+                pane.stale = not pane.display and self.app.bulk_cancel is not None
+                if not pane.stale:
+                    pane.redraw()
                 self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
         if QUEUE in folders and hasattr(self.app.screen, "index_changed"):
             self.app.screen.index_changed()
@@ -109,6 +123,9 @@ class Dashboard(Guarded, Screen):
         for name, pane in self.panes.items():
             pane.set_class(name == folder, "active")
         self.query_one(Tabs).active = f"tab-{folder.lower()}"
+        if self.pane.stale:
+            self.pane.stale = False
+            self.pane.redraw()
         self.pane.table.focus()
         self.query_one(KeyBar).refresh()
 

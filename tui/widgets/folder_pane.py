@@ -17,6 +17,7 @@ from relay.store import BADMAIL, HOLD, PICKUP, QUEUE, TRASH
 from tui.model import COLUMNS, PAGE, Column, FolderView, fit, state_word
 from tui.widgets.textbox import TextBox
 
+REBUILD = 40  # rows gone at once from which adding all again beats removing each (O(n))
 SCROLLBAR = 1  # the table's vertical scrollbar, kept free so columns never jump
 STATE_STYLE = {"✗": "bold red", "‖": "yellow", "↻": "yellow", "▶": "cyan", "→": "cyan",
                "✓": "green", "…": "dim"}
@@ -43,6 +44,7 @@ class FolderPane(Vertical):
         self.view = FolderView(folder)
         self.clock = clock
         self.columns: list[Column] = []  # those shown: as many as the pane's width allows
+        self.stale = False  # changed while hidden: redrawn when shown
         self.widths: list[int] = []
 
     def compose(self) -> ComposeResult:
@@ -149,8 +151,8 @@ class FolderPane(Vertical):
         have = [k.value for k in table.rows]
         keep = set(wanted)
         kept = [k for k in have if k in keep]
-        if wanted[:len(kept)] != kept:  # the order changed (sort, filter): rebuild
-            table.clear()
+        if wanted[:len(kept)] != kept or len(have) - len(kept) > REBUILD:
+            table.clear()  # the order changed (sort, filter), or many went: rebuild
             have = []
         for key in have:
             if key not in keep:
