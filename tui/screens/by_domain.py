@@ -5,6 +5,7 @@ queued message of the domain under the cursor (or of the marked domains)."""
 from __future__ import annotations
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
@@ -79,9 +80,13 @@ class ByDomain(Guarded, Screen):
     def action_back(self) -> None:
         self.app.pop_screen()
 
+    @on(DataTable.RowSelected)
+    def row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_drill()
+
     def action_drill(self) -> None:
         row = self.current()
-        if row is None:
+        if row is None or self.app.screen is not self:  # the key and the table's select
             return
         self.app.pop_screen()
         self.app.dashboard.set_filter(QUEUE, f"domain:{row.name}")
