@@ -45,6 +45,7 @@ class FolderPane(Vertical):
         self.clock = clock
         self.columns: list[Column] = []  # those shown: as many as the pane's width allows
         self.stale = False  # changed while hidden: redrawn when shown
+        self.drawn: dict[str, tuple[MessageSummary, bool]] = {}  # row drawn, and its mark
         self.widths: list[int] = []
 
     def compose(self) -> ComposeResult:
@@ -158,7 +159,13 @@ class FolderPane(Vertical):
             if key not in keep:
                 table.remove_row(key)
         present = set(have)
+        quick = self.app.bulk_cancel is not None  # type: ignore[attr-defined]
+        drawn, self.drawn = self.drawn, {}
         for row in rows:
+            marked = row.id in self.view.marks
+            self.drawn[row.id] = (row, marked)
+            if quick and row.id in present and drawn.get(row.id, ()) == (row, marked):
+                continue  # a bulk action runs: rows not re-read keep their cells (and ages)
             cells = self.cells(row, now)
             if row.id in present:
                 for column, cell in zip(self.columns, cells, strict=True):
