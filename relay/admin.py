@@ -224,6 +224,8 @@ class Admin:
                 held=folder == HOLD, deleted_from=env.get("deleted_from", ""))
         if folder == BADMAIL:  # refused at intake: the original file, its header fields
             path = self.store.path(BADMAIL, message_id, ".BAD")
+            if not path.exists():  # no marker: not (or no longer) in Badmail
+                raise FileNotFoundError(path)
             original = self.store.path(BADMAIL, message_id, ".eml")
             try:
                 row = self._file_summary(folder, message_id, original)
