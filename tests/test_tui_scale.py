@@ -128,7 +128,7 @@ async def test_mark_all_matches_then_hold_with_progress_while_keys_answer(attach
 
 async def test_a_canceled_bulk_action_leaves_every_message_whole_in_one_folder(attached):
     path, root = attached
-    ids = fill_queue(root, 400, domains=4)
+    ids = fill_queue(root, 1500, domains=4)
     store = Mailroot(root)
     before = {mid: store.read_message(QUEUE, mid) for mid in ids}
     app = ConsoleApp(configmod.load(path))
@@ -136,15 +136,15 @@ async def test_a_canceled_bulk_action_leaves_every_message_whole_in_one_folder(a
         await until(pilot, lambda: app.index.ready, timeout=30)
         pane = app.dashboard.panes[QUEUE]
         await pilot.press("2", "asterisk", "y")
-        await until(pilot, lambda: len(pane.view.marks) == 400)
+        await until(pilot, lambda: len(pane.view.marks) == 1500)
         await pilot.press("h", "y")
-        await until(pilot, lambda: len(store.ids(HOLD)) >= 50, timeout=20)
+        await until(pilot, lambda: len(store.ids(HOLD)) >= 30, timeout=20)
         await pilot.press("escape")
         await until(pilot, lambda: app.last_result, timeout=20)
     held, queued = set(store.ids(HOLD)), set(store.ids(QUEUE))
-    assert 50 <= len(held) < 400, app.last_result
+    assert 30 <= len(held) < 1500, app.last_result
     assert held | queued == set(ids) and not held & queued
-    assert app.last_result == f"held {len(held)}; {400 - len(held)} not done (canceled)"
+    assert app.last_result == f"held {len(held):,}; {1500 - len(held):,} not done (canceled)"
     for mid in ids:
         folder = HOLD if mid in held else QUEUE
         assert store.read_message(folder, mid) == before[mid]
