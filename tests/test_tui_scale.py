@@ -248,3 +248,23 @@ async def test_by_domain_counts_equal_summary_and_enter_drills_in(attached):
                                        "(10 to partner1.example)?")
         await pilot.press("y")
         await until(pilot, lambda: app.last_result == "due now 10")
+
+
+async def test_the_page_keys_stay_whole_in_the_title_at_80_columns(attached):
+    path, root = attached
+    fill_queue(root, 2235, domains=20)
+    app = ConsoleApp(configmod.load(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.index.ready, timeout=30)
+        pane = app.dashboard.panes[QUEUE]
+        await pilot.press("2", "asterisk", "y")
+        await until(pilot, lambda: len(pane.view.marks) == 2235)
+        await pilot.press("s")  # newest first
+        await until(pilot, lambda: "sort:" in title(pane))
+
+        def visible() -> str:
+            return title(pane)[:pane.size.width]
+
+        assert "2,235 marked  rows 1–500 of 2,235 ([ ] page)" in visible()
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: "rows 501–1,000 of 2,235 ([ ] page)" in visible())

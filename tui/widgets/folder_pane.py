@@ -102,14 +102,14 @@ class FolderPane(Vertical):
             text.append(f"  {len(view.marks):,} marked", style="bold reverse")
         if view.follow:
             text.append("  following", style="bold")
+        if view.pages > 1:  # before the sort: the page keys must not be cut off at 80 columns
+            first = view.page * PAGE + 1
+            text.append(f"  rows {first:,}–{min(shown, first + PAGE - 1):,} of {shown:,} "
+                        "([ ] page)")
         if view.error:
             text.append(f"  {view.error}", style=FAILED_TEXT)
         if view.sort:
             text.append(f"  sort: {SORTS[view.sort][0]}", style=MUTED)
-        if view.pages > 1:
-            first = view.page * PAGE + 1
-            text.append(f"  rows {first:,}–{min(shown, first + PAGE - 1):,} of {shown:,} "
-                        "([ ] page)")
         return text
 
     def current_id(self) -> str | None:
