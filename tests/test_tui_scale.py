@@ -268,3 +268,20 @@ async def test_the_page_keys_stay_whole_in_the_title_at_80_columns(attached):
         assert "2,235 marked  rows 1–500 of 2,235 ([ ] page)" in visible()
         await pilot.press("right_square_bracket")
         await until(pilot, lambda: "rows 501–1,000 of 2,235 ([ ] page)" in visible())
+
+
+def test_the_index_says_how_far_its_first_build_has_got(attached):
+    from tui.index import FolderIndex
+    from tui.widgets.folder_pane import FolderPane
+
+    path, root = attached
+    fill_queue(root, 1200, domains=3)
+    index = FolderIndex(Admin(configmod.load(path)), [QUEUE, HOLD])
+    assert index.progress(QUEUE) is None  # not listed yet
+    built = index.build()
+    assert index.progress(QUEUE) == (1200, 1200) and index.progress(HOLD) == (0, 0)
+    assert len(built[QUEUE]) == 1200
+
+    pane = FolderPane(QUEUE, "2")
+    pane.view.total, pane.view.indexing = 3000, (1200, 3000)
+    assert "3,000 messages  indexing 1,200 of 3,000…" in pane.title_text().plain

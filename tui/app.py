@@ -280,6 +280,10 @@ class ConsoleApp(App):
             self.holder = lock_holder(self.store)
         self.show_status()
         self.dashboard.tick_panes()
+        if not self.index.ready:  # how far the index has got, in each pane's title
+            for folder, pane in self.dashboard.panes.items():
+                pane.view.indexing = self.index.progress(folder)
+                pane.show_title()
 
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""

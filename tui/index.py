@@ -39,11 +39,16 @@ class FolderIndex:
         self.ready = False
         self.versions: dict[str, int] = dict.fromkeys(self.entries, 0)
         self._cache: dict[tuple, list[str]] = {}
+        # while the first build runs: per folder, the messages listed and read so far
+        self.listed: dict[str, int] = {}
+        self.read_so_far: dict[str, int] = dict.fromkeys(self.entries, 0)
 
     # --- reading (in a thread) ---
 
-    def read(self, folder: str, ids: Iterable[str]) -> dict[str, Entry | None]:
-        """The current entries of these ids in `folder` (None: no longer there)."""
+    def read(self, folder: str, ids: Iterable[str],
+             tally: bool = False) -> dict[str, Entry | None]:
+        """The current entries of these ids in `folder` (None: no longer there); `tally`:
+        count them in `read_so_far` as they are read (the first build)."""
         if folder == PICKUP:  # short-lived files under producers' names: list it whole
             listed = {row.id: _compact(entry_of(row)) for row in self.admin.list_folder(PICKUP)}
             return {**dict.fromkeys(self.entries[PICKUP]), **listed}
@@ -53,6 +58,8 @@ class FolderIndex:
                 out[mid] = _compact(read_entry(self.admin, folder, mid))
             except (OSError, ValueError, LookupError, KeyError, TypeError):
                 out[mid] = None  # gone, or moved on while we looked; its file event follows
+            if tally:
+                self.read_so_far[folder] += 1
         return out
 
     def read_changes(self, changed: dict[str, set[str]]) -> Changes:
@@ -60,10 +67,17 @@ class FolderIndex:
                 if folder in self.entries}
 
     def build(self) -> Changes:
-        """Every folder, read whole (the first time)."""
-        return {folder: self.read(folder, self.admin.store.ids(folder)
-                                  if folder != PICKUP else ())
-                for folder in self.entries}
+        """Every folder, read whole (the first time); `progress` says how far it has got."""
+        listed = {folder: self.admin.store.ids(folder) if folder != PICKUP else []
+                  for folder in self.entries}
+        self.listed = {folder: len(ids) for folder, ids in listed.items()}
+        return {folder: self.read(folder, ids, tally=True) for folder, ids in listed.items()}
+
+    def progress(self, folder: str) -> tuple[int, int] | None:
+        """(read, listed) for a folder while the first build reads it; None before it
+        was listed."""
+        listed = self.listed.get(folder)
+        return None if listed is None else (min(self.read_so_far[folder], listed), listed)
 
     # --- changing (on the event loop) ---
 

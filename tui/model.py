@@ -191,6 +191,7 @@ class FolderView:
     error: str = ""  # why the filter expression is not understood
     follow: bool = False  # keep the newest message in view as messages arrive
     indexed: bool = False  # ids come from the index (filter and sort apply)
+    indexing: tuple[int, int] | None = None  # until then: (read, listed) of the index's build
 
     @property
     def pages(self) -> int:

@@ -94,8 +94,9 @@ class FolderPane(Vertical):
         text.append(f"{self.key} {self.folder}", style="bold")
         text.append(f"  {total:,} message{'s' if total != 1 else ''}")
         if not view.indexed:
-            text.append(f"  filter “{view.needle}”: indexing…" if view.needle
-                        else "  indexing…", style=MUTED)
+            done = f" {view.indexing[0]:,} of {view.indexing[1]:,}" if view.indexing else ""
+            text.append(f"  filter “{view.needle}”: indexing{done}…" if view.needle
+                        else f"  indexing{done}…", style=MUTED)
         elif view.needle:
             text.append(f"  filter “{view.needle}”: {shown:,} of {total:,}", style="bold")
         if view.marks:  # before what may be cut off at the right: marks act off screen
@@ -200,6 +201,9 @@ class FolderPane(Vertical):
             current = self.view.newest()
         if current in keep:
             table.move_cursor(row=table.get_row_index(current), scroll=self.view.follow)
+        self.show_title()
+
+    def show_title(self) -> None:
         self.query_one(".pane-title", Static).update(self.title_text())
 
     def toggle_mark(self) -> None:
