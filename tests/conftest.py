@@ -67,8 +67,9 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 class RelayProcess:
     """A real `mailroot serve` subprocess on a mailroot."""
 
-    def __init__(self, config: Path, root: Path) -> None:
+    def __init__(self, config: Path, root: Path, args: list[str] | None = None) -> None:
         self.config, self.root = config, root
+        self.args = args or []  # more `mailroot serve` options
         self.proc: subprocess.Popen | None = None
         self.log_offset = 0
 
@@ -82,7 +83,7 @@ class RelayProcess:
         started = sum(1 for e in self.events() if e["event"] == "relay-started")
         self.stderr = open(self.root.parent / "relay.stderr", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "-c", str(self.config)],
+            [sys.executable, "-m", "relay.cli", "serve", "-c", str(self.config), *self.args],
             stdout=self.stderr, stderr=self.stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wait_for(lambda: sum(1 for e in self.events() if e["event"] == "relay-started") > started
                  or self.proc.poll() is not None, timeout)

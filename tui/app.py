@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
-import os
 import signal
 import struct
 import termios
@@ -30,6 +29,7 @@ from relay.events import LOG_NAME, LogFollower, read_rotated
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
 from relay.store import FOLDERS, QUEUE
+from relay.supervisor import Supervisor, make_relay
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
 from tui.commands import ConsoleCommands
@@ -66,7 +66,7 @@ class ConsoleApp(App):
         self.still = clock is not None  # a frozen clock: snapshots want nothing moving
         self.admin = Admin(config)
         self.store = self.admin.store
-        self.relay: Relay | None = None
+        self.relay: Relay | Supervisor | None = None
         self.starting = False  # the embedded relay is loading its queue
         self.relay_error = ""  # why the embedded relay could not start
         self._relay_start: asyncio.Task | None = None
@@ -109,7 +109,7 @@ class ConsoleApp(App):
 
     async def start_relay(self) -> None:
         try:
-            relay = Relay(self.config, stream=None)
+            relay = make_relay(self.config, stream=None)
             await relay.start()
             self.relay = relay
         except AlreadyRunning:
@@ -138,7 +138,7 @@ class ConsoleApp(App):
         if self.relay_error:
             return f"relay not started: {self.relay_error}", False
         if self.relay is not None and self.relay.running:
-            return f"embedded relay pid {os.getpid()}", True
+            return f"embedded relay {self.relay.processes()}", True
         if self.holder:
             return f"attached to relay {self.holder}", True
         return "no relay running" + (" (read-only view)" if self.readonly else ""), False
