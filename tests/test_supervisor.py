@@ -197,3 +197,33 @@ def test_workers_1_runs_the_whole_relay_in_one_process(relay, sink, write_config
         assert [e["pid"] for e in r.events() if e["event"] == "relay-started"] == [r.proc.pid]
     finally:
         r.stop()
+
+
+async def test_the_console_embeds_the_same_processes_and_shows_their_state(
+        write_config, sink) -> None:
+    from relay import config as configmod
+    from relay.supervisor import Supervisor
+    from tui.app import ConsoleApp
+
+    app = ConsoleApp(configmod.load(write_config(processes_config(sink()))))
+
+    def header() -> str:
+        return str(app.dashboard.query_one("#header").render())
+
+    async def until(pilot, predicate, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, header()
+            await pilot.pause(0.05)
+
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: app.relay is not None and app.relay.running)
+        assert isinstance(app.relay, Supervisor)
+        await until(pilot, lambda: "2 receivers, pickup, queue up" in header())
+        queue = next(c for c in app.relay.children if c.name == "queue")
+        os.kill(queue.proc.pid, signal.SIGKILL)
+        await until(pilot, lambda: "queue restarting" in header()
+                    or "queue starting" in header())
+        await until(pilot, lambda: "queue up" in header())
+        pids = [c.proc.pid for c in app.relay.children]
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=5)  # quitting stops them
