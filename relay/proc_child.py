@@ -1,9 +1,11 @@
 """What every child process of the supervisor shares: how it is started, tells it is ready,
 follows config changes, and stops.
 
-A child is `python -m relay.proc_child`; its spec (role, config, inherited sockets) comes
-pickled on stdin, and one line on stdout answers: `ready`, or `error KIND MESSAGE`. It dies
-with its supervisor (PR_SET_PDEATHSIG), so no child outlives the relay lock it inherited.
+A child is `python -m relay.proc_child`. Its spec (role, config, inherited sockets) comes
+pickled on stdin, and one line on stdout answers: `ready`, or `error KIND MESSAGE`. Later
+configs come the same way (the supervisor watches the file), each answered `applied` or
+`error config MESSAGE`. It dies with its supervisor (PR_SET_PDEATHSIG), so no child outlives
+the relay lock it inherited.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import ctypes
 import ctypes.util
 import importlib
 import os
-import pickle
 import signal
 import sys
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 from relay import journal
 from relay.config import Config, ConfigError
-from relay.config_watch import ConfigWatcher
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.logrotate import Rotation
@@ -56,8 +57,6 @@ class Role:
         if stream is not None and journal.attached(stream):
             self.events.format = journal.journal_line
         self.intake = Intake(config, self.store)
-        self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
-            if config.source else None
 
     async def start_services(self) -> None:
         raise NotImplementedError
@@ -82,13 +81,25 @@ class Role:
 
     async def start(self) -> None:
         await self.start_services()
-        if self.config_watcher:
-            self.config_watcher.start()
         self.events.emit("process-started", process=self.name, pid=os.getpid())
 
+    def follow_supervisor(self, link: Connection) -> None:
+        """Apply each config the supervisor sends, and answer for it."""
+        def receive() -> None:
+            try:
+                config = link.recv()
+            except (EOFError, OSError):  # the supervisor is gone: PR_SET_PDEATHSIG follows
+                asyncio.get_running_loop().remove_reader(link.fileno())
+                return
+            try:
+                self.apply_config(config)
+            except ConfigError as exc:
+                answer(f"error config {exc}")
+            else:
+                answer("applied")
+        asyncio.get_running_loop().add_reader(link.fileno(), receive)
+
     async def stop(self) -> None:
-        if self.config_watcher:
-            await self.config_watcher.stop()
         await self.stop_services()
         self.events.emit("process-stopped", process=self.name, pid=os.getpid())
         self.events.close()
@@ -101,14 +112,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+ANSWERS = [1]  # the descriptor for answers to the supervisor (a copy of the first stdout)
+
+
 def answer(line: str) -> None:
-    """The one line for the supervisor; stdout then points at stderr, so nothing written
-    later can fill a pipe nobody reads."""
-    os.write(1, (line.replace("\n", " ") + "\n").encode())
-    os.dup2(2, 1)
+    os.write(ANSWERS[0], (line.replace("\n", " ") + "\n").encode())
 
 
-async def run(spec: ChildSpec) -> int:
+async def run(spec: ChildSpec, link: Connection) -> int:
     module = importlib.import_module(ROLE_MODULES[spec.role])
     try:
         role: Role = module.ROLE(spec)
@@ -126,6 +137,7 @@ async def run(spec: ChildSpec) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    role.follow_supervisor(link)
     answer("ready")
     await stopping.wait()
     await role.stop()
@@ -133,10 +145,17 @@ async def run(spec: ChildSpec) -> int:
 
 
 def main() -> int:
-    spec: ChildSpec = pickle.load(sys.stdin.buffer)
+    link = Connection(0, writable=False)
+    spec: ChildSpec = link.recv()
     die_with_parent(spec.parent)
-    return asyncio.run(run(spec))
+    # answers go where stdout went; a stray print can't mix into them
+    ANSWERS[0] = os.dup(1)
+    os.dup2(2, 1)
+    return asyncio.run(run(spec, link))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the roles import relay.proc_child: run that module's main, not this __main__ copy's
+    from relay.proc_child import main as child_main
+
+    sys.exit(child_main())

@@ -8,7 +8,8 @@ split the work (as Postfix splits its daemons), so the relay uses every core.
     queue       proc_queue    Queue/ (inotify) -> next hops, Badmail/, reports
 
 A child that dies is started again after a back-off (0.5 s, doubling to 30 s while it keeps
-dying young); SIGTERM stops them all within 5 s. Every child follows config changes itself.
+dying young); SIGTERM stops them all within 5 s. The supervisor watches the config file and
+hands each valid change to every child.
 `smtp.workers: 1` (or `--workers 1`) runs the whole relay in one process instead.
 """
 
@@ -20,6 +21,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -27,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from relay.anvil_link import AnvilServer
-from relay.config import Config
+from relay.config import Config, ConfigError
+from relay.config_watch import ConfigWatcher
 from relay.dkim import load_keys
 from relay.events import LogFollower
+from relay.logrotate import Rotation
 from relay.proc_child import ChildSpec
 from relay.service import MailrootHost, Relay
 from relay.smtpd import LISTEN_BACKLOG, ListenError
@@ -39,6 +43,13 @@ RESTART_MAX = 30.0
 STEADY = 10.0  # a child that ran this long died of something new: the back-off starts over
 START_TIMEOUT = 30.0
 STOP_GRACE = 4.0  # then SIGKILL: all are gone within 5 s of SIGTERM
+
+
+async def send(pipe: asyncio.StreamWriter, thing: object) -> None:
+    """One pickled object, framed as multiprocessing's Connection reads it."""
+    data = pickle.dumps(thing)
+    pipe.write(struct.pack("!i", len(data)) + data)
+    await pipe.drain()
 
 
 class ChildFailed(ListenError):
@@ -100,6 +111,9 @@ class Supervisor(MailrootHost):
         self.tasks: list[asyncio.Task] = []
         self.stopping = False
         self.anvil = AnvilServer(config.smtp)
+        self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events,
+                                            announce=False) if config.source else None
+        self.handing_out = asyncio.Lock()  # one change at a time: answers come in order
 
     async def start(self) -> None:
         self.open_mailroot()
@@ -131,6 +145,8 @@ class Supervisor(MailrootHost):
                       for c in self.children]
         if follower is not None:
             self.follow_children(follower)
+        if self.config_watcher:
+            self.config_watcher.start()
         await self.announce()
 
     async def spawn(self, child: Child) -> None:
@@ -152,9 +168,7 @@ class Supervisor(MailrootHost):
                 link.close()
         child.proc = proc
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(pickle.dumps(spec))
-        await proc.stdin.drain()
-        proc.stdin.close()
+        await send(proc.stdin, spec)
         try:
             line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
         except TimeoutError:
@@ -188,6 +202,42 @@ class Supervisor(MailrootHost):
                 self.events.emit("process-error", process=child.name, error=str(exc))
             else:
                 self.events.emit("process-restarted", process=child.name, pid=child.proc.pid)
+
+    def apply_config(self, config: Config) -> None:
+        """A changed config file: checked here (ConfigError: nothing applied), then handed
+        to every child; config-reloaded once all of them applied it."""
+        if config.root.absolute() != self.config.root.absolute():
+            raise ConfigError("mailroot cannot change while the relay runs: restart it",
+                              file=config.source, key="mailroot")
+        load_keys(config)  # a bad DKIM key: the children keep the config they have
+        self.config = config  # what a child started from now on gets
+        self.events.rotation = Rotation.of(config.log)
+        self.anvil.anvil.reconfigure(config.smtp)
+        self.tasks.append(asyncio.create_task(self.hand_out(config)))
+
+    async def hand_out(self, config: Config) -> None:
+        async with self.handing_out:
+            refusals = await asyncio.gather(*(self.send_config(c, config)
+                                              for c in self.children if c.state == "up"))
+        if any(refusals):
+            self.events.emit("config-error", file=config.source,
+                             error="; ".join(r for r in refusals if r),
+                             detail="not every process applied it")
+        else:
+            self.events.emit("config-reloaded", file=config.source)
+
+    async def send_config(self, child: Child, config: Config) -> str:
+        """'' once the child applied it, else why not."""
+        proc = child.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        try:
+            await send(proc.stdin, config)
+            line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
+        except (OSError, TimeoutError):
+            return f"{child.name} did not answer"
+        if line.strip() == "applied":
+            return ""
+        return f"{child.name}: {line.strip().removeprefix('error config ') or 'exited'}"
 
     def follow_children(self, follower: LogFollower) -> None:
         """/metrics counts what every process did: at each scrape, the events logged since
@@ -236,6 +286,8 @@ class Supervisor(MailrootHost):
 
     async def stop_services(self) -> None:
         self.stopping = True
+        if self.config_watcher:
+            await self.config_watcher.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

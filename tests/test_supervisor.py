@@ -156,6 +156,11 @@ def test_a_config_change_reaches_every_child(relay, sink, write_config) -> None:
     applied = lambda: {e["process"]: e["pid"] for e in r.events()  # noqa: E731
                        if e["event"] == "config-applied"}
     wait_for(lambda: applied() == pids)
+    wait_for(lambda: [e for e in r.events() if e["event"] == "config-reloaded"])
+    reloaded = [e for e in r.events() if e["event"] == "config-reloaded"]
+    assert len(reloaded) == 1  # said once, by the supervisor, after every child applied it
+    assert reloaded[0]["time"] >= max(e["time"] for e in r.events()
+                                      if e["event"] == "config-applied")
     assert path == r.config
     for _ in range(4):  # whichever receiver takes the session, the new limit holds
         with smtplib.SMTP("127.0.0.1", r.smtp_port()) as client:
