@@ -168,11 +168,13 @@ class Supervisor(MailrootHost):
                 link.close()
         child.proc = proc
         assert proc.stdin is not None and proc.stdout is not None
-        await send(proc.stdin, spec)
         try:
+            await send(proc.stdin, spec)
             line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
         except TimeoutError:
             line = "error timeout did not say it was ready within 30 s"
+        except OSError:  # it died before it read its spec
+            line = ""
         if line.strip() == "ready":
             child.state = "up"
             return
