@@ -8,6 +8,8 @@ schedule through inotify on Queue/ the moment its `.env` is renamed in, not by a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 
 from relay.admin import Admin
@@ -15,7 +17,7 @@ from relay.config import Config
 from relay.inotify import DirectoryWatch
 from relay.proc_child import ChildSpec, Role
 from relay.scheduler import Scheduler
-from relay.store import QUEUE, is_id
+from relay.store import QUEUE, Envelope, is_id
 
 
 class QueueManager(Scheduler):
@@ -43,6 +45,16 @@ class QueueManager(Scheduler):
         self.changed.add(mid)
         if self.reading is None or self.reading.done():
             self.reading = asyncio.create_task(self._read_changed())
+
+    async def finish(self, envelope: Envelope, data: bytes, now: float,
+                     notes: list[dict]) -> None:
+        """A message delivered to every recipient loses its marker at once, on the loop, as
+        the reply arrives: a kill from then on cannot deliver it again. The durable commit
+        (the message file, the directory's fsync) follows in a thread as before."""
+        if all(r.state == "delivered" for r in envelope.recipients):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.store.path(QUEUE, envelope.id, ".env"))
+        await super().finish(envelope, data, now, notes)
 
     async def _read_changed(self) -> None:
         while self.changed:
