@@ -56,30 +56,34 @@ class ChildFailed(ListenError):
     """A child process could not start (a certificate, a socket, the disk)."""
 
 
-def bind_listeners(config: Config) -> list[socket.socket]:
-    """A listening socket per smtp.listen address, shared by every receiver process (the
-    kernel hands each connection to one of the processes waiting in accept)."""
-    sockets: list[socket.socket] = []
+def bind_listeners(config: Config, receivers: int) -> list[list[socket.socket]]:
+    """Each receiver's listening sockets, one per smtp.listen address, all on the same port
+    (SO_REUSEPORT): the kernel spreads connections over the receivers, where one shared socket
+    would let the first receiver to wake accept a whole burst."""
+    per_receiver: list[list[socket.socket]] = [[] for _ in range(receivers)]
     for listen in config.smtp.listen:
         host, port = listen.with_default(25)
         try:
             infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
             for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
-                sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
+                for sockets in per_receiver:
+                    sock = socket.socket(family, kind, proto)
+                    sockets.append(sock)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(address)
+                    sock.listen(LISTEN_BACKLOG)
+                    sock.setblocking(False)
+                    address = sock.getsockname()  # port 0: the others share the one bound
         except OSError as exc:
-            for sock in sockets:
+            for sock in (s for sockets in per_receiver for s in sockets):
                 sock.close()
             raise ListenError(f"cannot listen on {listen} (smtp.listen): "
                               f"{exc.strerror or exc}") from None
-    return sockets
+    return per_receiver
 
 
 @dataclass
@@ -120,14 +124,15 @@ class Supervisor(MailrootHost):
         follower = LogFollower.at_end(self.events.path) if self.metrics else None
         try:
             self.serve_metrics()
-            self.sockets = bind_listeners(self.config)
+            per_receiver = bind_listeners(self.config, self.workers)
+            self.sockets = [sock for sockets in per_receiver for sock in sockets]
             smtp = self.config.smtp
             for host, port, *_ in self.addresses():
                 self.events.emit("smtp-listening", host=host, port=port,
                                  tls=bool(smtp.tls.cert), auth=bool(smtp.auth.users_file))
-            fds = [sock.fileno() for sock in self.sockets]
-            self.children = [Child(f"receiver-{i + 1}", "receiver", fds)
-                             for i in range(self.workers)]
+            self.children = [Child(f"receiver-{i + 1}", "receiver",
+                                   [sock.fileno() for sock in sockets])
+                             for i, sockets in enumerate(per_receiver)]
             self.children += [Child("pickup", "pickup"), Child("queue", "queue")]
             results = await asyncio.gather(*(self.spawn(c) for c in self.children),
                                            return_exceptions=True)
@@ -256,7 +261,7 @@ class Supervisor(MailrootHost):
 
     def addresses(self) -> list[tuple]:
         """Where the receivers listen (port 0 in the config gives the port bound)."""
-        return [sock.getsockname() for sock in self.sockets]
+        return [sock.getsockname() for sock in self.sockets[:len(self.sockets) // self.workers]]
 
     def processes(self) -> str:
         """'pid 10: 2 receivers, pickup, queue up', or which are not up."""
