@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pickup", type=int, default=1500, help="Pickup files")
     parser.add_argument("--smtp", type=int, default=1500, help="SMTP messages")
     parser.add_argument("--clients", type=int, default=5, help="SMTP client threads")
+    parser.add_argument("--queued", type=int, default=0,
+                        help="deferred messages parked in Queue behind the load")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--child-share", type=float, default=0.5,
                         help="odds that a kill is of one child process, not the whole group")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         report = crash_run(Path(tmp), kills=args.kills, pickup=args.pickup, smtp=args.smtp,
                            clients=args.clients, load_seconds=args.kills * sum(gap) / 2,
                            gap=gap, seed=args.seed, drain_timeout=120,
-                           child_share=args.child_share)
+                           queued=args.queued, child_share=args.child_share)
     print(report.summary())
     print(f"lost: {len(report.lost)}", *report.lost[:20], sep="\n  ")
     print(f"duplicates: {len(report.duplicates)} "

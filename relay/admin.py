@@ -25,9 +25,10 @@ from relay.bounce import SEPARATOR, read_reason
 from relay.config import Config, ConfigError, RemoteDomain
 from relay.dkim import Signature, signatures_in
 from relay.events import EventLog
-from relay.intake import Intake
+from relay.intake import Intake, Rejected, Submission
 from relay.logrotate import Rotation
 from relay.message import Message, MessageError
+from relay.pickup import parse_pickup, why_waiting
 from relay.qshape import QueueShape, reason_class
 from relay.store import (
     BADMAIL,
@@ -35,6 +36,7 @@ from relay.store import (
     FOLDERS,
     HOLD,
     MARKER,
+    MOVE_FOLDERS,
     PICKUP,
     QUEUE,
     TRASH,
@@ -72,6 +74,9 @@ class MessageSummary:
     last_error: str = ""
     held: bool = False
     name: str = ""  # the file name (Pickup entries keep the producer's name)
+    header_from: str = ""  # the From: and To: fields, for entries without an envelope
+    header_to: str = ""  # (a Pickup file refused at intake names its application there)
+    waiting: str = ""  # Pickup: why it is not taken yet (being written, settling), if known
 
     @property
     def age(self) -> float:
@@ -207,57 +212,100 @@ class Admin:
                 last_error=read_reason(self.store.path(BADMAIL, message_id, ".BAD"))
                 if folder == BADMAIL else attempts[-1]["reply"] if attempts else "",
                 held=folder == HOLD)
-        if folder == BADMAIL:
+        if folder == BADMAIL:  # refused at intake: the original file, its header fields
             path = self.store.path(BADMAIL, message_id, ".BAD")
-            return MessageSummary(id=message_id, folder=folder, received=id_time(message_id),
-                                  size=path.stat().st_size, sender="", recipients=[],
-                                  last_error=read_reason(path))
+            original = self.store.path(BADMAIL, message_id, ".eml")
+            try:
+                row = self._file_summary(folder, message_id, original)
+            except FileNotFoundError:  # set aside unopened: no message file
+                row = MessageSummary(id=message_id, folder=folder, received=0, sender="",
+                                     size=0, recipients=[])
+            row.received, row.last_error = id_time(message_id), read_reason(path)
+            row.recipients = [Recipient(r.address, state="failed") for r in row.recipients]
+            return row
         if folder == DROP:
             return self._file_summary(folder, message_id,
                                       self.store.path(DROP, message_id, ".eml"))
         raise NotFound(f"{folder} has no envelopes")
 
     def _file_summary(self, folder: str, message_id: str, path: os.PathLike) -> MessageSummary:
+        """A row from a message file's head: X-Sender/X-Receiver lines (Drop, Pickup), and
+        the From:, To: and Subject: fields (LF or CRLF line ends, as producers write them)."""
         with open(path, "rb") as handle:
-            head = handle.read(8192)
-        sender, rcpts, subject = "", [], ""
-        for line in head.split(b"\r\n\r\n", 1)[0].splitlines():
+            head = handle.read(8192).replace(b"\r\n", b"\n")
+        sender, rcpts, fields = "", [], {"subject": "", "from": "", "to": ""}
+        for line in head.split(b"\n\n", 1)[0].splitlines():
             name, _, value = line.decode("utf-8", "replace").partition(":")
             key = name.strip().lower()
-            if key == "x-sender":
-                sender = value.strip()
+            if key == "x-sender":  # "<>" is the null sender, shown as <> like any other
+                sender = value.strip().removeprefix("<").removesuffix(">")
             elif key == "x-receiver":
-                rcpts.append(Recipient(value.strip(), state="delivered"))
-            elif key == "subject" and not subject:
-                subject = value.strip()
+                rcpts.append(Recipient(value.strip().strip("<>"), state="delivered"))
+            elif key in fields and not fields[key]:
+                fields[key] = value.strip()
         st = os.stat(path)
         return MessageSummary(id=message_id, folder=folder, received=st.st_mtime,
-                              size=st.st_size, sender=sender, recipients=rcpts, subject=subject,
-                              name=os.path.basename(path))
+                              size=st.st_size, sender=sender, recipients=rcpts,
+                              subject=fields["subject"], name=os.path.basename(path),
+                              header_from=fields["from"], header_to=fields["to"])
 
     def list_folder(self, folder: str = QUEUE) -> list[MessageSummary]:
         """A folder's messages, oldest first."""
+        return list(self.iter_folder(folder))
+
+    def iter_folder(self, folder: str = QUEUE, ordered: bool = True) -> Iterator[MessageSummary]:
+        """A folder's messages, each as soon as it is read: oldest first (after one listing
+        of the names), or in directory order (from the first entry on).  An id an
+        interrupted move left in two folders is shown only where its later state is."""
         if folder == PICKUP:
-            rows = []
-            pickup = self.store.folder(PICKUP)
-            for name in sorted(os.listdir(pickup)):
-                path = pickup / name
-                if name.startswith(".") or not path.is_file() or path.is_symlink():
-                    continue
-                try:
-                    rows.append(self._file_summary(PICKUP, name, path))
-                except OSError:
-                    continue
-            return sorted(rows, key=lambda r: r.received)
-        rows = []
-        for mid in self.store.ids(folder):
+            yield from self._pickup_rows()
+            return
+        ids = self.store.ids(folder) if ordered else self.store.iter_ids(folder)
+        elsewhere = self._committed_elsewhere(folder)
+        for mid in ids:
+            if elsewhere(mid) and self._superseded(folder, mid):
+                continue
             try:
-                rows.append(self.summary_of(folder, mid))
+                yield self.summary_of(folder, mid)
             except (OSError, ValueError):
                 continue  # moved on while we looked
-        return rows
+
+    def _committed_elsewhere(self, folder: str) -> Callable[[str], bool]:
+        """A quick test for "this id may be committed in another folder too": the names of
+        Hold, Badmail and Trash (usually few) are listed once, the Queue is asked per id."""
+        if folder not in MOVE_FOLDERS:
+            return lambda mid: False
+        others = set().union(*(self.store.ids(f) for f in (HOLD, BADMAIL, TRASH)
+                               if f != folder))
+        if folder == QUEUE:
+            return others.__contains__
+        queue = f"{self.store.root}/{QUEUE}/"
+        return lambda mid: mid in others or os.path.exists(f"{queue}{mid}.env")
+
+    def _superseded(self, folder: str, message_id: str) -> bool:
+        copies = self.store.copies(message_id)
+        return folder in copies and max(copies, key=copies.__getitem__) != folder
+
+    def _pickup_rows(self) -> list[MessageSummary]:
+        rows = []
+        pickup = self.store.folder(PICKUP)
+        for name in sorted(os.listdir(pickup)):
+            path = pickup / name
+            if name.startswith(".") or not path.is_file() or path.is_symlink():
+                continue
+            try:
+                row = self._file_summary(PICKUP, name, path)
+                row.waiting = why_waiting(path, self.config.pickup.settle)
+            except OSError:
+                continue
+            rows.append(row)
+        return sorted(rows, key=lambda r: r.received)
 
     def find(self, message_id: str) -> str:
+        """The folder a message is in (its later state, if a move was interrupted)."""
+        copies = self.store.copies(message_id)
+        if copies:
+            return max(copies, key=copies.__getitem__)
         folder = self.store.locate(message_id)
         if folder is None:
             raise NotFound(f"no message {message_id}")
@@ -318,12 +366,22 @@ class Admin:
                     raise Problem("wrong state: a Pickup entry set aside unopened, not a message")
                 continue
             with self.store.claim(folder, message_id, wait=self.wait) as held:
+                if held and self._settled_elsewhere(folder, message_id):
+                    continue  # an interrupted move left a stale copy here: look again
                 if held:
                     yield folder
                     return
             if self.store.has(folder, message_id):
                 raise Problem("busy: the relay is working on it; try again")
         raise Problem("busy: it kept moving between folders; try again")
+
+    def _settled_elsewhere(self, folder: str, message_id: str) -> bool:
+        """Resolve an interrupted move of a claimed message; True if `folder` lost."""
+        stale = self.store.settle(message_id)
+        for lost in stale:
+            self.events.emit("recovered", id=message_id, folder=lost,
+                             action="removed the source of an interrupted move")
+        return folder in stale
 
     def _act(self, action: str, ids: Iterable[str], step: Callable[[str, str], None],
              **detail: object) -> ActionResult:
@@ -360,19 +418,23 @@ class Admin:
 
     # --- requeue: back to delivery, routed by the current config ---
 
-    def requeue(self, ids: list[str], reason: str = "") -> ActionResult:
-        """Badmail -> Queue with the original envelope (failed recipients due again, attempts
-        and delivery clock reset); Drop and Queue -> routed again by the current domains
-        (like postsuper -r); a Badmail entry refused at intake goes back through Pickup."""
-        return self._act("requeue", ids, self._requeue_one, reason=reason)
+    def requeue(self, ids: list[str], reason: str = "", force: bool = False) -> ActionResult:
+        """Badmail -> Queue under the same id with its envelope (failed recipients due again,
+        the delivery clock restarted, earlier attempts kept); Drop and Queue -> routed again by
+        the current domains (like postsuper -r); a Badmail entry refused at intake goes
+        through intake again under its id.  One that intake would refuse again at once (size,
+        hop count) is refused with the reason unless `force`; one that names no recipient or
+        cannot be read as a message is always refused."""
+        return self._act("requeue", ids, lambda folder, mid: self._requeue_one(folder, mid, force),
+                         reason=reason)
 
     def requeue_all(self, folder: str = BADMAIL, domain: str | None = None,
-                    reason: str = "") -> ActionResult:
+                    reason: str = "", force: bool = False) -> ActionResult:
         ids = [row.id for row in self.list_folder(folder)
                if _domain_matches(row.recipients, domain)] if domain else self.store.ids(folder)
-        return self.requeue(ids, reason)
+        return self.requeue(ids, reason, force)
 
-    def _requeue_one(self, folder: str, mid: str) -> None:
+    def _requeue_one(self, folder: str, mid: str, force: bool = False) -> None:
         self._expect(folder, BADMAIL, DROP, QUEUE)
         now = time.time()
         if folder == DROP:
@@ -385,13 +447,28 @@ class Admin:
             if folder == BADMAIL:
                 _restart(envelope, now)
         else:  # refused at intake: the original file goes through intake again
-            self.store.commit([Write(self.store.folder(PICKUP) / f"{mid}.eml",
-                                     self.store.read_message(BADMAIL, mid)),
-                               *self._remove_ops(BADMAIL, mid)])
+            self._reintake(mid, force)
             return
         if not envelope.pending:
             raise Problem("wrong state: no recipient is left to deliver to")
         self._route(folder, envelope, data)
+
+    def _reintake(self, mid: str, force: bool) -> None:
+        """A Pickup file refused at intake, through intake again under its id: Badmail keeps
+        it (and says why) if intake would refuse it again."""
+        raw = self.store.read_message(BADMAIL, mid)
+        try:
+            parsed = parse_pickup(raw)
+        except MessageError as exc:
+            raise Problem(f"refused, it stays in Badmail: {exc}") from None
+        sub = Submission(parsed.message, parsed.sender, parsed.recipients,
+                         f"requeue of {BADMAIL}/{mid}", done_ops=self._remove_ops(BADMAIL, mid),
+                         message_id=mid)
+        try:
+            self.intake.accept(sub, limits=not force)
+        except Rejected as exc:
+            hint = "" if force else " (--force requeues it over the size and hop limits)"
+            raise Problem(f"refused, it stays in Badmail: {exc.reason}{hint}") from None
 
     def _new_envelope(self, mid: str, sender: str, receivers: list[str], data: bytes,
                       now: float) -> Envelope:
@@ -411,7 +488,7 @@ class Admin:
         mid = envelope.id
         local, remote = self.intake.router.split([r.address for r in envelope.pending])
         if src == DROP and not remote:
-            return  # all still local: it stays in Drop as it is
+            raise Problem("not requeued: its recipients are still local; it stays in Drop")
         moved = set(local)
         envelope.recipients = [r for r in envelope.recipients
                                if not (r.address in moved and r.state in ("pending", "deferred"))]
@@ -550,10 +627,11 @@ class Admin:
     # --- queue shape ---
 
     def summary(self, folder: str = QUEUE) -> QueueShape:
-        """Messages per destination domain by age, and Badmail by reason class."""
+        """Messages per destination domain by age, and Badmail by reason class; the rows
+        are streamed in directory order, so a million take constant memory."""
         now = time.time()
         shape = QueueShape()
-        for row in self.list_folder(folder):
+        for row in self.iter_folder(folder, ordered=False):
             domains = {domain_of(r.address).lower() or "(local)" for r in row.recipients
                        if r.state in ("pending", "deferred")}
             for domain in sorted(domains):
@@ -661,11 +739,11 @@ class Admin:
 
 
 def _restart(envelope: Envelope, now: float) -> None:
-    """A requeued Badmail message: failed recipients due again, attempts and clocks reset."""
+    """A requeued Badmail message: failed recipients due again, clocks restarted (the attempts
+    stay: the new ones follow them)."""
     for rcpt in envelope.recipients:
         if rcpt.state in ("failed", "deferred"):
             rcpt.state, rcpt.status, rcpt.reply, rcpt.host = "pending", None, None, None
-    envelope.attempts = []
     envelope.reason = ""
     envelope.delay_notified = False
     envelope.queued_at = now

@@ -187,6 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailroot: config error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "console"
+    if command in ("console", "serve"):
+        return COMMANDS[command](args, config)
+    try:  # a listing cut short by its reader (`mailroot queue | head`) ends quietly, as ls does
+        code = run_command(command, args, config)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # as a command ended by SIGPIPE
+
+
+def run_command(command: str, args: argparse.Namespace, config: Config) -> int:
     if command in cli_iis.COMMANDS:
         return cli_iis.COMMANDS[command](args, config)
     if command in cli_admin.COMMANDS:

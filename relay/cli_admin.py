@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
 from relay.folderstats import all_usage, usage_table
+from relay.qshape import AGE_BUCKETS, ShapeRow
 from relay.refusals import top_refused
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
 
@@ -39,8 +41,9 @@ def _when(stamp: float | None) -> str:
 def format_row(row: MessageSummary) -> list[str]:
     """A message as postqueue -p shows it: id (! if held), size, age, sender; recipients."""
     mark = "!" if row.held else " "
-    tries = f"{row.attempts} tries, next {_when(row.next_attempt)}" if row.folder == QUEUE else \
-        f"{row.attempts} tries" if row.attempts else ""
+    tried = f"{row.attempts} tr{'y' if row.attempts == 1 else 'ies'}"
+    tries = f"{tried}, next {_when(row.next_attempt)}" if row.folder == QUEUE else \
+        tried if row.attempts else ""
     lines = [f"{row.id or row.name}{mark} {row.size:>9} {_age(row.age):>5}  "
              f"<{row.sender}>  {tries}".rstrip()]
     if row.last_error:
@@ -52,17 +55,20 @@ def format_row(row: MessageSummary) -> list[str]:
 
 
 def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
-    rows = admin.list_folder(FOLDER_NAMES[args.folder])
+    """Rows are written as they are read: the first at once, a million in constant memory."""
+    folder = FOLDER_NAMES[args.folder]
     out = sys.stdout
-    if args.json:
-        encode = json.JSONEncoder(separators=(",", ":")).encode
-        out.write("".join(encode(row.to_dict()) + "\n" for row in rows))
-        return 0
-    for row in rows:
-        out.write("\n".join(format_row(row)) + "\n\n")
-    size = sum(row.size for row in rows)
-    out.write(f"-- {size // 1024} KiB in {len(rows)} message{'s' * (len(rows) != 1)} "
-              f"in {FOLDER_NAMES[args.folder]}\n")
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    count = size = 0
+    for row in admin.iter_folder(folder, ordered=not args.unsorted):
+        out.write(encode(row.to_dict()) + "\n" if args.json
+                  else "\n".join(format_row(row)) + "\n\n")
+        count += 1
+        size += row.size
+        if count == 1:
+            out.flush()
+    if not args.json:
+        out.write(f"-- {size // 1024} KiB in {count} message{'s' * (count != 1)} in {folder}\n")
     return 0
 
 
@@ -80,7 +86,7 @@ def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
     print(f"From:      <{row.sender}>\nSize:      {row.size}\nAge:       {_age(row.age)}")
     if row.folder == QUEUE:
         print(f"Next try:  {_when(row.next_attempt)}")
-    for label, stamp in (("Delay notice", detail.delay_notice_at),
+    for label, stamp in (("Notice at", detail.delay_notice_at),
                          ("Expires", detail.expires_at)):
         if stamp is not None:
             print(f"{label + ':':<11}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stamp))}")
@@ -121,8 +127,9 @@ def _ids_or_all(args: argparse.Namespace, everything: Callable[[], ActionResult]
 
 def cmd_requeue(args: argparse.Namespace, admin: Admin) -> int:
     result = _ids_or_all(
-        args, lambda: admin.requeue_all(FOLDER_NAMES[args.folder], args.domain, args.reason),
-        lambda ids: admin.requeue(ids, args.reason))
+        args, lambda: admin.requeue_all(FOLDER_NAMES[args.folder], args.domain, args.reason,
+                                        args.force),
+        lambda ids: admin.requeue(ids, args.reason, args.force))
     if result is None:
         print("mailroot requeue: give message ids, or --all", file=sys.stderr)
         return 2
@@ -153,25 +160,42 @@ def simple(method: str, verb: str) -> Callable[[argparse.Namespace, Admin], int]
 
 
 def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
+    """Counts by age, columns headed by their upper bound in minutes as qshape does."""
     shape = admin.summary()
-    width = max([len(r.name) for r in shape.domains + shape.badmail] + [24])
-    header = f"{'':<{width}} {'T':>6}" + "".join(f" {c:>8}" for c in shape.columns)
-    print(header)
+    names = [r.name for r in shape.domains + shape.badmail]
+    width = min(SUMMARY_NAME, max([len(n) for n in names] + [len("minutes up to")]))
+    print(f"{'minutes up to':<{width}} {'T':>6}" + "".join(f" {c:>5}" for c in age_labels()))
     for row in [shape.total(), *shape.domains]:
-        print(f"{row.name:<{width}} {row.total:>6}" + "".join(f" {n:>8}" for n in row.counts))
+        print(_shape_line(row, width))
     if shape.badmail:
-        print(f"\n{'Badmail by reason':<{width}}")
+        print("\nBadmail by reason")
         for row in shape.badmail:
-            print(f"{row.name:<{width}} {row.total:>6}"
-                  + "".join(f" {n:>8}" for n in row.counts))
+            print(_shape_line(row, width))
     refused = top_refused(admin.store.log_dir, time.time())
     if refused:
-        print(f"\n{'Refused clients, last hour':<{width}}")
+        print("\nRefused clients, last hour")
         for client, count in refused:
-            print(f"{client:<{width}} {count:>6}")
+            print(f"{_cut(client, width):<{width}} {count:>6}")
     print("\nDisk used by each folder")
     print("\n".join(usage_table(all_usage(admin.store, time.time()))))
     return 0
+
+
+SUMMARY_NAME = 24  # the widest name column of `summary`: its table fits 80 columns
+
+
+def age_labels() -> list[str]:
+    bounds = [limit for limit, _ in AGE_BUCKETS]
+    return [f"{int(b // 60)}" if b != math.inf else f"{int(bounds[-2] // 60)}+" for b in bounds]
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _shape_line(row: ShapeRow, width: int) -> str:
+    return f"{_cut(row.name, width):<{width}} {row.total:>6}" + "".join(
+        f" {n:>5}" for n in row.counts)
 
 
 def cmd_domains(args: argparse.Namespace, admin: Admin) -> int:
@@ -223,6 +247,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     queue = sub.add_parser("queue", parents=[common], help="list a folder, oldest first")
     queue.add_argument("--folder", choices=list(FOLDER_NAMES), default="queue")
     queue.add_argument("--json", action="store_true", help="one JSON object per line")
+    queue.add_argument("--unsorted", action="store_true",
+                       help="in directory order, not oldest first: the first row at once")
     show = sub.add_parser("show", parents=[common], help="one message: envelope, attempts")
     show.add_argument("id")
     show.add_argument("--raw", action="store_true", help="the message exactly as stored")
@@ -233,6 +259,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     requeue.add_argument("--folder", choices=["badmail", "drop", "queue"], default="badmail")
     requeue.add_argument("--domain", help="only messages with a recipient in this domain")
     requeue.add_argument("--reason", default="", help="why (kept in the audit log)")
+    requeue.add_argument("--force", action="store_true",
+                         help="requeue even what intake would refuse again at once (over the "
+                              "size limit or the hop count)")
     retry = sub.add_parser("retry", parents=[common], help="queued messages due now")
     retry.add_argument("ids", nargs="*", metavar="ID")
     retry.add_argument("--all", action="store_true")

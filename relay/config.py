@@ -311,6 +311,11 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class QueueManager:
+    active_limit: int = setting(20000, "queued messages kept in memory (the earliest due)")
+
+
+@dataclass(frozen=True)
 class Config:
     mailroot: str = setting("./mailroot", "the mailroot folder")
     hostname: str | None = setting(None, "FQDN for EHLO, Received and Reporting-MTA")
@@ -324,6 +329,7 @@ class Config:
     metrics: Metrics = setting(Metrics())
     dkim: dict[Domain, list[DkimKey]] = setting(
         {}, "DKIM signing keys by sender domain (a mapping, or a list of them to dual-sign)")
+    queue: QueueManager = setting(QueueManager())
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
 
     @property
@@ -522,6 +528,8 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
         raise fail("log.max_size", "rotate at 64KiB or more")
     if config.metrics.listen and config.metrics.listen.port is None:
         raise fail("metrics.listen", "give host:port, e.g. 127.0.0.1:9154")
+    if config.queue.active_limit < 1:
+        raise fail("queue.active_limit", "must be at least 1")
 
 
 def load(path: str | Path | None) -> Config:

@@ -114,14 +114,33 @@ def _safe_name(name: str) -> str:
 
 def _writer_busy(fd: int, st: os.stat_result, settle: float) -> bool:
     """True while another process may still be writing the file."""
+    return bool(_writer_state(fd, st, settle))
+
+
+def _writer_state(fd: int, st: os.stat_result, settle: float) -> str:
+    """"being written" (open for writing by someone), "settling" (no lease to be had here,
+    and changed in the last `settle` seconds), or "" (free to take)."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
-            return True  # open for writing by someone
-        return time.time() - st.st_mtime < settle  # no lease here: go by quiet time
+            return "being written"
+        return "settling" if time.time() - st.st_mtime < settle else ""  # go by quiet time
     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    return False
+    return ""
+
+
+def why_waiting(path: Path, settle: float) -> str:
+    """Why a Pickup file may not be taken yet, as intake sees it: "being written" (open for
+    writing by someone), "settling" (changed in the last `settle` seconds), else ""."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return _writer_state(fd, os.fstat(fd), settle)
+    finally:
+        os.close(fd)
 
 
 class PickupWatcher:

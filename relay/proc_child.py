@@ -25,7 +25,6 @@ from relay.config import Config, ConfigError
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.logrotate import Rotation
-from relay.smtpd import ListenError
 from relay.store import Mailroot
 
 PR_SET_PDEATHSIG = 1
@@ -42,6 +41,7 @@ class ChildSpec:
     name: str = ""  # receiver-1, pickup, queue
     sockets: list[int] = field(default_factory=list)  # inherited listening sockets (receivers)
     anvil: int | None = None  # a receiver's link to the supervisor's shared Anvil
+    recover: bool = False  # the queue manager's first start: run the recovery pass
     stderr_lines: bool = True  # False under the console: the events go to the log only
 
 
@@ -124,14 +124,8 @@ async def run(spec: ChildSpec, link: Connection) -> int:
     try:
         role: Role = module.ROLE(spec)
         await role.start()
-    except ListenError as exc:
-        answer(f"error listen {exc}")
-        return 2
-    except ConfigError as exc:
-        answer(f"error config {exc}")
-        return 2
-    except OSError as exc:
-        answer(f"error os {exc}")
+    except Exception as exc:  # a socket, a certificate (ListenError), a DKIM key, the disk
+        answer(f"error start {exc}")
         return 2
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

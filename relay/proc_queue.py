@@ -12,10 +12,10 @@ import contextlib
 import os
 import time
 
-from relay.admin import Admin
 from relay.config import Config
 from relay.inotify import DirectoryWatch
 from relay.proc_child import ChildSpec, Role
+from relay.recovery import Recovery
 from relay.scheduler import Scheduler
 from relay.store import QUEUE, Envelope, is_id
 
@@ -71,12 +71,18 @@ class Queue(Role):
     def __init__(self, spec: ChildSpec) -> None:
         super().__init__(spec)
         self.scheduler = QueueManager(self.config, self.store, self.intake, self.events)
+        # only at the relay's start: a queue manager restarted alone must not take another
+        # process's commit in progress for a crash's leftover
+        self.recovery = Recovery(self.config, self.store, self.events) if spec.recover else None
 
     async def start_services(self) -> None:
         await self.scheduler.start()
-        await asyncio.to_thread(Admin(self.config).purge_trash)
+        if self.recovery:
+            self.recovery.start(after=self.scheduler.scanned)
 
     async def stop_services(self) -> None:
+        if self.recovery:
+            await self.recovery.stop()
         await self.scheduler.stop()
 
     def reconfigure(self, config: Config) -> None:

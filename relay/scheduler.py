@@ -1,11 +1,14 @@
 """The queue manager: when each queued message is tried next, delivery workers, retries,
 the delay notice, expiry, Badmail and reports to senders.
 
-Due times live in memory (a heap built at start from the `Queue/*.env` files, envelopes only)
-and in each message's envelope, so a restart keeps the schedule and an idle relay with
-100,000 queued messages does nothing until one is due.  Other processes change the Queue
-(retry-now, requeue, hold, delete): the folder is watched, and every delivery claims the
-message and re-reads its envelope first.
+Due times live in each message's envelope and, for an active window of the earliest due
+(`queue.active_limit` messages, like Postfix's active queue), in a heap in memory, so a
+restart keeps the schedule and memory does not grow with the queue.  The window is filled by
+incremental scans of `Queue/` (streamed, in batches, beside delivery: a message due now is
+tried as soon as the scan reaches it); a scan runs at start, when the earliest entry left
+outside the window comes due and there is room, and now and then as a safety net.  Other
+processes change the Queue (retry-now, requeue, hold, delete): the folder is watched, and
+every delivery claims the message and re-reads its envelope first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
+import math
 import os
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +27,7 @@ from pathlib import Path
 import watchfiles
 
 from relay.address import domain_of
-from relay.bounce import delivery_report, failed_delivery_ops, quarantine
+from relay.bounce import delivery_report, failed_delivery_ops, quarantine, quarantine_ops
 from relay.config import Config
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
@@ -44,12 +50,16 @@ from relay.store import (
 
 BUSY_RETRY = 0.5  # a message claimed by someone else is looked at again this soon
 WATCH_DEBOUNCE_MS = 100
-RESCAN_SECONDS = 30.0
+RESCAN_SECONDS = 30.0  # the shortest time between safety-net scans...
+RESCAN_COST_SHARE = 0.01  # ...which may take at most this share of the time
+SCAN_BATCH = 2000  # envelopes read per hop to the scan thread
+SAVED_WINDOW = "queue.window"  # the window as the last scan left it: the next start's first guess
 
 
 def rounds(envelope: Envelope) -> int:
-    """Delivery rounds so far (the attempts of one round, one per domain, share a time)."""
-    return len({a.time for a in envelope.attempts})
+    """Delivery rounds since the message was queued or last requeued (the attempts of one
+    round, one per domain, share a time); a requeued message keeps its earlier attempts."""
+    return len({a.time for a in envelope.attempts if a.time >= envelope.queued_at})
 
 
 def summary(replies: dict[str, Reply]) -> str:
@@ -69,12 +79,17 @@ class Scheduler:
         self.client = Client(config, Resolver(config))
         self.workers = max(1, min(workers, config.delivery.max_connections))
         self.heap: list[tuple[float, str]] = []
-        self.due: dict[str, float] = {}
+        self.due: dict[str, float] = {}  # the active window: id -> next attempt
+        self.horizon = math.inf  # every Queue entry outside the window is due at or after this
+        self.scan_horizon = math.inf  # the same, as the scan in progress has seen it so far
+        self.halt = threading.Event()  # stops a scan's directory walk in its thread
+        self.scanned = asyncio.Event()  # set when the first scan is done
         self.inflight: set[str] = set()
         self.ready: asyncio.Queue[str] = asyncio.Queue()
         self.wake = asyncio.Event()
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def router(self) -> Router:
@@ -85,23 +100,26 @@ class Scheduler:
         self.config = config
         self.client.config = config
         self.client.timeout = float(config.delivery.timeout)
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- the schedule ---
 
+    @property
+    def limit(self) -> int:
+        return self.config.queue.active_limit
+
     async def start(self) -> None:
+        """Start the services at once; the first scan fills the window beside delivery."""
         self.loop = asyncio.get_running_loop()
         self.tasks = [asyncio.create_task(self._watch(), name="queue-watch")]
         await asyncio.sleep(0)  # the watch is registered before the scan: nothing slips between
-        for mid, due in await asyncio.to_thread(self._due_times, self.store.ids(QUEUE)):
-            self.schedule(mid, due)
-        self.tasks += [asyncio.create_task(self._dispatch(), name="queue-dispatch"),
-                       asyncio.create_task(self._rescan(), name="queue-rescan")]
+        self.tasks += [asyncio.create_task(self._scanner(), name="queue-scan"),
+                       asyncio.create_task(self._dispatch(), name="queue-dispatch")]
         self.tasks += [asyncio.create_task(self._worker(), name=f"deliver-{i}")
                        for i in range(self.workers)]
 
     async def stop(self) -> None:
         self.stop_event.set()
+        self.halt.set()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -119,12 +137,34 @@ class Scheduler:
         heapq.heappush(self.heap, (due, message_id))
         if self.heap[0][1] == message_id:
             self.wake.set()
+        if len(self.due) + len(self.inflight) > self.limit + self.limit // 4:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Keep the earliest due in the window (with those in flight, `limit` in all); the
+        others wait on disk, and the earliest of them sets the horizon for the next scan."""
+        ordered = sorted(self.due.items(), key=lambda item: item[1])
+        room = max(1, self.limit - len(self.inflight))
+        self.due = dict(ordered[:room])
+        self.heap = [(due, mid) for mid, due in ordered[:room]]
+        heapq.heapify(self.heap)
+        if len(ordered) > room:
+            self.horizon = min(self.horizon, ordered[room][1])
+            self.scan_horizon = min(self.scan_horizon, ordered[room][1])
+        self.wake.set()
+
+    def window_has_room(self) -> bool:
+        return len(self.due) + len(self.inflight) <= self.limit // 2
 
     def _due_times(self, ids: list[str]) -> list[tuple[str, float]]:
         """(id, next attempt) for the ids whose envelope is in Queue (runs in a thread);
         entries that must not be delivered (damaged, unreadable) go to Badmail instead."""
         found = []
         for mid in ids:
+            due = self.store.due_at(QUEUE, mid)
+            if due is not None:
+                found.append((mid, due))
+                continue
             try:
                 raw, problem = self.store.inspect(QUEUE, mid)
             except OSError:
@@ -166,15 +206,64 @@ class Scheduler:
                 else:
                     self.due.pop(mid, None)
 
-    async def _rescan(self) -> None:
-        """A safety net for missed watch events: list Queue now and then, and read only the
-        envelopes of ids the schedule doesn't know."""
+    # --- scanning the Queue ---
+
+    async def _scanner(self) -> None:
+        """Scan at start, then whenever an entry outside the window comes due and the window
+        has room, and at least every RESCAN_SECONDS (more seldom when a scan is costly)."""
         while True:
-            await asyncio.sleep(RESCAN_SECONDS)
-            ids = await asyncio.to_thread(self.store.ids, QUEUE)
-            unknown = [m for m in ids if m not in self.due and m not in self.inflight]
+            took = await self.scan()
+            safety = time.monotonic() + max(RESCAN_SECONDS, took / RESCAN_COST_SHARE)
+            while time.monotonic() < safety:
+                if self.horizon <= time.time() and self.window_has_room():
+                    break
+                await asyncio.sleep(min(1.0, max(0.0, safety - time.monotonic())))
+
+    async def scan(self) -> float:
+        """One pass over Queue: every entry the window does not hold is read (envelope fields
+        and a stat, never bodies) and scheduled, the window keeping the earliest due.
+        Returns the seconds it took."""
+        began = time.monotonic()
+        if not self.scanned.is_set():  # a restart: what was due soonest comes first
+            saved = await asyncio.to_thread(self._saved_window)
+            for start in range(0, len(saved), SCAN_BATCH):
+                for mid, due in await asyncio.to_thread(self._due_times,
+                                                        saved[start:start + SCAN_BATCH]):
+                    self.schedule(mid, due)
+            if saved:
+                self.events.emit("queue-window-restored", entries=len(self.due),
+                                 seconds=round(time.monotonic() - began, 3))
+        self.scan_horizon = math.inf
+        names = self.store.iter_ids(QUEUE, self.halt)
+        seen = 0
+        while True:
+            batch = await asyncio.to_thread(lambda: list(itertools.islice(names, SCAN_BATCH)))
+            if not batch:
+                break
+            seen += len(batch)
+            unknown = [m for m in batch if m not in self.due and m not in self.inflight]
             for mid, due in await asyncio.to_thread(self._due_times, unknown):
                 self.schedule(mid, due)
+        self.horizon = self.scan_horizon  # this pass saw every entry outside the window
+        self.scanned.set()
+        await asyncio.to_thread(self._save_window, sorted(self.due.items(), key=lambda i: i[1]))
+        took = time.monotonic() - began
+        self.events.emit("queue-scanned", entries=seen, window=len(self.due) + len(self.inflight),
+                         seconds=round(took, 3))
+        return took
+
+    def _save_window(self, window: list[tuple[str, float]]) -> None:
+        """Note the window's ids by due time: only a hint (each envelope is read again when
+        it is used), so a stale or missing file costs a restart time, never a message."""
+        text = "".join(f"{due!r} {mid}\n" for mid, due in window)
+        self.store.commit([Write(self.store.root / SAVED_WINDOW, text.encode())])
+
+    def _saved_window(self) -> list[str]:
+        try:
+            lines = (self.store.root / SAVED_WINDOW).read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        return [mid for mid in (line.partition(" ")[2] for line in lines) if is_id(mid)]
 
     async def _worker(self) -> None:
         while True:
@@ -207,6 +296,9 @@ class Scheduler:
                 envelope, data = await loop.run_in_executor(None, self._load, mid)
             except FileNotFoundError:
                 return
+            except (ValueError, TypeError, KeyError) as exc:  # the scan only skimmed it
+                await asyncio.to_thread(self._quarantine_claimed, mid, exc)
+                return
             now = time.time()
             if envelope.next_attempt > now + 0.05:  # rescheduled by someone meanwhile
                 self.inflight.discard(mid)
@@ -226,7 +318,21 @@ class Scheduler:
             # frees it, which costs more than the loop should pay.
             loop.run_in_executor(None, os.close, claim)
 
+    def _quarantine_claimed(self, mid: str, exc: Exception) -> None:
+        reason = f"the envelope {QUEUE}/{mid}.env cannot be read: {exc!r}"
+        self.store.commit(quarantine_ops(self.store, QUEUE, mid, None, reason))
+        self.events.emit("quarantined", id=mid, folder=QUEUE, reason=reason)
+
     def _load(self, mid: str) -> tuple[Envelope, bytes]:
+        """The claimed message's envelope and bytes; FileNotFoundError if an interrupted move
+        had left this Queue copy behind (the start-up recovery may not have reached it yet:
+        it is resolved here, before any delivery)."""
+        stale = self.store.settle(mid)
+        for folder in stale:
+            self.events.emit("recovered", id=mid, folder=folder,
+                             action="removed the source of an interrupted move")
+        if QUEUE in stale:
+            raise FileNotFoundError(f"{QUEUE}/{mid}.env")
         return self.store.read_envelope(QUEUE, mid), self.store.read_message(QUEUE, mid)
 
     async def deliver(self, envelope: Envelope, data: bytes, now: float) -> list[dict]:

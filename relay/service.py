@@ -1,4 +1,4 @@
-"""Wires the relay together: folders, the mailroot lock, recovery, intake, the services."""
+"""Wires the relay together: folders, the mailroot lock, intake, the services, recovery."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import TextIO
 from relay import journal
 from relay.address import domain_of
 from relay.admin import Admin
-from relay.bounce import quarantine
 from relay.config import Config, ConfigError
 from relay.config_watch import ConfigWatcher
 from relay.events import EventLog
@@ -22,10 +21,11 @@ from relay.intake import Intake
 from relay.logrotate import Rotation
 from relay.metrics import RelayMetrics
 from relay.pickup import PickupWatcher
+from relay.recovery import Recovery
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier, supervise
 from relay.smtpd import ListenError, SmtpServer
-from relay.store import HOLD, QUEUE, Mailroot
+from relay.store import QUEUE, Mailroot
 
 LOCK_NAME = "relay.lock"
 
@@ -82,13 +82,12 @@ class MailrootHost:
         self._lock_fd = fd
 
     def open_mailroot(self) -> None:
-        """Take the lock and recover what a crash left; then the services may start."""
+        """Take the lock and clear tmp/; the services may start (the recovery pass runs
+        beside them, in the queue manager)."""
         self._take_lock()
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             signal.signal(signal.SIGIO, signal.SIG_IGN)  # Pickup's read-lease probe
-        for folder, mid, what in self.store.recover():
-            self.events.emit("recovered", id=mid, folder=folder, action=what)
-        self.quarantine_held()
+        self.store.clear_tmp()
 
     def release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -96,7 +95,7 @@ class MailrootHost:
             self._lock_fd = None
 
     async def announce(self) -> None:
-        """Listening, queue loaded, Pickup watched: only now is the service ready."""
+        """Listening and Pickup watched (the queue's scan goes on): the service is ready."""
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
         if self.notifier.address:
@@ -121,13 +120,6 @@ class MailrootHost:
         domains = {domain_of(r.address).lower() for row in rows for r in row.recipients
                    if r.state == "deferred"}
         return f"{len(rows)} queued, {len(domains)} deferred domain{'s' * (len(domains) != 1)}"
-
-    def quarantine_held(self) -> None:
-        """Damaged entries in Hold go to Badmail at start (the scheduler checks Queue's in its
-        own start-up pass), so they are never released and delivered blindly."""
-        for mid, envelope, reason in list(self.store.damaged(HOLD)):
-            if quarantine(self.store, HOLD, mid, envelope, reason):
-                self.events.emit("quarantined", id=mid, folder=HOLD, reason=reason)
 
     async def stop_services(self) -> None:
         raise NotImplementedError
@@ -158,6 +150,7 @@ class Relay(MailrootHost):
         self.scheduler = Scheduler(config, self.store, self.intake, self.events)
         self.intake.on_queued = self.scheduler.notify
         self.smtpd = SmtpServer(config, self.intake, self.events)
+        self.recovery = Recovery(config, self.store, self.events)
         self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
             if config.source else None
         if self.metrics:
@@ -179,6 +172,8 @@ class Relay(MailrootHost):
         self.smtpd.reconfigure(config)
 
     async def start(self) -> None:
+        """Intake first: SMTP and Pickup run within moments at any queue size; the queue
+        manager's scan and the recovery pass go on beside them."""
         self.open_mailroot()
         try:
             self.serve_metrics()
@@ -189,10 +184,10 @@ class Relay(MailrootHost):
             self.release_lock()
             raise
         await self.scheduler.start()
-        Admin(self.config).purge_trash()
         await self.pickup.start()
         if self.config_watcher:
             self.config_watcher.start()
+        self.recovery.start(after=self.scheduler.scanned)
         await self.announce()
 
     def addresses(self) -> list[tuple]:
@@ -206,6 +201,7 @@ class Relay(MailrootHost):
     async def stop_services(self) -> None:
         if self.config_watcher:
             await self.config_watcher.stop()
+        await self.recovery.stop()
         await self.smtpd.stop()
         await self.pickup.stop()
         await self.scheduler.stop()

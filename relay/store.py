@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import itertools
 import json
 import os
 import re
@@ -34,6 +33,7 @@ TRASH = "Trash"
 FOLDERS = (PICKUP, QUEUE, DROP, BADMAIL, HOLD)
 WORK_DIRS = ("tmp", "log", TRASH)
 MARKER = {QUEUE: ".env", HOLD: ".env", BADMAIL: ".BAD", DROP: ".eml", TRASH: ".env"}
+MOVE_FOLDERS = (QUEUE, HOLD, BADMAIL, TRASH)  # a message moves between these (Drop is final)
 
 PARALLEL_WRITES = 256 * 1024  # below this, two fsyncs in a row beat a thread hand-off each
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -369,40 +369,141 @@ class Mailroot:
             if fd is not None:
                 os.close(fd)
 
-    # --- start-up recovery ---
+    # --- recovery ---
+    #
+    # What a crash can leave half-done is bounded by what was in flight, but finding it means
+    # looking at every entry, and the Queue may hold a million.  So the start clears only tmp/
+    # (bounded) before intake starts; `settle()` resolves one id under its claim before it is
+    # delivered or acted on, and `recover()` walks the folders in the background.
 
-    def recover(self) -> list[tuple[str, str, str]]:
-        """Clear what a crash left half-done; returns (folder, id, what was done).
-
-        Uncommitted partial entries are removed (their source still exists: nothing was
-        acknowledged); a committed entry that also exists further along the lifecycle is the
-        source of an interrupted move and is removed.  Committed entries whose files are
-        missing or damaged are found by `damaged()`, for the caller to quarantine.
-        """
-        actions: list[tuple[str, str, str]] = []
+    def clear_tmp(self) -> None:
+        """Remove files a crash left half-written in tmp/ (nothing refers to them)."""
         for stale in self.tmp.glob("*"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-        committed = {f: set(self.ids(f)) for f in (QUEUE, HOLD, BADMAIL, TRASH)}
-        for folder in (QUEUE, HOLD, BADMAIL, TRASH):
-            directory = self.root / folder
-            if not directory.is_dir():
+
+    def _marker_mtime(self, folder: str, message_id: str) -> float | None:
+        try:
+            return os.stat(f"{self.root}/{folder}/{message_id}{MARKER[folder]}").st_mtime
+        except FileNotFoundError:
+            return None
+
+    def copies(self, message_id: str) -> dict[str, float]:
+        """{folder: its marker's mtime} for each folder the id is committed in (of those an
+        interrupted move can leave it in twice)."""
+        found = {f: self._marker_mtime(f, message_id) for f in MOVE_FOLDERS}
+        return {f: t for f, t in found.items() if t is not None}
+
+    def settle(self, message_id: str) -> list[str]:
+        """If an interrupted move left the id committed in more than one folder, keep the
+        later state (by the marker's mtime) and remove the others; returns the folders it was
+        removed from.  The caller holds the message's claim (every move is made under it, so
+        a move in progress is never mistaken for an interrupted one)."""
+        found = self.copies(message_id)
+        if len(found) < 2:
+            return []
+        latest = max(found, key=found.__getitem__)
+        stale = [f for f in found if f != latest]
+        self.commit([Unlink(path) for f in stale
+                     for path in (self.root / f).glob(f"{message_id}.*")])
+        return stale
+
+    def recover(self, before: float | None = None,
+                stop: threading.Event | None = None) -> Iterator[tuple[str, str, str]]:
+        """Clear what a crash left half-done, folder by folder; yields (folder, id, what was
+        done).  Runs beside a live relay, so it never holds a listing in memory and touches
+        only what cannot be in progress: an uncommitted partial entry changed before `before`
+        (the start of this relay; its source still exists, nothing was acknowledged for it),
+        and the older copy of an id committed in two folders, under the message's claim.
+        Committed entries whose files are missing or damaged are found by `damaged()`."""
+        before = time.time() if before is None else before
+        for folder in MOVE_FOLDERS:
+            for mid in self._partials(folder, before, stop):
+                if self._remove_partial(folder, mid, before):
+                    yield folder, mid, f"removed uncommitted partial (no {MARKER[folder]})"
+        # Every pair of folders holds Hold, Badmail or Trash, usually small: walking those
+        # finds every id committed twice without listing the Queue.
+        for folder in (HOLD, BADMAIL, TRASH):
+            for mid in self.iter_ids(folder, stop):
+                if len(self.copies(mid)) < 2:
+                    continue
+                fd = self.acquire(folder, mid)
+                if fd is None:
+                    continue  # someone is moving it right now (or it has moved on)
+                try:
+                    for stale in self.settle(mid):
+                        yield stale, mid, "removed the source of an interrupted move"
+                finally:
+                    os.close(fd)
+
+    def _partials(self, folder: str, before: float,
+                  stop: threading.Event | None) -> Iterator[str]:
+        """Ids with files but no marker in `folder`, unchanged since `before`."""
+        marker = MARKER[folder]
+        base = f"{self.root}/{folder}"
+        seen: set[str] = set()  # ids already yielded: a partial has one or two files
+        for name in self.iter_names(folder, stop):
+            mid, dot, ext = name.partition(".")
+            if not dot or f".{ext}" == marker or mid in seen or not is_id(mid):
                 continue
-            marker = MARKER[folder]
-            ids = {n.split(".", 1)[0] for n in os.listdir(directory) if is_id(n.split(".")[0])}
-            marked = set(self.ids(folder))
-            for mid in ids - marked:
-                for leftover in directory.glob(f"{mid}.*"):
+            try:
+                os.stat(f"{base}/{mid}{marker}")
+                continue
+            except FileNotFoundError:
+                pass
+            try:
+                changed = os.stat(f"{base}/{name}").st_ctime
+            except FileNotFoundError:
+                continue
+            if changed < before:
+                seen.add(mid)
+                yield mid
+
+    def _remove_partial(self, folder: str, mid: str, before: float) -> bool:
+        """Remove a partial entry unless a move is linking it right now (it would hold the
+        claim on the same file) or it changed since `before`."""
+        base = f"{self.root}/{folder}/{mid}"
+        try:
+            fd = os.open(base + ".eml", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                if os.fstat(fd).st_ctime >= before:
+                    return False
+            if os.path.exists(base + MARKER[folder]):
+                return False
+            for leftover in (self.root / folder).glob(f"{mid}.*"):
+                with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
-                actions.append((folder, mid, f"removed uncommitted partial (no {marker})"))
-        # An interrupted move (a hold, a bounce, a requeue, a delete or an undelete) leaves the
-        # message committed in both folders; the later state wins by the marker's mtime.
-        for a, b in itertools.combinations((QUEUE, HOLD, BADMAIL, TRASH), 2):
-            for mid in committed[a] & committed[b]:
-                older = min((a, b), key=lambda f: self.path(f, mid, MARKER[f]).stat().st_mtime)
-                self.commit([Unlink(path) for path in (self.root / older).glob(f"{mid}.*")])
-                actions.append((older, mid, "removed the source of an interrupted move"))
-        return actions
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def iter_names(self, folder: str, stop: threading.Event | None = None) -> Iterator[str]:
+        """The names in a folder in directory order, streamed: a million entries are never
+        held in memory at once."""
+        try:
+            entries = os.scandir(self.root / folder)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                if stop is not None and stop.is_set():
+                    return
+                yield entry.name
+
+    def iter_ids(self, folder: str, stop: threading.Event | None = None) -> Iterator[str]:
+        """Committed ids in a folder in directory order (not by time), streamed."""
+        marker = MARKER[folder]
+        for name in self.iter_names(folder, stop):
+            if name.endswith(marker) and is_id(name[:-len(marker)]):
+                yield name[:-len(marker)]
 
     def inspect(self, folder: str, message_id: str) -> tuple[dict | None, str | None]:
         """A committed Queue/Hold entry's envelope as raw JSON fields and, if it must not be
@@ -431,6 +532,22 @@ class Mailroot:
                      else f"the stored message file is damaged: {found} bytes, expected "
                           f"{size} bytes")
 
+    def due_at(self, folder: str, message_id: str) -> float | None:
+        """A sound entry's next attempt, found without decoding its envelope: the scan of a
+        million entries pays for a read, two regex searches and a stat.  None when anything
+        looks off (then `inspect()` says what)."""
+        base = f"{self.root}/{folder}/{message_id}"
+        try:
+            raw = _read(base + ".env")
+            size, due = _SIZE.search(raw), _NEXT_ATTEMPT.search(raw)
+            if size is None or due is None or not raw.rstrip().endswith(b"}"):
+                return None
+            if os.stat(base + ".eml").st_size != int(size[1]):
+                return None
+            return float(due[1])
+        except (OSError, ValueError):
+            return None
+
     def damaged(self, folder: str) -> Iterator[tuple[str, Envelope | None, str]]:
         """(id, envelope or None, reason) for each entry of Queue or Hold not to deliver."""
         for mid in self.ids(folder):
@@ -440,6 +557,11 @@ class Mailroot:
                 continue  # moved by someone else meanwhile
             if problem:
                 yield mid, envelope_or_none(raw), problem
+
+
+# top-level keys only: inside a JSON string a quote is escaped, so it never follows { or ,
+_SIZE = re.compile(rb'[{,]\s*"size"\s*:\s*(\d+)')
+_NEXT_ATTEMPT = re.compile(rb'[{,]\s*"next_attempt"\s*:\s*(-?[0-9][0-9.eE+-]*)')
 
 
 def envelope_or_none(raw: dict | None) -> Envelope | None:

@@ -1,11 +1,12 @@
 """`mailroot serve`: a supervisor and its child processes, split where the folders already
 split the work (as Postfix splits its daemons), so the relay uses every core.
 
-    supervisor (this module)  the mailroot lock, recovery at start, the listening sockets,
+    supervisor (this module)  the mailroot lock, tmp/ cleared at start, the listening sockets,
                               /metrics, systemd; starts, restarts and stops the children
     receiver-N  proc_receiver SMTP sessions on the shared sockets -> Drop/, Queue/
     pickup      proc_pickup   Pickup/ -> Drop/, Queue/
-    queue       proc_queue    Queue/ (inotify) -> next hops, Badmail/, reports
+    queue       proc_queue    Queue/ (inotify) -> next hops, Badmail/, reports; the
+                              recovery pass beside it at the relay's start
 
 A child that dies is started again after a back-off (0.5 s, doubling to 30 s while it keeps
 dying young); SIGTERM stops them all within 5 s. The supervisor watches the config file and
@@ -156,11 +157,12 @@ class Supervisor(MailrootHost):
 
     async def spawn(self, child: Child) -> None:
         """Start the child and wait until it says it is ready (its services run)."""
-        child.state, child.since = "starting", time.monotonic()
         link = self.anvil.link() if child.role == "receiver" else None
         spec = ChildSpec(child.role, self.config, os.getpid(), child.name, child.sockets,
                          anvil=link.fileno() if link else None,
+                         recover=child.role == "queue" and not child.since,
                          stderr_lines=self.stream is not None)
+        child.state, child.since = "starting", time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "relay.proc_child", stdin=asyncio.subprocess.PIPE,
@@ -318,11 +320,11 @@ def make_relay(config: Config, stream: TextIO | None = sys.stderr,
 async def serve(config: Config, workers: int | None = None) -> None:
     """Run the relay until SIGTERM or SIGINT; stop cleanly (within 5 s)."""
     relay = make_relay(config, workers=workers)
-    await relay.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a SIGTERM while starting stops it after
         loop.add_signal_handler(sig, stopping.set)
+    await relay.start()
     try:
         await stopping.wait()
     finally:

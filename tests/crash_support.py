@@ -37,6 +37,7 @@ import yaml
 from relay.bounce import read_reason
 from relay.store import Envelope
 from tests.conftest import RelayProcess, wait_for
+from tests.queue_fill import fill_queue
 from tests.smtpsink import Sink
 
 TOKEN = re.compile(rb"^X-Crash-Token: (\S+?)\r?$", re.M)
@@ -174,10 +175,12 @@ def sink_keys(sink: Sink) -> Counter:
     return found
 
 
-def queued_keys(root: Path) -> set[Key]:
-    """Pending (token, recipient) of committed Queue entries."""
+def queued_keys(root: Path, parked: frozenset[str] = frozenset()) -> set[Key]:
+    """Pending (token, recipient) of committed Queue entries (not the parked ones)."""
     keys: set[Key] = set()
     for env_path in (root / "Queue").glob("*.env"):
+        if env_path.stem in parked:
+            continue
         try:
             envelope = Envelope.from_json(env_path.read_bytes())
             data = env_path.with_suffix(".eml").read_bytes()
@@ -188,14 +191,19 @@ def queued_keys(root: Path) -> set[Key]:
     return keys
 
 
-def snapshot(root: Path, sink: Sink) -> Snapshot:
+def snapshot(root: Path, sink: Sink, parked: frozenset[str]) -> Snapshot:
     taken: set[str] = set()
     for path in (root / "tmp" / "pickup").glob("*"):
         taken.update(tokens_in(path.read_bytes()))
-    return Snapshot(taken, set(sink_keys(sink)) & queued_keys(root))
+    return Snapshot(taken, set(sink_keys(sink)) & queued_keys(root, parked))
 
 
-def tally(root: Path, sink: Sink) -> Tally:
+def unparked(root: Path, parked: frozenset[str]) -> list[str]:
+    """Names in Queue other than the parked messages' files."""
+    return [name for name in os.listdir(root / "Queue") if name.split(".")[0] not in parked]
+
+
+def tally(root: Path, sink: Sink, parked: frozenset[str]) -> Tally:
     """Where each (token, recipient) ended: the sink, Drop, Badmail (with a reason)."""
     result = Tally(seen=sink_keys(sink))
     for eml in (root / "Drop").glob("*.eml"):
@@ -213,8 +221,12 @@ def tally(root: Path, sink: Sink) -> Tally:
             result.bounced.add(token)
             result.seen.update((token, r.address) for r in envelope.recipients
                                if r.state == "failed")
-    for leftover in (root / "Queue").iterdir():
-        result.problems.append(f"Queue/{leftover.name} is left after the queue drained")
+    for leftover in unparked(root, parked):
+        result.problems.append(f"Queue/{leftover} is left after the queue drained")
+    still = {name[:-4] for name in os.listdir(root / "Queue") if name.endswith(".env")}
+    if parked - still:
+        result.problems.append(f"{len(parked - still)} of the {len(parked)} parked messages "
+                               "are gone from Queue")
     return result
 
 
@@ -252,10 +264,12 @@ class Report:
 
 def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
               load_seconds: float, gap: tuple[float, float], seed: int | None = None,
-              drain_timeout: float = 60, child_share: float = 0.5) -> Report:
-    """The whole run; `gap` bounds the random time the relay runs between kills. A kill is
-    of one child process (the supervisor starts it again) with `child_share` odds, else of
-    the whole process group (then the relay is started again)."""
+              drain_timeout: float = 60, queued: int = 0, child_share: float = 0.5) -> Report:
+    """The whole run; `gap` bounds the random time the relay runs between kills; `queued`
+    deferred messages (next attempt a day away) are parked in Queue behind the load and
+    must all still be there at the end. A kill is of one child process (the supervisor
+    starts it again) with `child_share` odds, else of the whole process group (then the
+    relay is started again)."""
     seed = random.randrange(1 << 30) if seed is None else seed
     rng = random.Random(seed)
     started = time.monotonic()
@@ -272,6 +286,7 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
         "dns": {"nameservers": ["127.0.0.1"], "port": 9, "timeout": "1s"},
         "delivery": {"smarthost": f"127.0.0.1:{sink.port}", "retry": ["1s"] * 4,
                      "timeout": "5s"}}))
+    parked = frozenset(fill_queue(root, queued, recipient=f"parked@{REMOTE}"))
     relay = RelayProcess(config, root, own_group=True).start(timeout=30)
     loads: list[Load] = [PickupLoad(root, pickup, load_seconds)]
     loads += [SmtpLoad(f"s{n}", port, smtp // clients, load_seconds) for n in range(clients)]
@@ -287,22 +302,22 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
                 os.kill(rng.choice(children), signal.SIGKILL)
                 child_kills += 1
                 time.sleep(0.1)  # (the supervisor waits longer before starting it again)
-                flying.append(snapshot(root, sink))
+                flying.append(snapshot(root, sink, parked))
                 continue
             relay.kill_group()
             time.sleep(0.1)  # what the sink had fully read before the kill is recorded
-            flying.append(snapshot(root, sink))
+            flying.append(snapshot(root, sink, parked))
             relay.start(timeout=30)
         for load in loads:
             load.join(timeout=load_seconds * 3 + 30)
             assert not load.is_alive(), "a load thread did not finish in time"
         wait_for(lambda: not any((root / "Pickup").iterdir())
                  and not any((root / "tmp" / "pickup").iterdir())
-                 and not any((root / "Queue").iterdir()), timeout=drain_timeout, interval=0.1)
+                 and not unparked(root, parked), timeout=drain_timeout, interval=0.1)
     finally:
         relay.stop()
         sink.stop()
-    return account(seed, kills, child_kills, loads, flying, tally(root, sink),
+    return account(seed, kills, child_kills, loads, flying, tally(root, sink, parked),
                    time.monotonic() - started)
 
 

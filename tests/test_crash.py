@@ -8,8 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from relay.bounce import read_reason
 from relay.store import Envelope, new_id
+from tests.conftest import wait_for
 from tests.crash_support import crash_run
 
 KILLS = 5
@@ -28,6 +31,22 @@ def test_sigkill_under_pickup_and_smtp_load_loses_nothing(tmp_path: Path) -> Non
     assert not report.unexplained, f"{report.summary()}: duplicated but not in flight: " \
                                    f"{report.unexplained[:10]}"
     assert all(n <= 1 + KILLS for n in report.duplicates.values()), report.summary()
+    assert not report.problems, f"{report.summary()}: {report.problems[:10]}"
+
+
+@pytest.mark.slow  # filling 50,000 messages takes seconds (10-30 on a loaded machine)
+def test_sigkill_under_load_with_50000_queued_behind_it_loses_nothing(tmp_path: Path) -> None:
+    """The same with 50,000 deferred messages parked in Queue: each restart takes mail at
+    once, the load drains past them, and every parked message is still queued (the long
+    run, `python -m bench.crash --queued 100000`, parks 100,000)."""
+    kills = 2
+    report = crash_run(tmp_path, kills=kills, pickup=60, smtp=60, clients=3,
+                       load_seconds=2.0, gap=(0.4, 1.0), drain_timeout=25, queued=50_000)
+    print(report.summary())
+    assert report.accepted_pickup == 60 and report.accepted_smtp > 20, report.summary()
+    assert not report.lost, f"{report.summary()}: {report.lost[:10]}"
+    assert not report.unexplained, f"{report.summary()}: {report.unexplained[:10]}"
+    assert all(n <= 1 + kills for n in report.duplicates.values()), report.summary()
     assert not report.problems, f"{report.summary()}: {report.problems[:10]}"
 
 
@@ -64,6 +83,8 @@ def test_half_written_leftovers_are_cleared_or_quarantined_at_start(relay, tmp_p
     (root / "tmp" / f"{new_id()}.tmp").write_bytes(data[:10])
 
     r = relay()
+    # both run beside intake: the recovery pass, and the queue manager's scan
+    wait_for(lambda: {"recovery-finished", "queue-scanned"} <= {e["event"] for e in r.events()})
     assert sorted(p.name for p in r.files("Queue")) == [f"{good}.eml", f"{good}.env"]
     assert not r.files("Hold")
     assert not r.files("tmp", "*.tmp")

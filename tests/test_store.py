@@ -50,7 +50,7 @@ def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path:
                       Write(store.path(later, mid, ".env"), envelope.to_json())])
         past = time.time() - 60
         os.utime(store.path(earlier, mid, ".env"), (past, past))
-    actions = store.recover()
+    actions = list(store.recover())
     assert sorted(store.ids(TRASH)) == ["0000000000000001"]
     assert sorted(store.ids(QUEUE)) == ["0000000000000002"]
     assert not list((tmp_path / "mailroot" / QUEUE).glob("0000000000000001.*"))

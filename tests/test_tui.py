@@ -81,7 +81,7 @@ async def test_badmail_enter_shows_reason_first(write_config, tmp_path):
         await pilot.press("v")
         assert "Subject: [no one] to send to" in str(
             app.screen.query_one("#inspector-text").render())
-        await pilot.press("escape")
+        await pilot.press("escape", "escape")  # raw -> summary -> dashboard
         assert app.screen is app.dashboard  # esc goes back, never quits
 
 

@@ -34,7 +34,7 @@ GLOBAL = [
     Act("question_mark", "help", "Help", "every key on this screen", label="help"),
     Act("colon", "command_palette", "Command palette", "search every action and screen",
         footer=False),
-    Act("q", "quit", "Quit", "leave the console (an embedded relay stops cleanly)",
+    Act("q", "quit", "Quit", "leave; asks first whether to stop the relay it runs or keep it",
         label="quit"),
 ]
 
@@ -56,7 +56,7 @@ DASHBOARD = [
     Act("right_square_bracket", "page(1)", "Next page", "in folders of more than one page",
         footer=False),
     Act("left_square_bracket", "page(-1)", "Previous page", footer=False),
-    Act("r", "bulk('requeue')", "Requeue", "Badmail or Hold back to Queue, clock restarted",
+    Act("r", "bulk('requeue')", "Requeue", "Badmail to Queue, Drop and Queue routed again",
         mutating=True, label="requeue"),
     Act("t", "bulk('retry')", "Retry now", "try queued messages at once", mutating=True,
         label="retry"),
@@ -76,7 +76,10 @@ DASHBOARD = [
 
 INSPECTOR = [
     Act("v", "raw", "Raw message", "the message exactly as stored", label="raw"),
-    Act("escape", "back", "Back", "to the dashboard", label="back"),
+    Act("r", "requeue", "Requeue", "this message back to delivery, routed by today's domains",
+        mutating=True, label="requeue"),
+    Act("escape", "back", "Back", "from the raw message to the summary, then the dashboard",
+        label="back"),
     Act("j", "scroll('down')", "Scroll down", footer=False),
     Act("k", "scroll('up')", "Scroll up", footer=False),
     Act("g", "scroll('home')", "Top", footer=False),
@@ -98,6 +101,8 @@ DOMAINS = [
     Act("escape", "back", "Back", label="back"),
     Act("j", "cursor('down')", "Down", footer=False),
     Act("k", "cursor('up')", "Up", footer=False),
+    Act("g,home", "cursor('top')", "First domain", footer=False),
+    Act("G,end", "cursor('bottom')", "Last domain", footer=False),
 ]
 
 SETTINGS = [
@@ -120,3 +125,13 @@ class Guarded:
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         mutating = {a.action.split("(")[0] for a in self.ACTS if a.mutating}
         return not (self.app.readonly and action in mutating)  # type: ignore[attr-defined]
+
+    def on_key(self, event) -> None:
+        """A changing key in a read-only console says why it does nothing."""
+        if not self.app.readonly:  # type: ignore[attr-defined]
+            return
+        act = next((a for a in self.ACTS if a.mutating and event.key in a.keys.split(",")), None)
+        if act is not None:
+            event.stop()
+            self.notify(f"Read-only console: {act.title.lower()} is off.",  # type: ignore[attr-defined]
+                        severity="warning")

@@ -12,6 +12,8 @@ import fcntl
 import itertools
 import signal
 import struct
+import subprocess
+import sys
 import termios
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from rich.text import Text
 from textual import work
 from textual.app import App
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Static
 from watchfiles import awatch
@@ -36,10 +39,10 @@ from tui.commands import ConsoleCommands
 from tui.model import changed_ids
 from tui.screens.dashboard import VERBS, Dashboard
 from tui.screens.route import RouteCommands
-from tui.stats import Stats
+from tui.stats import HOUR, Stats
+from tui.theme import THEME
 from tui.widgets.status import StatusBar
 
-BACKLOG = 2 * 1024 * 1024  # bytes of the event log read at start (the last hour, usually)
 ACTIVITY_AT_START = 200
 
 
@@ -84,7 +87,8 @@ class ConsoleApp(App):
     # --- start and stop ---
 
     def on_mount(self) -> None:
-        self.theme = "textual-dark"
+        self.register_theme(THEME)
+        self.theme = THEME.name
 
     async def begin(self) -> None:
         """Show the folders, go live, then start or attach to the relay; called once the
@@ -172,6 +176,7 @@ class ConsoleApp(App):
             panes[folder].view.apply(self.admin, ids)
         if pending:
             self.dashboard.refresh_panes(list(pending))
+            self.show_status()
 
     def resync(self) -> None:
         """A cheap safety net for lost file events: compare names, re-read only differences."""
@@ -186,9 +191,12 @@ class ConsoleApp(App):
 
     def follow_events(self, first: bool = False) -> None:
         path = self.store.log_dir / LOG_NAME
-        if first or self.follower is None:
-            self.follower = LogFollower(path, backlog=BACKLOG)
-        events = self.follower.read()  # follows the log across rotations
+        if first or self.follower is None:  # the whole last hour, however long the log
+            self.follower = LogFollower.at_end(path)  # then what is appended, across rotations
+            events = list(read_rotated(path, newest_first=True,
+                                       since=self.clock() - HOUR))[::-1]
+        else:
+            events = self.follower.read()
         for event in events:
             self.stats.add(event)
         if first:  # the latest events, from the rotated files too when the log is young
@@ -200,22 +208,33 @@ class ConsoleApp(App):
             self.dashboard.activity([activity_line(e) for e in shown])
 
     def tick(self) -> None:
-        now = self.clock()
         if self.relay is None:
             self.holder = lock_holder(self.store)
+        self.show_status()
+        self.dashboard.tick_panes()
+
+    def show_status(self) -> None:
+        """Header and status line from the same figures the panes and tabs show now."""
+        now = self.clock()
         depth = len(self.dashboard.panes[QUEUE].view.ids)
         self.stats.sample_depth(now, depth)
         state, running = self.relay_state()
         header = Text()
         header.append(" mailroot ", style="bold reverse")
+        if self.readonly:  # first, where no width cuts it off
+            header.append(" READ-ONLY ", style="bold reverse")
         header.append(f" {state}  ·  {self.config.mailroot}")
-        if self.readonly:
-            header.append("  ·  READ-ONLY", style="bold")
-        self.dashboard.query_one("#header", Static).update(header)
-        self.dashboard.query_one(StatusBar).show(
+        try:
+            title, status = self.dashboard.query_one("#header", Static), self.dashboard.query_one(
+                StatusBar)
+        except NoMatches:
+            return  # the dashboard is being taken down as the console quits
+        title.update(header)
+        status.show(
             relay_state="running" if running else "stopped", running=running,
             listeners=self.listeners() if running else [], stats=self.stats, now=now,
-            queue_depth=depth, paused=self.paused)
+            queue_depth=depth, paused=self.paused, readonly=self.readonly,
+            no_color=self.no_color)
 
     def listeners(self) -> list[str]:
         """The SMTP sockets the running relay reported binding; the configured addresses
@@ -232,8 +251,21 @@ class ConsoleApp(App):
 
     # --- operator actions ---
 
+    def confirm_and_operate(self, action: str, folder: str, ids: list[str],
+                            then: Callable[[], None] | None = None) -> None:
+        """Ask with the scope ("Requeue 3 messages from Badmail?"); on yes, act."""
+        from tui.screens.confirm import Confirm
+        from tui.screens.dashboard import question
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.operate(action, folder, ids, then)
+
+        self.push_screen(Confirm(question(action, len(ids), folder)), answered)
+
     @work(group="operate")
-    async def operate(self, action: str, folder: str, ids: list[str]) -> None:
+    async def operate(self, action: str, folder: str, ids: list[str],
+                      then: Callable[[], None] | None = None) -> None:
         """Run one operator API call off the event loop and report what it did."""
         if self.readonly:
             self.notify("Read-only console: actions are off.", severity="error")
@@ -252,6 +284,45 @@ class ConsoleApp(App):
             first = next(iter(problems.items()))
             text += f" {len(problems)} not: {first[0]}: {first[1]}"
         self.notify(text, severity="warning" if problems else "information", markup=False)
+        if then is not None:
+            then()
+
+    async def action_quit(self) -> None:
+        """Quit; the console that runs the relay asks first, and can leave it running."""
+        if self.relay is None or not self.relay.running:
+            self.exit()  # attached or read-only: the relay, if any, is another process's
+            return
+        from tui.screens.quit import BACKGROUND, STOP, QuitDialog
+
+        def answered(answer: str | None) -> None:
+            if answer == STOP:
+                self.exit()
+            elif answer == BACKGROUND:
+                self.run_worker(self.hand_over(), group="quit", exclusive=True)
+
+        queued = len(self.dashboard.panes[QUEUE].view.ids)
+        self.push_screen(QuitDialog(queued), answered)
+
+    async def hand_over(self) -> None:
+        """Stop the embedded relay, start `mailroot serve` detached in its place, then quit
+        once it holds the mailroot."""
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            await relay.stop()
+        try:
+            pid = start_background_relay(self.config)
+        except OSError as exc:
+            self.notify(f"The background relay did not start: {exc}", severity="error",
+                        markup=False)
+            return
+        deadline = time.monotonic() + 10
+        while (holder := lock_holder(self.store)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if holder is None:
+            self.notify(f"The background relay (pid {pid}) has not taken the mailroot; "
+                        "see log/events.jsonl", severity="error", markup=False)
+            return
+        self.exit(message=f"mailroot: the relay runs on in the background ({holder})")
 
     def action_help(self) -> None:
         from tui.screens.help import Help
@@ -259,6 +330,16 @@ class ConsoleApp(App):
         screen = self.screen
         acts = list(getattr(screen, "ACTS", [])) + GLOBAL
         self.push_screen(Help(screen.__class__.__name__, acts, self.readonly))
+
+
+def start_background_relay(config: Config) -> int:
+    """`mailroot serve` in its own session, detached from this terminal; its pid."""
+    command = [sys.executable, "-m", "relay.cli", "serve"]
+    if config.source:
+        command += ["-c", str(config.source)]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    return proc.pid
 
 
 def give_terminal_a_size(fd: int = 1) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from relay.admin import Admin, MessageSummary
+from relay.reasons import reason_class, reply_text
 from relay.store import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE
 
 PAGE = 500  # rows loaded into a table at once; a folder of 100,000 is paged by key order
@@ -35,8 +36,9 @@ def until(when: float | None, now: float) -> str:
 
 def state_word(row: MessageSummary, now: float) -> str:
     """The row's state as a symbol and a word, so it reads without colour."""
-    if row.folder == PICKUP:
-        return "… waiting"
+    if row.folder == PICKUP:  # why it waits, when the file says: a writer has it, or settling
+        return "… " + {"being written": "writing", "settling": "settling"}.get(row.waiting,
+                                                                               "waiting")
     if row.folder == HOLD:
         return "‖ held"
     if row.folder == BADMAIL:
@@ -49,14 +51,51 @@ def state_word(row: MessageSummary, now: float) -> str:
 
 
 def short_reason(reason: str) -> str:
-    """A Badmail reason for its table cell: the recipient is in the `to` column already, so
-    "failed for <a@b> (and 2 more): 550 ..." reads "failed: 550 ..." (Enter shows it all)."""
-    return re.sub(r" for <[^>]*>(?: \(and \d+ more\))?:", ":", reason, count=1)
+    """A Badmail reason for its table cell: the code and text the remote said
+    ("550 5.1.1 no such user"), the recipient being in the `to` column already; an intake
+    refusal as it is (Enter shows it all)."""
+    return reply_text(reason)
+
+
+HEADER_MARK = "To: "  # a recipient read from the header, not the envelope (intake refusals)
 
 
 def recipients_text(row: MessageSummary) -> str:
     names = [r.address for r in row.recipients]
+    if not names and row.header_to:
+        return (HEADER_MARK if row.folder == BADMAIL else "") + row.header_to
     return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "") if names else ""
+
+
+def sender_text(row: MessageSummary) -> str:
+    """<sender>; <> is the null sender; a file refused at intake shows its From: field,
+    which names the application that wrote it."""
+    if row.folder == BADMAIL and not row.sender and not row.recipients and row.header_from:
+        return "From: " + row.header_from
+    if row.folder == PICKUP and not row.sender:
+        return row.header_from
+    return f"<{row.sender}>"
+
+
+def short_address(text: str, width: int) -> str:
+    """An address cell cut to `width` in its local part, never its domain:
+    "us…@greylist.test" (a "To: " mark in front and a " +2" behind are kept)."""
+    if len(text) <= width:
+        return text
+    mark = HEADER_MARK if text.startswith(HEADER_MARK) else ""
+    body, more = text[len(mark):], ""
+    if re.search(r" \+\d+$", body):
+        body, more = body.rsplit(" ", 1)
+        more = " " + more
+    local, at, domain = body.rpartition("@")
+    domain = domain.rstrip(">")
+    room = width - len(mark) - len(more) - len(at + domain) - 1
+    if at and room >= 1:
+        return f"{mark}{local.lstrip('<')[:room]}…@{domain}{more}"
+    for short in (f"{mark}…@{domain}{more}", f"…@{domain}{more}", f"…@{domain}"):
+        if at and len(short) <= width:
+            return short
+    return "…" + body[-(width - 1):] if width > 1 else "…"
 
 
 @dataclass(frozen=True)
@@ -67,15 +106,23 @@ class Column:
     cell: Callable[[MessageSummary, float], str]
     drop: int = 0  # when the pane is too narrow, the highest goes first; 0: always shown
     flex: bool = False  # takes the width left over (one per folder)
+    ticks: bool = False  # changes with the clock alone: redrawn every second
+    shorten: Callable[[str, int], str] | None = None  # how a long cell is cut to its width
+    want: int = 0  # the flexible column's comfortable width, before extras are shown
+
+
+EXTRA = 7  # columns dropped at this priority and above are extras: they show only when the
+# flexible column (the reply or reason) has its comfortable width
 
 
 def _col(key: str, label: str, width: int, cell: Callable[[MessageSummary, float], str],
-         drop: int = 0, flex: bool = False) -> Column:
-    return Column(key, label, width, cell, drop, flex)
+         drop: int = 0, flex: bool = False, ticks: bool = False,
+         shorten: Callable[[str, int], str] | None = None, want: int = 0) -> Column:
+    return Column(key, label, width, cell, drop, flex, ticks, shorten, want)
 
 
 def _state(width: int) -> Column:
-    return _col("state", "state", width, state_word)
+    return _col("state", "state", width, state_word, ticks=True)
 
 
 PAD = 2  # a table cell's padding, one each side
@@ -83,10 +130,13 @@ PAD = 2  # a table cell's padding, one each side
 
 def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
     """The columns that fit in `width` cells, in order, with their widths: the least needed
-    are dropped first, and the flexible column takes what is left."""
+    are dropped first, extras before the flexible column has its comfortable width, and the
+    flexible column takes what is left."""
     shown = list(columns)
+    want = sum(max(0, c.want - c.width) for c in columns if c.flex)
     for column in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
-        if sum(c.width + PAD for c in shown) <= width:
+        needed = sum(c.width + PAD for c in shown) + (want if column.drop >= EXTRA else 0)
+        if needed <= width:
             break
         shown.remove(column)
     spare = max(0, width - sum(c.width + PAD for c in shown))
@@ -94,26 +144,28 @@ def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
 
 
 MARK = _col("mark", " ", 1, lambda r, now: "")
-AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received), drop=5)
-FROM = _col("from", "from", 22, lambda r, now: f"<{r.sender}>" if r.folder != PICKUP or r.sender
-            else "", drop=7)
-TO = _col("to", "to", 22, lambda r, now: recipients_text(r), drop=4)
+AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received), drop=5, ticks=True)
+FROM = _col("from", "from", 22, lambda r, now: sender_text(r), drop=7, shorten=short_address)
+# The recipient is what an operator looks for first: never dropped, cut in its local part.
+TO = _col("to", "to", 22, lambda r, now: recipients_text(r), shorten=short_address)
 SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject, drop=8)
-ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts), drop=3)
-NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now), drop=2)
-ERROR = _col("error", "last reply", 12, lambda r, now: r.last_error, flex=True)
-REASON = _col("reason", "reason", 14, lambda r, now: short_reason(r.last_error), flex=True)
+ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts), drop=4)
+NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now), drop=3, ticks=True)
+ERROR = _col("error", "last reply", 12, lambda r, now: r.last_error, flex=True, want=40)
+REASON = _col("reason", "reason", 14, lambda r, now: short_reason(r.last_error), flex=True,
+              want=40)
+CLASS = _col("class", "class", 8, lambda r, now: reason_class(r.last_error), drop=3)
 SIZE = _col("size", "size", 5, lambda r, now: f"{r.size // 1024}K" if r.size >= 1024
-            else f"{r.size}B", drop=6)
+            else f"{r.size}B", drop=7)
 ID = _col("id", "id", 16, lambda r, now: r.id, drop=9)
 NAME = _col("name", "file", 20, lambda r, now: r.id, drop=1)
 FLEX_SUBJECT = _col("subject", "subject", 12, lambda r, now: r.subject, flex=True)
 
 COLUMNS: dict[str, list[Column]] = {
-    PICKUP: [MARK, _state(9), AGE, NAME, FROM, TO, FLEX_SUBJECT, SIZE],
+    PICKUP: [MARK, _state(10), AGE, NAME, FROM, TO, FLEX_SUBJECT, SIZE],
     QUEUE: [MARK, _state(7), AGE, TO, ATTEMPTS, NEXT, ERROR, FROM, SUBJECT, ID],
     DROP: [MARK, _state(7), AGE, FROM, TO, FLEX_SUBJECT, SIZE, ID],
-    BADMAIL: [MARK, _state(5), AGE, TO, REASON, FROM, SUBJECT, ID],
+    BADMAIL: [MARK, _state(5), AGE, TO, CLASS, REASON, FROM, SUBJECT, SIZE, ID],
     HOLD: [MARK, _state(6), AGE, TO, ATTEMPTS, ERROR, FROM, SUBJECT, ID],
 }
 
@@ -133,7 +185,9 @@ def matches(row: MessageSummary, needle: str) -> bool:
     if not needle:
         return True
     needle = needle.lower()
-    hay = [row.id, row.sender, row.subject, row.last_error, *(r.address for r in row.recipients)]
+    hay = [row.id, row.sender, row.subject, row.last_error, *(r.address for r in row.recipients),
+           row.header_from, row.header_to,
+           reason_class(row.last_error) if row.folder == BADMAIL else ""]
     return any(needle in text.lower() for text in hay if text)
 
 

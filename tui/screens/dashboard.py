@@ -13,12 +13,12 @@ from textual.app import ComposeResult
 from textual.containers import Container
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Input, Log, Static, Tab, Tabs
+from textual.widgets import DataTable, Input, Static, Tab, Tabs
 
 from relay.folderstats import all_usage, usage_table
-from relay.store import FOLDERS, HOLD, QUEUE
+from relay.store import FOLDERS, HOLD, PICKUP, QUEUE
 from tui.actions import DASHBOARD, Act, Guarded, bindings
-from tui.screens.confirm import Confirm
+from tui.widgets.activity_log import ActivityLog
 from tui.widgets.folder_pane import FolderPane, can
 from tui.widgets.keybar import KeyBar
 from tui.widgets.status import StatusBar
@@ -48,6 +48,7 @@ class Dashboard(Guarded, Screen):
         self.panes = {folder: FolderPane(folder, str(i + 1), self.app.clock)
                       for i, folder in enumerate(FOLDERS)}
         self.active = QUEUE
+        self.grid_columns = ""  # the shares of width side by side, as last set
 
     def compose(self) -> ComposeResult:
         yield Static(id="header", markup=False)
@@ -58,7 +59,7 @@ class Dashboard(Guarded, Screen):
         yield tabs
         with Container(id="folders"):
             yield from self.panes.values()
-            yield Log(id="activity", max_lines=500)
+            yield ActivityLog(id="activity", max_lines=500)
         yield KeyBar()
 
     async def on_mount(self) -> None:
@@ -77,7 +78,7 @@ class Dashboard(Guarded, Screen):
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
-        self.call_after_refresh(self.query_one("#activity", Log).scroll_end, animate=False)
+        self.call_after_refresh(self.query_one("#activity", ActivityLog).scroll_end, animate=False)
 
     # --- the app feeds these ---
 
@@ -90,9 +91,25 @@ class Dashboard(Guarded, Screen):
             for folder in folders:
                 self.panes[folder].redraw()
                 self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
+            self.share_width()
+
+    def tick_panes(self) -> None:
+        for pane in self.panes.values():
+            pane.tick()
+
+    def share_width(self) -> None:
+        """Side by side, a grid column whose folders are empty gives its width to the busy:
+        1 share when empty, 3 when it holds mail, at least 2 for the activity pane's."""
+        grid = [[f for i, f in enumerate(FOLDERS) if i % 3 == column] for column in range(3)]
+        shares = [3 if any(self.panes[f].view.ids for f in folders) else 2 if column == 2
+                  else 1 for column, folders in enumerate(grid)]
+        wanted = " ".join(f"{n}fr" for n in shares)
+        if wanted != self.grid_columns:
+            self.grid_columns = wanted
+            self.query_one("#folders").styles.grid_columns = wanted
 
     def activity(self, lines: list[str]) -> None:
-        self.query_one("#activity", Log).write_lines(lines)
+        self.query_one("#activity", ActivityLog).write_lines(lines)
 
     # --- showing folders ---
 
@@ -106,7 +123,7 @@ class Dashboard(Guarded, Screen):
             pane.set_class(name == folder, "active")
         self.query_one(Tabs).active = f"tab-{folder.lower()}"
         self.pane.table.focus()
-        self.query_one(KeyBar).refresh()
+        self.query_one(KeyBar).refresh(layout=True)  # its lines follow its keys
 
     @on(Tabs.TabActivated)
     def tab_activated(self, event: Tabs.TabActivated) -> None:
@@ -127,7 +144,7 @@ class Dashboard(Guarded, Screen):
             self.active = pane.folder
             for name, other in self.panes.items():
                 other.set_class(name == pane.folder, "active")
-            self.query_one(KeyBar).refresh()
+            self.query_one(KeyBar).refresh(layout=True)  # its lines follow its keys
 
     # --- reading ---
 
@@ -216,7 +233,10 @@ class Dashboard(Guarded, Screen):
             return
         pane = self.pane
         if not can(pane.folder, action):
-            self.notify(f"Not in {pane.folder}.", severity="warning")
+            self.notify(f"{VERBS[action][0]} does not apply in {pane.folder}"
+                        + (": its files are not taken in yet." if pane.folder == PICKUP else
+                           ": release first (h)." if pane.folder == HOLD else "."),
+                        severity="warning")
             return
         if action == "hold" and pane.folder == HOLD:
             action = "release"
@@ -224,10 +244,5 @@ class Dashboard(Guarded, Screen):
         if not ids:
             self.notify("Nothing to act on: the folder is empty.", severity="warning")
             return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.operate(action, pane.folder, ids)
-
-        self.app.push_screen(Confirm(question(action, len(ids), pane.folder)), answered)
+        self.app.confirm_and_operate(action, pane.folder, ids)
 

@@ -17,6 +17,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from relay.config import ConfigError, Domain, HostPort, TlsPolicy
 from tui.actions import DOMAINS, Guarded, bindings
+from tui.theme import MUTED
 from tui.widgets.keybar import KeyBar
 from tui.widgets.textbox import TextBox
 
@@ -144,8 +145,9 @@ class DomainEditor(Guarded, Screen):
             table.add_row(Text(kind), Text(row.domain), Text(row.tls), Text(row.smarthost),
                           key=f"{row.kind}:{row.domain}")
         self.query_one("#domains-note", Static).update(Text(
-            " a alias · l local · m remote · n rename · P make default · x remove · esc back",
-            style="dim"))
+            " Read-only console: the domains are shown, not changed." if self.app.readonly
+            else " ★ the default local domain · aliases: also local · → remote: own TLS policy "
+                 "and smart host", style=MUTED))
 
     def current(self) -> Row | None:
         table = self.query_one(DataTable)
@@ -219,4 +221,5 @@ class DomainEditor(Guarded, Screen):
 
     def action_cursor(self, where: str) -> None:
         table = self.query_one(DataTable)
-        table.action_cursor_down() if where == "down" else table.action_cursor_up()
+        {"down": table.action_cursor_down, "up": table.action_cursor_up,
+         "top": table.action_scroll_top, "bottom": table.action_scroll_bottom}[where]()

@@ -12,9 +12,10 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from relay.admin import MessageDetail, NotFound
-from relay.store import BADMAIL, PICKUP
+from relay.store import BADMAIL, DROP, HOLD, PICKUP
 from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
+from tui.theme import FAILED_TEXT, MUTED, WAITING
 from tui.widgets.keybar import KeyBar
 
 BODY_LINES = 400  # a body longer than this is cut in the inspector; `v` shows all of it
@@ -33,15 +34,29 @@ def field(text: Text, name: str, value: str, style: str = "") -> None:
     text.append(f"{value}\n", style=style)
 
 
+NO_ATTEMPTS = {
+    BADMAIL: "none: it was refused before any delivery (r requeues it through intake again)",
+    DROP: "none: delivered into Drop for a local domain, never sent on",
+}
+REPORT_FIELDS = ("Reason:", "Id:", "From:", "Received:", "Recipients:", "Attempts:", "  ")
+
+
+def report_extras(report: str) -> list[str]:
+    """What the `.BAD` report says beyond the reason, the envelope and the attempts shown
+    below it anyway: its source, when it was written, and any note."""
+    lines = report.splitlines()[1:]  # the first says it is in Badmail: the heading does
+    return [line for line in lines if line.strip() and not line.startswith(REPORT_FIELDS)]
+
+
 def render_detail(detail: MessageDetail, now: float) -> Text:
     """The inspector's page for one message."""
     row = detail.summary
     text = Text()
     if row.folder == BADMAIL:
-        text.append("✗ Why it is in Badmail\n", style="bold red")
+        text.append("✗ Why it is in Badmail\n", style=FAILED_TEXT)
         text.append(f"{detail.reason or '(no reason recorded)'}\n", style="bold")
-        if detail.report:
-            text.append(f"\n{detail.report.rstrip()}\n", style="dim")
+        for line in report_extras(detail.report):
+            text.append(f"{line}\n", style=MUTED)
     heading(text, "Envelope")
     field(text, "id", row.id)
     field(text, "folder", f"{row.folder}  {state_word(row, now)}")
@@ -52,7 +67,7 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
         field(text, "to", f"<{rcpt.address}>  {rcpt.state}{status}{reply}")
     field(text, "size", f"{row.size} bytes")
     field(text, "signed by", ", ".join(map(str, detail.signatures)) or "not DKIM-signed",
-          "" if detail.signatures else "dim")
+          "" if detail.signatures else MUTED)
     field(text, "received", f"{stamp(row.received)} ({ago(now - row.received)} ago)")
     if row.next_attempt is not None:
         field(text, "next retry", f"{until(row.next_attempt, now)}  ({stamp(row.next_attempt)})")
@@ -61,16 +76,16 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
     if detail.expires_at is not None:
         left = detail.expires_at - now
         field(text, "expires", f"in {ago(left)}" if left > 0 else "now (expired)",
-              "bold red" if left < 3600 else "")
+              FAILED_TEXT if left < 3600 else "")
     heading(text, f"Attempts ({len(detail.attempts)})")
     if not detail.attempts:
-        text.append("none yet\n", style="dim")
+        text.append(NO_ATTEMPTS.get(row.folder, "none yet") + "\n", style=MUTED)
     for attempt in detail.attempts:
         tls = {True: "TLS", False: "plain", None: "-"}[attempt.tls]
-        text.append(f"{stamp(attempt.time)}  ", style="dim")
+        text.append(f"{stamp(attempt.time)}  ", style=MUTED)
         text.append(f"{attempt.host or '-':<28} {tls:<5}  ")
-        text.append(f"{attempt.reply}\n", style="red" if attempt.reply[:1] == "5" else
-                    "yellow" if attempt.reply[:1] == "4" else "")
+        text.append(f"{attempt.reply}\n", style=FAILED_TEXT if attempt.reply[:1] == "5" else
+                    WAITING if attempt.reply[:1] == "4" else "")
     heading(text, "Headers")
     for name, value in detail.headers:
         text.append(f"{name}: ", style="bold")
@@ -80,7 +95,7 @@ def render_detail(detail: MessageDetail, now: float) -> Text:
     text.append("\n".join(lines[:BODY_LINES]) + "\n")
     if len(lines) > BODY_LINES:
         text.append(f"… {len(lines) - BODY_LINES} more lines (v shows the raw message)\n",
-                    style="dim")
+                    style=MUTED)
     return text
 
 
@@ -111,13 +126,13 @@ class Inspector(Guarded, Screen):
             if self.folder == PICKUP:  # not taken yet: no envelope, only the file
                 body = Text((admin.store.folder(PICKUP) / self.message_id).read_bytes().decode(
                     "utf-8", "replace"))
-                title.append("  in Pickup, not taken yet (esc: back)", style="dim")
+                title.append("  in Pickup, not taken yet (esc: back)", style=MUTED)
             elif self.raw:
                 body = Text(admin.raw(self.message_id).decode("utf-8", "replace"))
-                title.append("  raw message (v: back to the summary)", style="dim")
+                title.append("  raw message (v: back to the summary)", style=MUTED)
             else:
                 body = render_detail(admin.show(self.message_id), self.app.clock())
-                title.append("  (v: raw message, esc: back)", style="dim")
+                title.append("  (v: raw message, esc: back)", style=MUTED)
         except (NotFound, OSError) as exc:
             body = Text(f"This message is no longer here: {exc}", style="bold")
         self.query_one("#inspector-title", Static).update(title)
@@ -128,7 +143,31 @@ class Inspector(Guarded, Screen):
         self.show()
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        """esc: from the raw message to the summary, from the summary to the dashboard."""
+        if self.raw:
+            self.raw = False
+            self.show()
+        else:
+            self.app.pop_screen()
+
+    def action_requeue(self) -> None:
+        from tui.widgets.folder_pane import can
+
+        if not can(self.folder, "requeue"):
+            self.notify(f"A message in {self.folder} is not requeued"
+                        + (": it is not taken in yet." if self.folder == PICKUP else
+                           ": release it first (h on the dashboard)." if self.folder == HOLD
+                           else "."), severity="warning")
+            return
+        self.app.confirm_and_operate("requeue", self.folder, [self.message_id],
+                                     then=self.follow)
+
+    def follow(self) -> None:
+        """After an action: show the message wherever it is now."""
+        folder = self.app.admin.store.locate(self.message_id)
+        if folder is not None:
+            self.folder = folder
+        self.show()
 
     def action_scroll(self, where: str) -> None:
         body = self.query_one("#inspector-body", VerticalScroll)

@@ -17,6 +17,8 @@ from textual.widgets import Button, Checkbox, Input, Label, Static
 from relay.config import ConfigError
 from tui.actions import SETTINGS, Guarded, bindings
 from tui.fields import GROUPS, Field, fields_for
+from tui.theme import MUTED
+from tui.widgets.checkbox import FormCheckbox
 from tui.widgets.dkim_status import DkimSection
 from tui.widgets.keybar import KeyBar
 from tui.widgets.textbox import TextBox
@@ -35,8 +37,9 @@ class SettingsForm(Guarded, Screen):
         self.fields = {f.key: f for f in fields_for(self.app.admin.config)}
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(" Delivery settings  (tab: next field, ctrl+s: save, esc: cancel)",
-                          style="bold"), classes="form-title")
+        hint = ("read-only console: shown, not changed; esc: back" if self.app.readonly
+                else "tab: next field, ctrl+s: save, esc: cancel")
+        yield Static(Text(f" Delivery settings  ({hint})", style="bold"), classes="form-title")
         with VerticalScroll(id="form"):
             grouped = {k for _, keys in GROUPS for k in keys}
             groups = GROUPS + [("Other", [k for k in self.fields if k not in grouped])]
@@ -60,10 +63,12 @@ class SettingsForm(Guarded, Screen):
         with Vertical(classes="field", id=field_id(field.key)):
             with Horizontal(classes="field-row"):
                 yield Label(field.label, classes="field-label", markup=False)
+                readonly = self.app.readonly
                 if field.is_bool:
-                    yield Checkbox("", field.text == "true", name=field.key)
+                    yield FormCheckbox("", field.text == "true", name=field.key,
+                                       disabled=readonly)
                 else:
-                    yield TextBox(field.text, name=field.key,
+                    yield TextBox(field.text, name=field.key, disabled=readonly,
                                   placeholder="(none)" if field.optional else "")
             yield Static(classes="error", markup=False)
 
@@ -92,7 +97,7 @@ class SettingsForm(Guarded, Screen):
         if key in self.fields:
             field = self.fields[key]
             self.query_one("#field-help", Static).update(
-                Text(f" {field.key}: {field.doc}", style="dim"))
+                Text(f" {field.key}: {field.doc}", style=MUTED))
 
     def on_mount(self) -> None:
         for error in self.query(".field .error"):
@@ -118,6 +123,7 @@ class SettingsForm(Guarded, Screen):
         errors = self.query_one("#form-errors", Static)
         if self.app.readonly:
             errors.update("Read-only console: nothing saved.")
+            self.notify("Read-only console: save is off.", severity="warning")
             return
         problems = self.problems()
         if problems:

@@ -12,13 +12,13 @@ from textual.events import Resize
 from textual.widgets import DataTable, Static
 
 from relay.admin import MessageSummary
-from relay.store import BADMAIL, HOLD, PICKUP, QUEUE
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE
 from tui.model import COLUMNS, PAGE, SORTS, Column, FolderView, fit, state_word
+from tui.theme import ACTIVE, MUTED, OK, WAITING, failed_style
 from tui.widgets.textbox import TextBox
 
 SCROLLBAR = 1  # the table's vertical scrollbar, kept free so columns never jump
-STATE_STYLE = {"✗": "bold red", "‖": "yellow", "↻": "yellow", "▶": "cyan", "→": "cyan",
-               "✓": "green", "…": "dim"}
+STATE_STYLE = {"‖": WAITING, "↻": WAITING, "▶": ACTIVE, "→": ACTIVE, "✓": OK, "…": MUTED}
 
 
 class FolderTable(DataTable):
@@ -98,7 +98,7 @@ class FolderPane(Vertical):
         if view.marks:
             text.append(f"  {len(view.marks)} marked", style="bold")
         if view.sort:
-            text.append(f"  sort: {SORTS[view.sort][0]}", style="dim")
+            text.append(f"  sort: {SORTS[view.sort][0]}", style=MUTED)
         return text
 
     def current_id(self) -> str | None:
@@ -120,16 +120,39 @@ class FolderPane(Vertical):
     # --- drawing ---
 
     def cells(self, row: MessageSummary, now: float) -> list[Text]:
-        out = []
-        for column in self.columns:
-            if column.key == "mark":
-                out.append(Text("●" if row.id in self.view.marks else " ", style="bold"))
-            elif column.key == "state":
-                word = state_word(row, now)
-                out.append(Text(word, style=STATE_STYLE.get(word[0], "")))
-            else:
-                out.append(Text(column.cell(row, now), no_wrap=True, overflow="ellipsis"))
-        return out
+        return [self.cell(row, column, width, now)
+                for column, width in zip(self.columns, self.widths, strict=True)]
+
+    def cell(self, row: MessageSummary, column: Column, width: int, now: float) -> Text:
+        if column.key == "mark":
+            return Text("●" if row.id in self.view.marks else " ", style="bold")
+        if column.key == "state":
+            word = state_word(row, now)
+            style = failed_style(self.app.no_color) if word[0] == "✗" else STATE_STYLE.get(
+                word[0], "")
+            return Text(word, style=style)
+        text = column.cell(row, now)
+        if column.shorten is not None:
+            text = column.shorten(text, width)
+        return Text(text, no_wrap=True, overflow="ellipsis")
+
+    def tick(self) -> None:
+        """Ages, countdowns and due states follow the clock: the rows on screen get their
+        changed cells, nothing is rebuilt."""
+        table = self.table
+        if not table.row_count or not self.display:
+            return
+        now = self.clock()
+        ticking = [(c, w) for c, w in zip(self.columns, self.widths, strict=True) if c.ticks]
+        first = int(table.scroll_y)
+        for row_key in list(table.rows)[first:first + table.size.height + 1]:
+            row = self.view.rows.get(row_key.value)
+            if row is None:
+                continue
+            for column, width in ticking:
+                cell = self.cell(row, column, width, now)
+                if table.get_cell(row_key, column.key) != cell:
+                    table.update_cell(row_key, column.key, cell)
 
     def redraw(self, current: str | None = None) -> None:
         """Bring the table to the view by diff; keep the cursor on its row by key."""
@@ -172,7 +195,7 @@ class FolderPane(Vertical):
 def can(folder: str, action: str) -> bool:
     """Which bulk actions make sense in which folder."""
     return {
-        "requeue": folder in (BADMAIL, HOLD, QUEUE),
+        "requeue": folder in (BADMAIL, DROP, QUEUE),
         "retry": folder == QUEUE,
         "hold": folder in (QUEUE, HOLD),
         "delete": folder != PICKUP,

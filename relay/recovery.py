@@ -1,0 +1,74 @@
+"""The start-up recovery pass, run beside a live relay instead of before it.
+
+A million queued messages take tens of seconds to walk, and intake must not wait for that:
+new messages get new ids, so nothing a crash left half-done concerns them.  What it does
+concern is resolved per id before first use (`Mailroot.settle()` under the claim, by the
+queue manager and the operator API); this pass clears the rest: uncommitted partial entries,
+interrupted moves, damaged entries in Hold, then expired Trash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+from relay.admin import Admin
+from relay.bounce import quarantine
+from relay.config import Config
+from relay.events import EventLog
+from relay.store import HOLD, Mailroot
+
+STEP = 500  # actions taken per hop to the worker thread
+
+
+class Recovery:
+    """One background pass; `stop()` ends it between two entries."""
+
+    def __init__(self, config: Config, store: Mailroot, events: EventLog) -> None:
+        self.config, self.store, self.events = config, store, events
+        self.began = time.time()  # what changed after this is live, never a crash's leftover
+        self.halt = threading.Event()
+        self.task: asyncio.Task | None = None
+
+    def start(self, after: asyncio.Event) -> None:
+        """Begin once `after` is set (the queue manager's first scan: finding due mail
+        first, the lazy per-id recovery covering what this pass has not reached)."""
+        self.task = asyncio.create_task(self.run(after), name="recovery")
+
+    async def stop(self) -> None:
+        self.halt.set()  # a walk in its thread ends at the next entry
+        if self.task is not None:
+            self.task.cancel()  # it may still be waiting for the first scan
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def run(self, after: asyncio.Event) -> None:
+        await after.wait()
+        began = time.monotonic()
+        actions = self.store.recover(self.began, self.halt)
+        done = 0
+        while step := await asyncio.to_thread(lambda: list(itertools.islice(actions, STEP))):
+            for folder, mid, what in step:
+                self.events.emit("recovered", id=mid, folder=folder, action=what)
+            done += len(step)
+        if self.halt.is_set():
+            return
+        quarantined = await asyncio.to_thread(self.quarantine_held)
+        if not self.halt.is_set():
+            await asyncio.to_thread(Admin(self.config).purge_trash)
+            self.events.emit("recovery-finished", recovered=done, quarantined=quarantined,
+                             seconds=round(time.monotonic() - began, 3))
+
+    def quarantine_held(self) -> int:
+        """Damaged entries in Hold go to Badmail (the queue manager checks Queue's as it
+        scans), so they are never released and delivered blindly."""
+        count = 0
+        for mid, envelope, reason in self.store.damaged(HOLD):
+            if self.halt.is_set():
+                break
+            if not quarantine(self.store, HOLD, mid, envelope, reason):
+                continue
+            self.events.emit("quarantined", id=mid, folder=HOLD, reason=reason)
+            count += 1
+        return count

@@ -1,0 +1,68 @@
+"""The CLI's listings: quiet when cut short by a pipe, and every line true and within 80."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.admin import MessageSummary
+from relay.bounce import badmail_ops
+from relay.cli_admin import format_row
+from relay.store import DROP, Mailroot
+from tests.admin_support import cli
+from tests.tui_fixture import T0, build, fixed_id, message, write_config
+
+
+@pytest.fixture
+def mailroot(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "mailroot"
+    build(root)
+    return root, write_config(tmp_path)
+
+
+@pytest.mark.parametrize("args", [["queue"], ["check"], ["queue", "--folder", "badmail"]])
+def test_a_listing_into_a_closed_pipe_ends_without_a_traceback(mailroot, args):
+    root, config = mailroot
+    read, write = os.pipe()
+    os.close(read)  # the reader (`head`) is gone before anything is written
+    proc = subprocess.run([sys.executable, "-m", "relay.cli", *args, "-c", str(config)],
+                          stdout=write, stderr=subprocess.PIPE, text=True, timeout=30)
+    os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
+
+
+def test_show_spaces_its_labels_and_counts_tries_in_english(mailroot):
+    root, config = mailroot
+    queued = fixed_id(T0 - 3600, 0)
+    out = cli(config, "show", queued).stdout
+    assert "Notice at: 2" in out and "notice:2" not in out
+    row = MessageSummary("X", "Queue", T0, 10, "a@b.example", [], attempts=1)
+    assert "1 try," in format_row(row)[0]
+    assert "2 tries" in cli(config, "queue").stdout
+
+
+def test_summary_fits_80_columns_with_long_intake_reasons(mailroot):
+    root, config = mailroot
+    store = Mailroot(root)
+    reason = ("the file contains NUL bytes: binary data, not a text message, from an "
+              "application that writes its spool file in place")
+    mid = fixed_id(T0 - 50, 70)
+    store.commit(badmail_ops(store, mid, reason, b"x\x00y", source="Pickup/app.dat"))
+    out = cli(config, "summary").stdout
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+
+
+def test_the_null_sender_reads_as_angle_brackets_once(mailroot):
+    root, config = mailroot
+    store = Mailroot(root)
+    mid = fixed_id(T0 - 30, 80)
+    store.path(DROP, mid, ".eml").write_bytes(
+        b"X-Sender: <>\r\nX-Receiver: it@example.com\r\n"
+        + message("MAILER-DAEMON@example.com", "it@example.com", "Delivery report"))
+    out = cli(config, "queue", "--folder", "drop").stdout
+    assert "<<>>" not in out and "  <>\n" in out

@@ -1,0 +1,160 @@
+"""The columns an operator needs, on a busy mailroot: the recipient kept and cut in its local
+part, the reply and reason readable, clocks that tick, header fields where no envelope is."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from relay import config as configmod
+from relay.store import BADMAIL, DROP, PICKUP, QUEUE, Mailroot
+from tests.busy_fixture import build_busy
+from tests.tui_fixture import T0, hold_lock, write_config
+from tui.app import ConsoleApp
+from tui.model import COLUMNS, fit, short_address
+
+
+@pytest.fixture
+def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    root = tmp_path / "mailroot"
+    build_busy(root)
+    fd = hold_lock(root)
+    monkeypatch.chdir(tmp_path)
+    yield root, configmod.load(write_config(tmp_path, relative=True))
+    os.close(fd)
+    monkeypatch.undo()
+    time.tzset()
+
+
+def column(pane, key: str) -> list[str]:
+    """The cells of one column, as the table holds them, top to bottom."""
+    table = pane.table
+    return [str(table.get_cell(row, key)) for row in table.rows]
+
+
+@pytest.mark.parametrize("width", [52, 59, 79, 99, 159])
+@pytest.mark.parametrize("folder", [QUEUE, BADMAIL, PICKUP, DROP])
+def test_the_recipient_is_never_dropped(folder, width):
+    assert "to" in [c.key for c, _ in fit(COLUMNS[folder], width)]
+
+
+def test_spare_width_goes_to_the_reply_before_extras():
+    shown = dict((c.key, w) for c, w in fit(COLUMNS[QUEUE], 99))
+    assert "from" not in shown and shown["error"] >= 40
+    assert {"age", "to", "next", "attempts"} <= set(shown)
+
+
+@pytest.mark.parametrize("width", [8, 12, 16, 20, 30])
+def test_an_address_is_cut_in_its_local_part_never_its_domain(width):
+    cut = short_address("user0_119@greylist.test", width)
+    assert len(cut) <= width
+    if width >= len("u…@greylist.test"):
+        assert cut.endswith("@greylist.test") and cut[0] == "u"
+    assert short_address("To: app@corp.test +2", 18).startswith("To: ")
+    assert short_address("To: application@corp.test +2", 20).endswith("@corp.test +2")
+
+
+@pytest.mark.parametrize("size", [(60, 20), (80, 24), (100, 30)])
+async def test_queue_shows_recipients_with_their_domain_at_every_size(busy, size):
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        cells = column(app.dashboard.panes[QUEUE], "to")
+        assert len(cells) == 50
+        assert all(c.rsplit("@", 1)[-1] in {"greylist.test", "slow.example", "partner.example",
+                                            "customer.example", "nowhere.example"}
+                   for c in cells), cells
+
+
+async def test_side_by_side_empty_panes_give_their_width_to_busy_ones(busy):
+    root, config = busy
+    for path in (root / "Drop").iterdir():
+        path.unlink()  # Drop empty: its column gives width to Queue's
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        panes = app.dashboard.panes
+        assert panes[QUEUE].size.width > panes[DROP].size.width + 10
+        assert "to" in [c.key for c in panes[QUEUE].columns]
+
+
+async def test_ages_and_countdowns_tick_without_a_rebuild(busy):
+    root, config = busy
+    now = [T0]
+    app = ConsoleApp(config, clock=lambda: now[0])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        pane = app.dashboard.panes[QUEUE]
+        before_next, before_age = column(pane, "next"), column(pane, "age")
+        keys = list(pane.table.rows)
+        now[0] += 60
+        app.tick()
+        await pilot.pause()
+        after_next, after_age = column(pane, "next"), column(pane, "age")
+        assert list(pane.table.rows) == keys  # the same rows, only cells changed
+        shown = pane.table.size.height
+        assert after_next[:shown] != before_next[:shown]
+        assert after_age[:shown] != before_age[:shown]
+        assert before_next[1] == "in 30s" and after_next[1] == "due"
+
+
+async def test_badmail_shows_the_reply_the_class_and_header_fields(busy):
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        await pilot.press("4")
+        await pilot.pause()
+        pane = app.dashboard.panes[BADMAIL]
+        reasons, classes = column(pane, "reason"), column(pane, "class")
+        assert not any(r.startswith("delivery failed") for r in reasons)
+        assert any(r.startswith("550 5.1.1 ") and "no such user" in r for r in reasons)
+        assert {"5xx", "DNS", "expired", "too big", "no rcpt", "bad file", "TLS"} <= set(classes)
+        to = column(pane, "to")
+        assert "To: ops@corp.test" in to and "To: docs@corp.test" in to
+        pane.view.needle = "DNS"
+        pane.redraw()
+        assert len(column(pane, "class")) == 2
+        pane.view.needle = ""
+        pane.redraw()
+        store = Mailroot(root)
+        rows = {r.id: r for r in pane.view.rows.values()}
+        cron = next(r for r in rows.values() if r.header_from == "cron@corp.test")
+        assert pane.cell(cron, next(c for c in pane.columns if c.key == "to"), 30, T0).plain \
+            == ""  # no To: field at all: nothing invented
+        from_column = next(c for c in COLUMNS[BADMAIL] if c.key == "from")
+        assert pane.cell(cron, from_column, 30, T0).plain == "From: cron@corp.test"
+        big = next(r for r in rows.values() if "size limit" in r.last_error)
+        assert big.size == store.path(BADMAIL, big.id, ".eml").stat().st_size > 6000
+
+
+async def test_the_null_sender_shows_as_empty_brackets_in_drop(busy):
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        await pilot.press("3")
+        await pilot.pause()
+        assert column(app.dashboard.panes[DROP], "from") == ["<>"]
+
+
+async def test_a_pickup_file_shows_its_to_field_and_why_it_waits(busy):
+    root, config = busy
+    path = root / "Pickup" / "report.eml"
+    with path.open("wb") as writer:  # a producer still has it open for writing
+        writer.write(b"From: app@example.com\r\nTo: boss@corp.test\r\nSubject: report\r\n\r\n")
+        writer.flush()
+        app = ConsoleApp(config, clock=lambda: T0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            await pilot.press("1")
+            await pilot.pause()
+            pane = app.dashboard.panes[PICKUP]
+            assert column(pane, "to") == ["boss@corp.test"]
+            assert column(pane, "state") == ["… writing"]
