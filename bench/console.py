@@ -12,6 +12,7 @@ imports, the start of the embedded relay, listing the folders and Textual's rend
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -22,6 +23,7 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.core import spread
@@ -86,18 +88,38 @@ def feed_pickup(pickup: Path, rate: float, seconds: float, recipient: str) -> li
     return times
 
 
-def measure(config: Path, pickup: Path, queued: int, rate: float, seconds: float,
-            recipient: str) -> dict[str, float]:
-    """One console run on a mailroot holding `queued` messages in Queue and none in Drop."""
+@contextlib.contextmanager
+def console_in_pty(config: Path, size: tuple[int, int] = SIZE
+                   ) -> Iterator[tuple[subprocess.Popen, int, float]]:
+    """`mailroot console` on a pseudo-terminal of `size` (rows, columns): yields the process,
+    the terminal's master side and when it started; stopped (q, else SIGTERM) at the end."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *SIZE, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     began = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "console", "-c", str(config)],
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                             env={**os.environ, "TERM": "xterm-256color"})
     os.close(slave)
-    screen = Screen(master)
     try:
+        yield proc, master, began
+        os.write(master, b"q")
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        os.close(master)
+
+
+def measure(config: Path, pickup: Path, queued: int, rate: float, seconds: float,
+            recipient: str) -> dict[str, float]:
+    """One console run on a mailroot holding `queued` messages in Queue and none in Drop."""
+    with console_in_pty(config) as (proc, master, began):
+        screen = Screen(master)
         painted = screen.wait("Queue", queued, timeout=60)
         if painted is None:
             raise RuntimeError(f"the console never showed {queued} in Queue")
@@ -110,19 +132,7 @@ def measure(config: Path, pickup: Path, queued: int, rate: float, seconds: float
         if screen.wait("Drop", len(fed), timeout=60) is None:
             raise RuntimeError(f"the console never showed {len(fed)} in Drop")
         shown = [((screen.first("Drop", n + 1) or 0.0) - at) * 1000 for n, at in enumerate(fed)]
-        figures = {"s first paint": painted - began,
-                   "s relay running": screen.relay_running - began,
-                   "MB peak RSS": status_mb(proc.pid, "VmHWM"),
-                   **spread(shown, "ms to show")}
-        os.write(master, b"q")
-        proc.wait(30)
-        return figures
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        os.close(master)
+        return {"s first paint": painted - began,
+                "s relay running": screen.relay_running - began,
+                "MB peak RSS": status_mb(proc.pid, "VmHWM"),
+                **spread(shown, "ms to show")}

@@ -77,6 +77,7 @@ class MessageSummary:
     header_from: str = ""  # the From: and To: fields, for entries without an envelope
     header_to: str = ""  # (a Pickup file refused at intake names its application there)
     waiting: str = ""  # Pickup: why it is not taken yet (being written, settling), if known
+    deleted_from: str = ""  # Trash: the folder it was deleted from
 
     @property
     def age(self) -> float:
@@ -89,7 +90,8 @@ class MessageSummary:
                                 "reply": r.reply} for r in self.recipients],
                 "subject": self.subject, "attempts": self.attempts,
                 "next_attempt": self.next_attempt, "last_error": self.last_error,
-                "held": self.held}
+                "held": self.held, **({"deleted_from": self.deleted_from}
+                                      if self.folder == TRASH else {})}
 
 
 @dataclass
@@ -125,6 +127,9 @@ class ActionResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+Progress = Callable[[int], bool]  # told how many are done; False stops the run
 
 
 class DomainList(NamedTuple):
@@ -197,12 +202,16 @@ class Admin:
                 counts[folder] = len(self.store.ids(folder))
         return counts
 
+    def envelope_fields(self, folder: str, message_id: str) -> dict:
+        """A message's envelope as raw JSON fields: the cheapest read, for listing many."""
+        return _decode(_read_small(f"{self.store.root}/{folder}/{message_id}.env").decode())
+
     def summary_of(self, folder: str, message_id: str) -> MessageSummary:
         """One message's row; reads the small envelope or the head of the file, not bodies."""
         if folder in (QUEUE, HOLD, TRASH) or (folder == BADMAIL and self.store.path(
                 BADMAIL, message_id, ".env").exists()):
             # The hot path of listing 100,000 messages: the raw JSON, no Path, no Envelope.
-            env = _decode(_read_small(f"{self.store.root}/{folder}/{message_id}.env").decode())
+            env = self.envelope_fields(folder, message_id)
             attempts = env.get("attempts") or []
             return MessageSummary(
                 id=message_id, folder=folder, received=env["received"], size=env.get("size", 0),
@@ -210,10 +219,13 @@ class Admin:
                 subject=env.get("subject", ""), attempts=len(attempts),
                 next_attempt=env.get("next_attempt") if folder == QUEUE else None,
                 last_error=read_reason(self.store.path(BADMAIL, message_id, ".BAD"))
-                if folder == BADMAIL else attempts[-1]["reply"] if attempts else "",
-                held=folder == HOLD)
+                if folder == BADMAIL else env.get("reason") or (
+                    attempts[-1]["reply"] if attempts else ""),
+                held=folder == HOLD, deleted_from=env.get("deleted_from", ""))
         if folder == BADMAIL:  # refused at intake: the original file, its header fields
             path = self.store.path(BADMAIL, message_id, ".BAD")
+            if not path.exists():  # no marker: not (or no longer) in Badmail
+                raise FileNotFoundError(path)
             original = self.store.path(BADMAIL, message_id, ".eml")
             try:
                 row = self._file_summary(folder, message_id, original)
@@ -384,11 +396,15 @@ class Admin:
         return folder in stale
 
     def _act(self, action: str, ids: Iterable[str], step: Callable[[str, str], None],
-             **detail: object) -> ActionResult:
-        """Run step(folder, id) on each message under its claim; audit what was done."""
+             progress: Progress | None = None, **detail: object) -> ActionResult:
+        """Run step(folder, id) on each message under its claim; audit what was done.
+        `progress(count)` is told after each message; when it answers False the run stops
+        there (what is done stays done, and is audited)."""
         self.store.ensure()
         result = ActionResult()
-        for mid in dict.fromkeys(ids):
+        for count, mid in enumerate(dict.fromkeys(ids)):
+            if progress is not None and not progress(count):
+                break
             try:
                 with self._claimed(mid) as folder:
                     step(folder, mid)
@@ -401,6 +417,18 @@ class Admin:
             entry = self.audit_log.append(action, result.done, **detail)
             self.events.emit("admin", action=action, ids=result.done, user=entry.user,
                              **entry.detail)
+        return result
+
+    def bulk(self, action: str, ids: list[str], progress: Progress | None = None,
+             **detail: object) -> ActionResult:
+        """Any one action on many messages, reporting progress and stoppable between two
+        messages (see _act): requeue, retry, hold, release, delete or undelete."""
+        steps = {"requeue": self._requeue_one, "retry": self._retry_one,
+                 "hold": self._hold_one, "release": self._release_one,
+                 "delete": self._delete_one, "undelete": self._undelete_one}
+        result = self._act(action, ids, steps[action], progress, **detail)
+        if action == "delete":
+            self.purge_trash()
         return result
 
     @staticmethod

@@ -11,11 +11,12 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
 from relay.folderstats import all_usage, usage_table
+from relay.listing import MatchError, matching
 from relay.qshape import AGE_BUCKETS, ShapeRow
 from relay.refusals import top_refused
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
@@ -46,6 +47,8 @@ def format_row(row: MessageSummary) -> list[str]:
         tried if row.attempts else ""
     lines = [f"{row.id or row.name}{mark} {row.size:>9} {_age(row.age):>5}  "
              f"<{row.sender}>  {tries}".rstrip()]
+    if row.deleted_from:
+        lines.append(f"    (deleted from {row.deleted_from})")
     if row.last_error:
         lines.append(f"    ({row.last_error})")
     for rcpt in row.recipients:
@@ -57,19 +60,29 @@ def format_row(row: MessageSummary) -> list[str]:
 def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
     """Rows are written as they are read: the first at once, a million in constant memory."""
     folder = FOLDER_NAMES[args.folder]
+    try:
+        rows = matching(admin, folder, args.match) if args.match else \
+            admin.iter_folder(folder, ordered=not args.unsorted)
+    except MatchError as exc:
+        print(f"mailroot queue: bad --match: {exc}", file=sys.stderr)
+        return 2
+    write_rows(rows, f"in {folder}", as_json=args.json)
+    return 0
+
+
+def write_rows(rows: Iterable[MessageSummary], where: str, as_json: bool = False) -> None:
     out = sys.stdout
     encode = json.JSONEncoder(separators=(",", ":")).encode
     count = size = 0
-    for row in admin.iter_folder(folder, ordered=not args.unsorted):
-        out.write(encode(row.to_dict()) + "\n" if args.json
+    for row in rows:
+        out.write(encode(row.to_dict()) + "\n" if as_json
                   else "\n".join(format_row(row)) + "\n\n")
         count += 1
         size += row.size
         if count == 1:
             out.flush()
-    if not args.json:
-        out.write(f"-- {size // 1024} KiB in {count} message{'s' * (count != 1)} in {folder}\n")
-    return 0
+    if not as_json:
+        out.write(f"-- {size // 1024} KiB in {count} message{'s' * (count != 1)} {where}\n")
 
 
 def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
@@ -144,19 +157,62 @@ def cmd_retry(args: argparse.Namespace, admin: Admin) -> int:
     return report(result, "due now:")
 
 
+def confirm_delete(count: int) -> bool:
+    sys.stderr.write(f"Delete {count} message{'s' * (count != 1)} "
+                     "(kept in Trash for admin.trash_retention)? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        print("mailroot: nothing deleted", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_delete(args: argparse.Namespace, admin: Admin) -> int:
-    if not args.yes:
-        sys.stderr.write(f"Delete {len(args.ids)} message{'s' * (len(args.ids) != 1)} "
-                         "(kept in Trash for admin.trash_retention)? [y/N] ")
-        sys.stderr.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            print("mailroot: nothing deleted", file=sys.stderr)
-            return 1
+    if not args.ids:
+        print("mailroot delete: give message ids or --match EXPR", file=sys.stderr)
+        return 2
+    if not args.yes and not confirm_delete(len(args.ids)):
+        return 1
     return report(admin.delete(args.ids), "deleted")
 
 
 def simple(method: str, verb: str) -> Callable[[argparse.Namespace, Admin], int]:
-    return lambda args, admin: report(getattr(admin, method)(args.ids), verb)
+    def run_ids(args: argparse.Namespace, admin: Admin) -> int:
+        if not args.ids:
+            print(f"mailroot {method}: give message ids or --match EXPR", file=sys.stderr)
+            return 2
+        return report(getattr(admin, method)(args.ids), verb)
+    return run_ids
+
+
+# `--match EXPR`: the action on every message of the folder the expression selects
+MATCH_FOLDER = {"hold": "queue", "release": "hold", "retry": "queue", "delete": "queue",
+                "requeue": "badmail", "undelete": "trash"}
+
+
+def by_match(action: str, verb: str, by_ids: Callable[[argparse.Namespace, Admin], int]
+             ) -> Callable[[argparse.Namespace, Admin], int]:
+    """The command, with --match EXPR [--dry-run] selecting its messages instead of ids."""
+    def run_match(args: argparse.Namespace, admin: Admin) -> int:
+        if args.match is None:
+            return by_ids(args, admin)
+        if args.ids or getattr(args, "all", False):
+            print(f"mailroot {action}: give ids, --all or --match, not both", file=sys.stderr)
+            return 2
+        folder = FOLDER_NAMES[args.folder or MATCH_FOLDER[action]]
+        try:
+            rows = matching(admin, folder, args.match)
+        except MatchError as exc:
+            print(f"mailroot {action}: bad --match: {exc}", file=sys.stderr)
+            return 2
+        if args.dry_run:
+            write_rows(rows, f"in {folder} would be {verb.rstrip(':')}")
+            return 0
+        if action == "delete" and not args.yes and not confirm_delete(len(rows)):
+            return 1
+        detail = {"reason": args.reason} if action == "requeue" else {}
+        return report(admin.bulk(action, [r.id for r in rows], **detail), verb)
+    return run_match
 
 
 def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
@@ -249,6 +305,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     queue.add_argument("--json", action="store_true", help="one JSON object per line")
     queue.add_argument("--unsorted", action="store_true",
                        help="in directory order, not oldest first: the first row at once")
+    queue.add_argument("--match", metavar="EXPR", default="",
+                       help="only messages matching EXPR (see `mailroot hold --help`)")
     show = sub.add_parser("show", parents=[common], help="one message: envelope, attempts")
     show.add_argument("id")
     show.add_argument("--raw", action="store_true", help="the message exactly as stored")
@@ -270,10 +328,21 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                        ("release", "held messages back to Queue, due now"),
                        ("undelete", "deleted messages back where they were")):
         sub.add_parser(name, parents=[common], help=text).add_argument(
-            "ids", nargs="+", metavar="ID")
+            "ids", nargs="*", metavar="ID")
     delete = sub.add_parser("delete", parents=[common], help="move messages to Trash")
-    delete.add_argument("ids", nargs="+", metavar="ID")
+    delete.add_argument("ids", nargs="*", metavar="ID")
     delete.add_argument("--yes", "-y", action="store_true", help="don't ask")
+    for name, folder in MATCH_FOLDER.items():
+        action = sub.choices[name]
+        action.add_argument("--match", metavar="EXPR",
+                            help="every message of the folder that matches EXPR (as the "
+                                 "console's / filter: words, domain:, from:, to:, reason:, "
+                                 "older:2h, newer:10m, size>1MB, attempts>3)")
+        action.add_argument("--dry-run", action="store_true",
+                            help="with --match: list what would change, change nothing")
+        if name != "requeue":  # requeue has its own --folder
+            action.add_argument("--folder", choices=list(FOLDER_NAMES), default=None,
+                                help=f"with --match: the folder (default {folder})")
     sub.add_parser("summary", parents=[common], help="queue shape by domain and age; most refused clients")
     domains = sub.add_parser("domains", parents=[common], help="list or change domains")
     domains.add_argument("action", nargs="?", choices=["list", "add-local", "add-alias",
@@ -290,9 +359,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Admin], int]] = {
-    "queue": cmd_queue, "show": cmd_show, "requeue": cmd_requeue, "retry": cmd_retry,
-    "hold": simple("hold", "held"), "release": simple("release", "released"),
-    "delete": cmd_delete, "undelete": simple("undelete", "undeleted"),
+    "queue": cmd_queue, "show": cmd_show,
+    "requeue": by_match("requeue", "requeued", cmd_requeue),
+    "retry": by_match("retry", "due now:", cmd_retry),
+    "hold": by_match("hold", "held", simple("hold", "held")),
+    "release": by_match("release", "released", simple("release", "released")),
+    "delete": by_match("delete", "deleted", cmd_delete),
+    "undelete": by_match("undelete", "undeleted", simple("undelete", "undeleted")),
     "summary": cmd_summary, "domains": cmd_domains, "settings": cmd_settings,
     "audit": cmd_audit,
 }

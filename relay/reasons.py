@@ -6,7 +6,7 @@ import re
 
 CLASSES = (  # (class, words in the reason that mean it), checked in this order
     ("expired", ("expired", "expiration", "gave up after")),
-    ("too big", ("size limit", "too large")),
+    ("too big", ("size limit", "too large", "too big", "5.3.4")),
     ("loop", ("hop count",)),
     ("no rcpt", ("no recipients", "no recipient")),
     ("DNS", ("dns", "mx record", "mx lookup", "nxdomain", "servfail", "no such domain",
@@ -16,13 +16,17 @@ CLASSES = (  # (class, words in the reason that mean it), checked in this order
     ("bad file", ("nul bytes", "binary", "the file is empty", "the message is empty",
                   "header", "not a regular file", "symbolic link", "a directory", "a fifo",
                   "hard links", "cannot be parsed", "bad sender address",
-                  "bad recipient address")),
+                  "bad recipient address", "not a message", "was not opened",
+                  "recipients, more")),
 )
 REPLY_CODE = re.compile(r"\b([45])\d\d\b|\b([45])\.\d{1,3}\.\d{1,3}\b")
 
 
 def reason_class(reason: str) -> str:
-    """The class of a Badmail reason, for its table column and the filter."""
+    """The class of a Badmail reason, for its table column, the filter and the index ("" for
+    no reason)."""
+    if not reason:
+        return ""
     text = reason.lower()
     for name, words in CLASSES:
         if any(word in text for word in words):

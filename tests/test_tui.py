@@ -99,7 +99,7 @@ async def test_marking_three_and_d_asks_with_scope_and_n_keeps_all(write_config,
         assert len(pane.view.marks) == 3
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, Confirm))
-        assert app.screen.question == "Delete 3 messages from Queue?"
+        assert app.screen.question == "Delete 3 messages from Queue (3 to far.example)?"
         assert app.screen.focused.id == "no"  # the default is no
         await pilot.press("n")
         await until(pilot, lambda: app.screen is app.dashboard)

@@ -45,6 +45,10 @@ def fixed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_snapshot(snap_compare, fixed_app, screen, size):
     async def settle(pilot):
         await pilot.pause()
+        deadline = time.monotonic() + 10
+        while not pilot.app.index.ready and time.monotonic() < deadline:
+            await pilot.pause(0.02)  # the index is built in a thread after the first paint
+        await pilot.pause()
         await pilot.press(*SCREENS[screen])
         await pilot.pause()
 

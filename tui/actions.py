@@ -22,7 +22,7 @@ class Act:
     def shown_keys(self) -> str:
         names = {"slash": "/", "space": "space", "question_mark": "?", "colon": ":",
                  "left_square_bracket": "[", "right_square_bracket": "]", "escape": "esc",
-                 "enter": "enter", "ctrl+s": "ctrl+s"}
+                 "enter": "enter", "ctrl+s": "ctrl+s", "asterisk": "*"}
         return " ".join(names.get(k, k) for k in self.keys.split(","))
 
 
@@ -45,13 +45,20 @@ DASHBOARD = [
     Act("4", "folder('Badmail')", "Show Badmail", "undeliverable, with the reason",
         footer=False),
     Act("5", "folder('Hold')", "Show Hold", "messages put on hold", footer=False),
+    Act("6", "folder('Trash')", "Show Trash", "deleted messages: u undeletes", footer=False),
     Act("tab", "next_folder", "Next folder", footer=False),
     Act("enter", "inspect", "Inspect message", "envelope, headers, body, attempts",
         label="open"),
-    Act("slash", "filter", "Filter", "by sender, recipient, subject, domain or reason",
-        label="filter"),
+    Act("slash", "filter", "Filter", "the whole folder: words, domain:, from:, to:, reason:, "
+        "older:2h, newer:10m, size>1MB, attempts>3", label="filter"),
     Act("space", "mark", "Mark / unmark", "bulk actions apply to the marked rows",
         label="mark"),
+    Act("asterisk", "mark_all", "Mark all matching", "every message the filter matches, "
+        "on every page", footer=False),
+    Act("F", "follow", "Follow newest", "keep the newest message in view as mail arrives",
+        footer=False),
+    Act("b", "by_domain", "Queue by domain", "counts per destination domain and age; "
+        "enter filters the Queue to one", footer=False),
     Act("escape", "clear", "Clear filter and marks", footer=False),
     Act("right_square_bracket", "page(1)", "Next page", "in folders of more than one page",
         footer=False),
@@ -64,7 +71,10 @@ DASHBOARD = [
         mutating=True, label="hold"),
     Act("d", "bulk('delete')", "Delete", "move to Trash (undelete within the retention)",
         mutating=True, label="delete"),
-    Act("s", "sort", "Cycle sort", "oldest, newest, sender, recipient, subject, attempts, size",
+    Act("u", "bulk('undelete')", "Undelete", "Trash back to the folder it came from",
+        mutating=True, label="undelete"),
+    Act("s", "sort", "Cycle sort", "oldest, newest, sender, recipient, domain, subject, "
+        "attempts, size, next attempt",
         label="sort"),
     Act("p", "pause", "Pause / resume", "stop live updates while you read", label="pause"),
     Act("e", "domains", "Domain editor", "local default, aliases, remote domains",
@@ -135,3 +145,19 @@ class Guarded:
             event.stop()
             self.notify(f"Read-only console: {act.title.lower()} is off.",  # type: ignore[attr-defined]
                         severity="warning")
+
+
+BY_DOMAIN = [
+    Act("enter", "drill", "Open in Queue", "the Queue filtered to this domain", label="open"),
+    Act("space", "mark", "Mark / unmark", "bulk actions apply to the marked domains",
+        label="mark"),
+    Act("t", "bulk('retry')", "Retry now", "every queued message for the domain",
+        mutating=True, label="retry"),
+    Act("h", "bulk('hold')", "Hold", "every queued message for the domain", mutating=True,
+        label="hold"),
+    Act("d", "bulk('delete')", "Delete", "every queued message for the domain, to Trash",
+        mutating=True, label="delete"),
+    Act("escape", "back", "Back", "to the dashboard", label="back"),
+    Act("j", "cursor('down')", "Down", footer=False),
+    Act("k", "cursor('up')", "Up", footer=False),
+]

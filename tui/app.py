@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import itertools
 import signal
 import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 
@@ -29,21 +31,25 @@ from watchfiles import awatch
 from relay.admin import Admin
 from relay.config import Config, ConfigError
 from relay.events import LOG_NAME, LogFollower, read_rotated
+from relay.listing import MatchError
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
-from relay.store import FOLDERS, QUEUE
+from relay.store import QUEUE
 from relay.supervisor import Supervisor, make_relay
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
+from tui.bulk import VERBS, question, result_line
 from tui.commands import ConsoleCommands
+from tui.index import FolderIndex
 from tui.model import changed_ids
-from tui.screens.dashboard import VERBS, Dashboard
+from tui.screens.dashboard import VIEWS, Dashboard
 from tui.screens.route import RouteCommands
 from tui.stats import HOUR, Stats
 from tui.theme import THEME
 from tui.widgets.status import StatusBar
 
 ACTIVITY_AT_START = 200
+BULK_REFRESH = 0.5  # seconds between two redraws of the panes while a bulk action runs
 
 
 class MailrootChanged(Message):
@@ -79,6 +85,12 @@ class ConsoleApp(App):
         self.follower: LogFollower | None = None
         self.stats = Stats()
         self._stop_watch: asyncio.Event | None = None
+        self.index = FolderIndex(self.admin, VIEWS)
+        self.unindexed: dict[str, set[str]] = {}  # changed while the index was being built
+        self._changing = asyncio.Lock()  # one change of the index and the views at a time
+        self._last_apply = 0.0
+        self.bulk_cancel: threading.Event | None = None  # set by esc: the running bulk stops
+        self.last_result = ""  # the line that accounted for the last bulk action
 
     def get_default_screen(self) -> Dashboard:
         self.dashboard = Dashboard()
@@ -101,7 +113,8 @@ class ConsoleApp(App):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
         for pane in self.dashboard.panes.values():
             pane.view.load(self.admin)
-        self.dashboard.refresh_panes(FOLDERS)
+        self.dashboard.refresh_panes(VIEWS)
+        self.call_after_refresh(self.build_index)  # the first frame goes out first
         self.follow_events(first=True)
         self._stop_watch = asyncio.Event()
         self.watch_mailroot()
@@ -116,6 +129,7 @@ class ConsoleApp(App):
             relay = make_relay(self.config, stream=None)
             await relay.start()
             self.relay = relay
+            freeze_long_lived()
         except AlreadyRunning:
             self.holder = lock_holder(self.store)
         except (ListenError, ConfigError) as exc:  # a taken port, a bad DKIM key: show it
@@ -152,7 +166,7 @@ class ConsoleApp(App):
     @work(exclusive=True, group="watch", exit_on_error=False)
     async def watch_mailroot(self) -> None:
         """Turn file events into pending ids plus one mergeable message per burst."""
-        paths = [self.store.folder(f) for f in FOLDERS] + [self.store.log_dir]
+        paths = [self.store.folder(f) for f in VIEWS] + [self.store.log_dir]
         log_dir = str(self.store.log_dir)
         async for changes in awatch(*paths, watch_filter=None, debounce=100, step=50,
                                     recursive=False, stop_event=self._stop_watch):
@@ -167,26 +181,80 @@ class ConsoleApp(App):
         if not self.paused:
             self.apply_pending()
 
-    def apply_pending(self) -> None:
-        pending, self.pending = self.pending, {}
-        if pending.pop("log", None) is not None:
-            self.follow_events()
-        panes = self.dashboard.panes
-        for folder, ids in pending.items():
-            panes[folder].view.apply(self.admin, ids)
-        if pending:
+    # --- the index ---
+
+    @work(group="index", exit_on_error=False)
+    async def build_index(self) -> None:
+        """Read every folder whole, off the event loop, then let the views use the index;
+        what changed meanwhile is read again."""
+        built = await asyncio.to_thread(self.index.build)
+        async with self._changing:
+            self.index.install(built)
+            freeze_long_lived()
+            again, self.unindexed = self.unindexed, {}
+            if again:
+                self.index.merge(await asyncio.to_thread(self.index.read_changes, again))
+            for folder in VIEWS:
+                self.show_view(folder)
+            self.dashboard.refresh_panes(VIEWS)
+
+    def show_view(self, folder: str, changed: set[str] | frozenset[str] = frozenset()) -> None:
+        """A pane's ids from the index (its filter and sort over the whole folder)."""
+        view = self.dashboard.panes[folder].view
+        ids = view.ids if view.indexed else []
+        try:
+            ids = self.index.query(folder, view.needle, view.sort)
+            view.error = ""
+        except MatchError as exc:
+            view.error = str(exc)
+        entries = self.index.entries[folder]
+        view.show(self.admin, ids, len(entries), entries.__contains__, changed)
+
+    def refresh_view(self, folder: str) -> None:
+        """After the operator changed a view's filter, sort or page."""
+        if self.index.ready:
+            self.show_view(folder)
+        else:
+            self.dashboard.panes[folder].view.apply(self.admin, ())
+        self.dashboard.refresh_panes([folder])
+
+    @work(group="apply", exit_on_error=False)
+    async def apply_pending(self) -> None:
+        """Bring the index and the panes up to the file events gathered so far."""
+        async with self._changing:
+            if self.bulk_cancel is not None:  # a bulk action moves thousands: gather more
+                await asyncio.sleep(self._last_apply + BULK_REFRESH - time.monotonic())
+            self._last_apply = time.monotonic()
+            pending, self.pending = self.pending, {}
+            if pending.pop("log", None) is not None:
+                self.follow_events()
+            if not pending:
+                return
+            if self.index.ready:
+                self.index.merge(await asyncio.to_thread(self.index.read_changes, pending))
+                for folder, ids in pending.items():
+                    self.show_view(folder, ids)
+            else:
+                for folder, ids in pending.items():
+                    self.unindexed.setdefault(folder, set()).update(ids)
+                    self.dashboard.panes[folder].view.apply(self.admin, ids)
             self.dashboard.refresh_panes(list(pending))
             self.show_status()
 
-    def resync(self) -> None:
-        """A cheap safety net for lost file events: compare names, re-read only differences."""
+    @work(group="resync", exclusive=True, exit_on_error=False)
+    async def resync(self) -> None:
+        """A cheap safety net for lost file events: compare names (listed off the event loop:
+        100,000 of them take a while), re-read only the differences."""
         if self.paused:
             return
-        for folder, pane in self.dashboard.panes.items():
-            names = set(self.admin.store.ids(folder)) if folder != "Pickup" else None
-            if names is None or names.symmetric_difference(pane.view.ids):
-                self.pending.setdefault(folder, set()).update(
-                    names.symmetric_difference(pane.view.ids) if names is not None else ())
+        folders = [f for f in self.dashboard.panes if f != "Pickup"]
+        names = await asyncio.to_thread(lambda: {f: set(self.store.ids(f)) for f in folders})
+        for folder in folders:
+            known = self.index.entries[folder] if self.index.ready else \
+                self.dashboard.panes[folder].view.ids
+            differ = names[folder].symmetric_difference(known)
+            if differ:
+                self.pending.setdefault(folder, set()).update(differ)
         self.apply_pending()
 
     def follow_events(self, first: bool = False) -> None:
@@ -212,11 +280,15 @@ class ConsoleApp(App):
             self.holder = lock_holder(self.store)
         self.show_status()
         self.dashboard.tick_panes()
+        if not self.index.ready:  # how far the index has got, in each pane's title
+            for folder, pane in self.dashboard.panes.items():
+                pane.view.indexing = self.index.progress(folder)
+                pane.show_title()
 
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""
         now = self.clock()
-        depth = len(self.dashboard.panes[QUEUE].view.ids)
+        depth = self.dashboard.panes[QUEUE].view.total
         self.stats.sample_depth(now, depth)
         state, running = self.relay_state()
         header = Text()
@@ -253,39 +325,69 @@ class ConsoleApp(App):
 
     def confirm_and_operate(self, action: str, folder: str, ids: list[str],
                             then: Callable[[], None] | None = None) -> None:
-        """Ask with the scope ("Requeue 3 messages from Badmail?"); on yes, act."""
+        """Ask with the scope and the domains of messages not on screen ("Hold 1,812 messages
+        in Queue (1,809 to greylist.test, 3 to b.example)?"); on yes, act."""
         from tui.screens.confirm import Confirm
-        from tui.screens.dashboard import question
+
+        if not ids:
+            self.notify("Nothing to act on: the folder is empty.", severity="warning")
+            return
 
         def answered(yes: bool | None) -> None:
             if yes:
                 self.operate(action, folder, ids, then)
 
-        self.push_screen(Confirm(question(action, len(ids), folder)), answered)
+        domains = self.index.domains_of(folder, ids) if self.index.ready else None
+        self.push_screen(Confirm(question(action, len(ids), folder, domains)), answered)
 
     @work(group="operate")
     async def operate(self, action: str, folder: str, ids: list[str],
                       then: Callable[[], None] | None = None) -> None:
-        """Run one operator API call off the event loop and report what it did."""
+        """Run one bulk action off the event loop, with a progress bar that esc stops, and
+        report what it did to every message; then `then`, if given."""
         if self.readonly:
             self.notify("Read-only console: actions are off.", severity="error")
             return
-        method = getattr(self.admin, action)
+        if self.bulk_cancel is not None:
+            self.notify("Another bulk action is running; esc stops it.", severity="warning")
+            return
         verb = VERBS[action][0]
+        cancel = self.bulk_cancel = threading.Event()
+        done = [0]
+
+        def progress(count: int) -> bool:
+            done[0] = count
+            return not cancel.is_set()
+
+        started = time.monotonic()
+        self.dashboard.bulk_progress(verb, 0, len(ids), 0.0)
+        timer = self.set_interval(0.1, lambda: self.dashboard.bulk_progress(
+            verb, done[0], len(ids), time.monotonic() - started))
         try:
-            result = await asyncio.to_thread(method, ids)
+            result = await asyncio.to_thread(self.admin.bulk, action, ids, progress)
         except Exception as exc:  # the API's refusal, shown to the operator, not a crash
             self.notify(f"{verb} failed: {exc}", severity="error", markup=False)
             return
-        done, problems = list(result.done), dict(result.problems)
-        self.dashboard.panes[folder].view.marks.difference_update(done)
-        text = f"{verb}: {len(done)} of {len(ids)} done."
-        if problems:
-            first = next(iter(problems.items()))
-            text += f" {len(problems)} not: {first[0]}: {first[1]}"
-        self.notify(text, severity="warning" if problems else "information", markup=False)
+        finally:
+            timer.stop()
+            self.bulk_cancel = None
+            self.dashboard.bulk_progress(verb, None, len(ids), 0.0)
+            self.dashboard.refresh_panes([f for f, p in self.dashboard.panes.items() if p.stale])
+        self.dashboard.panes[folder].view.marks.difference_update(result.done)
+        undo = "Undo: 6 (Trash), mark them, u." if action == "delete" else ""
+        self.last_result = result_line(action, result, len(ids), undo)
+        self.notify(self.last_result[:1].upper() + self.last_result[1:],
+                    severity="warning" if len(result.done) < len(ids) else "information",
+                    timeout=8 if undo else 5, markup=False)
         if then is not None:
             then()
+
+    def cancel_bulk(self) -> bool:
+        """esc while a bulk action runs: it stops after the message in hand."""
+        if self.bulk_cancel is None:
+            return False
+        self.bulk_cancel.set()
+        return True
 
     async def action_quit(self) -> None:
         """Quit; the console that runs the relay asks first, and can leave it running."""
@@ -300,7 +402,7 @@ class ConsoleApp(App):
             elif answer == BACKGROUND:
                 self.run_worker(self.hand_over(), group="quit", exclusive=True)
 
-        queued = len(self.dashboard.panes[QUEUE].view.ids)
+        queued = self.dashboard.panes[QUEUE].view.total
         self.push_screen(QuitDialog(queued), answered)
 
     async def hand_over(self) -> None:
@@ -324,6 +426,7 @@ class ConsoleApp(App):
             return
         self.exit(message=f"mailroot: the relay runs on in the background ({holder})")
 
+
     def action_help(self) -> None:
         from tui.screens.help import Help
 
@@ -340,6 +443,13 @@ def start_background_relay(config: Config) -> int:
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     return proc.pid
+
+
+def freeze_long_lived() -> None:
+    """Leave what exists now (the index's 100,000 entries, the relay's schedule) out of the
+    garbage collector's full passes: each pass over them held the console up for 0.2-0.4 s
+    during bulk actions, and they live as long as the console."""
+    gc.freeze()
 
 
 def give_terminal_a_size(fd: int = 1) -> None:

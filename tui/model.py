@@ -10,11 +10,11 @@ import bisect
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.admin import Admin, MessageSummary
 from relay.reasons import reason_class, reply_text
-from relay.store import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE
+from relay.store import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE, TRASH
 
 PAGE = 500  # rows loaded into a table at once; a folder of 100,000 is paged by key order
 
@@ -45,6 +45,8 @@ def state_word(row: MessageSummary, now: float) -> str:
         return "✗ bad"
     if row.folder == DROP:
         return "✓ local"
+    if row.folder == TRASH:
+        return "× deleted"
     if row.attempts == 0:
         return "→ new"
     return "▶ due" if (row.next_attempt or 0) <= now else "↻ retry"
@@ -167,33 +169,16 @@ COLUMNS: dict[str, list[Column]] = {
     DROP: [MARK, _state(7), AGE, FROM, TO, FLEX_SUBJECT, SIZE, ID],
     BADMAIL: [MARK, _state(5), AGE, TO, CLASS, REASON, FROM, SUBJECT, SIZE, ID],
     HOLD: [MARK, _state(6), AGE, TO, ATTEMPTS, ERROR, FROM, SUBJECT, ID],
+    TRASH: [MARK, _state(9), _col("origin", "was in", 7, lambda r, now: r.deleted_from),
+            replace(SIZE, drop=0), AGE, TO, FLEX_SUBJECT, FROM, ID],
 }
-
-SORTS: list[tuple[str, Callable[[MessageSummary], object], bool]] = [
-    ("oldest first", lambda r: (r.received, r.id), False),
-    ("newest first", lambda r: (r.received, r.id), True),
-    ("sender", lambda r: (r.sender.lower(), r.id), False),
-    ("recipient", lambda r: (recipients_text(r).lower(), r.id), False),
-    ("subject", lambda r: (r.subject.lower(), r.id), False),
-    ("most attempts", lambda r: (r.attempts, r.id), True),
-    ("largest", lambda r: (r.size, r.id), True),
-]
-
-
-def matches(row: MessageSummary, needle: str) -> bool:
-    """The filter: sender, recipient, subject, domain (part of an address), reason, id."""
-    if not needle:
-        return True
-    needle = needle.lower()
-    hay = [row.id, row.sender, row.subject, row.last_error, *(r.address for r in row.recipients),
-           row.header_from, row.header_to,
-           reason_class(row.last_error) if row.folder == BADMAIL else ""]
-    return any(needle in text.lower() for text in hay if text)
-
 
 @dataclass
 class FolderView:
-    """One folder's state in the console: all ids (cheap: names), the rows of one page."""
+    """One folder's state in the console: the ids it shows (every match of the filter, in the
+    sort's order, from the index) and the rows of the page on screen.
+
+    Until the index is built, `ids` are the folder's names, oldest first, unfiltered."""
 
     folder: str
     ids: list[str] = field(default_factory=list)
@@ -202,6 +187,11 @@ class FolderView:
     needle: str = ""
     sort: int = 0
     marks: set[str] = field(default_factory=set)
+    total: int = 0  # messages in the folder, whatever the filter
+    error: str = ""  # why the filter expression is not understood
+    follow: bool = False  # keep the newest message in view as messages arrive
+    indexed: bool = False  # ids come from the index (filter and sort apply)
+    indexing: tuple[int, int] | None = None  # until then: (read, listed) of the index's build
 
     @property
     def pages(self) -> int:
@@ -212,26 +202,29 @@ class FolderView:
         return self.ids[self.page * PAGE:(self.page + 1) * PAGE]
 
     def visible(self) -> list[MessageSummary]:
-        """The loaded page, filtered and sorted: what the table shows, in order."""
-        label, key, reverse = SORTS[self.sort]
-        rows = [r for r in self.rows.values() if matches(r, self.needle)]
-        return sorted(rows, key=key, reverse=reverse)
+        """The page's rows in the view's order: what the table shows."""
+        return [self.rows[mid] for mid in self.window() if mid in self.rows]
+
+    def newest(self) -> str | None:
+        """The most recently received message among those shown (ids sort by time)."""
+        return max(self.ids) if self.ids else None
 
     # --- loading from the mailroot ---
 
     def load(self, admin: Admin) -> None:
-        """Read the folder's names, then the rows of the current page."""
+        """Read the folder's names, then the rows of the current page (before the index)."""
         if self.folder == PICKUP:
             listing = admin.list_folder(PICKUP)
             self.ids = sorted(r.id for r in listing)
             self.rows = {r.id: r for r in listing}
-            return
-        self.ids = admin.store.ids(self.folder)
-        self.rows = {}
-        self._fill(admin)
+        else:
+            self.ids = admin.store.ids(self.folder)
+            self.rows = {}
+            self._fill(admin)
+        self.total = len(self.ids)
 
     def apply(self, admin: Admin, changed: Iterable[str]) -> None:
-        """Re-read only the rows whose files changed; keep the page full."""
+        """Before the index: re-read only the names and rows that changed; keep the page full."""
         if self.folder == PICKUP:
             self.load(admin)  # Pickup is small and short-lived: its names are the ids
             return
@@ -244,7 +237,23 @@ class FolderView:
             elif not present and listed:
                 del self.ids[at]
             self.rows.pop(mid, None)
+        self.total = len(self.ids)
         self.marks &= set(self.ids)
+        self._fill(admin)
+
+    def show(self, admin: Admin, ids: list[str], total: int, present: Callable[[str], bool],
+             changed: Iterable[str] = ()) -> None:
+        """From the index: the matching ids in order; rows re-read for the changed ids."""
+        self.indexed = True
+        self.ids, self.total = ids, total
+        self.marks = {m for m in self.marks if present(m)}
+        if self.follow and ids:
+            self.page = ids.index(self.newest()) // PAGE
+        if self.folder == PICKUP:
+            self.rows = {r.id: r for r in admin.list_folder(PICKUP)}
+            return
+        for mid in changed:
+            self.rows.pop(mid, None)
         self._fill(admin)
 
     def _fill(self, admin: Admin) -> None:

@@ -10,33 +10,23 @@ from dataclasses import replace
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Container
+from textual.containers import Container, Horizontal
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Input, Static, Tab, Tabs
+from textual.widgets import DataTable, Input, ProgressBar, Static, Tab, Tabs
 
 from relay.folderstats import all_usage, usage_table
-from relay.store import FOLDERS, HOLD, PICKUP, QUEUE
+from relay.store import FOLDERS, HOLD, PICKUP, QUEUE, TRASH
 from tui.actions import DASHBOARD, Act, Guarded, bindings
+from tui.bulk import VERBS, plural
+from tui.screens.confirm import Confirm
 from tui.widgets.activity_log import ActivityLog
 from tui.widgets.folder_pane import FolderPane, can
 from tui.widgets.keybar import KeyBar
 from tui.widgets.status import StatusBar
 
 WIDE = 120  # columns from which all panes show side by side
-
-VERBS = {  # action -> (verb, preposition)
-    "requeue": ("Requeue", "from"),
-    "retry": ("Retry now", "in"),
-    "hold": ("Hold", "in"),
-    "release": ("Release", "from"),
-    "delete": ("Delete", "from"),
-}
-
-
-def question(action: str, count: int, folder: str) -> str:
-    verb, prep = VERBS[action]
-    return f"{verb} {count} message{'s' if count != 1 else ''} {prep} {folder}?"
+VIEWS = (*FOLDERS, TRASH)  # Trash last: deleted messages, until undeleted or purged
 
 
 class Dashboard(Guarded, Screen):
@@ -46,20 +36,24 @@ class Dashboard(Guarded, Screen):
     def __init__(self) -> None:
         super().__init__(id="dashboard", classes="narrow")
         self.panes = {folder: FolderPane(folder, str(i + 1), self.app.clock)
-                      for i, folder in enumerate(FOLDERS)}
+                      for i, folder in enumerate(VIEWS)}
+        self.panes[TRASH].add_class("trash")
         self.active = QUEUE
         self.grid_columns = ""  # the shares of width side by side, as last set
 
     def compose(self) -> ComposeResult:
         yield Static(id="header", markup=False)
         yield StatusBar(id="status")
-        tabs = Tabs(*[Tab(self.tab_label(f), id=f"tab-{f.lower()}") for f in FOLDERS],
+        tabs = Tabs(*[Tab(self.tab_label(f), id=f"tab-{f.lower()}") for f in VIEWS],
                     active=f"tab-{self.active.lower()}")
         tabs.can_focus = False
         yield tabs
         with Container(id="folders"):
             yield from self.panes.values()
             yield ActivityLog(id="activity", max_lines=500)
+        with Horizontal(id="bulk"):
+            yield Static(id="bulk-label", markup=False)
+            yield ProgressBar(id="bulk-bar", show_eta=False)
         yield KeyBar()
 
     async def on_mount(self) -> None:
@@ -78,20 +72,36 @@ class Dashboard(Guarded, Screen):
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
+        self.call_after_refresh(self.redraw_stale)
         self.call_after_refresh(self.query_one("#activity", ActivityLog).scroll_end, animate=False)
+
+    def redraw_stale(self) -> None:
+        """Panes that changed while hidden and show now (the screen grew wide)."""
+        for pane in self.panes.values():
+            if pane.stale and pane.display:
+                pane.stale = False
+                pane.redraw()
 
     # --- the app feeds these ---
 
     def tab_label(self, folder: str) -> Text:
         pane = self.panes[folder]
-        return Text(f"{pane.key} {folder} {len(pane.view.ids)}")
+        return Text(f"{pane.key} {folder} {pane.view.total}")
 
     def refresh_panes(self, folders) -> None:
+        """Redraw the panes. While a bulk action runs, a hidden one (narrow: all but the
+        active) is redrawn when it is shown, so moving thousands between two folders draws
+        one table, not two."""
         with self.app.batch_update():
             for folder in folders:
-                self.panes[folder].redraw()
+                pane = self.panes[folder]
+                pane.stale = not pane.display and self.app.bulk_cancel is not None
+                if not pane.stale:
+                    pane.redraw()
                 self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
             self.share_width()
+        if QUEUE in folders and hasattr(self.app.screen, "index_changed"):
+            self.app.screen.index_changed()
 
     def tick_panes(self) -> None:
         for pane in self.panes.values():
@@ -101,7 +111,7 @@ class Dashboard(Guarded, Screen):
         """Side by side, a grid column whose folders are empty gives its width to the busy:
         1 share when empty, 3 when it holds mail, at least 2 for the activity pane's."""
         grid = [[f for i, f in enumerate(FOLDERS) if i % 3 == column] for column in range(3)]
-        shares = [3 if any(self.panes[f].view.ids for f in folders) else 2 if column == 2
+        shares = [3 if any(self.panes[f].view.total for f in folders) else 2 if column == 2
                   else 1 for column, folders in enumerate(grid)]
         wanted = " ".join(f"{n}fr" for n in shares)
         if wanted != self.grid_columns:
@@ -111,6 +121,17 @@ class Dashboard(Guarded, Screen):
     def activity(self, lines: list[str]) -> None:
         self.query_one("#activity", ActivityLog).write_lines(lines)
 
+    def bulk_progress(self, verb: str, done: int | None, total: int, seconds: float) -> None:
+        """The bulk action's bar: count and rate while it runs (done=None: it ended)."""
+        box = self.query_one("#bulk")
+        box.set_class(done is not None, "running")
+        if done is None:
+            return
+        rate = f"  {done / seconds:,.0f} msg/s" if seconds > 0.2 and done else ""
+        self.query_one("#bulk-label", Static).update(
+            f"{verb}: {done:,} of {total:,}{rate}  (esc stops)")
+        self.query_one("#bulk-bar", ProgressBar).update(total=total, progress=done)
+
     # --- showing folders ---
 
     @property
@@ -119,15 +140,19 @@ class Dashboard(Guarded, Screen):
 
     def show_folder(self, folder: str) -> None:
         self.active = folder
+        self.set_class(folder == TRASH, "trash-active")
         for name, pane in self.panes.items():
             pane.set_class(name == folder, "active")
         self.query_one(Tabs).active = f"tab-{folder.lower()}"
+        if self.pane.stale:
+            self.pane.stale = False
+            self.pane.redraw()
         self.pane.table.focus()
         self.query_one(KeyBar).refresh(layout=True)  # its lines follow its keys
 
     @on(Tabs.TabActivated)
     def tab_activated(self, event: Tabs.TabActivated) -> None:
-        folder = next(f for f in FOLDERS if f"tab-{f.lower()}" == event.tab.id)
+        folder = next(f for f in VIEWS if f"tab-{f.lower()}" == event.tab.id)
         if folder != self.active:
             self.show_folder(folder)
 
@@ -135,7 +160,7 @@ class Dashboard(Guarded, Screen):
         self.show_folder(folder)
 
     def action_next_folder(self) -> None:
-        self.show_folder(FOLDERS[(FOLDERS.index(self.active) + 1) % len(FOLDERS)])
+        self.show_folder(VIEWS[(VIEWS.index(self.active) + 1) % len(VIEWS)])
 
     @on(DataTable.RowHighlighted)
     def follow_focus(self, event: DataTable.RowHighlighted) -> None:
@@ -169,7 +194,8 @@ class Dashboard(Guarded, Screen):
     @on(Input.Changed, ".filter")
     def filter_changed(self, event: Input.Changed) -> None:
         self.pane.view.needle = event.value.strip()
-        self.pane.redraw()
+        self.pane.view.page = 0
+        self.app.refresh_view(self.active)
 
     @on(Input.Submitted, ".filter")
     def filter_done(self, event: Input.Submitted) -> None:
@@ -177,34 +203,71 @@ class Dashboard(Guarded, Screen):
             event.input.remove_class("shown")
         self.pane.table.focus()
 
+    def set_filter(self, folder: str, text: str) -> None:
+        """Show `folder` filtered by `text` (the by-domain view's drill-in)."""
+        self.show_folder(folder)
+        box = self.pane.filter_input
+        box.value = text  # its Changed message applies it
+        box.set_class(bool(text), "shown")
+        self.pane.table.focus()
+
     def action_clear(self) -> None:
-        """esc: one level back — the filter first, then the marks. Never quits."""
+        """esc: one level back — a running bulk action first, then the filter, then the
+        marks. Never quits."""
+        if self.app.cancel_bulk():
+            self.notify("Stopping after the message in hand…", timeout=2)
+            return
         pane = self.pane
         if pane.view.needle or pane.filter_input.has_focus:
             pane.filter_input.value = ""
             pane.view.needle = ""
             pane.filter_input.remove_class("shown")
             pane.table.focus()
+            self.app.refresh_view(self.active)
         elif pane.view.marks:
             pane.view.marks.clear()
         pane.redraw()
 
     def action_sort(self) -> None:
-        from tui.model import SORTS
+        from relay.listing import SORTS
 
         view = self.pane.view
         view.sort = (view.sort + 1) % len(SORTS)
-        self.pane.redraw()
+        self.app.refresh_view(self.active)
         self.notify(f"{self.active}: sorted {SORTS[view.sort][0]}", timeout=1.5)
 
     def action_mark(self) -> None:
         self.pane.toggle_mark()
 
+    def action_mark_all(self) -> None:
+        """`*`: mark every message the filter matches (on every page); asks when that is
+        more than the screen shows."""
+        pane = self.pane
+        ids = list(pane.view.ids)
+        if not ids:
+            return
+
+        def mark(yes: bool | None) -> None:
+            if yes:
+                pane.view.marks.update(ids)
+                pane.redraw()
+
+        if len(ids) <= pane.table.size.height:
+            mark(True)
+            return
+        scope = f" that match “{pane.view.needle}”" if pane.view.needle else ""
+        self.app.push_screen(Confirm(f"Mark all {plural(len(ids))} in {pane.folder}{scope}? "
+                                     f"(the screen shows {pane.table.size.height})"), mark)
+
+    def action_follow(self) -> None:
+        view = self.pane.view
+        view.follow = not view.follow
+        self.app.refresh_view(self.active)
+
     def action_page(self, step: int) -> None:
         view = self.pane.view
         view.page = max(0, min(view.pages - 1, view.page + step))
-        view.apply(self.app.admin, [])
-        self.pane.redraw()
+        self.app.refresh_view(self.active)
 
     def action_pause(self) -> None:
         self.app.toggle_pause()
@@ -213,6 +276,11 @@ class Dashboard(Guarded, Screen):
         from tui.screens.domains import DomainEditor
 
         self.app.push_screen(DomainEditor())
+
+    def action_by_domain(self) -> None:
+        from tui.screens.by_domain import ByDomain
+
+        self.app.push_screen(ByDomain())
 
     def action_settings(self) -> None:
         from tui.screens.settings import SettingsForm
@@ -240,9 +308,4 @@ class Dashboard(Guarded, Screen):
             return
         if action == "hold" and pane.folder == HOLD:
             action = "release"
-        ids = pane.scope()
-        if not ids:
-            self.notify("Nothing to act on: the folder is empty.", severity="warning")
-            return
-        self.app.confirm_and_operate(action, pane.folder, ids)
-
+        self.app.confirm_and_operate(action, pane.folder, pane.scope())

@@ -12,11 +12,13 @@ from textual.events import Resize
 from textual.widgets import DataTable, Static
 
 from relay.admin import MessageSummary
-from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE
-from tui.model import COLUMNS, PAGE, SORTS, Column, FolderView, fit, state_word
-from tui.theme import ACTIVE, MUTED, OK, WAITING, failed_style
+from relay.listing import SORTS
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
+from tui.model import COLUMNS, PAGE, Column, FolderView, fit, state_word
+from tui.theme import ACTIVE, FAILED_TEXT, MUTED, OK, WAITING, failed_style
 from tui.widgets.textbox import TextBox
 
+REBUILD = 40  # rows gone at once from which adding all again beats removing each (O(n))
 SCROLLBAR = 1  # the table's vertical scrollbar, kept free so columns never jump
 STATE_STYLE = {"‖": WAITING, "↻": WAITING, "▶": ACTIVE, "→": ACTIVE, "✓": OK, "…": MUTED}
 
@@ -42,6 +44,8 @@ class FolderPane(Vertical):
         self.view = FolderView(folder)
         self.clock = clock
         self.columns: list[Column] = []  # those shown: as many as the pane's width allows
+        self.stale = False  # changed while hidden: redrawn when shown
+        self.drawn: dict[str, tuple[MessageSummary, bool]] = {}  # row drawn, and its mark
         self.widths: list[int] = []
 
     def compose(self) -> ComposeResult:
@@ -85,18 +89,26 @@ class FolderPane(Vertical):
 
     def title_text(self) -> Text:
         view = self.view
-        total = len(view.ids)
+        total, shown = view.total, len(view.ids)
         text = Text()
         text.append(f"{self.key} {self.folder}", style="bold")
-        text.append(f"  {total} message{'s' if total != 1 else ''}")
-        if view.needle:
-            text.append(f"  filter “{view.needle}”: {len(view.visible())} of "
-                        f"{len(view.rows)}", style="bold")
-        if view.pages > 1:
+        text.append(f"  {total:,} message{'s' if total != 1 else ''}")
+        if not view.indexed:
+            done = f" {view.indexing[0]:,} of {view.indexing[1]:,}" if view.indexing else ""
+            text.append(f"  filter “{view.needle}”: indexing{done}…" if view.needle
+                        else f"  indexing{done}…", style=MUTED)
+        elif view.needle:
+            text.append(f"  filter “{view.needle}”: {shown:,} of {total:,}", style="bold")
+        if view.marks:  # before what may be cut off at the right: marks act off screen
+            text.append(f"  {len(view.marks):,} marked", style="bold reverse")
+        if view.follow:
+            text.append("  following", style="bold")
+        if view.pages > 1:  # before the sort: the page keys must not be cut off at 80 columns
             first = view.page * PAGE + 1
-            text.append(f"  rows {first}–{min(total, first + PAGE - 1)} of {total} ([ ] page)")
-        if view.marks:
-            text.append(f"  {len(view.marks)} marked", style="bold")
+            text.append(f"  rows {first:,}–{min(shown, first + PAGE - 1):,} of {shown:,} "
+                        "([ ] page)")
+        if view.error:
+            text.append(f"  {view.error}", style=FAILED_TEXT)
         if view.sort:
             text.append(f"  sort: {SORTS[view.sort][0]}", style=MUTED)
         return text
@@ -164,14 +176,20 @@ class FolderPane(Vertical):
         have = [k.value for k in table.rows]
         keep = set(wanted)
         kept = [k for k in have if k in keep]
-        if wanted[:len(kept)] != kept:  # the order changed (sort, filter): rebuild
-            table.clear()
+        if wanted[:len(kept)] != kept or len(have) - len(kept) > REBUILD:
+            table.clear()  # the order changed (sort, filter), or many went: rebuild
             have = []
         for key in have:
             if key not in keep:
                 table.remove_row(key)
         present = set(have)
+        quick = self.app.bulk_cancel is not None  # type: ignore[attr-defined]
+        drawn, self.drawn = self.drawn, {}
         for row in rows:
+            marked = row.id in self.view.marks
+            self.drawn[row.id] = (row, marked)
+            if quick and row.id in present and drawn.get(row.id, ()) == (row, marked):
+                continue  # a bulk action runs: rows not re-read keep their cells (and ages)
             cells = self.cells(row, now)
             if row.id in present:
                 for column, cell in zip(self.columns, cells, strict=True):
@@ -179,8 +197,13 @@ class FolderPane(Vertical):
                         table.update_cell(row.id, column.key, cell)
             else:
                 table.add_row(*cells, key=row.id)
+        if self.view.follow:
+            current = self.view.newest()
         if current in keep:
-            table.move_cursor(row=table.get_row_index(current), scroll=False)
+            table.move_cursor(row=table.get_row_index(current), scroll=self.view.follow)
+        self.show_title()
+
+    def show_title(self) -> None:
         self.query_one(".pane-title", Static).update(self.title_text())
 
     def toggle_mark(self) -> None:
@@ -198,5 +221,6 @@ def can(folder: str, action: str) -> bool:
         "requeue": folder in (BADMAIL, DROP, QUEUE),
         "retry": folder == QUEUE,
         "hold": folder in (QUEUE, HOLD),
-        "delete": folder != PICKUP,
+        "delete": folder not in (PICKUP, TRASH),
+        "undelete": folder == TRASH,
     }[action]

@@ -1,0 +1,93 @@
+"""The match expression, the reason classes, and `mailroot ... --match` over whole folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relay import config as configmod
+from relay.admin import Admin
+from relay.listing import MatchError, compile_match, entry_of, matching, reason_class
+from relay.store import BADMAIL, HOLD, QUEUE
+from tests.admin_support import cli
+from tests.bulk_support import fill_queue
+
+
+@pytest.mark.parametrize("reason, klass", [
+    ("expired after 2d without delivery (last: 421 4.4.2 timeout)", "expired"),
+    ("delivery failed for <a@b.example>: 550 5.1.1 user unknown", "5xx"),
+    ("delivery failed for <a@b.example>: 452 4.2.2 mailbox full", "4xx"),
+    ("no MX record for b.example (NXDOMAIN)", "DNS"),
+    ("STARTTLS required by policy but not offered", "TLS"),
+    ("message of 9000000 bytes is over the size limit of 2097152", "too big"),
+    ("no recipients", "no rcpt"),
+    ("hop count exceeded: 31 Received: headers, more than 30", "loop"),
+    ("bad sender address 'x@': missing domain", "bad file"),
+    ("something nobody expected", "other"),
+])
+def test_reason_class(reason, klass):
+    assert reason_class(reason) == klass
+
+
+def test_terms_combine_with_and_and_bad_terms_name_themselves(tmp_path, write_config):
+    admin = Admin(configmod.load(write_config()))
+    fill_queue(tmp_path / "mailroot", 40, domains=4, size_of=lambda n: 100 * n)
+    entries = [entry_of(r) for r in admin.list_folder(QUEUE)]
+
+    def count(expr: str) -> int:
+        test = compile_match(expr)
+        return sum(1 for e in entries if test(e))
+
+    assert count("") == 40
+    assert count("domain:d1.example") == 10
+    assert count("domain:example") == 0 and count("domain:.example") == 40
+    assert count("domain:d1.example size>2KB") == len([n for n in range(1, 40, 4)
+                                                       if 100 * n + 60 > 2048])
+    assert count("to:u7@") == 1 and count("U7@D3") == 1  # words ignore case
+    assert count("reason:greylisted") == 40 and count("attempts>0") == 40 and count("attempts>=2") == 0
+    assert count("older:1h") == 0 and count("newer:1h") == 40
+    assert count('"subject:report 3"') == 11  # 3, 30..39
+    for bad, named in (("size>lots", "size>lots"), ("colour:red", "colour"),
+                       ("older:soon", "older:soon")):
+        with pytest.raises(MatchError, match=named):
+            compile_match(bad)
+
+
+def test_cli_queue_match_counts_and_bulk_hold_with_dry_run(tmp_path, write_config):
+    path = write_config()
+    ids = fill_queue(tmp_path / "mailroot", 60, domains=3)
+    out = cli(path, "queue", "--match", "domain:d2.example", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 20 and all(r["recipients"][0]["address"].endswith("@d2.example")
+                                   for r in rows)
+    dry = cli(path, "hold", "--match", "domain:d2.example", "--dry-run")
+    assert dry.returncode == 0 and "20 messages in Queue would be held" in dry.stdout
+    admin = Admin(configmod.load(path))
+    assert len(admin.store.ids(HOLD)) == 0  # a dry run changes nothing
+    done = cli(path, "hold", "--match", "domain:d2.example")
+    assert done.returncode == 0, done.stderr
+    assert set(admin.store.ids(HOLD)) == {ids[n] for n in range(2, 60, 3)}
+    assert len(admin.store.ids(QUEUE)) == 40
+    bad = cli(path, "hold", "--match", "size>huge")
+    assert bad.returncode == 2 and "size>huge" in bad.stderr
+    assert cli(path, "release", "--match", "to:u2@").returncode == 0
+    assert ids[2] in admin.store.ids(QUEUE)
+
+
+def test_trash_listing_shows_origin_and_size(tmp_path, write_config):
+    path = write_config()
+    ids = fill_queue(tmp_path / "mailroot", 3, domains=1, size_of=lambda n: 1000 * (n + 1))
+    admin = Admin(configmod.load(path))
+    admin.delete(ids[:2])
+    rows = admin.list_folder("Trash")
+    assert [(r.id, r.deleted_from, r.size) for r in rows] == [
+        (ids[0], QUEUE, admin.store.path(QUEUE, ids[2], ".eml").stat().st_size - 2000),
+        (ids[1], QUEUE, admin.store.path(QUEUE, ids[2], ".eml").stat().st_size - 1000)]
+    listed = cli(path, "queue", "--folder", "trash")
+    assert listed.stdout.count("(deleted from Queue)") == 2
+    assert cli(path, "undelete", "--match", f"to:{rows[0].recipients[0].address}"
+               ).returncode == 0
+    assert ids[0] in admin.store.ids(QUEUE)
+    assert [r.id for r in matching(admin, BADMAIL, "")] == []

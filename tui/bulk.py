@@ -1,0 +1,58 @@
+"""Words for bulk actions: the question that states their scope, and the line that accounts for
+every message once they ran. No Textual here, so both are plain functions to test."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from relay.admin import ActionResult
+
+VERBS = {  # action -> (verb, preposition, past tense)
+    "requeue": ("Requeue", "from", "requeued"),
+    "retry": ("Retry now", "in", "due now"),
+    "hold": ("Hold", "in", "held"),
+    "release": ("Release", "from", "released"),
+    "delete": ("Delete", "from", "deleted"),
+    "undelete": ("Undelete", "from", "undeleted"),
+}
+
+WHY = (  # the start of an API problem -> how the result line says it
+    ("busy", "were being delivered and were skipped"),
+    ("not found", "were no longer there"),
+)
+
+
+def plural(count: int, word: str = "message") -> str:
+    return f"{count:,} {word}{'s' if count != 1 else ''}"
+
+
+def question(action: str, count: int, folder: str, domains: Counter[str] | None = None) -> str:
+    """"Hold 1,812 messages in Queue (1,809 to greylist.test, 3 to b.example)?" """
+    verb, prep, _ = VERBS[action]
+    text = f"{verb} {plural(count)} {prep} {folder}"
+    if domains and count > 1:
+        top = domains.most_common(3)
+        parts = [f"{n:,} to {domain}" for domain, n in top]
+        rest = len(domains) - len(top)
+        if rest:
+            parts.append(f"{rest:,} more domain{'s' if rest != 1 else ''}")
+        text += f" ({', '.join(parts)})"
+    return text + "?"
+
+
+def why(problem: str) -> str:
+    return next((words for start, words in WHY if problem.startswith(start)),
+                f"were skipped ({problem})")
+
+
+def result_line(action: str, result: ActionResult, asked: int, undo: str = "") -> str:
+    """"held 1,810; 2 were being delivered and were skipped" — every message accounted for;
+    those a cancel left untouched are counted too."""
+    parts = [f"{VERBS[action][2]} {len(result.done):,}"]
+    for words, count in Counter(why(p) for p in result.problems.values()).most_common():
+        parts.append(f"{count:,} {words}")
+    left = asked - len(result.done) - len(result.problems)
+    if left:
+        parts.append(f"{left:,} not done (canceled)")
+    line = "; ".join(parts)
+    return f"{line}. {undo}" if undo and result.done else line
