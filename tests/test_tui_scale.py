@@ -285,3 +285,12 @@ def test_the_index_says_how_far_its_first_build_has_got(attached):
     pane = FolderPane(QUEUE, "2")
     pane.view.total, pane.view.indexing = 3000, (1200, 3000)
     assert "3,000 messages  indexing 1,200 of 3,000…" in pane.title_text().plain
+
+
+async def test_a_tick_while_the_panes_are_torn_down_does_not_crash(attached):
+    path, _ = attached
+    app = ConsoleApp(configmod.load(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.dashboard.panes["Pickup"].table.remove()  # as when the console quits
+        app.tick()

@@ -279,11 +279,14 @@ class ConsoleApp(App):
         if self.relay is None:
             self.holder = lock_holder(self.store)
         self.show_status()
-        self.dashboard.tick_panes()
-        if not self.index.ready:  # how far the index has got, in each pane's title
-            for folder, pane in self.dashboard.panes.items():
-                pane.view.indexing = self.index.progress(folder)
-                pane.show_title()
+        try:
+            self.dashboard.tick_panes()
+            if not self.index.ready:  # how far the index has got, in each pane's title
+                for folder, pane in self.dashboard.panes.items():
+                    pane.view.indexing = self.index.progress(folder)
+                    pane.show_title()
+        except NoMatches:  # the last tick of a console quitting: its panes are gone already
+            pass
 
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""
