@@ -1,7 +1,8 @@
 """The long crash run: `python -m bench.crash [--kills 25] [--seed N] [--json out.json]`.
 
 A real relay under Pickup and SMTP load (remote mail through a smart host to an aiosmtpd sink,
-local mail to Drop) is killed with SIGKILL at random moments and restarted; then every
+local mail to Drop) is killed with SIGKILL at random moments, either one child process (which
+its supervisor starts again) or the whole process group (then started again); then every
 accepted message is looked for by its token (see tests/crash_support.py for what counts as
 accepted and as in flight). Prints lost (must be 0) and each duplicate with why it was
 allowed; exits 1 if anything was lost, duplicated without being in flight, or left wrong.
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queued", type=int, default=0,
                         help="deferred messages parked in Queue behind the load")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--child-share", type=float, default=0.5,
+                        help="odds that a kill is of one child process, not the whole group")
     parser.add_argument("--json", type=Path, help="write the report here too")
     args = parser.parse_args(argv)
     gap = (0.2, 1.5)
@@ -36,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         report = crash_run(Path(tmp), kills=args.kills, pickup=args.pickup, smtp=args.smtp,
                            clients=args.clients, load_seconds=args.kills * sum(gap) / 2,
                            gap=gap, seed=args.seed, drain_timeout=120,
-                           queued=args.queued)
+                           queued=args.queued, child_share=args.child_share)
     print(report.summary())
     print(f"lost: {len(report.lost)}", *report.lost[:20], sep="\n  ")
-    print(f"duplicates: {len(report.duplicates)}")
+    print(f"duplicates: {len(report.duplicates)} "
+          f"({len(report.duplicates) / max(1, report.kills):.2f} per kill)")
     for why, count in Counter(report.explained.values()).items():
         print(f"  {count} x {why}")
     for key, why in sorted(report.explained.items())[:20]:

@@ -16,7 +16,7 @@ from bench import console, dkim
 from bench import postfix as postfixmod
 from bench.core import Workload, spread
 from bench.load import RECIPIENT, fill_pickup, free_port, message, smtp_load, smtp_one
-from bench.procstat import cpu_seconds, rss_mb
+from bench.procstat import tree_cpu_seconds, tree_rss_mb
 from bench.sink import Sink
 from bench.systems import LOCAL_DOMAIN, NotAvailable, Reference, Relay, mailroot_queue_json
 from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
@@ -95,9 +95,9 @@ def smtp_throughput(size: int, big: bool):
         relay = ctx.relay()
         relay.start()
         try:
-            cpu = cpu_seconds(relay.pid)
+            cpu = tree_cpu_seconds(relay.pid)
             figures = _relay_run(ctx, relay.smtp_port, count, sessions, size)
-            figures["CPU s per 1000 msgs"] = (cpu_seconds(relay.pid) - cpu) * 1000 / count
+            figures["CPU s per 1000 msgs"] = (tree_cpu_seconds(relay.pid) - cpu) * 1000 / count
             return figures
         finally:
             relay.stop()
@@ -228,10 +228,10 @@ def scale_queue(system: str, ctx: Context) -> dict[str, float]:
     relay = filled_queue(ctx)
     took = relay.start()
     try:
-        cpu, began = cpu_seconds(relay.pid), time.monotonic()
+        cpu, began = tree_cpu_seconds(relay.pid), time.monotonic()
         time.sleep(ctx.params.idle_seconds)
-        idle = (cpu_seconds(relay.pid) - cpu) / (time.monotonic() - began) * 100
-        return {"s start": took, "% idle CPU": idle, "MB RSS": rss_mb(relay.pid)}
+        idle = (tree_cpu_seconds(relay.pid) - cpu) / (time.monotonic() - began) * 100
+        return {"s start": took, "% idle CPU": idle, "MB RSS": tree_rss_mb(relay.pid)}
     finally:
         relay.stop()
 

@@ -37,11 +37,15 @@ def load_config(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from relay.service import AlreadyRunning, serve
+    from relay.service import AlreadyRunning
     from relay.smtpd import ListenError
+    from relay.supervisor import serve
 
+    if args.workers is not None and args.workers < 1:
+        print("mailroot serve: --workers takes 1 or more", file=sys.stderr)
+        return 2
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args.workers))
     except (AlreadyRunning, ListenError, ConfigError) as exc:  # ConfigError: a DKIM key
         print(f"mailroot: {exc}", file=sys.stderr)
         return 2
@@ -139,7 +143,10 @@ def parser() -> argparse.ArgumentParser:
                              help="the operator console (the default with no command)")
     console.add_argument("--readonly", action="store_true",
                          help="watch only: hide and refuse every action that changes anything")
-    sub.add_parser("serve", parents=[common], help="run the relay (no console)")
+    serve = sub.add_parser("serve", parents=[common], help="run the relay (no console)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="SMTP receiver processes (default: smtp.workers; 1: the whole "
+                            "relay in one process)")
     sub.add_parser("check", parents=[common], help="validate the config, print the settings")
     send = sub.add_parser("send", parents=[common], help="write a message into Pickup")
     send.add_argument("--from", dest="sender", metavar="ADDR")

@@ -270,6 +270,8 @@ class Smtp:
                                        "max_connections are open")
     greeting_timeout: Duration = setting(Duration(30), "drop a client silent this long after "
                                          "the banner")
+    workers: int = setting(0, "SMTP receiver processes (0: one per core; 1: the whole relay "
+                              "in one process)")
 
 
 @dataclass(frozen=True)
@@ -518,6 +520,8 @@ def check(config: Config, lines: dict[str, int] | None = None, file: str | None 
             selectors.add(key.selector.lower())
             if not key.key_file:
                 raise fail_at("key_file", "the private key's file is required")
+    if config.smtp.workers < 0:
+        raise fail("smtp.workers", "give 0 (one per core), 1 (one process) or more")
     if config.log.keep < 1:
         raise fail("log.keep", "keep at least one rotated file")
     if config.log.max_size < 64 * 1024:

@@ -17,10 +17,11 @@ from relay.events import EventLog
 
 class ConfigWatcher:
     def __init__(self, path: str | Path, apply: Callable[[Config], None],
-                 events: EventLog) -> None:
+                 events: EventLog, announce: bool = True) -> None:
         self.path = Path(path).absolute()
         self.apply = apply
         self.events = events
+        self.announce = announce  # False: `apply` says config-reloaded once it is in force
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.loaded = self._signature()  # the file as the running config was read from it
@@ -67,4 +68,5 @@ class ConfigWatcher:
             self.events.emit("config-error", file=str(self.path), error=str(exc),
                              detail="the last good config stays in force")
             return
-        self.events.emit("config-reloaded", file=str(self.path))
+        if self.announce:
+            self.events.emit("config-reloaded", file=str(self.path))

@@ -95,7 +95,9 @@ class EventLog:
             if self.stream:
                 print(f"mailroot: cannot write {self.path}: {exc.strerror}", file=self.stream)
         if self.stream:
-            print(self.format(record), file=self.stream, flush=True)
+            # one write per line: the relay's processes share this stream
+            self.stream.write(self.format(record) + "\n")
+            self.stream.flush()
         for listener in list(self.listeners):
             listener(record)
         return record

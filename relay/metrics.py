@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -25,6 +25,19 @@ from relay.store import Mailroot, id_time
 DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400,
                  2 * 86400, float("inf"))
 NOT_RECEIVED = {"rejected", "set-aside"}  # refused at the door, or not a message at all
+
+
+class CatchingUpRegistry(CollectorRegistry):
+    """Runs `before_collect` at each scrape first: a supervisor feeds its children's events
+    (read from the event log) to the counters then, so a scrape is as current as the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_collect: Callable[[], None] = lambda: None
+
+    def collect(self) -> Iterator[Any]:
+        self.before_collect()
+        yield from super().collect()
 
 
 class FolderCollector(Collector):
@@ -54,7 +67,7 @@ class RelayMetrics:
     """The relay's metrics in their own registry; observe() is an EventLog listener."""
 
     def __init__(self, store: Mailroot) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = CatchingUpRegistry()
         reg = self.registry
         self.received = Counter("mailroot_received", "Messages taken in, by source",
                                 ["source"], registry=reg)

@@ -50,46 +50,23 @@ def lock_holder(store: Mailroot) -> str | None:
     return None
 
 
-class Relay:
-    """One relay on one mailroot; start() and stop() from a running event loop."""
+class MailrootHost:
+    """What every form of the relay does around its services: the mailroot lock, recovery at
+    start, the metrics, telling systemd; start() and stop() from a running event loop."""
 
     def __init__(self, config: Config, stream: TextIO | None = sys.stderr) -> None:
         self.config = config
         self.store = Mailroot(config.root)
         self.store.ensure()
+        self.stream = stream
         self.events = EventLog(self.store.log_dir, stream, Rotation.of(config.log))
         if stream is not None and journal.attached(stream):
             self.events.format = journal.journal_line  # the journal stamps lines itself
-        self.intake = Intake(config, self.store)
-        self.pickup = PickupWatcher(config, self.store, self.intake, self.events)
-        self.scheduler = Scheduler(config, self.store, self.intake, self.events)
-        self.intake.on_queued = self.scheduler.notify
-        self.smtpd = SmtpServer(config, self.intake, self.events)
-        self.recovery = Recovery(config, self.store, self.events)
-        self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
-            if config.source else None
         self.metrics = RelayMetrics(self.store) if config.metrics.listen else None
-        if self.metrics:
-            self.events.listeners.append(self.metrics.observe)
         self._lock_fd: int | None = None
         self.notifier = Notifier()
         self._supervise: asyncio.Task | None = None
         self.running = False
-
-    def apply_config(self, config: Config) -> None:
-        """Swap in a changed config while running (each part extends this with its own).
-
-        Raises ConfigError for a change that needs a restart; nothing is applied then.
-        """
-        if config.root.absolute() != self.config.root.absolute():
-            raise ConfigError("mailroot cannot change while the relay runs: restart it",
-                              file=config.source, key="mailroot")
-        self.intake.reconfigure(config)  # first: a bad DKIM key raises with nothing changed
-        self.config = config
-        self.events.rotation = Rotation.of(config.log)  # metrics.listen needs a restart
-        self.pickup.config = config
-        self.scheduler.reconfigure(config)
-        self.smtpd.reconfigure(config)
 
     def _take_lock(self) -> None:
         fd = os.open(self.store.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -104,30 +81,23 @@ class Relay:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self._lock_fd = fd
 
-    async def start(self) -> None:
-        """Intake first: SMTP and Pickup run within moments at any queue size; the queue
-        manager's scan and the recovery pass go on beside them."""
+    def open_mailroot(self) -> None:
+        """Take the lock and clear tmp/; the services may start (the recovery pass runs
+        beside them, in the queue manager)."""
         self._take_lock()
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             signal.signal(signal.SIGIO, signal.SIG_IGN)  # Pickup's read-lease probe
         self.store.clear_tmp()
-        try:
-            self.serve_metrics()
-            await self.smtpd.start()
-        except Exception:
-            if self.metrics:
-                self.metrics.stop()
-            os.close(self._lock_fd)  # type: ignore[arg-type]
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
             self._lock_fd = None
-            raise
-        await self.scheduler.start()
-        await self.pickup.start()
-        if self.config_watcher:
-            self.config_watcher.start()
-        self.recovery.start(after=self.scheduler.scanned)
+
+    async def announce(self) -> None:
+        """Listening and Pickup watched (the queue's scan goes on): the service is ready."""
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
-        # listening, queue loaded, Pickup watched: only now is the service ready
         if self.notifier.address:
             self.notifier.send(ready=1, status=await asyncio.to_thread(self.status_line),
                                mainpid=os.getpid())
@@ -151,6 +121,9 @@ class Relay:
                    if r.state == "deferred"}
         return f"{len(rows)} queued, {len(domains)} deferred domain{'s' * (len(domains) != 1)}"
 
+    async def stop_services(self) -> None:
+        raise NotImplementedError
+
     async def stop(self) -> None:
         if not self.running:
             return
@@ -159,30 +132,76 @@ class Relay:
         if self._supervise:
             self._supervise.cancel()
             await asyncio.gather(self._supervise, return_exceptions=True)
+        await self.stop_services()
+        if self.metrics:
+            self.metrics.stop()
+        self.events.emit("relay-stopped", pid=os.getpid())
+        self.events.close()
+        self.release_lock()
+
+
+class Relay(MailrootHost):
+    """The whole relay in one process (`smtp.workers: 1`): listener, Pickup, queue manager."""
+
+    def __init__(self, config: Config, stream: TextIO | None = sys.stderr) -> None:
+        super().__init__(config, stream)
+        self.intake = Intake(config, self.store)
+        self.pickup = PickupWatcher(config, self.store, self.intake, self.events)
+        self.scheduler = Scheduler(config, self.store, self.intake, self.events)
+        self.intake.on_queued = self.scheduler.notify
+        self.smtpd = SmtpServer(config, self.intake, self.events)
+        self.recovery = Recovery(config, self.store, self.events)
+        self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events) \
+            if config.source else None
+        if self.metrics:
+            self.events.listeners.append(self.metrics.observe)
+
+    def apply_config(self, config: Config) -> None:
+        """Swap in a changed config while running (each part extends this with its own).
+
+        Raises ConfigError for a change that needs a restart; nothing is applied then.
+        """
+        if config.root.absolute() != self.config.root.absolute():
+            raise ConfigError("mailroot cannot change while the relay runs: restart it",
+                              file=config.source, key="mailroot")
+        self.intake.reconfigure(config)  # first: a bad DKIM key raises with nothing changed
+        self.config = config
+        self.events.rotation = Rotation.of(config.log)  # metrics.listen needs a restart
+        self.pickup.config = config
+        self.scheduler.reconfigure(config)
+        self.smtpd.reconfigure(config)
+
+    async def start(self) -> None:
+        """Intake first: SMTP and Pickup run within moments at any queue size; the queue
+        manager's scan and the recovery pass go on beside them."""
+        self.open_mailroot()
+        try:
+            self.serve_metrics()
+            await self.smtpd.start()
+        except Exception:
+            if self.metrics:
+                self.metrics.stop()
+            self.release_lock()
+            raise
+        await self.scheduler.start()
+        await self.pickup.start()
+        if self.config_watcher:
+            self.config_watcher.start()
+        self.recovery.start(after=self.scheduler.scanned)
+        await self.announce()
+
+    def addresses(self) -> list[tuple]:
+        """Where the listener listens (port 0 in the config gives the port bound)."""
+        return [sock.getsockname() for server in self.smtpd.servers for sock in server.sockets]
+
+    def processes(self) -> str:
+        """Which processes run the relay, for people."""
+        return f"pid {os.getpid()}"
+
+    async def stop_services(self) -> None:
         if self.config_watcher:
             await self.config_watcher.stop()
         await self.recovery.stop()
         await self.smtpd.stop()
         await self.pickup.stop()
         await self.scheduler.stop()
-        if self.metrics:
-            self.metrics.stop()
-        self.events.emit("relay-stopped", pid=os.getpid())
-        self.events.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-
-async def serve(config: Config) -> None:
-    """Run a relay until SIGTERM or SIGINT; stop cleanly."""
-    relay = Relay(config)
-    await relay.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        await stopping.wait()
-    finally:
-        await asyncio.wait_for(relay.stop(), timeout=4.5)

@@ -536,10 +536,17 @@ class SmtpServer:
                               f"{getattr(exc, 'strerror', None) or exc}") from None
         return context
 
-    async def start(self) -> None:
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Listen on smtp.listen, or serve `sockets` already listening (a receiver process
+        serves the ones its supervisor bound)."""
         logging.getLogger("mail.log").setLevel(logging.ERROR)  # the relay logs its own events
         self.tls = self.tls_context()
         loop = asyncio.get_running_loop()
+        if sockets is not None:  # (their supervisor says where it listens)
+            for sock in sockets:
+                self.servers.append(await loop.create_server(lambda: SmtpSession(self),
+                                                             sock=sock, backlog=LISTEN_BACKLOG))
+            return
         for listen in self.config.smtp.listen:
             host, port = listen.with_default(25)
             try:

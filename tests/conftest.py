@@ -67,8 +67,11 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 class RelayProcess:
     """A real `mailroot serve` subprocess on a mailroot."""
 
-    def __init__(self, config: Path, root: Path) -> None:
+    def __init__(self, config: Path, root: Path, args: list[str] | None = None,
+                 own_group: bool = False) -> None:
         self.config, self.root = config, root
+        self.args = args or []  # more `mailroot serve` options
+        self.own_group = own_group  # a process group of its own: kill_group() kills it all
         self.proc: subprocess.Popen | None = None
         self.log_offset = 0
 
@@ -82,8 +85,9 @@ class RelayProcess:
         started = sum(1 for e in self.events() if e["event"] == "relay-started")
         self.stderr = open(self.root.parent / "relay.stderr", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "-c", str(self.config)],
-            stdout=self.stderr, stderr=self.stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [sys.executable, "-m", "relay.cli", "serve", "-c", str(self.config), *self.args],
+            stdout=self.stderr, stderr=self.stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=self.own_group)
         wait_for(lambda: sum(1 for e in self.events() if e["event"] == "relay-started") > started
                  or self.proc.poll() is not None, timeout)
         assert self.proc.poll() is None, (self.root.parent / "relay.stderr").read_text()
@@ -99,6 +103,21 @@ class RelayProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """SIGKILL to the relay and all its processes at once (started with own_group)."""
+        assert self.proc is not None and self.own_group
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.stop(signal.SIGKILL)
+
+    def children(self) -> list[int]:
+        """The pids of the relay's child processes (a supervisor's receivers, ...)."""
+        assert self.proc is not None
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(pid) for pid in text.split()]
 
     def folder(self, name: str) -> Path:
         return self.root / name

@@ -23,6 +23,7 @@ import itertools
 import os
 import random
 import re
+import signal
 import smtplib
 import socket
 import threading
@@ -241,6 +242,7 @@ class Report:
     explained: dict[Key, str]  # duplicate -> why it was in flight
     unexplained: list[Key]
     problems: list[str]
+    child_kills: int  # of the kills, those of one child process (the others: the whole group)
     bounced: int  # accepted messages with a recipient the sink refused, in Badmail
     duplicate_reports: int  # NDRs sent twice (a bounce in flight at a kill)
     refused: dict[int, int]
@@ -248,10 +250,13 @@ class Report:
 
     def summary(self) -> str:
         reasons = Counter(self.explained.values())
-        return (f"seed={self.seed} kills={self.kills} accepted: pickup={self.accepted_pickup} "
+        return (f"seed={self.seed} kills={self.kills} (of one child: {self.child_kills}) "
+                f"accepted: pickup={self.accepted_pickup} "
                 f"smtp={self.accepted_smtp} (no 250 seen: {self.unacknowledged_smtp}; "
                 f"refused with a reply: {self.refused or 0}) lost={len(self.lost)} "
-                f"duplicates={len(self.duplicates)} ({dict(reasons) or 'none'}) "
+                f"duplicates={len(self.duplicates)} "
+                f"({len(self.duplicates) / max(1, self.kills):.2f} per kill; "
+                f"{dict(reasons) or 'none'}) "
                 f"unexplained={len(self.unexplained)} problems={len(self.problems)} "
                 f"bounced={self.bounced} (NDRs twice: {self.duplicate_reports}) "
                 f"in {self.seconds:.1f}s")
@@ -259,10 +264,12 @@ class Report:
 
 def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
               load_seconds: float, gap: tuple[float, float], seed: int | None = None,
-              drain_timeout: float = 60, queued: int = 0) -> Report:
+              drain_timeout: float = 60, queued: int = 0, child_share: float = 0.5) -> Report:
     """The whole run; `gap` bounds the random time the relay runs between kills; `queued`
     deferred messages (next attempt a day away) are parked in Queue behind the load and
-    must all still be there at the end."""
+    must all still be there at the end. A kill is of one child process (the supervisor
+    starts it again) with `child_share` odds, else of the whole process group (then the
+    relay is started again)."""
     seed = random.randrange(1 << 30) if seed is None else seed
     rng = random.Random(seed)
     started = time.monotonic()
@@ -280,16 +287,24 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
         "delivery": {"smarthost": f"127.0.0.1:{sink.port}", "retry": ["1s"] * 4,
                      "timeout": "5s"}}))
     parked = frozenset(fill_queue(root, queued, recipient=f"parked@{REMOTE}"))
-    relay = RelayProcess(config, root).start(timeout=30)
+    relay = RelayProcess(config, root, own_group=True).start(timeout=30)
     loads: list[Load] = [PickupLoad(root, pickup, load_seconds)]
     loads += [SmtpLoad(f"s{n}", port, smtp // clients, load_seconds) for n in range(clients)]
     for load in loads:
         load.start()
     flying: list[Snapshot] = []
+    child_kills = 0
     try:
         for _ in range(kills):
             time.sleep(rng.uniform(*gap))
-            relay.kill()
+            children = relay.children()
+            if children and rng.random() < child_share:
+                os.kill(rng.choice(children), signal.SIGKILL)
+                child_kills += 1
+                time.sleep(0.1)  # (the supervisor waits longer before starting it again)
+                flying.append(snapshot(root, sink, parked))
+                continue
+            relay.kill_group()
             time.sleep(0.1)  # what the sink had fully read before the kill is recorded
             flying.append(snapshot(root, sink, parked))
             relay.start(timeout=30)
@@ -302,11 +317,12 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
     finally:
         relay.stop()
         sink.stop()
-    return account(seed, kills, loads, flying, tally(root, sink, parked), time.monotonic() - started)
+    return account(seed, kills, child_kills, loads, flying, tally(root, sink, parked),
+                   time.monotonic() - started)
 
 
-def account(seed: int, kills: int, loads: list[Load], flying: list[Snapshot], found: Tally,
-            seconds: float) -> Report:
+def account(seed: int, kills: int, child_kills: int, loads: list[Load],
+            flying: list[Snapshot], found: Tally, seconds: float) -> Report:
     accepted = {(token, r) for load in loads for token, rcpts in load.accepted.items()
                 for r in rcpts}
     taken = set().union(*(s.taken for s in flying))
@@ -327,7 +343,7 @@ def account(seed: int, kills: int, loads: list[Load], flying: list[Snapshot], fo
     problems += [f"{t} is in Badmail but its sender got no NDR"
                  for t in sorted(found.bounced & accepted_tokens) if not found.reports[t]]
     return Report(
-        seed=seed, kills=kills,
+        seed=seed, kills=kills, child_kills=child_kills,
         accepted_pickup=sum(len(lo.accepted) for lo in loads if isinstance(lo, PickupLoad)),
         accepted_smtp=sum(len(load.accepted) for load in smtp),
         unacknowledged_smtp=sum(len(load.unacknowledged) for load in smtp),

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import relay.service  # noqa: F401  (imported before forking: the children may not reach it)
+import relay.supervisor  # noqa: F401  (the same)
 from relay import cli
 from relay.install import prepare_mailroot
 from tests.conftest import RelayProcess, wait_for
@@ -81,7 +82,9 @@ def test_submit_group_writes_pickup_and_nobody_else_can(spool: Path) -> None:
     config.write_text(yaml.safe_dump({
         "mailroot": str(root), "hostname": "relay.test",
         "domains": {"local": {"default": "yourdomain.com"}},
-        "smtp": {"listen": ["127.0.0.1:0"]}, "pickup": {"settle": "1s"}}))
+        # one process: a child would be started from this interpreter, which lives where
+        # the relay's uid cannot reach it here
+        "smtp": {"listen": ["127.0.0.1:0"], "workers": 1}, "pickup": {"settle": "1s"}}))
     config.chmod(0o644)
     log = root / "log" / "events.jsonl"
 

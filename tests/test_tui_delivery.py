@@ -50,7 +50,7 @@ async def test_451_shows_in_queue_with_attempts_t_retries_and_250_empties_queue(
                                                                  retry=LATER))))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.relay is not None and app.relay.running)
-        port = app.relay.smtpd.servers[0].sockets[0].getsockname()[1]
+        port = app.relay.addresses()[0][1]
         await until(pilot, lambda: f"SMTP 127.0.0.1:{port}" in status_text(app))  # not :0
         example = sample("iis-example-as-written.txt").replace(b"email@yourdomain.com",
                                                               b"email@remote.example")

@@ -34,7 +34,7 @@ async def test_status_line_shows_refusals_per_minute_and_stress(write_config) ->
             return str(app.dashboard.query_one("#status-line").render())
 
         assert "refused" not in status() and "STRESS" not in status()
-        port = app.relay.smtpd.servers[0].sockets[0].getsockname()[1]
+        port = app.relay.addresses()[0][1]
         first, greeting = await connect(port, "127.0.0.2")
         assert greeting.startswith(b"220")
         refused = [await connect(port, "127.0.0.2") for _ in range(2)]

@@ -159,7 +159,7 @@ async def test_follow_keeps_the_newest_row_on_screen_as_mail_arrives(write_confi
     app = ConsoleApp(configmod.load(write_config()))
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.relay is not None and app.index.ready, timeout=20)
-        port = app.relay.smtpd.servers[0].sockets[0].getsockname()[1]
+        port = app.relay.addresses()[0][1]
         pane = app.dashboard.panes[DROP]
         await pilot.press("3", "F")
         assert "following" in title(pane)

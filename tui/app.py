@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import gc
 import itertools
-import os
 import signal
 import struct
 import subprocess
@@ -36,6 +35,7 @@ from relay.listing import MatchError
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
 from relay.store import QUEUE
+from relay.supervisor import Supervisor, make_relay
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
 from tui.bulk import VERBS, question, result_line
@@ -75,7 +75,7 @@ class ConsoleApp(App):
         self.still = clock is not None  # a frozen clock: snapshots want nothing moving
         self.admin = Admin(config)
         self.store = self.admin.store
-        self.relay: Relay | None = None
+        self.relay: Relay | Supervisor | None = None
         self.starting = False  # the embedded relay is loading its queue
         self.relay_error = ""  # why the embedded relay could not start
         self._relay_start: asyncio.Task | None = None
@@ -126,7 +126,7 @@ class ConsoleApp(App):
 
     async def start_relay(self) -> None:
         try:
-            relay = Relay(self.config, stream=None)
+            relay = make_relay(self.config, stream=None)
             await relay.start()
             self.relay = relay
             freeze_long_lived()
@@ -156,7 +156,7 @@ class ConsoleApp(App):
         if self.relay_error:
             return f"relay not started: {self.relay_error}", False
         if self.relay is not None and self.relay.running:
-            return f"embedded relay pid {os.getpid()}", True
+            return f"embedded relay {self.relay.processes()}", True
         if self.holder:
             return f"attached to relay {self.holder}", True
         return "no relay running" + (" (read-only view)" if self.readonly else ""), False
