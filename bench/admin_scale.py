@@ -7,12 +7,14 @@ Usage: python bench/admin_scale.py [COUNT]
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from relay.store import Envelope, Recipient, new_id
@@ -34,16 +36,26 @@ def fill(root: Path, count: int) -> None:
         (queue / f"{mid}.env").write_bytes(env.to_json())
 
 
-def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+@contextlib.contextmanager
+def filled_mailroot(count: int, fill: Callable[[Path, int], None] = fill,
+                    extra_config: str = "") -> Iterator[Path]:
+    """A throw-away mailroot holding `count` messages written by `fill`; yields its config
+    (never the system resolver)."""
     with tempfile.TemporaryDirectory(prefix="mailroot-bench-") as tmp:
         root = Path(tmp) / "mailroot"
         started = time.monotonic()
         fill(root, count)
-        print(f"filled {count} queued messages in {time.monotonic() - started:.1f} s")
+        print(f"filled {count:,} queued messages in {time.monotonic() - started:.1f} s",
+              file=sys.stderr)
         config = Path(tmp) / "mailroot.yaml"
-        config.write_text(f"mailroot: {root}\nhostname: relay.test\n"
+        config.write_text(f"mailroot: {root}\nhostname: relay.test\n{extra_config}"
                           "dns: {nameservers: [127.0.0.1], port: 9}\n")
+        yield config
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    with filled_mailroot(count) as config:
         runs = []
         for _ in range(3):
             started = time.monotonic()

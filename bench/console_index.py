@@ -21,11 +21,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from bench.admin_scale import filled_mailroot
 from bench.console import console_in_pty
 from bench.procstat import status_mb
 from relay.store import Attempt, Envelope, Recipient, new_id
@@ -141,16 +141,7 @@ def measure(config: Path, count: int) -> dict[str, float]:
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    with tempfile.TemporaryDirectory(prefix="mailroot-bench-") as tmp:
-        root = Path(tmp) / "mailroot"
-        started = time.monotonic()
-        fill(root, count)
-        print(f"filled {count:,} queued messages in {time.monotonic() - started:.1f} s",
-              file=sys.stderr)
-        config = Path(tmp) / "mailroot.yaml"
-        config.write_text(f"mailroot: {root}\nhostname: relay.test\n"
-                          "smtp: {listen: ['127.0.0.1:0']}\n"
-                          "dns: {nameservers: [127.0.0.1], port: 9}\n")
+    with filled_mailroot(count, fill, "smtp: {listen: ['127.0.0.1:0']}\n") as config:
         figures = measure(config, count)
     print(json.dumps({"queued": count, "load": os.getloadavg(), **figures}, indent=1))
 
