@@ -399,3 +399,10 @@ async def test_domain_editor_g_keys_move_and_its_keys_are_listed_once(attached):
         note = str(app.screen.query_one("#domains-note").render())
         keybar = str(app.screen.query_one("KeyBar").render())
         assert "remove" in keybar and "remove" not in note and " x " not in note
+
+
+def test_the_quit_question_counts_the_queue_as_the_panes_do() -> None:
+    from tui.screens.quit import quit_question
+    assert quit_question(3300) == ("Quit and stop the relay? 3,300 queued messages will wait "
+                                   "until it runs again.")
+    assert quit_question(1).startswith("Quit and stop the relay? 1 queued message will")

@@ -11,7 +11,7 @@ STOP, BACKGROUND = "stop", "background"
 
 
 def quit_question(queued: int) -> str:
-    waiting = (f"{queued} queued message{'s' if queued != 1 else ''} will wait until it runs "
+    waiting = (f"{queued:,} queued message{'s' if queued != 1 else ''} will wait until it runs "
                "again." if queued else "Nothing is queued.")
     return f"Quit and stop the relay? {waiting}"
 
