@@ -13,6 +13,7 @@ import sys
 import termios
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from relay.service import lock_holder
 from relay.store import BADMAIL, DROP, QUEUE, Mailroot
 from tests.conftest import drop_file, sample, wait_for
 from tests.tui_fixture import T0, build, hold_lock
+from tests.tui_fixture import until as wait_until
 from tests.tui_fixture import write_config as fixture_config
 from tui.app import ConsoleApp
 from tui.fields import form_keys
@@ -33,11 +35,7 @@ from tui.screens.settings import SettingsForm
 SIZE = (80, 24)
 
 
-async def until(pilot, predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await pilot.pause(0.05)
+until = partial(wait_until, timeout=5.0)  # this file's default wait
 
 
 def console(path: Path, **kw) -> ConsoleApp:

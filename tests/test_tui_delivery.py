@@ -10,6 +10,7 @@ from relay import config as configmod
 from relay.store import BADMAIL, DROP, HOLD, QUEUE
 from tests.conftest import drop_file, sample
 from tests.test_delivery import delivery_config
+from tests.tui_fixture import until as wait_until
 from tui.app import ConsoleApp
 from tui.screens.confirm import Confirm
 from tui.screens.inspector import Inspector
@@ -19,10 +20,8 @@ LATER = ["1h", "1h", "1h", "1h"]  # only the operator's `t` makes the next attem
 
 
 async def until(pilot, predicate, timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not met in time; status: {status_text(pilot.app)}"
-        await pilot.pause(0.05)
+    await wait_until(pilot, predicate, timeout,
+                     lambda: f"not met in time; status: {status_text(pilot.app)}")
 
 
 async def confirm(pilot, app: ConsoleApp, key: str, question: str) -> None:

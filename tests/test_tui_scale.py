@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import smtplib
-import time
+from functools import partial
 
 import pytest
 
@@ -17,6 +17,7 @@ from relay.store import DROP, HOLD, QUEUE, TRASH, Mailroot
 from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 from tests.tui_fixture import hold_lock
+from tests.tui_fixture import until as wait_until
 from tui.app import ConsoleApp
 from tui.screens.by_domain import ByDomain
 from tui.screens.confirm import Confirm
@@ -24,11 +25,7 @@ from tui.screens.confirm import Confirm
 SIZE = (120, 40)
 
 
-async def until(pilot, predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await pilot.pause(0.05)
+until = partial(wait_until, timeout=10.0)  # this file's default wait
 
 
 def title(pane) -> str:

@@ -5,22 +5,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from relay import config as configmod
 from tests.tui_fixture import T0, build, hold_lock, write_config
+from tests.tui_fixture import until as wait_until
 from tui.app import ConsoleApp
 
 SIZE = (80, 24)
 
 
-async def until(pilot, predicate, timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await pilot.pause(0.05)
+until = partial(wait_until, timeout=8.0)  # this file's default wait
 
 
 @pytest.fixture

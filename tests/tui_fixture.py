@@ -7,7 +7,9 @@ import fcntl
 import json
 import os
 import re
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -132,3 +134,12 @@ def hold_lock(root: Path, holder: str = "pid 4242 on relay.example.com") -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{holder}\n".encode())
     return fd
+
+
+async def until(pilot, predicate: Callable[[], object], timeout: float = 8.0,
+                why: Callable[[], str] | None = None) -> None:
+    """Let the app run until predicate() holds; fail after `timeout` s, saying why()."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, why() if why else "condition not met in time"
+        await pilot.pause(0.05)
