@@ -103,7 +103,11 @@ def console_in_pty(config: Path, size: tuple[int, int] = SIZE
     try:
         yield proc, master, began
         os.write(master, b"q")
-        proc.wait(60)
+        try:
+            proc.wait(2)
+        except subprocess.TimeoutExpired:  # the embedded relay's question: stop it and quit
+            os.write(master, b"y")
+            proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

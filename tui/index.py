@@ -4,7 +4,10 @@ Built once in a thread after the first paint, then kept current from the file ev
 console already watches (only changed ids are re-read; no periodic full rescans). Plain Python
 dicts of slotted Entries: a filter over 100,000 entries is one pass of substring tests
 (tens of milliseconds) and a sort one `list.sort`, so an embedded database would add a copy
-of every row and a second representation without making either faster.
+of every row and a second representation without making either faster. The answers the panes
+asked for last are kept and changed in place as messages come and go (a bisect per changed
+id), so a bulk action moving thousands does not filter and sort the whole folder again at
+every redraw.
 
 Reading files happens off the event loop (`read`, `build`); changing the dicts (`merge`,
 `install`) and querying them happen on it, so no lock is needed.
@@ -12,8 +15,11 @@ Reading files happens off the event loop (`read`, `build`); changing the dicts (
 
 from __future__ import annotations
 
+import bisect
+import re
 import sys
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 
 from relay.admin import Admin
@@ -22,6 +28,8 @@ from relay.qshape import AGE_BUCKETS, bucket
 from relay.store import PICKUP, QUEUE
 
 Changes = dict[str, dict[str, Entry | None]]  # folder -> id -> its entry, or None: gone
+KEPT_ANSWERS = 12  # query answers kept current (each pane's, and a few recent ones)
+RELATIVE = re.compile(r"\b(older|newer):", re.IGNORECASE)  # terms judged against the clock
 
 
 def _compact(entry: Entry) -> Entry:
@@ -37,8 +45,7 @@ class FolderIndex:
         self.admin = admin
         self.entries: dict[str, dict[str, Entry]] = {f: {} for f in folders}
         self.ready = False
-        self.versions: dict[str, int] = dict.fromkeys(self.entries, 0)
-        self._cache: dict[tuple, list[str]] = {}
+        self._answers: OrderedDict[tuple[str, str, int], Answer] = OrderedDict()
         # while the first build runs: per folder, the messages listed and read so far
         self.listed: dict[str, int] = {}
         self.read_so_far: dict[str, int] = dict.fromkeys(self.entries, 0)
@@ -84,35 +91,34 @@ class FolderIndex:
     def merge(self, changes: Changes) -> None:
         for folder, read in changes.items():
             entries = self.entries[folder]
+            answers = [a for (f, _, _), a in self._answers.items() if f == folder]
             for mid, entry in read.items():
-                if entry is None:
-                    entries.pop(mid, None)
-                else:
+                old = entries.pop(mid, None) if entry is None else entries.get(mid)
+                if entry is not None:
                     entries[mid] = entry
-            self.versions[folder] += 1
-        self._cache.clear()
+                for answer in answers:
+                    answer.change(old, entry)
 
     def install(self, built: Changes) -> None:
         """The first full build, then marked ready."""
         for folder, read in built.items():
             self.entries[folder] = {mid: e for mid, e in read.items() if e is not None}
-            self.versions[folder] += 1
-        self._cache.clear()
+        self._answers.clear()
         self.ready = True
 
     # --- asking ---
 
     def query(self, folder: str, expression: str = "", sort: int = 0) -> list[str]:
-        """The ids of `folder` matching the expression, in the sort's order (cached until the
-        folder changes). Raises MatchError for a bad expression."""
-        key = (folder, expression, sort, self.versions[folder])
-        if key not in self._cache:
-            test = compile_match(expression)
-            rows = [e for e in self.entries[folder].values() if test(e)]
-            _, order, reverse = SORTS[sort]
-            rows.sort(key=order, reverse=reverse)
-            self._cache[key] = [e.id for e in rows]
-        return self._cache[key]
+        """The ids of `folder` matching the expression, in the sort's order (a fresh list).
+        Raises MatchError for a bad expression."""
+        key = (folder, expression, sort)
+        answer = self._answers.get(key)
+        if answer is None or answer.stale():
+            answer = self._answers[key] = Answer(expression, sort, self.entries[folder].values())
+            while len(self._answers) > KEPT_ANSWERS:
+                self._answers.popitem(last=False)
+        self._answers.move_to_end(key)
+        return answer.ids()
 
     def domains_of(self, folder: str, ids: Iterable[str]) -> Counter[str]:
         """How many of these messages go to each destination domain."""
@@ -134,6 +140,39 @@ class FolderIndex:
                 if entry.reply:
                     row.replies[entry.reply] += 1
         return sorted(rows.values(), key=lambda r: (-r.total, r.name))
+
+
+class Answer:
+    """One query's matching ids in its sort's order, kept current entry by entry. The sort
+    keys end in the id, so they are unique and a key finds its place by bisection. An answer
+    with a relative time term (`older:2h`) holds its cutoff for a second at most."""
+
+    def __init__(self, expression: str, sort: int, entries: Iterable[Entry]) -> None:
+        _, self.order, self.reverse = SORTS[sort]
+        self.made = time.monotonic()
+        self.timed = bool(RELATIVE.search(expression))
+        self.test = test = compile_match(expression)
+        rows = sorted((e for e in entries if test(e)), key=self.order)
+        self.keys = [self.order(e) for e in rows]  # ascending
+        self._ids = [e.id for e in rows]
+
+    def change(self, old: Entry | None, new: Entry | None) -> None:
+        """An entry replaced (old, new), added (None, new) or gone (old, None)."""
+        if old is not None:
+            at = bisect.bisect_left(self.keys, self.order(old))
+            if at < len(self.keys) and self._ids[at] == old.id:
+                del self.keys[at], self._ids[at]
+        if new is not None and self.test(new):
+            key = self.order(new)
+            at = bisect.bisect_left(self.keys, key)
+            self.keys.insert(at, key)
+            self._ids.insert(at, new.id)
+
+    def ids(self) -> list[str]:
+        return self._ids[::-1] if self.reverse else self._ids[:]
+
+    def stale(self) -> bool:
+        return self.timed and time.monotonic() - self.made >= 1.0
 
 
 class DomainRow:

@@ -16,7 +16,7 @@ from relay.admin import Admin, MessageSummary
 from relay.reasons import reason_class, reply_text
 from relay.store import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE, TRASH
 
-PAGE = 500  # rows loaded into a table at once; a folder of 100,000 is paged by key order
+PAGE = 200  # rows loaded into a table at once; a folder of 100,000 is paged by key order
 
 
 def ago(seconds: float) -> str:

@@ -45,7 +45,8 @@ class FolderPane(Vertical):
         self.clock = clock
         self.columns: list[Column] = []  # those shown: as many as the pane's width allows
         self.stale = False  # changed while hidden: redrawn when shown
-        self.drawn: dict[str, tuple[MessageSummary, bool]] = {}  # row drawn, and its mark
+        self.drawn: dict[str, tuple[MessageSummary, bool, list[Text]]] = {}  # row drawn,
+        # its mark and its cells
         self.widths: list[int] = []
 
     def compose(self) -> ComposeResult:
@@ -187,10 +188,14 @@ class FolderPane(Vertical):
         drawn, self.drawn = self.drawn, {}
         for row in rows:
             marked = row.id in self.view.marks
-            self.drawn[row.id] = (row, marked)
-            if quick and row.id in present and drawn.get(row.id, ()) == (row, marked):
-                continue  # a bulk action runs: rows not re-read keep their cells (and ages)
+            before = drawn.get(row.id)
+            if quick and before is not None and before[:2] == (row, marked):
+                self.drawn[row.id] = before  # a bulk action runs: a row not re-read keeps
+                if row.id not in present:  # its cells (and ages), also when added again
+                    table.add_row(*before[2], key=row.id)
+                continue
             cells = self.cells(row, now)
+            self.drawn[row.id] = (row, marked, cells)
             if row.id in present:
                 for column, cell in zip(self.columns, cells, strict=True):
                     if table.get_cell(row.id, column.key) != cell:
