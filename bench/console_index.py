@@ -79,14 +79,18 @@ class Screen:
                 self.chunks.append((time.monotonic(), text))
 
     def wait(self, pattern: bytes, after: float, timeout: float) -> float:
-        """When `pattern` (a regex) was first drawn after `after`."""
+        """When `pattern` (a regex) was first drawn after `after`. Each chunk is searched
+        once: searching all again at every poll took enough CPU from the console (two
+        cores) to show up in its frame gaps."""
         deadline = time.monotonic() + timeout
         seen = re.compile(pattern)
+        searched = 0
         while time.monotonic() < deadline:
             with self._lock:
-                for when, text in self.chunks:
-                    if when >= after and seen.search(text):
-                        return when
+                fresh, searched = self.chunks[searched:], len(self.chunks)
+            for when, text in fresh:
+                if when >= after and seen.search(text):
+                    return when
             time.sleep(0.01)
         raise RuntimeError(f"the console never drew {pattern!r}")
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from relay import config as configmod
 from relay import dkim_keys, settings
@@ -25,6 +25,7 @@ from relay.bounce import SEPARATOR, read_reason
 from relay.config import Config, ConfigError, RemoteDomain
 from relay.dkim import Signature, signatures_in
 from relay.events import EventLog
+from relay.fanout import fan_out
 from relay.intake import Intake, Rejected, Submission
 from relay.logrotate import Rotation
 from relay.message import Message, MessageError
@@ -130,6 +131,7 @@ class ActionResult:
 
 
 Progress = Callable[[int], bool]  # told how many are done; False stops the run
+Part = TypeVar("Part")  # what folder_parts renders each chunk of rows into
 
 
 class DomainList(NamedTuple):
@@ -269,14 +271,31 @@ class Admin:
         """A folder's messages, each as soon as it is read: oldest first (after one listing
         of the names), or in directory order (from the first entry on).  An id an
         interrupted move left in two folders is shown only where its later state is."""
+        for rows in self.folder_parts(folder, list, ordered):
+            yield from rows
+
+    def folder_parts(self, folder: str, render: Callable[[list[MessageSummary]], Part],
+                     ordered: bool = True, workers: int = 1) -> Iterator[Part]:
+        """iter_folder's rows a chunk at a time, each chunk `render`ed; with `workers` > 1
+        the chunks are read and rendered by that many forked processes (relay.fanout), for
+        a command listing a million. Never from a process running threads."""
         if folder == PICKUP:
-            yield from self._pickup_rows()
+            yield render(self._pickup_rows())
             return
         ids = self.store.ids(folder) if ordered else self.store.iter_ids(folder)
+        current = self._current_in(folder)
+        yield from fan_out(lambda chunk: render(list(self._rows(folder, current(chunk)))),
+                           ids, workers)
+
+    def _current_in(self, folder: str) -> Callable[[Iterable[str]], Iterator[str]]:
+        """A filter of ids for those whose current state is in `folder`: an id an interrupted
+        move left in two folders counts only where its later state is."""
         elsewhere = self._committed_elsewhere(folder)
+        return lambda ids: (mid for mid in ids
+                            if not (elsewhere(mid) and self._superseded(folder, mid)))
+
+    def _rows(self, folder: str, ids: Iterable[str]) -> Iterator[MessageSummary]:
         for mid in ids:
-            if elsewhere(mid) and self._superseded(folder, mid):
-                continue
             try:
                 yield self.summary_of(folder, mid)
             except (OSError, ValueError):
@@ -654,16 +673,16 @@ class Admin:
 
     # --- queue shape ---
 
-    def summary(self, folder: str = QUEUE) -> QueueShape:
-        """Messages per destination domain by age, and Badmail by reason class; the rows
-        are streamed in directory order, so a million take constant memory."""
+    def summary(self, folder: str = QUEUE, workers: int = 1) -> QueueShape:
+        """Messages per destination domain by age, and Badmail by reason class; the
+        envelopes are streamed in directory order (a million take constant memory), read
+        by `workers` forked processes when more than one (see folder_parts)."""
         now = time.time()
         shape = QueueShape()
-        for row in self.iter_folder(folder, ordered=False):
-            domains = {domain_of(r.address).lower() or "(local)" for r in row.recipients
-                       if r.state in ("pending", "deferred")}
-            for domain in sorted(domains):
-                shape.add_domain(domain, now - row.received)
+        current = self._current_in(folder)
+        for part in fan_out(lambda chunk: self._shape_of(folder, current(chunk), now),
+                            self.store.iter_ids(folder), workers):
+            shape.add(part)
         for mid in self.store.ids(BADMAIL):
             try:
                 envelope = self.store.read_envelope(BADMAIL, mid) if self.store.path(
@@ -674,6 +693,20 @@ class Admin:
             received = envelope.received if envelope else id_time(mid)
             shape.add_badmail(reason_class(reason, envelope), now - received)
         shape.sort()
+        return shape
+
+    def _shape_of(self, folder: str, ids: Iterable[str], now: float) -> QueueShape:
+        """The queue shape of some messages, from their raw envelope fields."""
+        shape = QueueShape()
+        for mid in ids:
+            try:
+                env = self.envelope_fields(folder, mid)
+            except (OSError, ValueError):
+                continue  # moved on while we looked
+            domains = {domain_of(r["address"]).lower() or "(local)" for r in env["recipients"]
+                       if r.get("state", "pending") in ("pending", "deferred")}
+            for domain in sorted(domains):
+                shape.add_domain(domain, now - env["received"])
         return shape
 
     # --- settings and domains ---

@@ -12,9 +12,12 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
+from typing import NamedTuple
 
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
+from relay.fanout import cores
 from relay.folderstats import all_usage, usage_table
 from relay.listing import MatchError, matching
 from relay.qshape import AGE_BUCKETS, ShapeRow
@@ -58,29 +61,48 @@ def format_row(row: MessageSummary) -> list[str]:
 
 
 def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
-    """Rows are written as they are read: the first at once, a million in constant memory."""
+    """Rows are written a chunk at a time as they are read (on every core): the first at
+    once, a million in constant memory."""
     folder = FOLDER_NAMES[args.folder]
+    render = partial(render_rows, as_json=args.json)
     try:
-        rows = matching(admin, folder, args.match) if args.match else \
-            admin.iter_folder(folder, ordered=not args.unsorted)
+        parts = [render(matching(admin, folder, args.match))] if args.match else \
+            admin.folder_parts(folder, render, ordered=not args.unsorted, workers=cores())
     except MatchError as exc:
         print(f"mailroot queue: bad --match: {exc}", file=sys.stderr)
         return 2
-    write_rows(rows, f"in {folder}", as_json=args.json)
+    write_parts(parts, f"in {folder}", as_json=args.json)
     return 0
 
 
+class Rendered(NamedTuple):
+    text: str
+    count: int
+    size: int
+
+
+def render_rows(rows: list[MessageSummary], as_json: bool = False) -> Rendered:
+    """Rows as `mailroot queue` prints them: postqueue -p's layout, or a JSON object a line."""
+    if as_json:
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        text = "".join(encode(row.to_dict()) + "\n" for row in rows)
+    else:
+        text = "".join("\n".join(format_row(row)) + "\n\n" for row in rows)
+    return Rendered(text, len(rows), sum(row.size for row in rows))
+
+
 def write_rows(rows: Iterable[MessageSummary], where: str, as_json: bool = False) -> None:
+    write_parts([render_rows(list(rows), as_json)], where, as_json)
+
+
+def write_parts(parts: Iterable[Rendered], where: str, as_json: bool = False) -> None:
     out = sys.stdout
-    encode = json.JSONEncoder(separators=(",", ":")).encode
     count = size = 0
-    for row in rows:
-        out.write(encode(row.to_dict()) + "\n" if as_json
-                  else "\n".join(format_row(row)) + "\n\n")
-        count += 1
-        size += row.size
-        if count == 1:
-            out.flush()
+    for part in parts:
+        out.write(part.text)
+        out.flush()  # each chunk as it is read: the first lines come at once
+        count += part.count
+        size += part.size
     if not as_json:
         out.write(f"-- {size // 1024} KiB in {count} message{'s' * (count != 1)} {where}\n")
 
@@ -217,7 +239,7 @@ def by_match(action: str, verb: str, by_ids: Callable[[argparse.Namespace, Admin
 
 def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
     """Counts by age, columns headed by their upper bound in minutes as qshape does."""
-    shape = admin.summary()
+    shape = admin.summary(workers=cores())
     names = [r.name for r in shape.domains + shape.badmail]
     width = min(SUMMARY_NAME, max([len(n) for n in names] + [len("minutes up to")]))
     print(f"{'minutes up to':<{width}} {'T':>6}" + "".join(f" {c:>5}" for c in age_labels()))
@@ -233,7 +255,7 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
         for client, count in refused:
             print(f"{_cut(client, width):<{width}} {count:>6}")
     print("\nDisk used by each folder")
-    print("\n".join(usage_table(all_usage(admin.store, time.time()))))
+    print("\n".join(usage_table(all_usage(admin.store, time.time(), workers=cores()))))
     return 0
 
 

@@ -60,20 +60,30 @@ class QueueShape:
     columns: list[str] = field(default_factory=lambda: list(COLUMNS))
     domains: list[ShapeRow] = field(default_factory=list)
     badmail: list[ShapeRow] = field(default_factory=list)
-
-    @staticmethod
-    def _add(rows: list[ShapeRow], name: str, age: float) -> None:
-        row = next((r for r in rows if r.name == name), None)
-        if row is None:
-            row = ShapeRow(name)
-            rows.append(row)
-        row.counts[bucket(age)] += 1
+    _by_name: dict[str, dict[str, ShapeRow]] = field(  # "domains"/"badmail" -> name -> row
+        default_factory=lambda: {"domains": {}, "badmail": {}}, repr=False, compare=False)
 
     def add_domain(self, domain: str, age: float) -> None:
-        self._add(self.domains, domain, age)
+        self._row("domains", domain).counts[bucket(age)] += 1
 
     def add_badmail(self, reason: str, age: float) -> None:
-        self._add(self.badmail, reason, age)
+        self._row("badmail", reason).counts[bucket(age)] += 1
+
+    def add(self, other: QueueShape) -> None:
+        """Add the counts of a shape made of other messages (a part read by another process)."""
+        for table in ("domains", "badmail"):
+            for row in getattr(other, table):
+                counts = self._row(table, row.name).counts
+                counts[:] = [a + b for a, b in zip(counts, row.counts, strict=True)]
+
+    def _row(self, table: str, name: str) -> ShapeRow:
+        """A row of `domains` or `badmail` by name, found in a dict: a million messages are
+        counted one by one."""
+        row = self._by_name[table].get(name)
+        if row is None:
+            row = self._by_name[table][name] = ShapeRow(name)
+            getattr(self, table).append(row)
+        return row
 
     def total(self) -> ShapeRow:
         row = ShapeRow("TOTAL")
