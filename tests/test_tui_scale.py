@@ -5,6 +5,7 @@ running `mailroot serve`), so nothing delivers the queued mail while we look at 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import smtplib
 import threading
@@ -19,7 +20,7 @@ from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 from tests.tui_fixture import hold_lock
 from tests.tui_fixture import until as wait_until
-from tui.app import ConsoleApp
+from tui.app import NO_FULL_PASS, ConsoleApp
 from tui.screens.by_domain import ByDomain
 from tui.screens.confirm import Confirm
 
@@ -99,6 +100,7 @@ async def test_mark_all_matches_then_hold_with_progress_while_keys_answer(attach
     others = fill_queue(root, 1200, domains=20)
     app = ConsoleApp(configmod.load(path))
     gate = gate_holds(app, monkeypatch, after=200)
+    thresholds = gc.get_threshold()
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.index.ready, timeout=30)
         pane = app.dashboard.panes[QUEUE]
@@ -132,9 +134,11 @@ async def test_mark_all_matches_then_hold_with_progress_while_keys_answer(attach
         moved = pane.table.cursor_row == row + 1 or pane.current_id() != key
         await pilot.press("k")
         assert all(answered) and moved  # keys were answered while the bulk action ran
+        assert gc.get_threshold()[2] == NO_FULL_PASS  # gc's full passes wait for quiet times
         gate.set()
         await until(pilot, lambda: app.last_result, timeout=50)
         assert app.last_result == "held 1,800"
+        assert gc.get_threshold() == thresholds  # and come back of their own afterwards
         admin = Admin(app.config)
         assert set(admin.store.ids(HOLD)) == set(grey)
         assert set(admin.store.ids(QUEUE)) == set(others)
