@@ -39,6 +39,7 @@ class Relay:
 
         }))
         self.proc: subprocess.Popen | None = None
+        self.offset, self.began = 0, 0.0  # the event log's size and the time at the start
 
     def _log(self, offset: int = 0) -> bytes:
         """The event log from byte `offset` on."""
@@ -58,8 +59,8 @@ class Relay:
     def start(self, timeout: float = 120) -> float:
         """Start and wait until the relay says it has started; returns the seconds taken.
         The SMTP port is the one its `smtp-listening` event names."""
-        offset = self._log_size()
-        began = time.monotonic()
+        offset = self.offset = self._log_size()
+        began = self.began = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "-c", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -71,6 +72,16 @@ class Relay:
         events = [json.loads(line) for line in self._log(offset).splitlines()]
         self.smtp_port = next(e["port"] for e in events if e.get("event") == "smtp-listening")
         return took
+
+    def settled(self, timeout: float = 600) -> float:
+        """Wait until the start-up work on the queue is done (the queue manager's first scan
+        and the recovery pass, which run beside intake); the seconds since the start."""
+        while not all(f'"event":"{name}"'.encode() in self._log(self.offset)
+                      for name in ("queue-scanned", "recovery-finished")):
+            if time.monotonic() - self.began > timeout:
+                raise RuntimeError("the relay's first scan did not end")
+            time.sleep(0.05)
+        return time.monotonic() - self.began
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -228,10 +228,12 @@ def scale_queue(system: str, ctx: Context) -> dict[str, float]:
     relay = filled_queue(ctx)
     took = relay.start()
     try:
+        settled = relay.settled()  # idle: once the first scan and the recovery pass are done
         cpu, began = tree_cpu_seconds(relay.pid), time.monotonic()
         time.sleep(ctx.params.idle_seconds)
         idle = (tree_cpu_seconds(relay.pid) - cpu) / (time.monotonic() - began) * 100
-        return {"s start": took, "% idle CPU": idle, "MB RSS": tree_rss_mb(relay.pid)}
+        return {"s start": took, "s first scan and recovery done": settled,
+                "% idle CPU": idle, "MB RSS": tree_rss_mb(relay.pid)}
     finally:
         relay.stop()
 
