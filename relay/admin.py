@@ -41,6 +41,7 @@ from relay.store import (
     PICKUP,
     QUEUE,
     TRASH,
+    WAITING,
     Attempt,
     Envelope,
     Link,
@@ -538,7 +539,7 @@ class Admin:
             raise Problem("not requeued: its recipients are still local; it stays in Drop")
         moved = set(local)
         envelope.recipients = [r for r in envelope.recipients
-                               if not (r.address in moved and r.state in ("pending", "deferred"))]
+                               if not (r.address in moved and r.state in WAITING)]
         ops: list[Op] = []
         if remote:
             if src == DROP:
@@ -564,7 +565,7 @@ class Admin:
     def retry_all(self, domain: str | None = None) -> ActionResult:
         ids = [row.id for row in self.list_folder(QUEUE)
                if _domain_matches([r for r in row.recipients
-                                   if r.state in ("pending", "deferred")], domain)]
+                                   if r.state in WAITING], domain)]
         return self.retry(ids)
 
     def _retry_one(self, folder: str, mid: str) -> None:
@@ -704,7 +705,7 @@ class Admin:
             except (OSError, ValueError):
                 continue  # moved on while we looked
             domains = {domain_of(r["address"]).lower() or "(local)" for r in env["recipients"]
-                       if r.get("state", "pending") in ("pending", "deferred")}
+                       if r.get("state", "pending") in WAITING}
             for domain in sorted(domains):
                 shape.add_domain(domain, now - env["received"])
         return shape

@@ -46,9 +46,9 @@ def cores() -> int:
 
 
 def fan_out(work: Callable[[list[str]], Result], ids: Iterable[str],
-            workers: int | None = None) -> Iterator[Result]:
+            workers: int) -> Iterator[Result]:
     """work(chunk) for each chunk of the ids, in order. The first chunk is worked here; the
-    rest, if any, by `workers` forked processes (default: one per core; 1: all here).
+    rest, if any, by `workers` forked processes (1: all here; `cores()`: one per core).
     `work` runs in the workers as this process had it when they were forked, so it may be
     any callable (a closure over an Admin), and its results must pickle."""
     global _work
@@ -57,7 +57,6 @@ def fan_out(work: Callable[[list[str]], Result], ids: Iterable[str],
     if first is None:
         return
     yield work(first)
-    workers = cores() if workers is None else workers
     if workers < 2:
         yield from map(work, parts)
         return

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from relay.address import domain_of
 from relay.config import Duration, Size
 from relay.reasons import reason_class
-from relay.store import BADMAIL, HOLD, QUEUE, TRASH
+from relay.store import BADMAIL, HOLD, QUEUE, TRASH, WAITING
 
 __all__ = ["Entry", "MatchError", "SORTS", "compile_match", "entry_of", "reason_class"]
 
@@ -76,7 +76,7 @@ def _entry(mid: str, folder: str, received: float, size: int, sender: str,
 def entry_of(row) -> Entry:
     """An Entry from an admin MessageSummary (relay.admin builds those from the files)."""
     recipients = tuple(r.address for r in row.recipients)
-    waiting = [r.address for r in row.recipients if r.state in ("pending", "deferred")] \
+    waiting = [r.address for r in row.recipients if r.state in WAITING] \
         if row.folder in (QUEUE, HOLD) else recipients
     return _entry(row.id, row.folder, row.received, row.size, row.sender, recipients, waiting,
                   row.subject, row.attempts, row.next_attempt, row.last_error,
@@ -91,8 +91,8 @@ def read_entry(admin, folder: str, mid: str) -> Entry:
     env = admin.envelope_fields(folder, mid)
     rcpts = env["recipients"]
     recipients = tuple(r["address"] for r in rcpts)
-    waiting = [r["address"] for r in rcpts if r.get("state", "pending") in
-               ("pending", "deferred")] if folder != TRASH else recipients
+    waiting = [r["address"] for r in rcpts if r.get("state", "pending") in WAITING] \
+        if folder != TRASH else recipients
     attempts = env.get("attempts") or []
     return _entry(mid, folder, env["received"], env.get("size", 0), env["sender"], recipients,
                   waiting, env.get("subject", ""), len(attempts),

@@ -75,6 +75,9 @@ def is_id(name: str) -> bool:
 
 # --- the envelope -----------------------------------------------------------------------------
 
+WAITING = ("pending", "deferred")  # recipient states still to be delivered
+
+
 @dataclass
 class Recipient:
     address: str
@@ -122,7 +125,7 @@ class Envelope:
 
     @property
     def pending(self) -> list[Recipient]:
-        return [r for r in self.recipients if r.state in ("pending", "deferred")]
+        return [r for r in self.recipients if r.state in WAITING]
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
