@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from relay import config as configmod
-from relay.store import BADMAIL, DROP, PICKUP, QUEUE, Mailroot
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, Mailroot
 from tests.busy_fixture import build_busy
-from tests.tui_fixture import T0, hold_lock, write_config
+from tests.tui_fixture import T0, hold_lock, until, write_config
 from tui.app import ConsoleApp
-from tui.model import COLUMNS, fit, short_address
+from tui.model import COLUMNS, PAD, fit, short_address
 
 
 @pytest.fixture
@@ -49,6 +49,19 @@ def test_spare_width_goes_to_the_reply_before_extras():
     assert {"age", "to", "next", "attempts"} <= set(shown)
 
 
+@pytest.mark.parametrize("width", [24, 30, 38])
+@pytest.mark.parametrize("folder", [QUEUE, BADMAIL, PICKUP, DROP, HOLD])
+def test_a_pane_too_narrow_for_its_columns_cuts_the_address_not_the_right_edge(folder, width):
+    """Side by side a small pane may be narrower than its never-dropped columns: the recipient
+    is cut (to 16, still naming a domain) and the reply after it, so the row ends on screen."""
+    shown = fit(COLUMNS[folder], width)
+    widths = dict((c.key, w) for c, w in shown)
+    assert "to" in widths and widths["to"] >= 16
+    least = sum(PAD + (16 if c.shorten else 3 if c.flex else c.width)
+                for c in COLUMNS[folder] if not c.drop)
+    assert sum(w + PAD for _, w in shown) <= max(width, least)
+
+
 @pytest.mark.parametrize("width", [8, 12, 16, 20, 30])
 def test_an_address_is_cut_in_its_local_part_never_its_domain(width):
     cut = short_address("user0_119@greylist.test", width)
@@ -59,7 +72,7 @@ def test_an_address_is_cut_in_its_local_part_never_its_domain(width):
     assert short_address("To: application@corp.test +2", 20).endswith("@corp.test +2")
 
 
-@pytest.mark.parametrize("size", [(60, 20), (80, 24), (100, 30)])
+@pytest.mark.parametrize("size", [(60, 20), (80, 24), (100, 30), (160, 48)])
 async def test_queue_shows_recipients_with_their_domain_at_every_size(busy, size):
     root, config = busy
     app = ConsoleApp(config, clock=lambda: T0)
@@ -73,15 +86,25 @@ async def test_queue_shows_recipients_with_their_domain_at_every_size(busy, size
 
 
 async def test_side_by_side_empty_panes_give_their_width_to_busy_ones(busy):
+    """At 160x48 a busy Queue keeps every column an operator reads (age, recipient, attempts,
+    next try, reply) beside a busy Drop and an empty Pickup; emptying Drop widens it again."""
     root, config = busy
-    for path in (root / "Drop").iterdir():
-        path.unlink()  # Drop empty: its column gives width to Queue's
     app = ConsoleApp(config, clock=lambda: T0)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
         panes = app.dashboard.panes
-        assert panes[QUEUE].size.width > panes[DROP].size.width + 10
-        assert "to" in [c.key for c in panes[QUEUE].columns]
+        queue, badmail = panes[QUEUE], panes[BADMAIL]
+        assert {"age", "to", "attempts", "next", "error"} <= {c.key for c in queue.columns}
+        assert {"age", "to", "class", "reason"} <= {c.key for c in badmail.columns}
+        assert queue.size.width > 160 // 2 > panes[PICKUP].size.width + panes[DROP].size.width
+        assert badmail.size.width > 160 // 2 > panes[HOLD].size.width
+        wide = queue.size.width
+        for path in (root / "Drop").iterdir():
+            path.unlink()
+        await until(pilot, lambda: panes[DROP].view.total == 0)
+        await pilot.pause()
+        assert queue.size.width > wide
+        assert max(len(reply) for reply in column(queue, "error")) > 30  # the width went there
 
 
 async def test_ages_and_countdowns_tick_without_a_rebuild(busy):

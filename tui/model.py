@@ -128,12 +128,14 @@ def _state(width: int) -> Column:
 
 
 PAD = 2  # a table cell's padding, one each side
+NARROWEST = 16  # an address cell is never cut narrower: "…@greylist.test" names its domain
 
 
 def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
     """The columns that fit in `width` cells, in order, with their widths: the least needed
     are dropped first, extras before the flexible column has its comfortable width, and the
-    flexible column takes what is left."""
+    flexible column takes what is left. Narrower than what is never dropped, the address
+    column is cut (in its local part, by `short_address`) rather than the pane's right edge."""
     shown = list(columns)
     want = sum(max(0, c.want - c.width) for c in columns if c.flex)
     for column in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
@@ -141,8 +143,16 @@ def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
         if needed <= width:
             break
         shown.remove(column)
-    spare = max(0, width - sum(c.width + PAD for c in shown))
-    return [(c, c.width + spare if c.flex else c.width) for c in shown]
+    spare = width - sum(c.width + PAD for c in shown)
+    if spare >= 0:
+        return [(c, c.width + spare if c.flex else c.width) for c in shown]
+    widths = {c.key: c.width for c in shown}  # too narrow even for what is never dropped:
+    for giving, least in ((lambda c: c.shorten, NARROWEST), (lambda c: c.flex, 3)):
+        for c in filter(giving, shown):  # the addresses give way, then the reply, not the edge
+            cut = min(-spare, max(0, widths[c.key] - least))
+            widths[c.key] -= cut
+            spare += cut
+    return [(c, widths[c.key]) for c in shown]
 
 
 MARK = _col("mark", " ", 1, lambda r, now: "")

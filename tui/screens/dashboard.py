@@ -1,5 +1,5 @@
-"""The dashboard: one pane per folder (tabs when narrow, a grid when wide), the status line
-and the activity pane."""
+"""The dashboard: one pane per folder (tabs when narrow, two rows side by side when wide), the
+status line and the activity pane."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from dataclasses import replace
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Container, Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, ProgressBar, Static, Tab, Tabs
 
 from relay.folderstats import all_usage, usage_table
-from relay.store import FOLDERS, HOLD, PICKUP, QUEUE, TRASH
+from relay.store import BADMAIL, FOLDERS, HOLD, PICKUP, QUEUE, TRASH
 from tui.actions import DASHBOARD, Act, Guarded, bindings
 from tui.bulk import VERBS, plural
 from tui.screens.confirm import Confirm
@@ -27,6 +27,8 @@ from tui.widgets.status import StatusBar
 
 WIDE = 120  # columns from which all panes show side by side
 VIEWS = (*FOLDERS, TRASH)  # Trash last: deleted messages, until undeleted or purged
+ACTED_ON = (QUEUE, BADMAIL)  # side by side, these take the most width when they hold mail
+ROWS = (VIEWS[:3], VIEWS[3:])  # side by side: Pickup Queue Drop over Badmail Hold Trash, activity
 
 
 class Dashboard(Guarded, Screen):
@@ -39,7 +41,7 @@ class Dashboard(Guarded, Screen):
                       for i, folder in enumerate(VIEWS)}
         self.panes[TRASH].add_class("trash")
         self.active = QUEUE
-        self.grid_columns = ""  # the shares of width side by side, as last set
+        self.widths: dict[str, str | None] = {}  # each pane's share of its row, as last set
 
     def compose(self) -> ComposeResult:
         yield Static(id="header", markup=False)
@@ -48,9 +50,12 @@ class Dashboard(Guarded, Screen):
                     active=f"tab-{self.active.lower()}")
         tabs.can_focus = False
         yield tabs
-        with Container(id="folders"):
-            yield from self.panes.values()
-            yield ActivityLog(id="activity", max_lines=500)
+        with Vertical(id="folders"):
+            for row, folders in zip(("top", "bottom"), ROWS):
+                with Horizontal(id=f"row-{row}", classes="row"):
+                    yield from (self.panes[f] for f in folders)
+                    if row == "bottom":
+                        yield ActivityLog(id="activity", max_lines=500)
         with Horizontal(id="bulk"):
             yield Static(id="bulk-label", markup=False)
             yield ProgressBar(id="bulk-bar", show_eta=False)
@@ -72,6 +77,7 @@ class Dashboard(Guarded, Screen):
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
+        self.share_width()
         self.call_after_refresh(self.redraw_stale)
         self.call_after_refresh(self.query_one("#activity", ActivityLog).scroll_end, animate=False)
 
@@ -108,15 +114,17 @@ class Dashboard(Guarded, Screen):
             pane.tick()
 
     def share_width(self) -> None:
-        """Side by side, a grid column whose folders are empty gives its width to the busy:
-        1 share when empty, 3 when it holds mail, at least 2 for the activity pane's."""
-        grid = [[f for i, f in enumerate(FOLDERS) if i % 3 == column] for column in range(3)]
-        shares = [3 if any(self.panes[f].view.total for f in folders) else 2 if column == 2
-                  else 1 for column, folders in enumerate(grid)]
-        wanted = " ".join(f"{n}fr" for n in shares)
-        if wanted != self.grid_columns:
-            self.grid_columns = wanted
-            self.query_one("#folders").styles.grid_columns = wanted
+        """Side by side, each row shares its width among its panes by what they hold: an
+        empty pane has 1 share, one with mail 2, and Queue and Badmail with mail 4 (the
+        folders an operator acts on; the activity pane has 2). So a busy Queue is not squeezed
+        by an empty Pickup or Drop. Narrow, one pane takes the whole width."""
+        wide = self.has_class("wide")
+        for folder, pane in self.panes.items():
+            busy = 4 if folder in ACTED_ON else 2
+            width = f"{busy if pane.view.total else 1}fr" if wide else None
+            if self.widths.get(folder, "") != width:
+                self.widths[folder] = width
+                pane.styles.width = width
 
     def activity(self, lines: list[str]) -> None:
         self.query_one("#activity", ActivityLog).write_lines(lines)
@@ -144,6 +152,8 @@ class Dashboard(Guarded, Screen):
         for name, pane in self.panes.items():
             pane.set_class(name == folder, "active")
         self.query_one(Tabs).active = f"tab-{folder.lower()}"
+        for row, folders in zip(("top", "bottom"), ROWS):
+            self.query_one(f"#row-{row}").set_class(folder in folders, "has-active")
         if self.pane.stale:
             self.pane.stale = False
             self.pane.redraw()
