@@ -28,7 +28,7 @@ from tui.widgets.status import StatusBar
 WIDE = 120  # columns from which all panes show side by side
 VIEWS = (*FOLDERS, TRASH)  # Trash last: deleted messages, until undeleted or purged
 ACTED_ON = (QUEUE, BADMAIL)  # side by side, these take the most width when they hold mail
-ROWS = (VIEWS[:3], VIEWS[3:])  # side by side: Pickup Queue Drop over Badmail Hold Trash, activity
+ROWS = {"top": VIEWS[:3], "bottom": VIEWS[3:]}  # side by side: Pickup Queue Drop over Badmail Hold Trash, activity
 
 
 class Dashboard(Guarded, Screen):
@@ -51,7 +51,7 @@ class Dashboard(Guarded, Screen):
         tabs.can_focus = False
         yield tabs
         with Vertical(id="folders"):
-            for row, folders in zip(("top", "bottom"), ROWS):
+            for row, folders in ROWS.items():
                 with Horizontal(id=f"row-{row}", classes="row"):
                     yield from (self.panes[f] for f in folders)
                     if row == "bottom":
@@ -152,7 +152,7 @@ class Dashboard(Guarded, Screen):
         for name, pane in self.panes.items():
             pane.set_class(name == folder, "active")
         self.query_one(Tabs).active = f"tab-{folder.lower()}"
-        for row, folders in zip(("top", "bottom"), ROWS):
+        for row, folders in ROWS.items():
             self.query_one(f"#row-{row}").set_class(folder in folders, "has-active")
         if self.pane.stale:
             self.pane.stale = False
