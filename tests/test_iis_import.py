@@ -58,34 +58,64 @@ def test_smart_host_with_direct_delivery_first(tmp_path) -> None:
     assert main(["check", "-c", str(out)]) == 0
 
 
+# What full.xml imports to, key by key.
+FULL = {
+    "domains": {
+        "local": {"default": "example.com", "aliases": ["example.net", "example.org"]},
+        "remote": {"partner.example": {"smarthost": "relay.partner.example",
+                                       "tls": "require"}},
+    },
+    "delivery": {
+        "retry": ["5m", "10m", "30m", "1h"],  # the server's own, not the service's
+        "delay_notification": "4h", "expiration": "1d",
+        "local": {"delay_notification": "6h", "expiration": "3d"},  # 360 and 4320 minutes
+        "max_hop_count": 30,
+        "max_connections": 500, "max_connections_per_domain": 20,
+        "messages_per_connection": 50,  # MaxBatchedMessages
+        "timeout": "2m",
+        "ndr_copy_to": "postmaster@example.com", "masquerade_domain": "example.com",
+    },
+    "smtp": {
+        "listen": ["192.168.10.5:25", "127.0.0.1:2525"],
+        "relay": {"allow": ["192.168.10.25/32", "10.1.0.0/16"],
+                  "allow_authenticated": False},
+        "max_message_size": "10MiB", "max_session_size": "50MiB", "max_recipients": 500,
+        "timeout": "5m",
+    },
+}
+AUTH_FLAGS_LINE = ("not imported: AuthFlags=AuthBasic | AuthAnonymous — AUTH used Windows "
+                   "accounts: add users with `mailroot passwd USER` and set "
+                   "smtp.auth.users_file (AUTH PLAIN/LOGIN only)")
+
+
 def test_aliases_remote_domain_retries_limits_and_relay_list(tmp_path, capsys) -> None:
     code, imported, out = run_import(tmp_path, HERE / "full.xml")
     assert code == 0, capsys.readouterr().err
-    assert imported == {
-        "domains": {
-            "local": {"default": "example.com", "aliases": ["example.net", "example.org"]},
-            "remote": {"partner.example": {"smarthost": "relay.partner.example",
-                                           "tls": "require"}},
-        },
-        "delivery": {
-            "retry": ["5m", "10m", "30m", "1h"],  # the server's own, not the service's
-            "delay_notification": "4h", "expiration": "1d", "max_hop_count": 30,
-            "max_connections_per_domain": 20, "timeout": "2m",
-            "ndr_copy_to": "postmaster@example.com", "masquerade_domain": "example.com",
-        },
-        "smtp": {
-            "listen": ["192.168.10.5:25", "127.0.0.1:2525"],
-            "relay": {"allow": ["192.168.10.25/32", "10.1.0.0/16"],
-                      "allow_authenticated": False},
-            "max_message_size": "10MiB", "max_session_size": "50MiB", "max_recipients": 500,
-            "timeout": "5m",
-        },
-    }
+    assert imported == FULL
     err = capsys.readouterr().err
     assert "not imported: AllowVerify=TRUE — VRFY is never offered" in err
+    assert AUTH_FLAGS_LINE in err.splitlines()
     assert "--server 2" in err
     assert "AllowVerify=TRUE — VRFY is never offered" in out.read_text()
     assert main(["check", "-c", str(out)]) == 0
+
+
+def test_dry_run_prints_the_config_and_the_report_and_writes_nothing(
+        tmp_path, monkeypatch, capsys) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # where ./mailroot.yaml, the default output, would go
+    assert main(["import-iis", str(HERE / "full.xml"), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out) == FULL
+    assert "#   AllowVerify=TRUE — VRFY is never offered" in out  # the report in the header
+    assert "not imported: AllowVerify=TRUE — VRFY is never offered" in err
+    assert AUTH_FLAGS_LINE in err.splitlines()
+    assert "(dry run, nothing written)" in err
+    assert list(work.iterdir()) == []
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(out)
+    assert main(["check", "-c", str(printed)]) == 0  # what it printed is a valid config
 
 
 def test_second_virtual_server_by_number(tmp_path) -> None:
