@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 import yaml
 
 from relay import metabase
@@ -143,8 +144,28 @@ def _deny_list() -> str:
             + struct.pack("<6I", 0, 0, 0, 0, 0, 0) + bytes([255, 0, 0, 0, 10, 0, 0, 0])).hex()
 
 
-def test_a_deny_list_imports_no_relay_list_and_says_so(tmp_path, capsys) -> None:
-    raw = _deny_list().upper()
+def _full_list(offset: int, dword: int) -> str:
+    """full.xml's relay list (grant 192.168.10.25 and 10.1.0.0/16) with one DWORD changed."""
+    raw = metabase.parse(HERE / "full.xml").server().properties["RelayIpList"]
+    data = bytearray.fromhex(raw)
+    struct.pack_into("<I", data, offset, dword)
+    return data.hex().upper()
+
+
+REFUSED_LISTS = {
+    "deny list": (_deny_list().upper(), "mailroot has no deny list"),
+    "not hex": ("192.168.10.25/32", "it is not a hex octet string"),
+    # offset 16 holds 1 in every published list; what another value means is not known
+    "flag at offset 16": (_full_list(16, 2), "the DWORD at offset 16 is 2, not the 1"),
+    # the list headers by DNS name are at 0x50 (deny) and 0x58 (grant): one entry in each
+    "deny by name": (_full_list(0x50, 1), "it has a deny list by DNS name"),
+    "grant by name": (_full_list(0x58, 1), "it has a grant list by DNS name"),
+}
+
+
+@pytest.mark.parametrize("raw,reason", REFUSED_LISTS.values(), ids=REFUSED_LISTS)
+def test_a_relay_list_in_doubt_imports_no_relay_list_and_says_so(tmp_path, capsys, raw,
+                                                                   reason) -> None:
     source = tmp_path / "MetaBase.xml"
     source.write_text(metabase_text("full.xml", **{
         'RelayIpList="': f'RelayIpList="{raw}" Old="'}))
@@ -153,8 +174,10 @@ def test_a_deny_list_imports_no_relay_list_and_says_so(tmp_path, capsys) -> None
     assert "allow" not in imported["smtp"]["relay"]  # nobody relays by address
     assert imported["smtp"]["relay"]["allow_authenticated"] is False
     err = capsys.readouterr().err
-    assert "problem: RelayIpList=" in err and "mailroot has no deny list" in err
-    assert raw in out.read_text()  # the raw value is kept in a comment
+    problem = next(line for line in err.splitlines() if line.startswith("problem: RelayIpList="))
+    assert "no client may relay by address until you set smtp.relay.allow" in problem
+    assert reason in problem
+    assert f"RelayIpList (raw, not imported): {raw}" in out.read_text()  # kept in a comment
     assert main(["check", "-c", str(out)]) == 0
 
 
