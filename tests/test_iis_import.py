@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from relay import config as configmod
 from relay import metabase
 from relay.cli import main
-from relay.config import Config
 from tests.conftest import drop_file, sample, wait_for
 
 HERE = Path(__file__).resolve().parent / "metabase"
@@ -239,7 +239,18 @@ def test_a_relay_on_an_imported_config_delivers_to_drop_and_the_smart_host(
         assert b"X-Receiver: alice@yourdomain.com" in dropped
     finally:
         relay.stop()
-    assert Config().smtp.max_message_size == 2048 * 1024  # what the default install said
+    # What the relay ran on: the default install's values, as mailroot's defaults.
+    loaded = configmod.load(out)
+    assert loaded.smtp.max_message_size == 2097152  # MaxMessageSize
+    assert loaded.smtp.max_session_size == 10485760  # MaxSessionSize
+    assert loaded.smtp.max_recipients == 100
+    assert [int(d) for d in loaded.delivery.retry] == [900, 1800, 3600, 14400]  # 15,30,60,240
+    assert (int(loaded.delivery.delay_notification), int(loaded.delivery.expiration)) == (
+        720 * 60, 2880 * 60)
+    assert (int(loaded.delivery.local.delay_notification),
+            int(loaded.delivery.local.expiration)) == (720 * 60, 2880 * 60)
+    assert loaded.delivery.max_hop_count == 15
+    assert (loaded.delivery.smarthost.host, loaded.delivery.port) == ("127.0.0.1", hop.port)
 
 
 def test_outbound_security_and_a_moved_drop_folder_are_reported(tmp_path, capsys) -> None:
