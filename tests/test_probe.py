@@ -191,6 +191,20 @@ def test_probe_send_ends_with_the_reply_when_deferred(relay, dns_server, sink,
     assert "451 4.2.2 mailbox busy (in reply to RCPT TO)" in text
 
 
+def test_probe_send_ends_with_badmail_and_the_reason(relay, dns_server, sink, capsys) -> None:
+    hop = sink()
+    hop.rcpt_replies[f"gone@{REMOTE}"] = "550 5.1.1 no such user here"
+    r = relay(delivery_config(dns_server, hop.port))
+    assert main(["probe", "-c", str(r.config), "--send", f"gone@{REMOTE}",
+                 "--timeout", "20"]) == 1
+    out = lines_of(capsys)
+    end = out[-1]
+    assert "==  Badmail: delivery failed for <gone@remote.example>: " in end, out
+    assert "550 5.1.1 no such user here" in end
+    assert "NDR " in end and "to postmaster@yourdomain.com" in end
+    assert r.files("Badmail", "*.BAD") and hop.messages == []
+
+
 def test_probe_send_without_a_running_relay_writes_nothing(write_config, tmp_path,
                                                            capsys) -> None:
     assert main(["probe", "-c", str(write_config()), "--send", "a@yourdomain.com"]) == 1
