@@ -13,6 +13,8 @@ from tests.test_delivery import REMOTE, delivery_config
 from tests.test_delivery_tls import server_tls
 from tests.test_tui import SIZE, until
 from tui.app import ConsoleApp
+from tui.screens.help import Help
+from tui.screens.inspector import Inspector
 from tui.screens.probe import ProbeScreen
 from tui.screens.route import RouteScreen
 
@@ -65,6 +67,38 @@ async def test_palette_route_and_enter_on_a_recipient_explains_it(write_config, 
         assert "01JBBBBBBBBBBBBB in Queue: pending" in text
         await pilot.press("escape")
         assert app.screen is app.dashboard
+
+
+async def test_w_in_the_inspector_lists_the_recipients_and_enter_explains_one(
+        write_config, dns_server, tmp_path):
+    dns_server.mx(REMOTE, (10, f"mx.{REMOTE}"))
+    dns_server.a(f"mx.{REMOTE}", "127.0.0.1")
+    path = write_config({"dns": {"port": dns_server.port}})
+    mid = queued(tmp_path / "mailroot", "alice@alias.test", f"bob@{REMOTE}")
+    app = ConsoleApp(configmod.load(path), readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: app.dashboard.panes[QUEUE].table.row_count == 1)
+        await pilot.press("enter")  # a Queue row opens the inspector
+        await until(pilot, lambda: isinstance(app.screen, Inspector))
+        inspector = app.screen
+        await pilot.press("question_mark")  # the help lists the key
+        await until(pilot, lambda: isinstance(app.screen, Help))
+        assert any(a.keys == "w" and a.title == "Where does it go" for a in app.screen.acts)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is inspector)
+        await pilot.press("w")
+        await until(pilot, lambda: isinstance(app.screen, RouteScreen))
+        screen = app.screen
+        assert screen.recipients == ["alice@alias.test", f"bob@{REMOTE}"]
+        await pilot.press("down", "enter")  # the second recipient
+        await until(pilot, lambda: "verdict" in text_of(screen, "#route-text"))
+        text = text_of(screen, "#route-text")
+        assert text.startswith(f"bob@{REMOTE}\n")
+        assert f"10 mx.{REMOTE} [127.0.0.1], TTL 300s" in text
+        assert f"{mid} in Queue: pending" in text
+        await pilot.press("escape")  # back to the message it came from
+        assert app.screen is inspector
 
 
 async def test_probe_screen_shows_the_transcript_live_and_sends_no_data(
