@@ -94,6 +94,7 @@ class Probe:
         self.config = config
         self.on_step = on_step
         self.start = time.monotonic()
+        self.sender = ""  # of the test message --send writes
         self.verifying, self.opportunistic = _tls_contexts(config.delivery.ca_file)
 
     def step(self, kind: str, text: str, meaning: str = "", took: float | None = None) -> Step:
@@ -266,6 +267,7 @@ class Probe:
                                "serve) and probe again; nothing was written")
             return False
         log = LogFollower.at_end(store.log_dir / LOG_NAME)
+        self.sender = sender
         try:
             name = write_pickup(store, self._test_message(address, sender))
             self.step("info", f"wrote Pickup/{name} (relay: {holder})")
@@ -308,10 +310,14 @@ class Probe:
             self.step("done", f"deferred by {event.get('host') or 'no host'}: "
                               f"{event.get('reply')}", "it stays in Queue and is retried")
             return True
-        if kind in ("failed", "bounced"):
-            self.step("done" if kind == "bounced" else "event",
-                      f"{kind}: {event.get('reason') or event.get('reply')}")
-            return kind == "bounced"
+        if kind == "bounced":  # moved to Badmail, with the reason in its .BAD file
+            ndr = event.get("ndr")
+            self.step("done", f"Badmail: {event.get('reason')}",
+                      f"NDR {ndr} to {self.sender}" if ndr else event.get("detail", "no NDR"))
+            return True
+        if kind == "failed":
+            self.step("event", f"failed: {event.get('reply')}")
+            return False
         self.step("event", f"{kind}: {event.get('reply') or event.get('reason') or ''}")
         return False
 

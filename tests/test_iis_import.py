@@ -6,11 +6,12 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 import yaml
 
+from relay import config as configmod
 from relay import metabase
 from relay.cli import main
-from relay.config import Config
 from tests.conftest import drop_file, sample, wait_for
 
 HERE = Path(__file__).resolve().parent / "metabase"
@@ -58,34 +59,64 @@ def test_smart_host_with_direct_delivery_first(tmp_path) -> None:
     assert main(["check", "-c", str(out)]) == 0
 
 
+# What full.xml imports to, key by key.
+FULL = {
+    "domains": {
+        "local": {"default": "example.com", "aliases": ["example.net", "example.org"]},
+        "remote": {"partner.example": {"smarthost": "relay.partner.example",
+                                       "tls": "require"}},
+    },
+    "delivery": {
+        "retry": ["5m", "10m", "30m", "1h"],  # the server's own, not the service's
+        "delay_notification": "4h", "expiration": "1d",
+        "local": {"delay_notification": "6h", "expiration": "3d"},  # 360 and 4320 minutes
+        "max_hop_count": 30,
+        "max_connections": 500, "max_connections_per_domain": 20,
+        "messages_per_connection": 50,  # MaxBatchedMessages
+        "timeout": "2m",
+        "ndr_copy_to": "postmaster@example.com", "masquerade_domain": "example.com",
+    },
+    "smtp": {
+        "listen": ["192.168.10.5:25", "127.0.0.1:2525"],
+        "relay": {"allow": ["192.168.10.25/32", "10.1.0.0/16"],
+                  "allow_authenticated": False},
+        "max_message_size": "10MiB", "max_session_size": "50MiB", "max_recipients": 500,
+        "timeout": "5m",
+    },
+}
+AUTH_FLAGS_LINE = ("not imported: AuthFlags=AuthBasic | AuthAnonymous — AUTH used Windows "
+                   "accounts: add users with `mailroot passwd USER` and set "
+                   "smtp.auth.users_file (AUTH PLAIN/LOGIN only)")
+
+
 def test_aliases_remote_domain_retries_limits_and_relay_list(tmp_path, capsys) -> None:
     code, imported, out = run_import(tmp_path, HERE / "full.xml")
     assert code == 0, capsys.readouterr().err
-    assert imported == {
-        "domains": {
-            "local": {"default": "example.com", "aliases": ["example.net", "example.org"]},
-            "remote": {"partner.example": {"smarthost": "relay.partner.example",
-                                           "tls": "require"}},
-        },
-        "delivery": {
-            "retry": ["5m", "10m", "30m", "1h"],  # the server's own, not the service's
-            "delay_notification": "4h", "expiration": "1d", "max_hop_count": 30,
-            "max_connections_per_domain": 20, "timeout": "2m",
-            "ndr_copy_to": "postmaster@example.com", "masquerade_domain": "example.com",
-        },
-        "smtp": {
-            "listen": ["192.168.10.5:25", "127.0.0.1:2525"],
-            "relay": {"allow": ["192.168.10.25/32", "10.1.0.0/16"],
-                      "allow_authenticated": False},
-            "max_message_size": "10MiB", "max_session_size": "50MiB", "max_recipients": 500,
-            "timeout": "5m",
-        },
-    }
+    assert imported == FULL
     err = capsys.readouterr().err
     assert "not imported: AllowVerify=TRUE — VRFY is never offered" in err
+    assert AUTH_FLAGS_LINE in err.splitlines()
     assert "--server 2" in err
     assert "AllowVerify=TRUE — VRFY is never offered" in out.read_text()
     assert main(["check", "-c", str(out)]) == 0
+
+
+def test_dry_run_prints_the_config_and_the_report_and_writes_nothing(
+        tmp_path, monkeypatch, capsys) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # where ./mailroot.yaml, the default output, would go
+    assert main(["import-iis", str(HERE / "full.xml"), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out) == FULL
+    assert "#   AllowVerify=TRUE — VRFY is never offered" in out  # the report in the header
+    assert "not imported: AllowVerify=TRUE — VRFY is never offered" in err
+    assert AUTH_FLAGS_LINE in err.splitlines()
+    assert "(dry run, nothing written)" in err
+    assert list(work.iterdir()) == []
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(out)
+    assert main(["check", "-c", str(printed)]) == 0  # what it printed is a valid config
 
 
 def test_second_virtual_server_by_number(tmp_path) -> None:
@@ -113,8 +144,28 @@ def _deny_list() -> str:
             + struct.pack("<6I", 0, 0, 0, 0, 0, 0) + bytes([255, 0, 0, 0, 10, 0, 0, 0])).hex()
 
 
-def test_a_deny_list_imports_no_relay_list_and_says_so(tmp_path, capsys) -> None:
-    raw = _deny_list().upper()
+def _full_list(offset: int, dword: int) -> str:
+    """full.xml's relay list (grant 192.168.10.25 and 10.1.0.0/16) with one DWORD changed."""
+    raw = metabase.parse(HERE / "full.xml").server().properties["RelayIpList"]
+    data = bytearray.fromhex(raw)
+    struct.pack_into("<I", data, offset, dword)
+    return data.hex().upper()
+
+
+REFUSED_LISTS = {
+    "deny list": (_deny_list().upper(), "mailroot has no deny list"),
+    "not hex": ("192.168.10.25/32", "it is not a hex octet string"),
+    # offset 16 holds 1 in every published list; what another value means is not known
+    "flag at offset 16": (_full_list(16, 2), "the DWORD at offset 16 is 2, not the 1"),
+    # the list headers by DNS name are at 0x50 (deny) and 0x58 (grant): one entry in each
+    "deny by name": (_full_list(0x50, 1), "it has a deny list by DNS name"),
+    "grant by name": (_full_list(0x58, 1), "it has a grant list by DNS name"),
+}
+
+
+@pytest.mark.parametrize("raw,reason", REFUSED_LISTS.values(), ids=REFUSED_LISTS)
+def test_a_relay_list_in_doubt_imports_no_relay_list_and_says_so(tmp_path, capsys, raw,
+                                                                   reason) -> None:
     source = tmp_path / "MetaBase.xml"
     source.write_text(metabase_text("full.xml", **{
         'RelayIpList="': f'RelayIpList="{raw}" Old="'}))
@@ -123,8 +174,10 @@ def test_a_deny_list_imports_no_relay_list_and_says_so(tmp_path, capsys) -> None
     assert "allow" not in imported["smtp"]["relay"]  # nobody relays by address
     assert imported["smtp"]["relay"]["allow_authenticated"] is False
     err = capsys.readouterr().err
-    assert "problem: RelayIpList=" in err and "mailroot has no deny list" in err
-    assert raw in out.read_text()  # the raw value is kept in a comment
+    problem = next(line for line in err.splitlines() if line.startswith("problem: RelayIpList="))
+    assert "no client may relay by address until you set smtp.relay.allow" in problem
+    assert reason in problem
+    assert f"RelayIpList (raw, not imported): {raw}" in out.read_text()  # kept in a comment
     assert main(["check", "-c", str(out)]) == 0
 
 
@@ -186,7 +239,18 @@ def test_a_relay_on_an_imported_config_delivers_to_drop_and_the_smart_host(
         assert b"X-Receiver: alice@yourdomain.com" in dropped
     finally:
         relay.stop()
-    assert Config().smtp.max_message_size == 2048 * 1024  # what the default install said
+    # What the relay ran on: the default install's values, as mailroot's defaults.
+    loaded = configmod.load(out)
+    assert loaded.smtp.max_message_size == 2097152  # MaxMessageSize
+    assert loaded.smtp.max_session_size == 10485760  # MaxSessionSize
+    assert loaded.smtp.max_recipients == 100
+    assert [int(d) for d in loaded.delivery.retry] == [900, 1800, 3600, 14400]  # 15,30,60,240
+    assert (int(loaded.delivery.delay_notification), int(loaded.delivery.expiration)) == (
+        720 * 60, 2880 * 60)
+    assert (int(loaded.delivery.local.delay_notification),
+            int(loaded.delivery.local.expiration)) == (720 * 60, 2880 * 60)
+    assert loaded.delivery.max_hop_count == 15
+    assert (loaded.delivery.smarthost.host, loaded.delivery.port) == ("127.0.0.1", hop.port)
 
 
 def test_outbound_security_and_a_moved_drop_folder_are_reported(tmp_path, capsys) -> None:

@@ -35,11 +35,14 @@ def test_default_domain_goes_to_drop(route) -> None:
     assert "goes to     Drop (local delivery" in text
 
 
-def test_alias_domain_goes_to_drop_naming_the_rule(route) -> None:
-    code, data, _ = route("bob@alias.test")
+def test_alias_domain_goes_to_drop_naming_the_rule(route, tmp_path) -> None:
+    code, data, text = route("bob@alias.test")
     assert code == 0
     assert data["kind"] == "local"
     assert data["rule"] == "alias.test is in domains.local.aliases"
+    drop = tmp_path / "mailroot" / "Drop"
+    assert data["destination"] == f"Drop (local delivery: a file in {drop})"
+    assert f"goes to     Drop (local delivery: a file in {drop})" in text
 
 
 def test_remote_via_mx_with_two_preferences(route, dns_server) -> None:
@@ -100,14 +103,38 @@ def test_smart_host_for_all_remote_mail(route, dns_server) -> None:
     assert "delivery.smarthost (all remote mail)" in text
 
 
-def test_per_domain_smart_host_and_tls_require(route, dns_server) -> None:
+def test_per_domain_smart_host(route, dns_server) -> None:
     dns_server.mx("partner.test", (10, "mx1.partner.test"))
-    code, data, text = route("ivy@partner.test", {"domains": {"remote": {"partner.test": {
-        "smarthost": "127.0.0.1:2700", "tls": "require"}}}})
+    dns_server.a("mx1.partner.test", "127.0.0.11")
+    extra = {"domains": {"remote": {"partner.test": {"smarthost": "127.0.0.1:2700"}}}}
+    code, data, text = route("ivy@partner.test", extra)
     assert code == 0
+    assert data["smarthost"] == "127.0.0.1:2700"
     assert data["smarthost_rule"] == "domains.remote.partner.test.smarthost"
+    assert data["destination"] == "smart host 127.0.0.1:2700"
+    assert [(m["host"], m["addresses"]) for m in data["mx"]] == [("127.0.0.1", ["127.0.0.1"])]
+    assert ("partner.test.", "MX") not in dns_server.queries  # its MX is not what counts
+    assert "smart host  127.0.0.1:2700 (domains.remote.partner.test.smarthost)" in text
+    assert "goes to     smart host 127.0.0.1:2700" in text
+    # Another remote domain still goes to its MX.
+    dns_server.mx("other.test", (10, "mx.other.test"))
+    dns_server.a("mx.other.test", "127.0.0.12")
+    code, data, _ = route("jo@other.test", extra)
+    assert code == 0
+    assert (data["smarthost"], data["destination"]) == ("", "MX mx.other.test (preference 10)")
+    assert ("other.test.", "MX") in dns_server.queries
+
+
+def test_per_domain_tls_require(route, dns_server) -> None:
+    dns_server.mx("partner.test", (10, "mx1.partner.test"))
+    dns_server.a("mx1.partner.test", "127.0.0.11")
+    code, data, text = route("ivy@partner.test", {"domains": {"remote": {"partner.test": {
+        "tls": "require"}}}})
+    assert code == 0
     assert (data["tls"], data["tls_source"]) == ("require", "domains.remote.partner.test.tls")
-    assert "require (from domains.remote.partner.test.tls)" in text
+    assert "TLS         require (from domains.remote.partner.test.tls)" in text
+    assert data["destination"] == "MX mx1.partner.test (preference 10)"
+    assert data["smarthost"] == ""
 
 
 def test_mail_waiting_in_queue_shows_its_state_and_next_attempt(route, tmp_path) -> None:

@@ -88,6 +88,8 @@ INSPECTOR = [
     Act("v", "raw", "Raw message", "the message exactly as stored", label="raw"),
     Act("r", "requeue", "Requeue", "this message back to delivery, routed by today's domains",
         mutating=True, label="requeue"),
+    Act("w", "route", "Where does it go", "each recipient's route now: rule, smart host or "
+        "MX, TLS; enter on one explains it", footer=False),
     Act("escape", "back", "Back", "from the raw message to the summary, then the dashboard",
         label="back"),
     Act("j", "scroll('down')", "Scroll down", footer=False),
@@ -124,9 +126,15 @@ SETTINGS = [
 
 class Guarded:
     """Screen mixin: in --readonly, mutating actions are hidden (footer, help, palette) and
-    refused (their keys do nothing)."""
+    refused (their keys do nothing). It also holds the actions more than one screen can bind."""
 
     ACTS: list[Act] = []
+
+    def action_route(self) -> None:
+        """Where does it go: the route screen, listing the recipients of the message in view."""
+        from tui.screens.route import open_route
+
+        open_route(self.app)  # type: ignore[attr-defined]
 
     def offered(self) -> list[Act]:
         """The acts the footer shows now."""

@@ -1,7 +1,7 @@
 """Where does mail to this address go, and why? The console's `mailroot route`.
 
-Opened from the command palette. When a message is under the cursor (or open in the
-inspector), its recipients are listed: `enter` on one explains its route. `ctrl+t` probes the
+Opened from the command palette, or with `w` in the inspector. When a message is under the
+cursor (or open in the inspector), its recipients are listed: `enter` on one explains its route. `ctrl+t` probes the
 address's first hop (tui/screens/probe.py).
 """
 
@@ -38,6 +38,11 @@ def current_recipients(app) -> list[str]:
         except (LookupError, OSError, ValueError):
             return []  # a Pickup file (no envelope yet) or gone meanwhile
     return []
+
+
+def open_route(app) -> None:
+    """The route screen for the message in view: its recipients listed, enter explains one."""
+    app.push_screen(RouteScreen(recipients=current_recipients(app)))
 
 
 def verdict_style(line: str) -> str:
@@ -125,15 +130,13 @@ class RouteCommands(Provider):
 
         app = self.app
 
-        def route() -> None:
-            app.push_screen(RouteScreen(recipients=current_recipients(app)))
-
         def probe() -> None:
             recipients = current_recipients(app)
             app.push_screen(ProbeScreen(recipients[0] if recipients else ""))
 
         return [("Explain route for an address  [route]",
-                 "where mail to it goes now and why (enter on a recipient)", route),
+                 "where mail to it goes now and why (enter on a recipient)",
+                 lambda: open_route(app)),
                 ("Probe an address's first hop  [probe]",
                  "live SMTP transcript without DATA; ctrl+s sends a test message",
                  probe)]
