@@ -50,9 +50,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         write_atomic(out, text)
     for line in iis_import.report_lines(result):
         print(line, file=sys.stderr)
-    where = "(dry run, nothing written)" if args.dry_run else f"written to {out}"
-    print(f"imported {result.server} from {args.metabase} {where}; check it with: "
-          f"mailroot check -c {out}", file=sys.stderr)
+    if args.dry_run:
+        print(f"imported {result.server} from {args.metabase} (dry run, nothing written)",
+              file=sys.stderr)
+    else:
+        print(f"imported {result.server} from {args.metabase} written to {out}; check it "
+              f"with: mailroot check -c {out}", file=sys.stderr)
     return 1 if result.problems else 0
 
 

@@ -183,3 +183,55 @@ async def test_a_pickup_file_shows_its_to_field_and_why_it_waits(busy):
             pane = app.dashboard.panes[PICKUP]
             assert column(pane, "to") == ["boss@corp.test"]
             assert column(pane, "state") == ["… writing"]
+
+
+def low_contrast_text(app) -> list[tuple[float, str]]:
+    """Every run of text on screen (letters or digits) whose colours are below WCAG AA, as
+    the screen draws it: over a dialog, only the dialog (what is behind it is dimmed on
+    purpose). Dim text counts as halfway to its background."""
+    from textual.color import Color
+
+    from tui.theme import contrast
+
+    dialog = next(iter(app.screen.query(".dialog")), None)
+    region = dialog.region if dialog is not None else app.screen.region
+    low = []
+    for y, strip in enumerate(app.screen._compositor.render_strips()):
+        x = 0
+        for segment in strip:
+            text, style, x0 = segment.text, segment.style, x
+            x += segment.cell_length
+            if not (style and region.contains(x0, y) and any(c.isalnum() for c in text)):
+                continue
+            fg, bg = (Color.from_rich_color(c) for c in (style.color, style.bgcolor))
+            if style.reverse:
+                fg, bg = bg, fg
+            ratio = contrast(bg.blend(fg, 0.5) if style.dim else fg, bg)
+            if ratio < 4.5:
+                low.append((round(ratio, 2), text.strip()))
+    return low
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+async def test_every_text_on_every_screen_meets_wcag_aa(busy, size):
+    """Not a list of colour pairs but the screen itself: tabs, titles, placeholders, hints,
+    cells, key bars, on the dashboard and every screen an operator opens from it."""
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    seen = {}
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        for name, keys, back in [
+                ("queue", ["2"], []), ("badmail", ["4"], []), ("filter", ["2", "/"], ["escape"]),
+                ("inspector", ["4", "enter"], []), ("raw", ["v"], ["escape", "escape"]),
+                ("route", ["2", "enter", "w"], ["escape", "escape"]),
+                ("by domain", ["b"], ["escape"]), ("settings", ["c"], ["escape"]),
+                ("domains", ["e"], ["escape"]), ("help", ["question_mark"], ["escape"]),
+                ("confirm", ["2", "h"], ["n"])]:
+            await pilot.press(*keys)
+            await pilot.pause()
+            seen[name] = (type(app.screen).__name__, low_contrast_text(app))
+            await pilot.press(*back)
+            await pilot.pause()
+    assert len({screen for screen, _ in seen.values()}) >= 8, seen  # each key opened its screen
+    assert {name: low for name, (_, low) in seen.items() if low} == {}
