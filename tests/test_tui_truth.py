@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -205,13 +206,19 @@ def test_status_line_keeps_state_paused_readonly_and_clock_at_any_width(width):
     big = {"delivered": 14640, "deferred": 1203, "failed": 1187}
     parts = StatusParts(True, "running", ["127.0.0.1:2525", "[::1]:2525 tls"], big, big,
                         T0, paused=True, readonly=True)
-    line = status_text(parts, width).plain
-    assert len(line) <= width, line
-    for word in ("running", "PAUSED", "READ-ONLY", time.strftime("%H:%M:%S",
-                                                                  time.localtime(T0))):
-        assert word in line, (width, line)
-    if width >= 80:
-        assert "1h ✓14k ↻1.2k ✗1.2k" in line or "1h ✓14640" in line
+    stressed = replace(parts, stressed=True, refused=1234)  # everything on at once
+    for shown in (parts, stressed):
+        line = status_text(shown, width).plain
+        assert len(line) <= width, line
+        for word in ("running", "PAUSED", "READ-ONLY", time.strftime("%H:%M:%S",
+                                                                      time.localtime(T0))):
+            assert word in line, (width, line)
+        if width >= 80:
+            assert "1h ✓14k ↻1.2k ✗1.2k" in line or "1h ✓14640" in line
+    line = status_text(stressed, width).plain
+    assert "STRESS" in line
+    if width >= 100:
+        assert "refused 1.2k/m" in line or "refused 1234/m" in line
 
 
 @pytest.mark.parametrize("width", [60, 80, 100])

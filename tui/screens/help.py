@@ -15,7 +15,9 @@ from tui.theme import MUTED
 LEGEND = [("→ new", "queued, not tried yet"), ("↻ retry", "deferred, waiting for next retry"),
           ("▶ due", "due now"), ("‖ held", "on hold: no delivery, expiry clock stopped"),
           ("✗ bad", "in Badmail, with the reason"), ("✓ local", "delivered into Drop"),
-          ("… waiting", "in Pickup, not taken yet")]
+          ("… waiting", "in Pickup, not taken yet"),
+          ("… writing", "in Pickup, a writer still has it open"),
+          ("… settling", "in Pickup, closed, taken once its settle time is over")]
 
 
 class Help(ModalScreen[None]):

@@ -11,7 +11,6 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline, Static
 
-from relay.refusals import Pressure
 from tui.stats import Stats
 from tui.theme import MUTED, OK, WAITING, failed_style
 
@@ -48,16 +47,17 @@ class StatusParts:
     paused: bool = False
     readonly: bool = False
     no_color: bool = False
-    pressure: Text = field(default_factory=Text)  # refused clients and stress mode, if any
+    stressed: bool = False  # the SMTP listener is in stress mode (a state: never given up)
+    refused: int = 0  # SMTP clients refused in the last minute
 
 
-SHEDDING = ("short", "listeners", "minute", "live", "hint", "hour")  # given up in this order
+SHEDDING = ("short", "listeners", "minute", "live", "hint", "refused", "hour")  # in this order
 
 
 def status_text(parts: StatusParts, width: int) -> Text:
-    """The line at `width`: relay state, PAUSED / READ-ONLY and the clock always stay; the
-    counts are shortened first, then the listeners, the 1-minute counts, `live`, the pause
-    key hint and at last the hour's counts give way."""
+    """The line at `width`: relay state, PAUSED / READ-ONLY / STRESS and the clock always
+    stay; the counts are shortened first, then the listeners, the 1-minute counts, `live`, the
+    pause key hint, the refused clients and at last the hour's counts give way."""
     shed: set[str] = set()
     line = _line(parts, shed)
     for step in SHEDDING:
@@ -80,7 +80,11 @@ def _line(parts: StatusParts, shed: set[str]) -> Text:
         line.append("  ‖ PAUSED" + ("" if "hint" in shed else " (p)"), style="bold reverse")
     if parts.readonly:
         line.append("  READ-ONLY", style="bold reverse")
-    line.append_text(parts.pressure)
+    if parts.stressed:
+        line.append("  STRESS", style=failed_style(parts.no_color))
+    if parts.refused and "refused" not in shed:
+        count = short_count(parts.refused) if short else str(parts.refused)
+        line.append(f"  refused {count}/m", style=WAITING)
     if "listeners" not in shed and parts.listeners:
         line.append("  SMTP " + ",".join(parts.listeners), style=MUTED)
     if "minute" not in shed and parts.minute:
@@ -108,19 +112,6 @@ class StatusLine(Static):
         return status_text(self.parts, self.size.width or 80)
 
 
-def pressure_text(pressure: Pressure, now: float, no_color: bool = False) -> Text:
-    """Refused clients per minute and stress mode; nothing while there are neither."""
-    text = Text()
-    if pressure.stressed:
-        text.append("  STRESS", style=failed_style(no_color))
-    refused = pressure.per_minute(now)
-    if refused:
-        text.append(f"  refused {refused}/m", style=WAITING)
-    return text
-
-
-
-
 class StatusBar(Vertical):
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status-line", markup=False)
@@ -136,7 +127,7 @@ class StatusBar(Vertical):
         hour = stats.counts(now, 3600)
         self.query_one(StatusLine).show(StatusParts(
             running, relay_state, listeners, stats.counts(now, 60), hour, now, paused, readonly,
-            no_color, pressure_text(stats.pressure, now, no_color)))
+            no_color, stats.pressure.stressed, stats.pressure.per_minute(now)))
         self.query_one("#spark-depth", Sparkline).data = stats.depth_series(now)
         self.query_one("#spark-rate", Sparkline).data = stats.rate_series(now)
         self.query_one("#depth-label", Static).update(f"queue {queue_depth} now, 1h:")
