@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.events import read_rotated
-from relay.logrotate import Rotation, rotate_path_if_full
-from relay.store import append_line
+from relay.logrotate import Appender, Rotation
 
 AUDIT_NAME = "audit.log"
 
@@ -55,9 +54,8 @@ class AuditLog:
         record = {"time": entry.time, "user": entry.user, "action": action, "ids": entry.ids,
                   **entry.detail}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        append_line(self.path, json.dumps(record, separators=(",", ":"), default=str))
-        if self.rotation:
-            rotate_path_if_full(self.path, self.rotation)
+        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        Appender(self.path, keep_open=False).append(line.encode(), self.rotation)
         return entry
 
     def entries(self) -> list[AuditEntry]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from relay.logrotate import Rotation, rotate_if_full, rotated_files
+from relay.logrotate import Appender, Rotation, rotated_files
 
 LOG_NAME = "events.jsonl"
 
@@ -54,38 +54,18 @@ class EventLog:
         self.stream = stream
         self.format: Callable[[dict[str, Any]], str] = format_event  # the stderr line
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._fd: int | None = None
-        self._checked = 0.0  # when the path was last checked for a rotated-away file
+        self._appender = Appender(self.path)
         self._lock = threading.Lock()
 
     def _append(self, line: str) -> None:
         """One write to a descriptor kept open (O_APPEND keeps concurrent writers' lines
-        whole); the file is reopened if it was rotated away, checked at most once a second."""
+        whole), into the file at the log's name; rotated when full (relay/logrotate.py)."""
         with self._lock:
-            now = time.monotonic()
-            if self._fd is not None and now - self._checked > 1.0:
-                self._checked = now
-                try:
-                    moved = os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
-                except FileNotFoundError:
-                    moved = True
-                if moved:
-                    os.close(self._fd)
-                    self._fd = None
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                                   | os.O_CLOEXEC, 0o640)
-                self._checked = now
-            os.write(self._fd, line.encode())
-            if self.rotation and rotate_if_full(self.path, self.rotation, self._fd):
-                os.close(self._fd)  # the next line starts the new file
-                self._fd = None
+            self._appender.append(line.encode(), self.rotation)
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._appender.close()
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"time": round(time.time(), 3), "event": event, **fields}

@@ -1,15 +1,20 @@
 """Bounded logs: a log file that reaches `log.max_size` is renamed to `.1` (the older ones
 to `.2` ... `.keep`, the oldest dropped) and a new one is started.
 
-Every process appends with O_APPEND and notices the rename by the file's inode (see
-relay/events.py), so writers need no coordination but a lock around the renames themselves.
+Several processes write each log (the relay's processes, the CLI, the console), each line
+with one O_APPEND write. With a rotation set, every append holds the rotation lock (an flock
+on `log/.rotate.lock`, for one write and a stat or two): the line goes into the file at the
+log's name, never into one another process has just renamed away, and the line that takes the
+file to max_size renames it, so no file exceeds max_size by more than that line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,44 +45,120 @@ def rotated_files(path: Path) -> list[Path]:
     return [p for _, p in numbered] + ([path] if path.name in names else [])
 
 
-def rotate_if_full(path: Path, rotation: Rotation, written_to: int) -> bool:
-    """Rotate `path` if the file behind descriptor `written_to` is it and is full.
+def _rotate(path: Path, rotation: Rotation) -> None:
+    """Rename path to path.1, the older ones one number up, dropping those past keep (under
+    the rotation lock)."""
+    for older in rotated_files(path)[:-1]:
+        number = int(older.name.rsplit(".", 1)[1])
+        if number >= rotation.keep:
+            older.unlink(missing_ok=True)
+        else:
+            os.replace(older, path.with_name(f"{path.name}.{number + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
 
-    Called after each append; the lock and the second look make sure that of several
-    processes finding the file full, one rotates it, once.
+
+class Appender:
+    """Appends whole lines to one log file that other processes write and rotate too.
+
+    `keep_open` keeps the file (and the lock file) open between appends, for a writer of many
+    lines (the event log); the audit log opens them per line.
     """
-    if os.fstat(written_to).st_size < rotation.max_size:
-        return False
-    lock = os.open(path.parent / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+
+    def __init__(self, path: Path, keep_open: bool = True) -> None:
+        self.path = path
+        self.keep_open = keep_open
+        self._fd: int | None = None
+        self._inode: tuple[int, int] = (0, 0)  # of the file behind _fd
+        self._lock_fd: int | None = None
+        self._lock_pid = 0  # the process that opened _lock_fd
+        self._checked = 0.0  # unlocked appends: when the path was last checked
+
+    def append(self, data: bytes, rotation: Rotation | None) -> None:
+        """One write of `data` (whole lines); then, with a rotation, the file is rotated if
+        this write filled it. OSError if the file cannot be written."""
         try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            return False
-        mine = os.fstat(written_to)
-        if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev) \
-                or current.st_size < rotation.max_size:
-            return False  # another process rotated it meanwhile
-        for older in rotated_files(path)[:-1]:
-            number = int(older.name.rsplit(".", 1)[1])
-            if number >= rotation.keep:
-                older.unlink(missing_ok=True)
+            lock = self._lock() if rotation else None
+        except OSError:  # no lock to be had here (a read-only log folder, another owner)
+            lock = None
+        if lock is None:
+            self._append_unlocked(data)
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fd = self._current()
+            os.write(fd, data)
+            if os.fstat(fd).st_size >= rotation.max_size:  # type: ignore[union-attr]
+                _rotate(self.path, rotation)
+                self._close_file()  # the next line starts the new file
+        finally:
+            if self.keep_open:
+                fcntl.flock(lock, fcntl.LOCK_UN)
             else:
-                os.replace(older, path.with_name(f"{path.name}.{number + 1}"))
-        os.replace(path, path.with_name(f"{path.name}.1"))
-        return True
-    finally:
-        os.close(lock)  # closing releases the lock
+                self.close()  # closing the lock file releases the lock
 
+    def _lock(self) -> int:
+        """The lock file, opened by this process: a forked child gets its own, as flock locks
+        an open file, and one shared over fork would not keep parent and child apart."""
+        if self._lock_fd is not None and self._lock_pid != os.getpid():
+            os.close(self._lock_fd)  # this process's copy of the parent's; the parent keeps its
+            self._lock_fd = None
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.path.parent / LOCK_NAME,
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
 
-def rotate_path_if_full(path: Path, rotation: Rotation) -> bool:
-    """rotate_if_full for a writer that does not keep the file open."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        return rotate_if_full(path, rotation, fd)
-    finally:
-        os.close(fd)
+    def _open(self) -> int:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                           0o640)
+        info = os.fstat(self._fd)
+        self._inode = (info.st_ino, info.st_dev)
+        return self._fd
+
+    def _current(self) -> int:
+        """The descriptor of the file now at the log's name (under the lock: exact)."""
+        if self._fd is not None:
+            try:
+                info = os.stat(self.path)
+                if (info.st_ino, info.st_dev) == self._inode:
+                    return self._fd
+            except FileNotFoundError:
+                pass
+            self._close_file()
+        return self._open()
+
+    def _append_unlocked(self, data: bytes) -> None:
+        """Without a rotation of its own: a rename by another process is noticed by the
+        inode, looked at at most once a second."""
+        now = time.monotonic()
+        if self._fd is not None and now - self._checked > 1.0:
+            self._checked = now
+            try:
+                info = os.stat(self.path)
+                moved = (info.st_ino, info.st_dev) != self._inode
+            except FileNotFoundError:
+                moved = True
+            if moved:
+                self._close_file()
+        if self._fd is None:
+            self._open()
+            self._checked = now
+        assert self._fd is not None
+        try:
+            os.write(self._fd, data)
+        finally:
+            if not self.keep_open:
+                self.close()
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        self._close_file()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None

@@ -95,11 +95,14 @@ def parse_pickup(raw: bytes) -> Parsed:
 
 def write_pickup(store: Mailroot, data: bytes) -> str:
     """Put a message into Pickup as a careful producer does (a dot-file, fsync, rename), so
-    the relay never sees it half written; returns its name in Pickup."""
+    the relay never sees it half written; returns its name in Pickup. The file is made
+    group-readable whatever the writer's umask, so a relay in the submit group can read a
+    member's file."""
     name = f"{new_id()}.eml"
     tmp = store.folder(PICKUP) / f".{name}.tmp"  # dot-files in Pickup are never taken
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
+        os.fchmod(fd, 0o640)  # the umask (077 for many users) must not take the group's read
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -76,9 +76,11 @@ class Queue(Role):
         self.recovery = Recovery(self.config, self.store, self.events) if spec.recover else None
 
     async def start_services(self) -> None:
+        """Ready (to the supervisor, and so to systemd) once the saved window is loaded."""
         await self.scheduler.start()
         if self.recovery:
             self.recovery.start(after=self.scheduler.scanned)
+        await self.scheduler.loaded()
 
     async def stop_services(self) -> None:
         if self.recovery:

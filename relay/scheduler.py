@@ -84,6 +84,9 @@ class Scheduler:
         self.scan_horizon = math.inf  # the same, as the scan in progress has seen it so far
         self.halt = threading.Event()  # stops a scan's directory walk in its thread
         self.scanned = asyncio.Event()  # set when the first scan is done
+        # set once the window the last scan saved is back in memory (at once when there is
+        # none): the messages due soonest are known, though the scan of the rest goes on
+        self.window_loaded = asyncio.Event()
         self.inflight: set[str] = set()
         self.ready: asyncio.Queue[str] = asyncio.Queue()
         self.wake = asyncio.Event()
@@ -112,10 +115,21 @@ class Scheduler:
         self.loop = asyncio.get_running_loop()
         self.tasks = [asyncio.create_task(self._watch(), name="queue-watch")]
         await asyncio.sleep(0)  # the watch is registered before the scan: nothing slips between
-        self.tasks += [asyncio.create_task(self._scanner(), name="queue-scan"),
+        self.scanning = asyncio.create_task(self._scanner(), name="queue-scan")
+        self.tasks += [self.scanning,
                        asyncio.create_task(self._dispatch(), name="queue-dispatch")]
         self.tasks += [asyncio.create_task(self._worker(), name=f"deliver-{i}")
                        for i in range(self.workers)]
+
+    async def loaded(self) -> None:
+        """Wait until the saved window is back in memory (a few tenths of a second at the
+        default queue.active_limit), or the scan has ended without it: a start never hangs
+        on it. The rest of Queue is still being scanned."""
+        waiting = asyncio.create_task(self.window_loaded.wait())
+        try:
+            await asyncio.wait([waiting, self.scanning], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
 
     async def stop(self) -> None:
         self.stop_event.set()
@@ -233,6 +247,7 @@ class Scheduler:
             if saved:
                 self.events.emit("queue-window-restored", entries=len(self.due),
                                  seconds=round(time.monotonic() - began, 3))
+            self.window_loaded.set()
         self.scan_horizon = math.inf
         names = self.store.iter_ids(QUEUE, self.halt)
         seen = 0

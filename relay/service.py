@@ -95,12 +95,13 @@ class MailrootHost:
             self._lock_fd = None
 
     async def announce(self) -> None:
-        """Listening and Pickup watched (the queue's scan goes on): the service is ready."""
+        """The service is ready: it listens, watches Pickup, and the queue manager runs with
+        the window its last scan saved loaded (the messages due soonest); the scan of the rest
+        of Queue and the recovery pass go on beside it. READY=1 goes at once; the first
+        STATUS= (which reads Queue's envelopes) follows from supervise()."""
         self.running = True
         self.events.emit("relay-started", mailroot=str(self.store.root), pid=os.getpid())
-        if self.notifier.address:
-            self.notifier.send(ready=1, status=await asyncio.to_thread(self.status_line),
-                               mainpid=os.getpid())
+        self.notifier.send(ready=1, mainpid=os.getpid())
         self._supervise = asyncio.create_task(supervise(self.notifier, self.status_line))
 
     def serve_metrics(self) -> None:
@@ -172,8 +173,9 @@ class Relay(MailrootHost):
         self.smtpd.reconfigure(config)
 
     async def start(self) -> None:
-        """Intake first: SMTP and Pickup run within moments at any queue size; the queue
-        manager's scan and the recovery pass go on beside them."""
+        """Intake first: SMTP and Pickup run within moments at any queue size; the relay is
+        announced once the queue manager has its saved window back; its scan and the
+        recovery pass go on beside them."""
         self.open_mailroot()
         try:
             self.serve_metrics()
@@ -188,6 +190,7 @@ class Relay(MailrootHost):
         if self.config_watcher:
             self.config_watcher.start()
         self.recovery.start(after=self.scheduler.scanned)
+        await self.scheduler.loaded()
         await self.announce()
 
     def addresses(self) -> list[tuple]:

@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from relay.store import id_time
+from relay.bounce import quarantine
+from relay.store import QUEUE, Mailroot, id_time
 from tests.conftest import drop_file, wait_for
+from tests.queue_fill import fill_queue
 
 REMOTE = b"From: app@yourdomain.com\r\nTo: x@remote.test\r\nSubject: s\r\n\r\nhi\r\n"
 
@@ -61,3 +63,49 @@ def test_unknown_without_a_mailroot_or_with_a_broken_config(tmp_path: Path) -> N
     config.write_text("log:\n  keep: 0\n")
     code, line = health(config)
     assert code == 3 and "log.keep" in line
+
+
+def test_queue_and_badmail_thresholds_warn_then_go_critical(write_config, tmp_path) -> None:
+    """--warn-queue/--crit-queue and --warn-badmail/--crit-badmail at 1 and 2: each trips at
+    its own count, the status line names what tripped at the worst level, and the perfdata
+    carries the thresholds."""
+    config = write_config()
+    store = Mailroot(tmp_path / "mailroot")
+    store.ensure()
+    limits = ("--warn-queue", "1", "--crit-queue", "2", "--warn-badmail", "1",
+              "--crit-badmail", "2")
+
+    def to_badmail() -> None:
+        [mid] = fill_queue(store.root, 1)
+        assert quarantine(store, QUEUE, mid, store.read_envelope(QUEUE, mid), "a test")
+
+    def perf(line: str) -> tuple[str, str]:
+        return (re.search(r" queue=\S+", line)[0].strip(),
+                re.search(r" badmail=\S+", line)[0].strip())
+
+    code, line = health(config, *limits)
+    assert code == 0 and line.startswith("MAILROOT OK - 0 queued"), line
+    assert perf(line) == ("queue=0;1;2;0;", "badmail=0;1;2;0;")
+
+    fill_queue(store.root, 1)
+    code, line = health(config, *limits)
+    assert code == 1 and line.startswith("MAILROOT WARNING - 1 queued |"), line
+    assert perf(line) == ("queue=1;1;2;0;", "badmail=0;1;2;0;")
+
+    to_badmail()
+    code, line = health(config, *limits)
+    assert code == 1 and line.startswith("MAILROOT WARNING - 1 queued; 1 in Badmail |"), line
+    assert perf(line) == ("queue=1;1;2;0;", "badmail=1;1;2;0;")
+
+    to_badmail()
+    code, line = health(config, *limits)
+    assert code == 2 and line.startswith("MAILROOT CRITICAL - 2 in Badmail |"), line
+    assert perf(line) == ("queue=1;1;2;0;", "badmail=2;1;2;0;")
+
+    fill_queue(store.root, 1)
+    code, line = health(config, *limits)
+    assert code == 2 and line.startswith("MAILROOT CRITICAL - 2 queued; 2 in Badmail |"), line
+    assert perf(line) == ("queue=2;1;2;0;", "badmail=2;1;2;0;")
+    # without the counts' thresholds the same mailroot is OK (the age is within 1h)
+    code, line = health(config)
+    assert code == 0 and perf(line) == ("queue=2;;;0;", "badmail=2;;;0;"), line

@@ -3,6 +3,8 @@ log.keep files; `mailroot audit` and the console read across the rotated files."
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,74 @@ def test_a_config_reload_applies_new_log_limits(write_config) -> None:
     assert relay.events.rotation == Rotation(50 * MiB, 5)
     relay.apply_config(configmod.load(write_config({"log": {"max_size": "1MiB", "keep": 2}})))
     assert relay.events.rotation == Rotation(MiB, 2)
+
+
+WRITERS, PER_WRITER = 4, 1500
+
+
+def _write_concurrently(target, args_of, count: int = WRITERS) -> None:
+    """`count` forked processes run target(*args_of(w)) together, let go at one moment."""
+    context = multiprocessing.get_context("fork")
+    go = context.Event()
+    procs = [context.Process(target=_after, args=(go, target, args_of(w))) for w in range(count)]
+    for proc in procs:
+        proc.start()
+    go.set()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+
+
+def _after(go, target, args) -> None:
+    go.wait()
+    target(*args)
+
+
+def _emit(log: EventLog | None, log_dir: Path, rotation: Rotation, writer: int) -> None:
+    """Events from one writer, into `log` (inherited over fork) or an EventLog of its own."""
+    log = log or EventLog(log_dir, stream=None, rotation=rotation)
+    for n in range(PER_WRITER):
+        log.emit("deferred", id=f"{writer:04d}{n:012d}", writer=writer, seq=n,
+                 reply="451 4.7.1 greylisted, please try again later " + "x" * (n % 200))
+    log.close()
+
+
+def _audit(log_dir: Path, rotation: Rotation, writer: int) -> None:
+    audit = AuditLog(log_dir, rotation)
+    for n in range(PER_WRITER):
+        audit.append("delete", [f"{writer:04d}{n:012d}"], writer=writer, seq=n,
+                     reason="cleanup " + "y" * (n % 200))
+
+
+def check_rotated(path: Path, rotation: Rotation) -> None:
+    """Every writer's every line, once, in its own order, across files none of which went
+    past max_size by more than a line."""
+    files = rotated_files(path)
+    assert len(files) > 10  # rotated many times while they all wrote
+    lines = [line for f in files for line in f.read_bytes().splitlines(True)]
+    longest = max(len(line) for line in lines)
+    for f in files:
+        assert f.stat().st_size < rotation.max_size + longest, (f.name, f.stat().st_size)
+    records = [json.loads(line) for line in lines if b'"writer":-1' not in line]
+    for writer in range(WRITERS):
+        assert [r["seq"] for r in records if r["writer"] == writer] == list(range(PER_WRITER))
+    assert len(records) == WRITERS * PER_WRITER
+
+
+def test_several_processes_write_events_across_rotations(tmp_path: Path) -> None:
+    """Writers in several processes (as the relay's receivers, Pickup taker and queue manager
+    are), each with its own EventLog, rotating a small log between them: nothing is lost or
+    written twice, and no file grows past max_size by more than one line."""
+    rotation = Rotation(16 * 1024, 1000)  # keep enough that none is dropped
+    inherited = EventLog(tmp_path, stream=None, rotation=rotation)
+    inherited.emit("relay-started", writer=-1, seq=0)  # its files are open when it forks
+    # half the writers use the log they inherited, half one of their own
+    _write_concurrently(_emit, lambda w: (inherited if w % 2 else None, tmp_path, rotation, w))
+    inherited.close()
+    check_rotated(tmp_path / LOG_NAME, rotation)
+
+
+def test_several_processes_write_the_audit_log_across_rotations(tmp_path: Path) -> None:
+    rotation = Rotation(16 * 1024, 1000)
+    _write_concurrently(_audit, lambda w: (tmp_path, rotation, w))
+    check_rotated(tmp_path / "audit.log", rotation)

@@ -8,6 +8,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from email.message import EmailMessage
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE
+from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, id_time
 from tests.conftest import drop_file, wait_for
 
 
@@ -38,6 +39,7 @@ def mail(sender: str, to: list[str], subject: str) -> EmailMessage:
 
 
 def test_counters_equal_the_event_log(relay, sink) -> None:
+    began = time.time()
     hop = sink()
     hop.rcpt_replies = {"grey@remote.test": "451 4.7.1 greylisted, try again later",
                         "gone@remote.test": "550 5.1.1 user unknown"}
@@ -71,7 +73,9 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
         return names["bounced"] == 2 and names["deferred"] >= 2 and names["delivered"] >= 3
     wait_for(settled, timeout=30)
 
+    before = time.time()
     samples = scrape(port)
+    after = time.time()
     events = proc.events()
 
     def total(name: str, **labels: str) -> float:
@@ -98,6 +102,23 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
     delivered = sum(len(e["to"]) for e in events if e["event"] == "delivered")
     assert total("mailroot_delivery_delay_seconds_count") == delivered
     assert total("mailroot_delivery_delay_seconds_bucket", le="+Inf") == delivered
+    # the delays themselves: intake (the intake event of the same id) to delivery, per
+    # recipient; none longer than the test has run
+    taken_in = {e["id"]: e["time"] for e in events if e["event"] == "intake"}
+    delays = [e["time"] - taken_in[e["id"]] for e in events if e["event"] == "delivered"
+              for _ in e["to"]]
+    wall = time.time() - began
+    assert len(delays) == delivered and all(0 < d < wall for d in delays), delays
+    delay_sum = total("mailroot_delivery_delay_seconds_sum")
+    assert 0 < delay_sum < delivered * wall
+    # the message id is made a moment before its intake event is written
+    assert sum(delays) <= delay_sum <= sum(delays) + 0.5 * delivered, (delay_sum, delays)
+    by_id = sorted(e["time"] - id_time(e["id"]) for e in events if e["event"] == "delivered"
+                   for _ in e["to"])
+    for le in ("0.1", "0.5", "1.0", "5.0", "15.0", "60.0"):
+        assert total("mailroot_delivery_delay_seconds_bucket", le=le) == sum(
+            d <= float(le) for d in by_id), le
+    assert total("mailroot_delivery_delay_seconds_bucket", le="60.0") == delivered
     assert total("mailroot_up") == 1
     assert any(name == "mailroot_build_info" for name, _ in samples)
 
@@ -108,7 +129,10 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
     assert total("mailroot_messages", folder=BADMAIL) == 2
     assert total("mailroot_bytes", folder=QUEUE) == sum(
         p.stat().st_size for p in proc.files(QUEUE))
-    assert total("mailroot_oldest_message_age_seconds", folder=QUEUE) > 0
+    # the oldest queued message's age, against its message file (written once, at intake)
+    oldest = min(p.stat().st_mtime for p in proc.files(QUEUE, "*.eml"))
+    age = total("mailroot_oldest_message_age_seconds", folder=QUEUE)
+    assert before - oldest - 0.5 < age < after - oldest + 0.5, (age, before - oldest)
     assert total("mailroot_oldest_message_age_seconds", folder=PICKUP) == 0
 
     # every metric the shipped alert rules use is one the relay exports

@@ -210,3 +210,27 @@ def relay_process() -> Iterator[Callable[..., RelayProcess]]:
     for proc in started:
         if proc.proc and proc.proc.poll() is None:
             proc.stop()
+
+
+def test_send_under_umask_077_leaves_a_file_the_relay_can_read(spool: Path) -> None:
+    """A member whose umask is 077 (common for personal accounts) still gets a Pickup file
+    from `mailroot send` that the relay's uid, in the submit group only, can read."""
+    root = spool / "mailroot"
+    prepare_mailroot(root, RELAY_UID, RELAY_GID, SUBMIT_GID)
+    config = spool / "mailroot.yaml"
+    config.write_text(yaml.safe_dump({
+        "mailroot": str(root), "hostname": "relay.test",
+        "domains": {"local": {"default": "yourdomain.com"}}}))
+    config.chmod(0o644)
+
+    def send_with_umask_077() -> int:
+        os.umask(0o077)
+        return cli.main(["send", "-c", str(config), "--from", "app@yourdomain.com",
+                         "--to", "ops@yourdomain.com", "--subject", "umask 077"])
+
+    assert as_user(MEMBER_UID, MEMBER_UID, [SUBMIT_GID], send_with_umask_077) == 0
+    [sent] = [p for p in (root / "Pickup").iterdir() if not p.name.startswith(".")]
+    st = sent.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (MEMBER_UID, SUBMIT_GID, 0o640)
+    assert as_user(RELAY_UID, RELAY_GID, [SUBMIT_GID],
+                   lambda: 0 if b"Subject: umask 077" in sent.read_bytes() else 1) == 0

@@ -117,6 +117,55 @@ def test_install_then_uninstall_in_a_temporary_root(tmp_path: Path) -> None:
     assert not (root / "etc/mailroot/mailroot.yaml").exists()
 
 
+@needs_tools
+def test_install_with_its_own_user_group_and_config_file(tmp_path: Path) -> None:
+    """--user, --group and -c: the names and the config the operator chose, everywhere (the
+    passwd and group files, the unit, the owners of the mailroot the config names); an
+    existing config is used as it is, and uninstall removes those names."""
+    root = empty_root(tmp_path)
+    config = root / "srv/relay/relay.yaml"
+    config.parent.mkdir(parents=True)
+    text = "mailroot: /srv/relay/spool\nsmtp:\n  listen: [127.0.0.1:2525]\n"
+    config.write_text(text)
+    names = ["--user", "relayd", "--group", "relay-writers", "-c", "/srv/relay/relay.yaml",
+             "--root", str(root)]
+    out = subprocess.run([*MAILROOT, "service", "install", *names], capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+
+    users, groups = passwd(root, "passwd"), passwd(root, "group")
+    assert "mailroot" not in users and "mailroot-submit" not in groups
+    uid, gid = int(users["relayd"][2]), int(groups["relayd"][2])
+    submit = int(groups["relay-writers"][2])
+    assert int(users["relayd"][3]) == gid and users["relayd"][6] == "/usr/sbin/nologin"
+    assert groups["relay-writers"][3].split(",") == ["relayd"]
+    unit = (root / "etc/systemd/system/mailroot.service").read_text().splitlines()
+    for line in ("ExecStart=" + str(Path(sys.executable).parent / "mailroot")
+                 + " serve -c /srv/relay/relay.yaml",
+                 "User=relayd", "Group=relayd", "SupplementaryGroups=relay-writers",
+                 "ReadWritePaths=/srv/relay/spool"):
+        assert line in unit
+    assert os.path.islink(root / "etc/systemd/system/multi-user.target.wants/mailroot.service")
+    assert config.read_text() == text  # the operator's config, untouched
+    assert not (root / "etc/mailroot").exists()
+    spool = root / "srv/relay/spool"
+    assert not (root / "var/spool/mailroot").exists()
+    info = spool.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, submit, 0o710)
+    info = (spool / "Pickup").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, submit, 0o2770)
+    info = (spool / "Queue").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o750)
+
+    out = subprocess.run([*MAILROOT, "service", "uninstall", *names], capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "relayd" not in passwd(root, "passwd")
+    assert "relay-writers" not in passwd(root, "group")
+    assert not (root / "etc/systemd/system/mailroot.service").exists()
+    assert (spool / "Pickup").is_dir() and config.read_text() == text  # kept without --purge
+
+
 def readme_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
     section = text.split("## Install as a service", 1)[1].split("\n## ", 1)[0]

@@ -1,5 +1,6 @@
-"""The relay under systemd's Type=notify: READY=1 once it listens and has loaded its queue,
-STATUS= lines, WATCHDOG=1 pings at half WATCHDOG_USEC; the real NOTIFY_SOCKET protocol."""
+"""The relay under systemd's Type=notify: READY=1 once it listens, watches Pickup and its queue
+manager has loaded the window its last scan saved, then STATUS= lines and WATCHDOG=1 pings at
+half WATCHDOG_USEC; the real NOTIFY_SOCKET protocol."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import RelayProcess, drop_file, wait_for
+from tests.queue_fill import fill_queue
 
 MAILROOT_SERVE = [sys.executable, "-m", "relay.cli", "serve"]
 
@@ -34,39 +38,52 @@ def datagrams(sock: socket.socket, until: Callable[[list[dict[str, str]]], bool]
     return received
 
 
-def test_ready_only_once_listening_then_status_and_watchdog(
-        write_config: Callable[..., Path], tmp_path: Path) -> None:
+WINDOW = 1000  # deferred entries the first run's scan saves as its window
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ready_once_listening_with_the_saved_window_loaded_then_status_and_watchdog(
+        write_config: Callable[..., Path], tmp_path: Path, workers: str) -> None:
     config = write_config({"pickup": {"settle": "0s"}})
     root = tmp_path / "mailroot"
-    first = RelayProcess(config, root).start()  # leave one deferred message in Queue
-    drop_file(first.folder("Pickup"), "a.eml",
-              b"From: app@yourdomain.com\r\nTo: x@remote.test\r\nSubject: s\r\n\r\nhi\r\n")
-    wait_for(lambda: any(e["event"] == "deferred" for e in first.events()), timeout=30)
+    fill_queue(root, WINDOW)  # deferred, due in a day
+    first = RelayProcess(config, root, ["--workers", workers]).start(timeout=30)
+    # its scan notes them as its window (queue.window), for the next start to load first
+    wait_for(lambda: any(e["event"] == "queue-scanned" for e in first.events()), timeout=30)
     assert first.stop() == 0
+    offset = len(first.events())
 
     address = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(address)
     env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
     with open(tmp_path / "relay.stderr", "ab") as err:
-        proc = subprocess.Popen([*MAILROOT_SERVE, "-c", str(config)],
+        proc = subprocess.Popen([*MAILROOT_SERVE, "-c", str(config), "--workers", workers],
                                 stdout=err, stderr=err, env=env)
     try:
-        got = datagrams(sock, lambda r: any("READY" in d for d in r))
-        # at the moment READY arrives, the listener already answers
+        got = datagrams(sock, lambda r: any("READY" in d for d in r), timeout=30)
+        # at the moment READY arrives, the queue manager has its saved window back ...
+        names = [e["event"] for e in first.events()[offset:]]
+        assert "queue-window-restored" in names, names
+        assert names.index("queue-window-restored") < names.index("relay-started"), names
+        restored = next(e for e in first.events()[offset:]
+                        if e["event"] == "queue-window-restored")
+        assert restored["entries"] == WINDOW
+        # ... and the listener already answers
         port = next(e["port"] for e in reversed(first.events())
                     if e["event"] == "smtp-listening")
         with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
             assert client.noop()[0] == 250
         ready = got[-1]
         assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.pid)
-        assert ready["STATUS"] == "1 queued, 1 deferred domain"
         assert len(got) == 1, f"a notification before READY: {got}"
 
+        # then STATUS= (counted from Queue's envelopes, after READY) and the watchdog
         more = datagrams(sock, lambda r: sum("WATCHDOG" in d for d in r) >= 3
-                         and any("STATUS" in d for d in r), timeout=5)
+                         and any("STATUS" in d for d in r), timeout=10)
         assert all(d["WATCHDOG"] == "1" for d in more if "WATCHDOG" in d)
-        assert any(d.get("STATUS") == "1 queued, 1 deferred domain" for d in more)
+        status = f"{WINDOW} queued, 1 deferred domain"
+        assert next(d["STATUS"] for d in more if "STATUS" in d) == status
 
         proc.send_signal(signal.SIGTERM)
         tail = datagrams(sock, lambda r: any("STOPPING" in d for d in r), timeout=5)
