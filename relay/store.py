@@ -596,12 +596,3 @@ def damage(envelope: Envelope, data: bytes) -> str | None:
 
 def checksum(data: bytes) -> int:
     return zlib.crc32(data)
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one line with a single write (O_APPEND keeps concurrent writers' lines whole)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode())
-    finally:
-        os.close(fd)
