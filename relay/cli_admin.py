@@ -18,7 +18,7 @@ from typing import NamedTuple
 from relay.admin import ActionResult, Admin, MessageSummary, NotFound
 from relay.config import Config
 from relay.fanout import cores
-from relay.folderstats import all_usage, usage_table
+from relay.folderstats import FolderUsage, all_usage, usage_table
 from relay.listing import MatchError, matching
 from relay.qshape import AGE_BUCKETS, ShapeRow
 from relay.refusals import top_refused
@@ -255,7 +255,10 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
         for client, count in refused:
             print(f"{_cut(client, width):<{width}} {count:>6}")
     print("\nDisk used by each folder")
-    print("\n".join(usage_table(all_usage(admin.store, time.time(), workers=cores()))))
+    now = time.time()
+    queue = FolderUsage(QUEUE, shape.messages, shape.bytes,  # counted as its envelopes were read
+                        max(0.0, now - shape.oldest) if shape.messages else 0.0)
+    print("\n".join(usage_table(all_usage(admin.store, now, cores(), known={QUEUE: queue}))))
     return 0
 
 

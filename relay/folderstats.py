@@ -60,8 +60,13 @@ def _tally(where: str, names: list[str], marker: str | None, now: float
     return count, size, oldest
 
 
-def all_usage(store: Mailroot, now: float, workers: int = 1) -> dict[str, FolderUsage]:
-    return {folder: usage(store, folder, now, workers) for folder in WATCHED}
+def all_usage(store: Mailroot, now: float, workers: int = 1,
+              known: dict[str, FolderUsage] | None = None) -> dict[str, FolderUsage]:
+    """Every folder's usage; those in `known` (already counted by a pass that read them) are
+    not looked at again."""
+    known = known or {}
+    return {folder: known.get(folder) or usage(store, folder, now, workers)
+            for folder in WATCHED}
 
 
 def human_size(size: int) -> str:

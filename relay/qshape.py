@@ -62,6 +62,16 @@ class QueueShape:
     badmail: list[ShapeRow] = field(default_factory=list)
     _by_name: dict[str, dict[str, ShapeRow]] = field(  # "domains"/"badmail" -> name -> row
         default_factory=lambda: {"domains": {}, "badmail": {}}, repr=False, compare=False)
+    # the messages read, their bytes on disk (envelope and message file) and the oldest one's
+    # arrival: the folder's disk usage, without a second pass over its files
+    messages: int = 0
+    bytes: int = 0
+    oldest: float = math.inf
+
+    def add_message(self, size: int, received: float) -> None:
+        self.messages += 1
+        self.bytes += size
+        self.oldest = min(self.oldest, received)
 
     def add_domain(self, domain: str, age: float) -> None:
         self._row("domains", domain).counts[bucket(age)] += 1
@@ -71,6 +81,9 @@ class QueueShape:
 
     def add(self, other: QueueShape) -> None:
         """Add the counts of a shape made of other messages (a part read by another process)."""
+        self.messages += other.messages
+        self.bytes += other.bytes
+        self.oldest = min(self.oldest, other.oldest)
         for table in ("domains", "badmail"):
             for row in getattr(other, table):
                 counts = self._row(table, row.name).counts

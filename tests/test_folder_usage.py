@@ -3,13 +3,16 @@ say how much disk each folder holds."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from relay import config as configmod
-from relay.folderstats import human_size
-from relay.store import BADMAIL, DROP
+from relay.admin import Admin
+from relay.folderstats import human_size, usage
+from relay.store import BADMAIL, DROP, QUEUE, Mailroot
 from tests.conftest import drop_file, wait_for
 from tests.test_tui import SIZE, until
 from tui.app import ConsoleApp
@@ -27,8 +30,19 @@ def fill(proc) -> dict[str, int]:
 
 
 def test_summary_says_what_each_folder_holds(relay) -> None:
-    proc = relay({"pickup": {"settle": "0s"}})
+    """Queue's line comes from the pass that reads its envelopes (each envelope's length and
+    the message size it records), not from a stat of every file: both must agree."""
+    proc = relay({"pickup": {"settle": "0s"}, "delivery": {"retry": ["1h"] * 4}})
     sizes = fill(proc)
+    remote = LOCAL.replace(b"ops@yourdomain.com", b"ops@remote.example")
+    for n in range(3):
+        drop_file(proc.folder("Pickup"), f"remote{n}.eml", remote + b"y" * 1000 * n)
+    wait_for(lambda: len(proc.files("Queue", "*.env")) == 3 and all(
+        json.loads(p.read_bytes())["attempts"] for p in proc.files("Queue", "*.env")))
+    store = Mailroot(proc.root)
+    shape = Admin(configmod.load(proc.config)).summary()
+    assert (shape.messages, shape.bytes) == (3, usage(store, QUEUE, time.time()).bytes) == (
+        3, sum(p.stat().st_size for p in (proc.root / QUEUE).iterdir()))
     out = subprocess.run([sys.executable, "-m", "relay.cli", "summary", "-c", str(proc.config)],
                          capture_output=True, text=True, check=True).stdout
     disk = out.split("Disk used by each folder\n", 1)[1].splitlines()
@@ -37,7 +51,8 @@ def test_summary_says_what_each_folder_holds(relay) -> None:
     assert rows[DROP].endswith(human_size(sizes[DROP]))
     assert rows[BADMAIL].split()[:2] == ["1", "message"]
     assert rows[BADMAIL].endswith(human_size(sizes[BADMAIL]))
-    assert rows["Queue"].split()[:2] == ["0", "messages"]
+    assert rows[QUEUE].split()[:2] == ["3", "messages"]
+    assert rows[QUEUE].endswith(human_size(shape.bytes))
 
 
 async def test_console_z_shows_folder_sizes(relay, tmp_path: Path) -> None:
