@@ -116,11 +116,14 @@ class MailrootHost:
         self.events.emit("metrics-listening", host=host, port=port)
 
     def status_line(self) -> str:
-        """For systemd's STATUS=: '312 queued, 4 deferred domains' (reads Queue's envelopes)."""
-        rows = Admin(self.config).list_folder(QUEUE)
-        domains = {domain_of(r.address).lower() for row in rows for r in row.recipients
-                   if r.state == "deferred"}
-        return f"{len(rows)} queued, {len(domains)} deferred domain{'s' * (len(domains) != 1)}"
+        """For systemd's STATUS=: '312 queued, 4 deferred domains' (reads Queue's envelopes
+        one at a time, in directory order: a million queued never sit in memory at once)."""
+        queued, domains = 0, set()
+        for row in Admin(self.config).iter_folder(QUEUE, ordered=False):
+            queued += 1
+            domains.update(domain_of(r.address).lower() for r in row.recipients
+                           if r.state == "deferred")
+        return f"{queued} queued, {len(domains)} deferred domain{'s' * (len(domains) != 1)}"
 
     async def stop_services(self) -> None:
         raise NotImplementedError
