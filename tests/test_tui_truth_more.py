@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import time
 from dataclasses import replace
@@ -17,7 +18,7 @@ from relay import pickup as pickupmod
 from relay.config import Duration
 from relay.store import PICKUP
 from tests.busy_fixture import build_busy
-from tests.tui_fixture import T0, hold_lock, write_config
+from tests.tui_fixture import T0, hold_lock, until, write_config
 from tui.app import ConsoleApp
 
 
@@ -74,3 +75,60 @@ async def test_a_closed_pickup_file_changed_within_its_settle_time_says_settling
         pane = app.dashboard.panes[PICKUP]
         states = dict(zip(column(pane, "to"), column(pane, "state"), strict=True))
         assert states == {"boss@corp.test": "… settling", "cfo@corp.test": "… waiting"}
+
+
+def write_log(path: Path, events: list[dict]) -> None:
+    with path.open("w") as log:
+        log.write("".join(json.dumps(e) + "\n" for e in events))
+
+
+def status_line(app) -> str:
+    return str(app.dashboard.query_one("#status-line").render())
+
+
+async def test_minute_counts_are_exact_however_long_the_log(busy):
+    """More than 2 MiB of events in the last minute alone, the rest of the hour in the rotated
+    log: each outcome of the real last minute is counted once, none a moment older; the
+    minute moves on with the clock."""
+    root, config = busy
+    pad = "p" * 1000
+    older = [{"time": T0 - 4000 + n, "event": "delivered", "id": f"OLD{n}"} for n in range(20)]
+    older += [{"time": T0 - 3000 + n, "event": "delivered", "id": f"H{n}", "pad": pad[:500]}
+              for n in range(1000)]
+    older += [  # just outside the minute: the hour's, not the minute's
+        {"time": T0 - 60.5, "event": "delivered", "id": "EDGE1"},
+        {"time": T0 - 60.01, "event": "bounced", "id": "EDGE2", "reason": "550"},
+        {"time": T0 - 60.001, "event": "deferred", "id": "EDGE3", "reply": "451"}]
+    minute = [{"time": T0 - 59.5, "event": "delivered", "id": "FIRST"},
+              {"time": T0 - 59.4, "event": "bounced", "id": "FIRSTBAD", "reason": "550"}]
+    minute += [{"time": T0 - 59 + n * 0.02, "event": "delivered", "id": f"M{n}", "pad": pad}
+               for n in range(2400)]  # up to T0 - 11
+    minute += [{"time": T0 - 10 + n, "event": "deferred", "id": f"D{n}", "reply": "451"}
+               for n in range(7)]
+    minute += [{"time": T0 - 3, "event": "failed", "id": f"B{n}", "to": ["x@far.example"]}
+               for n in range(3)]  # the recipient-level failures: their bounce is the count
+    minute += [{"time": T0 - 3, "event": "bounced", "id": f"B{n}", "reason": "550"}
+               for n in range(3)]
+    minute += [{"time": T0 - 1, "event": "intake", "id": "I1", "outcome": "badmail"}]
+    log = root / "log" / "events.jsonl"
+    write_log(log.with_name("events.jsonl.1"), older)
+    write_log(log, minute)
+    assert log.stat().st_size > 2 * 1024 * 1024
+    now = [T0]
+    app = ConsoleApp(config, clock=lambda: now[0])
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.tick()
+        assert app.stats.counts(T0, 60) == {"delivered": 2401, "deferred": 7, "failed": 5}
+        assert app.stats.counts(T0, 3600) == {"delivered": 3402, "deferred": 8, "failed": 6}
+        line = status_line(app)
+        assert "1m ✓2401 ↻7 ✗5" in line and "1h ✓3402 ↻8 ✗6" in line, line
+        now[0] = T0 + 0.55  # FIRST falls out of the minute, FIRSTBAD not yet
+        app.tick()
+        assert "1m ✓2400 ↻7 ✗5" in status_line(app), status_line(app)
+        now[0] = T0 + 0.7
+        with log.open("a") as out:
+            out.write(json.dumps({"time": T0 + 0.6, "event": "delivered", "id": "NEW"}) + "\n")
+        await until(pilot, lambda: "1m ✓2401 ↻7 ✗4" in status_line(app),
+                    why=lambda: status_line(app))
+        assert "1h ✓3403 ↻8 ✗6" in status_line(app)
