@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,9 +17,9 @@ import pytest
 from relay import config as configmod
 from relay import pickup as pickupmod
 from relay.config import Duration
-from relay.store import PICKUP
+from relay.store import PICKUP, QUEUE, Attempt, Mailroot
 from tests.busy_fixture import build_busy
-from tests.tui_fixture import T0, hold_lock, until, write_config
+from tests.tui_fixture import T0, envelope, fixed_id, hold_lock, message, until, write_config
 from tui.app import ConsoleApp
 
 
@@ -132,3 +133,54 @@ async def test_minute_counts_are_exact_however_long_the_log(busy):
         await until(pilot, lambda: "1m ✓2401 ↻7 ✗4" in status_line(app),
                     why=lambda: status_line(app))
         assert "1h ✓3403 ↻8 ✗6" in status_line(app)
+
+
+def cli_queue_at(config_path: Path, now: float, capsys) -> dict[str, tuple[str, str]]:
+    """`mailroot queue` run as the command runs it (relay.cli main) with its clock at `now`:
+    {id: (age, next)} as printed, e.g. ("29s", "in 30s")."""
+    from relay import cli as climod
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as frozen:
+        frozen.setattr(time, "time", lambda: now)
+        assert climod.main(["queue", "-c", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        found = re.match(r"(\S{16})[ !]\s+\d+\s+(\S+)\s+<[^>]*>\s+\d+ tr(?:y|ies), next (.+)$",
+                         line)
+        if found:
+            rows[found[1]] = (found[2], found[3])
+    return rows
+
+
+async def test_queue_ages_and_countdowns_agree_with_the_command_line(busy, tmp_path, capsys):
+    """The same message at the same frozen time: the console's age and next attempt read as
+    `mailroot queue` prints them (the console's `due` is the command's `now`)."""
+    root, config = busy
+    store = Mailroot(root)
+    offsets = [(29.4, 30.6), (0.2, 59.9), (59.99, 0.01), (90.5, 3599.5), (3600.2, 86399.9),
+               (2 * 86400 + 5, -3.0), (44.0, 15.0)]  # (age, next) in seconds at T0
+    for n, (age, wait) in enumerate(offsets):
+        mid = fixed_id(T0 - age, 500 + n)
+        data = message("app@example.com", f"t{n}@far.example", f"T{n}")
+        env = envelope(mid, T0 - age, "app@example.com", [f"t{n}@far.example"], f"T{n}", data,
+                       attempts=[Attempt(T0 - age + 0.1, "mx.far.example", "451 4.7.1 later")],
+                       next_attempt=T0 + wait)
+        store.commit(store.enqueue_ops(QUEUE, env, data))
+    for at in (T0, T0 + 0.5, T0 + 17.3):
+        printed = cli_queue_at(tmp_path / "mailroot.yaml", at, capsys)
+        assert len(printed) == 50 + len(offsets)
+        app = ConsoleApp(config, clock=lambda at=at: at)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            await pilot.press("2")
+            await pilot.pause()
+            table = app.dashboard.panes[QUEUE].table
+            shown = {str(key.value): (str(table.get_cell(key, "age")),
+                                      str(table.get_cell(key, "next"))) for key in table.rows}
+        assert set(shown) == set(printed)
+        for mid, (age, wait) in printed.items():
+            assert shown[mid] == (age, "due" if wait == "now" else wait), (at, mid)
+        if at == T0:
+            assert printed[fixed_id(T0 - 29.4, 500)] == ("29s", "in 30s")
