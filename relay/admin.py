@@ -625,6 +625,8 @@ class Admin:
         else:
             envelope = Envelope(mid, "", [], received=id_time(mid),
                                 reason=read_reason(store.path(BADMAIL, mid, ".BAD")))
+        if not has_envelope:  # the size its folder listed: the file's (a .BAD report's not)
+            envelope.size = store.path(folder, mid, ".eml").stat().st_size
         record = {**dataclasses.asdict(envelope), "deleted_from": folder,
                   "deleted_at": time.time(), "has_envelope": has_envelope}
         ops: list[Op] = [Link(store.path(folder, mid, ".eml"), store.path(TRASH, mid, ".eml"))]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from relay import config as configmod
 from relay.admin import Admin
+from relay.bounce import read_reason
 from relay.listing import MatchError, compile_match, entry_of, matching, reason_class
-from relay.store import BADMAIL, HOLD, QUEUE
+from relay.store import BADMAIL, DROP, HOLD, QUEUE, Mailroot
 from tests.admin_support import cli
 from tests.bulk_support import fill_queue
+from tests.busy_fixture import build_busy
 
 
 @pytest.mark.parametrize("reason, klass", [
@@ -91,3 +94,41 @@ def test_trash_listing_shows_origin_and_size(tmp_path, write_config):
                ).returncode == 0
     assert ids[0] in admin.store.ids(QUEUE)
     assert [r.id for r in matching(admin, BADMAIL, "")] == []
+
+
+def listed_sizes(path, folder: str) -> dict[str, str]:
+    """{id: size} as `mailroot queue --folder FOLDER` prints them."""
+    out = cli(path, "queue", "--folder", folder)
+    assert out.returncode == 0, out.stderr
+    return {m[1]: m[2] for m in re.finditer(r"^(\S{16})[ !]\s+(\d+)\s", out.stdout, re.M)}
+
+
+def test_trash_listing_shows_each_originals_size_and_origin_on_the_command_line(
+        tmp_path, write_config):
+    """From every folder, with an envelope or without one (Drop, a file refused at intake):
+    Trash prints the size its folder printed, the original's, and where it was deleted from."""
+    path = write_config()
+    store = Mailroot(tmp_path / "mailroot")
+    build_busy(store.root)
+    admin = Admin(configmod.load(path))
+    queued = store.ids(QUEUE)[0]
+    [dropped] = store.ids(DROP)
+    bounced = next(m for m in store.ids(BADMAIL) if store.path(BADMAIL, m, ".env").exists())
+    refused = next(m for m in store.ids(BADMAIL) if "size limit" in read_reason(
+        store.path(BADMAIL, m, ".BAD")))
+    origin = {queued: QUEUE, dropped: DROP, bounced: BADMAIL, refused: BADMAIL}
+    before = {**listed_sizes(path, "queue"), **listed_sizes(path, "drop"),
+              **listed_sizes(path, "badmail")}
+    sizes = {mid: str(store.path(folder, mid, ".eml").stat().st_size)
+             for mid, folder in origin.items() if folder != QUEUE}
+    sizes[queued] = str(store.read_envelope(QUEUE, queued).size)
+    assert {mid: before[mid] for mid in origin} == sizes
+    assert int(sizes[refused]) > 6000  # the 6 KB original, not its short report
+    assert set(admin.delete(list(origin)).done) == set(origin)
+    out = cli(path, "queue", "--folder", "trash")
+    assert listed_sizes(path, "trash") == sizes
+    for mid, folder in origin.items():
+        entry = out.stdout.split(mid, 1)[1].split("\n\n", 1)[0]
+        assert f"(deleted from {folder})" in entry, entry
+    total = sum(map(int, sizes.values()))
+    assert f"-- {total // 1024} KiB in 4 messages in Trash" in out.stdout

@@ -60,3 +60,45 @@ def test_a_requeued_550_keeps_its_attempts_and_sends_no_second_report(relay, dns
     wait_for(lambda: hop.messages)
     time.sleep(1.0)
     assert len(r.files("Drop", "*.eml")) == 1  # no second report for the same recipient
+
+
+def test_a_file_over_the_hop_limit_is_refused_with_the_reason_unless_forced(relay) -> None:
+    r = relay({"delivery": {"max_hop_count": 3}})
+    drop_file(r.folder("Pickup"), "loop.eml", b"Received: from x.test by y.test\r\n" * 4
+              + b"From: a@yourdomain.com\r\nTo: u@remote.example\r\nSubject: loop\r\n\r\nhi\r\n")
+    mid = wait_for(lambda: r.files("Badmail", "*.BAD"))[0].stem
+    original = (r.folder("Badmail") / f"{mid}.eml").read_bytes()
+    out = cli(r.config, "requeue", mid)
+    assert out.returncode == 1, out.stdout
+    assert "hop count exceeded" in out.stderr and "max_hop_count" in out.stderr
+    assert "--force" in out.stderr and "requeued" not in out.stdout
+    assert (r.folder("Badmail") / f"{mid}.BAD").exists()
+    assert (r.folder("Badmail") / f"{mid}.eml").read_bytes() == original
+    assert not r.files("Queue") and not r.files("Drop")
+    assert "Folder:    Badmail" in cli(r.config, "show", mid).stdout
+    forced = cli(r.config, "requeue", "--force", mid)
+    assert forced.returncode == 0, forced.stderr
+    assert (r.folder("Queue") / f"{mid}.env").exists() and not r.files("Badmail", f"{mid}.*")
+
+
+def test_a_requeued_550_that_fails_again_sends_a_new_report(relay, dns_server, sink) -> None:
+    hop = sink()
+    hop.rcpt_replies["user@remote.example"] = "550 5.1.1 <user@remote.example>: no such user"
+    r = relay(delivery_config(dns_server, hop.port))
+    [mid] = submit(r, "user@remote.example")
+    wait_for(lambda: (r.folder("Badmail") / f"{mid}.BAD").exists())
+    [first] = wait_for(lambda: r.files("Drop", "*.eml"))  # the NDR to the local sender
+    hop.rcpt_replies["user@remote.example"] = "550 5.1.1 <user@remote.example>: still no such user"
+    assert cli(r.config, "requeue", mid).returncode == 0
+    reports = wait_for(lambda: len(r.files("Drop", "*.eml")) == 2 and r.files("Drop", "*.eml"))
+    wait_for(lambda: (r.folder("Badmail") / f"{mid}.BAD").exists())
+    [second] = [p for p in reports if p != first]
+    text = second.read_bytes()
+    assert b"multipart/report" in text and b"user@remote.example" in text
+    assert b"still no such user" in text and b"Action: failed" in text
+    bounced = [e for e in r.events() if e["event"] == "bounced" and e["id"] == mid]
+    assert len(bounced) == 2 and all(e["ndr"] for e in bounced)
+    assert bounced[0]["ndr"] != bounced[1]["ndr"]
+    time.sleep(1.0)
+    assert len(r.files("Drop", "*.eml")) == 2  # one report per failure, not more
+    assert len(hop.messages) == 0
