@@ -96,8 +96,12 @@ def test_a_requeued_550_that_fails_again_sends_a_new_report(relay, dns_server, s
     text = second.read_bytes()
     assert b"multipart/report" in text and b"user@remote.example" in text
     assert b"still no such user" in text and b"Action: failed" in text
-    bounced = [e for e in r.events() if e["event"] == "bounced" and e["id"] == mid]
-    assert len(bounced) == 2 and all(e["ndr"] for e in bounced)
+    def bounces() -> list[dict]:  # logged just after the report is committed: wait for it
+        return [e for e in r.events() if e["event"] == "bounced" and e["id"] == mid]
+
+    wait_for(lambda: len(bounces()) == 2)
+    bounced = bounces()
+    assert all(e["ndr"] for e in bounced)
     assert bounced[0]["ndr"] != bounced[1]["ndr"]
     time.sleep(1.0)
     assert len(r.files("Drop", "*.eml")) == 2  # one report per failure, not more
