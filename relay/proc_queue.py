@@ -48,12 +48,15 @@ class QueueManager(Scheduler):
 
     async def finish(self, envelope: Envelope, data: bytes, now: float,
                      notes: list[dict]) -> None:
-        """A message delivered to every recipient loses its marker at once, on the loop, as
-        the reply arrives: a kill from then on cannot deliver it again. The durable commit
-        (the message file, the directory's fsync) follows in a thread as before."""
+        """A message delivered to every recipient leaves Queue at once, on the loop, as the
+        reply arrives: its marker, then its file (claimed, so the unlink frees nothing yet).
+        A kill from then on cannot deliver it again, nor leave a message file no envelope
+        names (a restarted queue manager runs no recovery pass). The directory's fsync
+        follows in a thread as before."""
         if all(r.state == "delivered" for r in envelope.recipients):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.store.path(QUEUE, envelope.id, ".env"))
+            for ext in (".env", ".eml"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.store.path(QUEUE, envelope.id, ext))
         await super().finish(envelope, data, now, notes)
 
     async def _read_changed(self) -> None:
