@@ -71,6 +71,17 @@ def run(*args: str, config: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
+# the envelope (X-Sender/X-Receiver, as IIS writes them) is x@remote.example alone; the Cc is
+# a header field to sign, not a recipient
+WITH_EVERY_SIGNED_FIELD = (
+    f"X-Sender: app@{DOMAIN}\r\nX-Receiver: x@remote.example\r\n"
+    f"From: App <app@{DOMAIN}>\r\nTo: x@remote.example\r\nCc: copy@remote.example\r\n"
+    f"Reply-To: help@{DOMAIN}\r\nSubject: signed\r\n"
+    f"Date: Mon, 02 Mar 2026 10:00:00 +0000\r\nMessage-ID: <order-42@{DOMAIN}>\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    "Content-Transfer-Encoding: 7bit\r\nX-Mailer: app 1.0\r\n\r\nthe body\r\n").encode()
+
+
 @pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"])
 def test_mail_from_a_listed_domain_verifies_at_the_next_hop(relay, dns_server, sink, tmp_path,
                                                             algorithm):
@@ -79,9 +90,7 @@ def test_mail_from_a_listed_domain_verifies_at_the_next_hop(relay, dns_server, s
     dns_server.txt(f"s1._domainkey.{DOMAIN}", record)
     config = delivery_config(dns_server, hop.port)
     r = relay({**config, "dkim": {DOMAIN: dkim_block(key, "s1", algorithm)}})
-    drop_file(r.folder("Pickup"), "a.eml", message("x@remote.example", "signed",
-                                                   sender=f"App <app@{DOMAIN}>",
-                                                   body=b"the body\r\n"))
+    drop_file(r.folder("Pickup"), "a.eml", WITH_EVERY_SIGNED_FIELD)
     drop_file(r.folder("Pickup"), "b.eml", message("y@remote.example", "other",
                                                    sender="app@other.test"))
     wait_for(lambda: len(hop.messages) == 2)
@@ -91,15 +100,42 @@ def test_mail_from_a_listed_domain_verifies_at_the_next_hop(relay, dns_server, s
     assert len(tags) == 1
     assert tags[0]["d"] == DOMAIN and tags[0]["s"] == "s1" and tags[0]["a"] == algorithm
     assert tags[0]["c"] == "relaxed/relaxed"
-    signed_fields = tags[0]["h"].lower().split(":")
-    assert {"from", "to", "subject"} <= set(signed_fields)
-    assert signed_fields.count("from") == 2  # over-signed: a second From: can't be added
+    # every field of RFC 6376 5.4.1's set that the message has, in that order (X-Mailer is
+    # not one), and From once more: over-signed, so a second From: can't be added
+    assert tags[0]["h"].lower().split(":") == [
+        "from", "reply-to", "subject", "date", "message-id", "to", "cc", "mime-version",
+        "content-type", "content-transfer-encoding", "from"]
     assert verified(signed, dns_server)
     assert signature_tags(unsigned) == []  # other.test has no key: not signed
     # the signature covers the body: one changed byte fails verification
     assert not verified(signed.replace(b"the body", b"the bodY"), dns_server)
     # and the header fields it names
     assert not verified(signed.replace(b"Subject: signed", b"Subject: signeD"), dns_server)
+
+
+def test_the_from_header_domain_decides_not_the_envelope_sender(relay, dns_server, sink,
+                                                                tmp_path):
+    """DMARC aligns with the From: header, so that is what picks the key: a bounce address
+    elsewhere still gets example.com's signature, and example.com's envelope sender does not
+    sign an author of a domain without a key."""
+    hop = sink()
+    key, record = make_key(tmp_path, "ed25519-sha256", "s1")
+    dns_server.txt(f"s1._domainkey.{DOMAIN}", record)
+    config = delivery_config(dns_server, hop.port)
+    config["smtp"] = {"listen": ["127.0.0.1:0"], "relay": {"allow": ["127.0.0.1"]}}
+    r = relay({**config, "dkim": {DOMAIN: dkim_block(key, "s1", "ed25519-sha256")}})
+    with smtplib.SMTP("127.0.0.1", r.smtp_port(), timeout=10) as client:
+        client.sendmail("bounce@other.example", ["x@remote.example"],
+                        message("x@remote.example", "aligned", sender=f"app@{DOMAIN}"))
+        client.sendmail(f"app@{DOMAIN}", ["y@remote.example"],
+                        message("y@remote.example", "unlisted", sender="x@unlisted.example"))
+    wait_for(lambda: len(hop.messages) == 2)
+    got = {m.recipients[0]: m for m in hop.messages}
+    aligned, unlisted = got["x@remote.example"], got["y@remote.example"]
+    assert (aligned.sender, unlisted.sender) == ("bounce@other.example", f"app@{DOMAIN}")
+    assert [(t["d"], t["s"]) for t in signature_tags(aligned.data)] == [(DOMAIN, "s1")]
+    assert verified(aligned.data, dns_server)
+    assert signature_tags(unlisted.data) == []
 
 
 def test_dual_signing_over_smtp_and_a_subdomain_sender(relay, dns_server, sink, tmp_path):
