@@ -288,6 +288,72 @@ def test_admin_show_names_the_signer(relay, dns_server, sink, tmp_path):
     assert f"Signed by: {DOMAIN} (selector s1, rsa-sha256)" in cli.stdout
 
 
+async def test_the_inspector_says_who_signed_a_queued_message(write_config, tmp_path):
+    """Two messages queued through the intake, as the relay takes them in: the one from a
+    listed domain shows its signer in the inspector, the other says it is not signed."""
+    from relay.config import load
+    from relay.intake import Intake, Submission
+    from relay.store import QUEUE, Mailroot
+    from tests.test_tui import SIZE, until
+    from tui.app import ConsoleApp
+    from tui.screens.inspector import Inspector
+
+    key, _ = make_key(tmp_path, "ed25519-sha256", "mail2026")
+    config = load(write_config({"dkim": {DOMAIN: dkim_block(key, "mail2026",
+                                                            "ed25519-sha256")}}))
+    store = Mailroot(config.root)
+    store.ensure()
+    intake = Intake(config, store)
+    signed, unsigned = (intake.accept(Submission(
+        message("x@remote.example", subject, sender=sender), sender, ["x@remote.example"],
+        source="test")).id for subject, sender in (("signed", f"app@{DOMAIN}"),
+                                                    ("unsigned", "app@other.test")))
+    app = ConsoleApp(config, readonly=True)  # no relay: the messages stay in Queue
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        pane = app.dashboard.panes[QUEUE]
+        await until(pilot, lambda: pane.table.row_count == 2)
+
+        async def inspect(message_id: str) -> list[str]:
+            """Enter on the message's row: the inspector's lines."""
+            for _ in range(2):  # two rows, in whatever order the pane shows them
+                if pane.current_id() != message_id:
+                    await pilot.press("down" if pane.table.cursor_row == 0 else "up")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, Inspector)
+                        and app.screen.message_id == message_id)
+            lines = str(app.screen.query_one("#inspector-text").render()).splitlines()
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is app.dashboard)
+            return lines
+
+        assert f"signed by       {DOMAIN} (selector mail2026, ed25519-sha256)" in \
+            await inspect(signed)
+        assert "signed by       not DKIM-signed" in await inspect(unsigned)
+
+
+@pytest.mark.parametrize(("bits", "strings"), [(None, 2), (1024, 1), (3072, 3)])
+def test_keygen_rsa_key_sizes_and_the_record_split_for_dns(write_config, tmp_path, bits,
+                                                           strings):
+    """--bits 1024 or 3072, 2048 without it; the printed TXT record is the key's record,
+    in quoted strings of at most 255 bytes each: several for 2048 bits and more."""
+    from cryptography.hazmat.primitives import serialization
+
+    config = write_config()
+    made = run("dkim", "keygen", DOMAIN, "--selector", "s1",
+               *(["--bits", str(bits)] if bits else []), config=config)
+    assert made.returncode == 0, made.stderr
+    private = (tmp_path / f"{DOMAIN}.s1.key").read_bytes()
+    key = serialization.load_pem_private_key(private, password=None)
+    assert key.key_size == (bits or 2048)
+    line = made.stdout.strip().splitlines()[-1]
+    rdata = re.fullmatch(rf"s1\._domainkey\.{re.escape(DOMAIN)}\. IN TXT (.+)", line).group(1)
+    assert re.fullmatch(r'"[^"]*"( "[^"]*")*', rdata), rdata  # quoted strings, nothing else
+    parts = re.findall(r'"([^"]*)"', rdata)
+    assert len(parts) == strings and all(len(p.encode()) <= 255 for p in parts)
+    assert "".join(parts) == dkim_keys.record_value("rsa-sha256", private)
+
+
 def test_keygen_needs_a_config_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "relay.cli", "dkim", "keygen", DOMAIN],
                             capture_output=True, text=True, timeout=30, cwd=tmp_path,
