@@ -5,13 +5,19 @@ The supervisor holds the Anvil (AnvilServer) and answers each receiver on its ow
 pair; a receiver's SmtpServer uses an AnvilClient in place of its own Anvil. The calls are
 synchronous (a connection is admitted before its greeting; a loopback round trip), and the
 connections a receiver had open are released when its socket closes (it died).
+
+Stress mode is the relay's, not a receiver's: the supervisor decides when it begins and
+ends, logs the `stress` event once, and tells every receiver at once (unasked), so each sets
+its idle sessions' timeouts even if it admits no new connection meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import Counter
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -19,11 +25,14 @@ from relay.anvil import Anvil
 from relay.config import Smtp
 
 CALLS = {"admit", "release", "locked_for", "auth_failed", "tarpit", "reconfigure"}
+# what the supervisor sends: ("answer", result, stressed, untrusted_open) to a call, and
+# ("stress", stressed, untrusted_open) unasked when the stress state changes
+ANSWER, STRESS = "answer", "stress"
 
 
 class AnvilClient:
     """Anvil's calls, answered by the supervisor's Anvil; `stressed` and `untrusted_open`
-    are as of the last answer."""
+    are as of the last word from it."""
 
     def __init__(self, fd: int, smtp: Smtp) -> None:
         self.conn = Connection(fd)
@@ -31,11 +40,41 @@ class AnvilClient:
         self.stressed = False  # as this receiver last acted on it
         self.remote_stressed = False
         self.untrusted_open = 0
+        self.on_change: Callable[[], None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def _call(self, name: str, *args: Any) -> Any:
         self.conn.send((name, args))
-        result, self.remote_stressed, self.untrusted_open = self.conn.recv()
-        return result
+        while True:
+            message = self.conn.recv()
+            if message[0] != ANSWER:  # a stress change, sent before the answer
+                self._told(message)
+                continue
+            _, result, self.remote_stressed, self.untrusted_open = message
+            return result
+
+    def _told(self, message: tuple) -> None:
+        _, self.remote_stressed, self.untrusted_open = message
+        if self.on_change is not None and self.loop is not None:
+            self.loop.call_soon(self.on_change)
+
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """Call on_change (on the running loop) whenever the supervisor says the stress
+        state changed."""
+        self.on_change, self.loop = on_change, asyncio.get_running_loop()
+        self.loop.add_reader(self.conn.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            while self.conn.poll():  # a call may have read it already
+                self._told(self.conn.recv())
+        except (EOFError, OSError):  # the supervisor is gone (this process follows it)
+            self.close()
+
+    def close(self) -> None:
+        if self.loop is not None and not self.conn.closed:
+            self.loop.remove_reader(self.conn.fileno())
+            self.loop = None
 
     def admit(self, ip: str, trusted: bool) -> str | None:
         return self._call("admit", ip, trusted)
@@ -64,10 +103,13 @@ class AnvilClient:
 
 
 class AnvilServer:
-    """The shared Anvil, answering receivers on the running event loop."""
+    """The shared Anvil, answering receivers on the running event loop. `announce(stressed,
+    untrusted_open)` is called once per change of the stress state."""
 
-    def __init__(self, smtp: Smtp) -> None:
+    def __init__(self, smtp: Smtp,
+                 announce: Callable[[bool, int], None] | None = None) -> None:
         self.anvil = Anvil(smtp)
+        self.announce = announce
         self.links: dict[int, tuple[Connection, Counter]] = {}
 
     def link(self) -> socket.socket:
@@ -91,11 +133,25 @@ class AnvilServer:
         elif name == "release" and admitted[tuple(args)]:
             admitted[tuple(args)] -= 1
         if name in ("admit", "release"):
-            self.anvil.stress_changed()
+            self._follow_stress(asking=fd)
         try:
-            conn.send((result, self.anvil.stressed, self.anvil.untrusted_open))
+            conn.send((ANSWER, result, self.anvil.stressed, self.anvil.untrusted_open))
         except OSError:
             self._unlink(fd)
+
+    def _follow_stress(self, asking: int | None = None) -> None:
+        """After a connection was counted or released: if that began or ended stress mode,
+        say so once, and tell every other receiver (the asking one reads it in its answer)."""
+        if not self.anvil.stress_changed():
+            return
+        stressed, open_now = self.anvil.stressed, self.anvil.untrusted_open
+        if self.announce is not None:
+            self.announce(stressed, open_now)
+        for fd, (conn, _) in self.links.items():
+            if fd != asking:
+                # a receiver that died: its end of the link reads as closed next
+                with contextlib.suppress(OSError):
+                    conn.send((STRESS, stressed, open_now))
 
     def _unlink(self, fd: int) -> None:
         """A receiver is gone: its connections are closed with it."""
@@ -105,7 +161,7 @@ class AnvilServer:
         for (ip, trusted), count in admitted.items():
             for _ in range(count):
                 self.anvil.release(ip, trusted)
-        self.anvil.stress_changed()
+        self._follow_stress()
 
     def close(self) -> None:
         for fd in list(self.links):

@@ -497,6 +497,7 @@ class SmtpServer:
         self.intake = intake
         self.events = events
         self.anvil = anvil.Anvil(config.smtp)
+        self.announce_stress = True  # False in a receiver: its supervisor logs it, once
         self.reconfigure(config)
         self.tls: ssl.SSLContext | None = None
         self.servers: list[asyncio.Server] = []
@@ -514,13 +515,16 @@ class SmtpServer:
         self.anvil.reconfigure(config.smtp)
 
     def follow_stress(self) -> None:
-        """After a connection opened or closed: enter or leave stress mode, say so, and set
-        every untrusted session's idle timeout accordingly."""
+        """After a connection opened or closed (or the supervisor said the relay's stress
+        state changed): enter or leave stress mode, say so, and set every untrusted session's
+        idle timeout accordingly."""
         if not self.anvil.stress_changed():
             return
         stressed = self.anvil.stressed
-        self.events.emit("stress", state="on" if stressed else "off",
-                         open=self.anvil.untrusted_open, limit=self.config.smtp.max_connections)
+        if self.announce_stress:
+            self.events.emit("stress", state="on" if stressed else "off",
+                             open=self.anvil.untrusted_open,
+                             limit=self.config.smtp.max_connections)
         for session in self.sessions:
             session.stress_timeout(stressed)
 

@@ -115,7 +115,7 @@ class Supervisor(MailrootHost):
         self.children: list[Child] = []
         self.tasks: list[asyncio.Task] = []
         self.stopping = False
-        self.anvil = AnvilServer(config.smtp)
+        self.anvil = AnvilServer(config.smtp, announce=self.stress_event)
         self.config_watcher = ConfigWatcher(config.source, self.apply_config, self.events,
                                             announce=False) if config.source else None
         self.handing_out = asyncio.Lock()  # one change at a time: answers come in order
@@ -154,6 +154,11 @@ class Supervisor(MailrootHost):
         if self.config_watcher:
             self.config_watcher.start()
         await self.announce()
+
+    def stress_event(self, stressed: bool, open_now: int) -> None:
+        """The relay's stress mode began or ended (all receivers' connections counted)."""
+        self.events.emit("stress", state="on" if stressed else "off", open=open_now,
+                         limit=self.config.smtp.max_connections)
 
     async def spawn(self, child: Child) -> None:
         """Start the child and wait until it says it is ready (its services run)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -134,3 +135,62 @@ def wait_files(server: Any, folder: str, count: int, pattern: str = "*",
                timeout: float = 10.0) -> list[Path]:
     return wait_for(lambda: len(server.files(folder, pattern)) == count
                     and server.files(folder, pattern), timeout)
+
+
+# --- a supervised relay's processes, as the kernel sees them ---
+
+def receiver_pids(relay: Any) -> dict[str, int]:
+    """Each receiver process of a real `mailroot serve` (a RelayProcess) by name, as it
+    announced itself in the events."""
+    return {e["process"]: e["pid"] for e in relay.events()
+            if e["event"] == "process-started" and e["process"].startswith("receiver")}
+
+
+def clients_of(pid: int, port: int) -> set[tuple[str, int]]:
+    """The (address, port) of each client whose TCP connection to local `port` the process
+    `pid` holds established: the SMTP sessions it serves (from /proc/net/tcp, matched to the
+    process's sockets by inode)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    clients = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if int(local.rsplit(":", 1)[1], 16) == port and state == "01" and inode in inodes:
+            address, remote_port = remote.split(":")  # 01: ESTABLISHED
+            ip = socket.inet_ntoa(int(address, 16).to_bytes(4, "little"))
+            clients.add((ip, int(remote_port, 16)))
+    return clients
+
+
+def sessions_in(pid: int, port: int) -> int:
+    """How many SMTP sessions on local `port` the process `pid` serves."""
+    return len(clients_of(pid, port))
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    pids = [pid]
+    with contextlib.suppress(FileNotFoundError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError):
+                for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+                    pids += process_tree(int(child))
+    return pids
+
+
+def pss_kib(pids: list[int]) -> int:
+    """The processes' proportional set size summed: each private page counted once, and each
+    page they share (the interpreter, libraries, what a fork left in common) split among the
+    processes sharing it, so no page is counted twice."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(next(line.split()[1] for line in rollup.splitlines()
+                              if line.startswith("Pss:")))
+    return total

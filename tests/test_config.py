@@ -32,6 +32,19 @@ def test_defaults_are_the_iis_dialog_defaults() -> None:
     assert [str(h) for h in c.smtp.listen] == ["127.0.0.1:2525"]
 
 
+def test_hostile_client_defaults_are_those_safe_on_port_25() -> None:
+    """Without a word in the config (and as config.example.yaml writes them): stress mode
+    cuts idle sessions to 10 s, a silent client goes after 30 s, 50 connections per address,
+    and 5 failed AUTHs within 10 minutes lock an address out for 15 minutes."""
+    example = cfg.load(ROOT / "config.example.yaml")
+    for c in (cfg.Config(), cfg.parse("hostname: relay.test\n", "m.yaml"), example):
+        smtp = c.smtp
+        assert (smtp.stress_timeout, smtp.greeting_timeout) == (10, 30)
+        assert smtp.limits.per_client_connections == 50 and smtp.limits.per_client_rate == 0
+        assert (smtp.auth.max_failures, smtp.auth.failure_window, smtp.auth.lockout) == (
+            5, 10 * 60, 15 * 60)
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("12h", 43200),
                                                 ("2d", 172800)])
 def test_durations(text: str, seconds: int) -> None:

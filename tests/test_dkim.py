@@ -71,6 +71,17 @@ def run(*args: str, config: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
+# the envelope (X-Sender/X-Receiver, as IIS writes them) is x@remote.example alone; the Cc is
+# a header field to sign, not a recipient
+WITH_EVERY_SIGNED_FIELD = (
+    f"X-Sender: app@{DOMAIN}\r\nX-Receiver: x@remote.example\r\n"
+    f"From: App <app@{DOMAIN}>\r\nTo: x@remote.example\r\nCc: copy@remote.example\r\n"
+    f"Reply-To: help@{DOMAIN}\r\nSubject: signed\r\n"
+    f"Date: Mon, 02 Mar 2026 10:00:00 +0000\r\nMessage-ID: <order-42@{DOMAIN}>\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    "Content-Transfer-Encoding: 7bit\r\nX-Mailer: app 1.0\r\n\r\nthe body\r\n").encode()
+
+
 @pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"])
 def test_mail_from_a_listed_domain_verifies_at_the_next_hop(relay, dns_server, sink, tmp_path,
                                                             algorithm):
@@ -79,9 +90,7 @@ def test_mail_from_a_listed_domain_verifies_at_the_next_hop(relay, dns_server, s
     dns_server.txt(f"s1._domainkey.{DOMAIN}", record)
     config = delivery_config(dns_server, hop.port)
     r = relay({**config, "dkim": {DOMAIN: dkim_block(key, "s1", algorithm)}})
-    drop_file(r.folder("Pickup"), "a.eml", message("x@remote.example", "signed",
-                                                   sender=f"App <app@{DOMAIN}>",
-                                                   body=b"the body\r\n"))
+    drop_file(r.folder("Pickup"), "a.eml", WITH_EVERY_SIGNED_FIELD)
     drop_file(r.folder("Pickup"), "b.eml", message("y@remote.example", "other",
                                                    sender="app@other.test"))
     wait_for(lambda: len(hop.messages) == 2)
@@ -91,15 +100,42 @@ def test_mail_from_a_listed_domain_verifies_at_the_next_hop(relay, dns_server, s
     assert len(tags) == 1
     assert tags[0]["d"] == DOMAIN and tags[0]["s"] == "s1" and tags[0]["a"] == algorithm
     assert tags[0]["c"] == "relaxed/relaxed"
-    signed_fields = tags[0]["h"].lower().split(":")
-    assert {"from", "to", "subject"} <= set(signed_fields)
-    assert signed_fields.count("from") == 2  # over-signed: a second From: can't be added
+    # every field of RFC 6376 5.4.1's set that the message has, in that order (X-Mailer is
+    # not one), and From once more: over-signed, so a second From: can't be added
+    assert tags[0]["h"].lower().split(":") == [
+        "from", "reply-to", "subject", "date", "message-id", "to", "cc", "mime-version",
+        "content-type", "content-transfer-encoding", "from"]
     assert verified(signed, dns_server)
     assert signature_tags(unsigned) == []  # other.test has no key: not signed
     # the signature covers the body: one changed byte fails verification
     assert not verified(signed.replace(b"the body", b"the bodY"), dns_server)
     # and the header fields it names
     assert not verified(signed.replace(b"Subject: signed", b"Subject: signeD"), dns_server)
+
+
+def test_the_from_header_domain_decides_not_the_envelope_sender(relay, dns_server, sink,
+                                                                tmp_path):
+    """DMARC aligns with the From: header, so that is what picks the key: a bounce address
+    elsewhere still gets example.com's signature, and example.com's envelope sender does not
+    sign an author of a domain without a key."""
+    hop = sink()
+    key, record = make_key(tmp_path, "ed25519-sha256", "s1")
+    dns_server.txt(f"s1._domainkey.{DOMAIN}", record)
+    config = delivery_config(dns_server, hop.port)
+    config["smtp"] = {"listen": ["127.0.0.1:0"], "relay": {"allow": ["127.0.0.1"]}}
+    r = relay({**config, "dkim": {DOMAIN: dkim_block(key, "s1", "ed25519-sha256")}})
+    with smtplib.SMTP("127.0.0.1", r.smtp_port(), timeout=10) as client:
+        client.sendmail("bounce@other.example", ["x@remote.example"],
+                        message("x@remote.example", "aligned", sender=f"app@{DOMAIN}"))
+        client.sendmail(f"app@{DOMAIN}", ["y@remote.example"],
+                        message("y@remote.example", "unlisted", sender="x@unlisted.example"))
+    wait_for(lambda: len(hop.messages) == 2)
+    got = {m.recipients[0]: m for m in hop.messages}
+    aligned, unlisted = got["x@remote.example"], got["y@remote.example"]
+    assert (aligned.sender, unlisted.sender) == ("bounce@other.example", f"app@{DOMAIN}")
+    assert [(t["d"], t["s"]) for t in signature_tags(aligned.data)] == [(DOMAIN, "s1")]
+    assert verified(aligned.data, dns_server)
+    assert signature_tags(unlisted.data) == []
 
 
 def test_dual_signing_over_smtp_and_a_subdomain_sender(relay, dns_server, sink, tmp_path):
@@ -250,6 +286,72 @@ def test_admin_show_names_the_signer(relay, dns_server, sink, tmp_path):
     cli = run("show", next(p.stem for p in r.files("Queue", "*.env")
                            if admin.show(p.stem).signatures), config=r.config)
     assert f"Signed by: {DOMAIN} (selector s1, rsa-sha256)" in cli.stdout
+
+
+async def test_the_inspector_says_who_signed_a_queued_message(write_config, tmp_path):
+    """Two messages queued through the intake, as the relay takes them in: the one from a
+    listed domain shows its signer in the inspector, the other says it is not signed."""
+    from relay.config import load
+    from relay.intake import Intake, Submission
+    from relay.store import QUEUE, Mailroot
+    from tests.test_tui import SIZE, until
+    from tui.app import ConsoleApp
+    from tui.screens.inspector import Inspector
+
+    key, _ = make_key(tmp_path, "ed25519-sha256", "mail2026")
+    config = load(write_config({"dkim": {DOMAIN: dkim_block(key, "mail2026",
+                                                            "ed25519-sha256")}}))
+    store = Mailroot(config.root)
+    store.ensure()
+    intake = Intake(config, store)
+    signed, unsigned = (intake.accept(Submission(
+        message("x@remote.example", subject, sender=sender), sender, ["x@remote.example"],
+        source="test")).id for subject, sender in (("signed", f"app@{DOMAIN}"),
+                                                    ("unsigned", "app@other.test")))
+    app = ConsoleApp(config, readonly=True)  # no relay: the messages stay in Queue
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        pane = app.dashboard.panes[QUEUE]
+        await until(pilot, lambda: pane.table.row_count == 2)
+
+        async def inspect(message_id: str) -> list[str]:
+            """Enter on the message's row: the inspector's lines."""
+            for _ in range(2):  # two rows, in whatever order the pane shows them
+                if pane.current_id() != message_id:
+                    await pilot.press("down" if pane.table.cursor_row == 0 else "up")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, Inspector)
+                        and app.screen.message_id == message_id)
+            lines = str(app.screen.query_one("#inspector-text").render()).splitlines()
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is app.dashboard)
+            return lines
+
+        assert f"signed by       {DOMAIN} (selector mail2026, ed25519-sha256)" in \
+            await inspect(signed)
+        assert "signed by       not DKIM-signed" in await inspect(unsigned)
+
+
+@pytest.mark.parametrize(("bits", "strings"), [(None, 2), (1024, 1), (3072, 3)])
+def test_keygen_rsa_key_sizes_and_the_record_split_for_dns(write_config, tmp_path, bits,
+                                                           strings):
+    """--bits 1024 or 3072, 2048 without it; the printed TXT record is the key's record,
+    in quoted strings of at most 255 bytes each: several for 2048 bits and more."""
+    from cryptography.hazmat.primitives import serialization
+
+    config = write_config()
+    made = run("dkim", "keygen", DOMAIN, "--selector", "s1",
+               *(["--bits", str(bits)] if bits else []), config=config)
+    assert made.returncode == 0, made.stderr
+    private = (tmp_path / f"{DOMAIN}.s1.key").read_bytes()
+    key = serialization.load_pem_private_key(private, password=None)
+    assert key.key_size == (bits or 2048)
+    line = made.stdout.strip().splitlines()[-1]
+    rdata = re.fullmatch(rf"s1\._domainkey\.{re.escape(DOMAIN)}\. IN TXT (.+)", line).group(1)
+    assert re.fullmatch(r'"[^"]*"( "[^"]*")*', rdata), rdata  # quoted strings, nothing else
+    parts = re.findall(r'"([^"]*)"', rdata)
+    assert len(parts) == strings and all(len(p.encode()) <= 255 for p in parts)
+    assert "".join(parts) == dkim_keys.record_value("rsa-sha256", private)
 
 
 def test_keygen_needs_a_config_file(tmp_path):
