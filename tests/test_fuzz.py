@@ -155,8 +155,13 @@ def test_a_real_relay_files_every_fuzzed_input(relay) -> None:
         (staging / f"f{number}").write_bytes(raw)
         os.rename(staging / f"f{number}", r.folder("Pickup") / f"f{number}")
     wait_for(lambda: not any(r.folder("Pickup").iterdir()), timeout=20, interval=0.1)
-    sources = [e["source"] for e in r.events() if e["event"] == "intake"]
-    assert sorted(sources) == sorted(f"Pickup/f{n}" for n in range(len(inputs)))
+    expected = sorted(f"Pickup/f{n}" for n in range(len(inputs)))
+
+    def sources() -> list[str]:  # a file's event follows its commit, after it left Pickup
+        return sorted(e["source"] for e in r.events() if e["event"] == "intake")
+
+    wait_for(lambda: len(sources()) >= len(expected), timeout=10, interval=0.1)
+    assert sources() == expected
     assert len(outcome(r.root)) >= len(inputs)
     assert r.proc.poll() is None
 
