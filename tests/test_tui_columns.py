@@ -52,14 +52,15 @@ def test_spare_width_goes_to_the_reply_before_extras():
 @pytest.mark.parametrize("width", [24, 30, 38])
 @pytest.mark.parametrize("folder", [QUEUE, BADMAIL, PICKUP, DROP, HOLD])
 def test_a_pane_too_narrow_for_its_columns_cuts_the_address_not_the_right_edge(folder, width):
-    """Side by side a small pane may be narrower than its never-dropped columns: the recipient
-    is cut (to 16, still naming a domain) and the reply after it, so the row ends on screen."""
+    """Side by side a small pane may be narrower than its never-dropped columns: the reply or
+    subject goes first, then the state is cut to its symbol, then the recipient (to 18, in its
+    local part), so the row ends on screen."""
     shown = fit(COLUMNS[folder], width)
     widths = dict((c.key, w) for c, w in shown)
-    assert "to" in widths and widths["to"] >= 16
-    least = sum(PAD + (16 if c.shorten else 3 if c.flex else c.width)
-                for c in COLUMNS[folder] if not c.drop)
+    assert "to" in widths and widths["to"] >= 18
+    least = sum(PAD + (c.least or c.width) for c in COLUMNS[folder] if not (c.drop or c.flex))
     assert sum(w + PAD for _, w in shown) <= max(width, least)
+    assert widths["state"] >= 1
 
 
 @pytest.mark.parametrize("width", [8, 12, 16, 20, 30])

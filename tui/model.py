@@ -111,6 +111,8 @@ class Column:
     ticks: bool = False  # changes with the clock alone: redrawn every second
     shorten: Callable[[str, int], str] | None = None  # how a long cell is cut to its width
     want: int = 0  # the flexible column's comfortable width, before extras are shown
+    least: int = 0  # in a pane too narrow for what is never dropped, cut down to this (0: never;
+    # the flexible column goes first there)
 
 
 EXTRA = 7  # columns dropped at this priority and above are extras: they show only when the
@@ -119,23 +121,29 @@ EXTRA = 7  # columns dropped at this priority and above are extras: they show on
 
 def _col(key: str, label: str, width: int, cell: Callable[[MessageSummary, float], str],
          drop: int = 0, flex: bool = False, ticks: bool = False,
-         shorten: Callable[[str, int], str] | None = None, want: int = 0) -> Column:
-    return Column(key, label, width, cell, drop, flex, ticks, shorten, want)
+         shorten: Callable[[str, int], str] | None = None, want: int = 0,
+         least: int = 0) -> Column:
+    return Column(key, label, width, cell, drop, flex, ticks, shorten, want, least)
+
+
+def state_symbol(text: str, width: int) -> str:
+    """A state cut to its symbol when its word does not fit: "✓", not "✓ lo"."""
+    return text if len(text) <= width else text.split(" ", 1)[0][:width]
 
 
 def _state(width: int) -> Column:
-    return _col("state", "state", width, state_word, ticks=True)
+    return _col("state", "state", width, state_word, ticks=True, shorten=state_symbol, least=1)
 
 
 PAD = 2  # a table cell's padding, one each side
-NARROWEST = 16  # an address cell is never cut narrower: "…@greylist.test" names its domain
+NARROWEST = 18  # an address cell is never cut narrower: "…@customer.example" names its domain
 
 
 def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
     """The columns that fit in `width` cells, in order, with their widths: the least needed
     are dropped first, extras before the flexible column has its comfortable width, and the
-    flexible column takes what is left. Narrower than what is never dropped, the address
-    column is cut (in its local part, by `short_address`) rather than the pane's right edge."""
+    flexible column takes what is left. Narrower than what is never dropped, the flexible
+    column goes and columns are cut down to their `least`, rather than the pane's right edge."""
     shown = list(columns)
     want = sum(max(0, c.want - c.width) for c in columns if c.flex)
     for column in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
@@ -146,20 +154,24 @@ def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
     spare = width - sum(c.width + PAD for c in shown)
     if spare >= 0:
         return [(c, c.width + spare if c.flex else c.width) for c in shown]
-    widths = {c.key: c.width for c in shown}  # too narrow even for what is never dropped:
-    for giving, least in ((lambda c: c.shorten, NARROWEST), (lambda c: c.flex, 3)):
-        for c in filter(giving, shown):  # the addresses give way, then the reply, not the edge
-            cut = min(-spare, max(0, widths[c.key] - least))
-            widths[c.key] -= cut
-            spare += cut
-    return [(c, widths[c.key]) for c in shown]
+    # Too narrow even for what is never dropped: the reply (or subject) goes first, then the
+    # state word is cut to its symbol, then the address in its local part; never the row's end.
+    shown = [c for c in shown if not c.flex]
+    spare = width - sum(c.width + PAD for c in shown)
+    widths = {c.key: c.width for c in shown}
+    for c in sorted((c for c in shown if c.least), key=lambda c: c.key != "state"):
+        cut = min(max(0, -spare), widths[c.key] - c.least)
+        widths[c.key] -= cut
+        spare += cut
+    return [(c, widths[c.key] + max(0, spare) * (c.key == "to")) for c in shown]
 
 
 MARK = _col("mark", " ", 1, lambda r, now: "")
 AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received), drop=5, ticks=True)
 FROM = _col("from", "from", 22, lambda r, now: sender_text(r), drop=7, shorten=short_address)
 # The recipient is what an operator looks for first: never dropped, cut in its local part.
-TO = _col("to", "to", 22, lambda r, now: recipients_text(r), shorten=short_address)
+TO = _col("to", "to", 22, lambda r, now: recipients_text(r), shorten=short_address,
+          least=NARROWEST)
 SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject, drop=8)
 ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts), drop=4)
 NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now), drop=3, ticks=True)
