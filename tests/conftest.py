@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -34,6 +35,41 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+ALONE_TIMEOUT = 150  # an `alone` test may first wait for the other worker's test to end
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("alone") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(ALONE_TIMEOUT))
+
+
+@pytest.fixture(autouse=True)
+def alone_or_together(request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """With two workers, a test marked `alone` (it asserts a time bound) runs while no other
+    test does; the others run side by side. A readers-writer lock on files the workers share,
+    with a turnstile so a waiting `alone` test is not starved by the other worker's next one."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # one directory per run, above each worker's
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(shared / "alone.lock", "a") as lock, open(shared / "turnstile.lock", "a") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            if alone:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        if not alone:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

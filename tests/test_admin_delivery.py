@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from relay.store import Envelope
 from tests.admin_support import cli, submit
 from tests.conftest import wait_for
@@ -31,6 +33,7 @@ def test_550_bounce_then_requeue_is_delivered_once_to_the_original_recipients(
     assert not r.files("Queue") and not r.files("Badmail", f"{mid}.*")
 
 
+@pytest.mark.alone  # a time bound
 def test_retry_all_attempts_200_deferred_messages_within_2s(relay, dns_server, sink) -> None:
     hop = sink()
     hop.data_reply = "451 4.3.0 try again later"

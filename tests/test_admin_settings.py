@@ -117,6 +117,7 @@ def reloaded(r: RelayProcess, count: int) -> bool:
     return sum(e["event"] == "config-reloaded" for e in r.events()) >= count
 
 
+@pytest.mark.alone  # a time bound
 def test_running_relay_applies_a_domain_change_within_2s(relay) -> None:
     r = relay()
     out = cli(r.config, "domains", "add-alias", "new.test")

@@ -29,6 +29,7 @@ def events(r, name: str) -> list[dict]:
     return [e for e in r.events() if e["event"] == name]
 
 
+@pytest.mark.alone  # a time bound
 def test_iis_example_for_remote_domain_reaches_mx_sink_within_1s(relay, dns_server, sink):
     hop = sink()
     r = relay(delivery_config(dns_server, hop.port))

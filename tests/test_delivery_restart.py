@@ -7,6 +7,8 @@ import json
 import signal
 import time
 
+import pytest
+
 from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
 from tests.conftest import drop_file, wait_for
 from tests.test_delivery import delivery_config, events, message
@@ -60,6 +62,7 @@ def queue_directly(root, to: str, data: bytes, crc: int | None = None) -> str:
     return env.id
 
 
+@pytest.mark.alone  # a time bound
 def test_other_processes_queue_changes_are_picked_up_within_1s(relay, dns_server, sink):
     hop = sink()
     answers = iter(["451 4.3.0 later"])

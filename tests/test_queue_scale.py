@@ -45,6 +45,7 @@ def drop_files(root: Path) -> list[Path]:
 
 
 @pytest.mark.slow  # filling 50,000 messages takes seconds
+@pytest.mark.alone  # a time bound
 def test_pickup_and_smtp_work_within_a_second_of_start_with_50000_queued(
         write_config, tmp_path: Path) -> None:
     root = tmp_path / "mailroot"
@@ -80,6 +81,7 @@ def test_pickup_and_smtp_work_within_a_second_of_start_with_50000_queued(
 
 
 @pytest.mark.slow  # filling 50,000 messages takes seconds
+@pytest.mark.alone  # a time bound
 def test_message_due_now_among_50000_not_due_is_tried_within_2_s(
         write_config, sink, tmp_path: Path) -> None:
     root = tmp_path / "mailroot"

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import drop_file, sample, wait_for
 
 
@@ -19,6 +21,7 @@ def only(paths: list[Path]) -> Path:
     return paths[0]
 
 
+@pytest.mark.alone  # a time bound
 def test_iis_example_local_reaches_drop_within_1s(relay) -> None:
     r = relay()
     start = time.monotonic()

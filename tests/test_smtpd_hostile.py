@@ -104,6 +104,7 @@ def stress_events(r) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # a time bound
 def test_1000_idle_connections_stress_mode_serves_another_address(relay) -> None:
     """No per-client limit here: 1,000 idle connections from one address fill the listener;
     stress mode shortens their idle timeout, so another client is served within
@@ -161,6 +162,7 @@ def test_1000_idle_connections_stress_mode_serves_another_address(relay) -> None
     assert len(wait_files(r, "Drop", 1)) == 1
 
 
+@pytest.mark.alone  # a time bound
 def test_stress_mode_is_logged_once_and_every_receiver_follows_it(relay) -> None:
     """Stress mode is the relay's, counted over every receiver's connections: one `stress`
     event when it begins and one when it ends (not one per receiver), and the idle sessions
@@ -278,6 +280,7 @@ def test_a_supervised_relays_receivers_share_the_auth_lockout(relay, users) -> N
     assert [(e["client"], e["failures"]) for e in locked] == [(ABUSER, 5)]
 
 
+@pytest.mark.alone  # a time bound
 def test_failed_auth_is_answered_late_without_holding_up_others(write_config, users) -> None:
     with live_smtp(write_config, auth_config(users, failure_delay="3s")) as server:
         guesser = RawClient(server.port, source=ABUSER)

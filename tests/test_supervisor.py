@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
@@ -136,6 +137,7 @@ def test_a_child_killed_mid_load_is_restarted_and_nothing_is_lost(relay, sink) -
     wait_for(lambda: r.files("Queue") == [], timeout=10)
 
 
+@pytest.mark.alone  # a time bound
 def test_sigterm_stops_every_child_within_5_seconds(relay, sink) -> None:
     r = relay(processes_config(sink()))
     pids = children(r)
