@@ -31,7 +31,7 @@ from bench.load import message
 from bench.procstat import status_mb
 
 ESCAPES = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
-COUNT = re.compile(rb"(Queue|Drop)\s+(\d+)")
+COUNT = re.compile(rb"(Queue|Drop)\s+(\d[\d,]*)")
 SIZE = (40, 120)  # rows, columns: every pane side by side
 
 
@@ -60,7 +60,7 @@ class Screen:
             if self.relay_running is None and b"embedded relay pid" in text:
                 self.relay_running = now
             for pane, count in COUNT.findall(text):
-                self.seen[pane.decode()].append((now, int(count)))
+                self.seen[pane.decode()].append((now, int(count.replace(b",", b""))))
 
     def first(self, pane: str, at_least: int) -> float | None:
         return next((t for t, n in self.seen[pane] if n >= at_least), None)

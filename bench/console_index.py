@@ -112,7 +112,7 @@ def measure(config: Path, count: int) -> dict[str, float]:
     per_domain = f"{count // DOMAINS:,}".encode()
     with console_in_pty(config, SIZE) as (proc, master, began):
         screen = Screen(master)
-        painted = screen.wait(rb"Queue %d" % count, began, 60)
+        painted = screen.wait(rb"Queue " + total, began, 60)  # the tab
         indexed = screen.wait(rb"Queue  " + total + rb" messages  (sort|rows)", painted, 120)
         time.sleep(1.0)
         asked = time.monotonic() + 0.3

@@ -73,6 +73,10 @@ async def test_filter_and_sort_cover_the_whole_folder(attached):
         await until(pilot, lambda: len(pane.view.ids) == 1)
         assert "filter “agetest-7f3q”: 1 of 3,000" in title(pane)
         assert pane.table.row_count == 1 and pane.current_id() == ids[-1]
+        # every count on screen written alike: the tab and the depth line as the title
+        assert str(app.dashboard.query_one("#tab-queue").label).endswith("Queue 3,000")
+        depth = str(app.dashboard.query_one("#depth-label").render())
+        assert depth.startswith("queue 3,000 now"), depth
 
         await pilot.press("escape", "slash", *"domain:d7.example", "enter")
         await until(pilot, lambda: "d7" in pane.view.needle and len(pane.view.ids) < 3000)

@@ -92,7 +92,7 @@ class Dashboard(Guarded, Screen):
 
     def tab_label(self, folder: str) -> Text:
         pane = self.panes[folder]
-        return Text(f"{pane.key} {folder} {pane.view.total}")
+        return Text(f"{pane.key} {folder} {pane.view.total:,}")  # as the pane title counts
 
     def refresh_panes(self, folders) -> None:
         """Redraw the panes. While a bulk action runs, a hidden one (narrow: all but the

@@ -130,5 +130,5 @@ class StatusBar(Vertical):
             no_color, stats.pressure.stressed, stats.pressure.per_minute(now)))
         self.query_one("#spark-depth", Sparkline).data = stats.depth_series(now)
         self.query_one("#spark-rate", Sparkline).data = stats.rate_series(now)
-        self.query_one("#depth-label", Static).update(f"queue {queue_depth} now, 1h:")
+        self.query_one("#depth-label", Static).update(f"queue {queue_depth:,} now, 1h:")
         self.query_one("#rate-label", Static).update(f"delivered {hour['delivered']} in 1h:")
