@@ -2,12 +2,15 @@
 
 The answer uses the same rules as delivery (`relay.router`), asks DNS now through the
 configured resolver (no cache, so what it shows is what the name servers say this moment,
-with their TTLs), and reads the Queue and Hold folders for mail already waiting for the address.
+with their TTLs), looks a smart host's name up as delivery does (the system's resolver), and
+reads the Queue and Hold folders for mail already waiting for the address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -126,7 +129,7 @@ async def _remote(config: Config, router: Router, address: str) -> Explanation:
             result.smarthost_rule += f"; AUTH as {route.auth.username}"
         if not route.direct_first:
             result.destination = f"smart host {result.smarthost}"
-            addresses, problem = await _addresses(resolver, host)
+            addresses, problem = await _system_addresses(host, port)
             result.mx = [MxHost(0, host, addresses, None, problem)]
             if not addresses:
                 result.fails = f"the smart host {host} {problem}"
@@ -188,6 +191,17 @@ async def _addresses(resolver: Resolver, host: str) -> tuple[list[str], str]:
     except DnsFailure as exc:
         return [], f"has no address now ({exc.reason})"
     return found, "" if found else "has no address records"
+
+
+async def _system_addresses(host: str, port: int) -> tuple[list[str], str]:
+    """A smart host's addresses as delivery connects to it: its name is looked up by the
+    system (getaddrinfo: /etc/hosts, then the system's DNS), not the configured resolver."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return [], f"has no address now ({getattr(exc, 'strerror', None) or exc})"
+    return list(dict.fromkeys(str(info[4][0]) for info in infos)), ""
 
 
 def _waiting(config: Config, address: str) -> list[Waiting]:

@@ -103,6 +103,17 @@ def test_smart_host_for_all_remote_mail(route, dns_server) -> None:
     assert "delivery.smarthost (all remote mail)" in text
 
 
+def test_a_smart_host_name_is_looked_up_as_delivery_looks_it_up(route, dns_server) -> None:
+    """Delivery connects to a smart host by name through the system's resolver (/etc/hosts
+    first), not the configured DNS servers: route says the same, where the configured
+    servers know nothing of the name."""
+    code, data, text = route("kim@partner.test", {"delivery": {"smarthost": "localhost:2600"}})
+    assert code == 0, text
+    assert data["destination"] == "smart host localhost:2600"
+    assert "127.0.0.1" in data["mx"][0]["addresses"]
+    assert not [q for q in dns_server.queries if q[0].startswith("localhost")]
+
+
 def test_per_domain_smart_host(route, dns_server) -> None:
     dns_server.mx("partner.test", (10, "mx1.partner.test"))
     dns_server.a("mx1.partner.test", "127.0.0.11")
