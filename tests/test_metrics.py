@@ -50,16 +50,29 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
     port = wait_for(lambda: next((e["port"] for e in proc.events()
                                   if e["event"] == "metrics-listening"), None))
 
-    with smtplib.SMTP("127.0.0.1", proc.smtp_port(), timeout=10) as client:
+    refused_early = [0]  # one connection at a time: the last one may not be released yet
+
+    def session() -> smtplib.SMTP:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return smtplib.SMTP("127.0.0.1", proc.smtp_port(), timeout=10)
+            except smtplib.SMTPConnectError as exc:
+                if exc.smtp_code != 421 or time.monotonic() > deadline:
+                    raise
+                refused_early[0] += 1  # counted by the relay too: a refusal like any other
+                time.sleep(0.05)
+
+    with session() as client:
         client.send_message(mail("app@yourdomain.com", ["ok@remote.test", "grey@remote.test"],
                                  "smtp one"))
         client.send_message(mail("app@yourdomain.com", ["ops@yourdomain.com"], "smtp local"))
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             client.sendmail("app@yourdomain.com", ["not an address"], b"Subject: x\r\n\r\nx\r\n")
-    with smtplib.SMTP("127.0.0.1", proc.smtp_port(), timeout=10) as client:
+    with session() as client:
         client.send_message(mail("app@yourdomain.com", ["gone@remote.test", "ok2@remote.test"],
                                  "smtp two"))
-    with smtplib.SMTP("127.0.0.1", proc.smtp_port(), timeout=10) as client:
+    with session() as client:
         with socket.create_connection(("127.0.0.1", proc.smtp_port()), timeout=10) as second:
             assert second.recv(200).startswith(b"421 4.7.0")  # one connection at a time
         replies = [client.docmd("BOGUS")[0] for _ in range(5)]  # the fifth hangs up
@@ -96,7 +109,8 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
         e["event"] == "smtp-connect" for e in events) == 4
     rejected = Counter(e["code"] for e in events if e["event"] == "smtp-rejected")
     rejected["421"] += sum(e["event"] == "connection-refused" for e in events)
-    assert rejected == {"553": 1, "500": 4, "421": 2}  # each reply as the client saw it
+    # each reply as the client saw it
+    assert rejected == {"553": 1, "500": 4, "421": 2 + refused_early[0]}
     for code, count in rejected.items():
         assert total("mailroot_smtp_rejections_total", code=code) == count
     delivered = sum(len(e["to"]) for e in events if e["event"] == "delivered")

@@ -137,8 +137,10 @@ def test_interrupted_move_is_resolved_before_the_id_is_delivered_or_listed(
         wait_for(lambda: not store.path(QUEUE, held, ".eml").exists())
         assert not store.path(QUEUE, held, ".env").exists() and store.has(HOLD, held)
         assert not any(store.path(HOLD, released, ext).exists() for ext in (".eml", ".env"))
-        events = {(e["event"], e.get("id"), e.get("folder")) for e in relay.events()}
-        assert ("recovered", held, QUEUE) in events and ("recovered", released, HOLD) in events
+        def recovered() -> set:  # each logged just after its stale copy went
+            return {(e["id"], e["folder"]) for e in relay.events() if e["event"] == "recovered"}
+
+        wait_for(lambda: {(held, QUEUE), (released, HOLD)} <= recovered(), timeout=5)
     finally:
         relay.stop()
 
