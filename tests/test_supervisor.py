@@ -134,7 +134,13 @@ def test_a_child_killed_mid_load_is_restarted_and_nothing_is_lost(relay, sink) -
     assert alive(now["receiver-1"]) and alive(now["queue"])
     wait_for(lambda: set(load.accepted) <= set(delivered_tokens(hop)), timeout=30)
     assert len(load.accepted) >= 50
-    wait_for(lambda: r.files("Queue") == [], timeout=10)
+    wait_for(lambda: r.files("Queue", "*.env") == [], timeout=10)  # nothing left to deliver
+    # A queue manager killed between removing a delivered message's envelope and its file
+    # (two unlinks in a row, the process preempted between them) leaves the file, which only
+    # the next start's recovery pass clears: such a file must be of a delivered message.
+    for leftover in r.files("Queue"):
+        token = leftover.read_bytes().split(b"X-Token: ")[1].split(b"\r\n")[0].decode()
+        assert token in delivered_tokens(hop), leftover.name
 
 
 @pytest.mark.alone  # a time bound
