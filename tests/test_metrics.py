@@ -105,8 +105,9 @@ def test_counters_equal_the_event_log(relay, sink) -> None:
             len(e["to"]) for e in events if e["event"] == result), result
     assert total("mailroot_delivery_attempts_total", result="failed") == 2
     assert total("mailroot_bounces_total") == 2
-    assert total("mailroot_smtp_connections_total") == sum(
-        e["event"] == "smtp-connect" for e in events) == 4
+    connects = sum(e["event"] == "smtp-connect" for e in events)
+    assert total("mailroot_smtp_connections_total") == connects
+    assert 4 <= connects <= 4 + refused_early[0]  # (a session refused early may count)
     rejected = Counter(e["code"] for e in events if e["event"] == "smtp-rejected")
     rejected["421"] += sum(e["event"] == "connection-refused" for e in events)
     # each reply as the client saw it
