@@ -1,14 +1,23 @@
 """A busy mailroot for console snapshots and column tests: a Queue of 50 across 5 domains and
-a Badmail of 10 with mixed reason classes, at fixed ids and times (T0 as the frozen now)."""
+a Badmail of 10 with mixed reason classes, at fixed ids and times (T0 as the frozen now).
+The `busy` fixture (registered in tests/conftest.py) yields it, attached to a "relay" holding
+its lock, with the config to open a console on it."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from relay import config as configmod
 from relay.bounce import badmail_ops
+from relay.config import Config
 from relay.store import DROP, QUEUE, Attempt, Mailroot
-from tests.tui_fixture import T0, envelope, fixed_id, message
+from tests.tui_fixture import T0, envelope, fixed_id, hold_lock, message, write_config
 
 DOMAINS = ["greylist.test", "slow.example", "partner.example", "customer.example",
            "nowhere.example"]
@@ -84,3 +93,24 @@ def build_busy(root: Path) -> None:
               for n in range(0, 50, 5)]
     with (store.log_dir / "events.jsonl").open("w") as log:
         log.write("".join(json.dumps(e) + "\n" for e in events))
+
+
+@pytest.fixture
+def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Config]]:
+    """(root, config) of the busy mailroot, in UTC, its lock held as by a running relay."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    root = tmp_path / "mailroot"
+    build_busy(root)
+    fd = hold_lock(root)
+    monkeypatch.chdir(tmp_path)
+    yield root, configmod.load(write_config(tmp_path, relative=True))
+    os.close(fd)
+    monkeypatch.undo()
+    time.tzset()
+
+
+def column(pane, key: str) -> list[str]:
+    """The cells of one column, as the table holds them, top to bottom."""
+    table = pane.table
+    return [str(table.get_cell(row, key)) for row in table.rows]

@@ -23,6 +23,8 @@ import yaml
 for _package in ("relay", "tui"):
     compileall.compile_dir(Path(__file__).resolve().parent.parent / _package, quiet=1)
 
+pytest_plugins = ["tests.busy_fixture"]  # the `busy` mailroot for console tests
+
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 HERE_SAMPLES = Path(__file__).resolve().parent / "samples"
 

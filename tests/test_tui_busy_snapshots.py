@@ -7,36 +7,22 @@ at the report before committing.
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import pytest
 
-from relay import config as configmod
-from tests.busy_fixture import build_busy
-from tests.tui_fixture import T0, hold_lock, write_config
+from tests.tui_fixture import T0
 from tui.app import ConsoleApp
 
 SIZES = [(60, 20), (80, 24), (100, 30), (160, 48)]
 
 
 @pytest.fixture
-def busy_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request):
-    monkeypatch.setenv("TZ", "UTC")
+def busy_app(busy, monkeypatch: pytest.MonkeyPatch, request):
+    _, config = busy
     if request.param:
         monkeypatch.setenv("NO_COLOR", "1")
     else:
         monkeypatch.delenv("NO_COLOR", raising=False)
-    time.tzset()
-    root = tmp_path / "mailroot"
-    build_busy(root)
-    fd = hold_lock(root)
-    monkeypatch.chdir(tmp_path)
-    yield ConsoleApp(configmod.load(write_config(tmp_path, relative=True)), clock=lambda: T0)
-    os.close(fd)
-    monkeypatch.undo()
-    time.tzset()
+    return ConsoleApp(config, clock=lambda: T0)
 
 
 @pytest.mark.parametrize("busy_app", [False, True], ids=["colour", "no_color"], indirect=True)

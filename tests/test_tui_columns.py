@@ -3,38 +3,13 @@ part, the reply and reason readable, clocks that tick, header fields where no en
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import pytest
 
-from relay import config as configmod
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, Mailroot
-from tests.busy_fixture import build_busy
-from tests.tui_fixture import T0, hold_lock, until, write_config
+from tests.busy_fixture import column
+from tests.tui_fixture import T0, until
 from tui.app import ConsoleApp
 from tui.model import COLUMNS, PAD, fit, short_address
-
-
-@pytest.fixture
-def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    root = tmp_path / "mailroot"
-    build_busy(root)
-    fd = hold_lock(root)
-    monkeypatch.chdir(tmp_path)
-    yield root, configmod.load(write_config(tmp_path, relative=True))
-    os.close(fd)
-    monkeypatch.undo()
-    time.tzset()
-
-
-def column(pane, key: str) -> list[str]:
-    """The cells of one column, as the table holds them, top to bottom."""
-    table = pane.table
-    return [str(table.get_cell(row, key)) for row in table.rows]
 
 
 @pytest.mark.parametrize("width", [52, 59, 79, 99, 159])

@@ -14,33 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from relay import config as configmod
 from relay import pickup as pickupmod
 from relay.config import Duration
 from relay.store import PICKUP, QUEUE, Attempt, Mailroot
-from tests.busy_fixture import build_busy
-from tests.tui_fixture import T0, envelope, fixed_id, hold_lock, message, until, write_config
+from tests.busy_fixture import column
+from tests.tui_fixture import T0, envelope, fixed_id, message, until
 from tui.app import ConsoleApp
-
-
-@pytest.fixture
-def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The busy mailroot (Queue of 50, Badmail of 10), attached to a "relay" holding its lock."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    root = tmp_path / "mailroot"
-    build_busy(root)
-    fd = hold_lock(root)
-    monkeypatch.chdir(tmp_path)
-    yield root, configmod.load(write_config(tmp_path, relative=True))
-    os.close(fd)
-    monkeypatch.undo()
-    time.tzset()
-
-
-def column(pane, key: str) -> list[str]:
-    table = pane.table
-    return [str(table.get_cell(row, key)) for row in table.rows]
 
 
 class _NoLeases:
