@@ -83,29 +83,26 @@ def test_queue_and_badmail_thresholds_warn_then_go_critical(write_config, tmp_pa
         return (re.search(r" queue=\S+", line)[0].strip(),
                 re.search(r" badmail=\S+", line)[0].strip())
 
-    code, line = health(config, *limits)
-    assert code == 0 and line.startswith("MAILROOT OK - 0 queued"), line
-    assert perf(line) == ("queue=0;1;2;0;", "badmail=0;1;2;0;")
+    def to_queue() -> None:
+        fill_queue(store.root, 1)
 
-    fill_queue(store.root, 1)
-    code, line = health(config, *limits)
-    assert code == 1 and line.startswith("MAILROOT WARNING - 1 queued |"), line
-    assert perf(line) == ("queue=1;1;2;0;", "badmail=0;1;2;0;")
-
-    to_badmail()
-    code, line = health(config, *limits)
-    assert code == 1 and line.startswith("MAILROOT WARNING - 1 queued; 1 in Badmail |"), line
-    assert perf(line) == ("queue=1;1;2;0;", "badmail=1;1;2;0;")
-
-    to_badmail()
-    code, line = health(config, *limits)
-    assert code == 2 and line.startswith("MAILROOT CRITICAL - 2 in Badmail |"), line
-    assert perf(line) == ("queue=1;1;2;0;", "badmail=2;1;2;0;")
-
-    fill_queue(store.root, 1)
-    code, line = health(config, *limits)
-    assert code == 2 and line.startswith("MAILROOT CRITICAL - 2 queued; 2 in Badmail |"), line
-    assert perf(line) == ("queue=2;1;2;0;", "badmail=2;1;2;0;")
+    # (what changes first, exit code, start of the status line, queue and badmail perfdata)
+    steps = [
+        (None, 0, "MAILROOT OK - 0 queued", "queue=0;1;2;0;", "badmail=0;1;2;0;"),
+        (to_queue, 1, "MAILROOT WARNING - 1 queued |", "queue=1;1;2;0;", "badmail=0;1;2;0;"),
+        (to_badmail, 1, "MAILROOT WARNING - 1 queued; 1 in Badmail |",
+         "queue=1;1;2;0;", "badmail=1;1;2;0;"),
+        (to_badmail, 2, "MAILROOT CRITICAL - 2 in Badmail |",
+         "queue=1;1;2;0;", "badmail=2;1;2;0;"),
+        (to_queue, 2, "MAILROOT CRITICAL - 2 queued; 2 in Badmail |",
+         "queue=2;1;2;0;", "badmail=2;1;2;0;"),
+    ]
+    for change, expected, status, queue, badmail in steps:
+        if change is not None:
+            change()
+        code, line = health(config, *limits)
+        assert code == expected and line.startswith(status), line
+        assert perf(line) == (queue, badmail)
     # without the counts' thresholds the same mailroot is OK (the age is within 1h)
     code, line = health(config)
     assert code == 0 and perf(line) == ("queue=2;;;0;", "badmail=2;;;0;"), line
