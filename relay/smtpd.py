@@ -489,6 +489,13 @@ class SmtpSession(SMTP):
         return f"from {helo} ({name or 'unknown'} [{literal}])"
 
 
+def stress_event(events: EventLog, config: Config, stressed: bool, open_now: int) -> None:
+    """Stress mode began or ended, with the open untrusted connections and the limit: logged
+    once per relay (by the listener, or by the supervisor for all its receivers)."""
+    events.emit("stress", state="on" if stressed else "off", open=open_now,
+                limit=config.smtp.max_connections)
+
+
 class SmtpServer:
     """The listeners on every smtp.listen address, sharing limits and the intake."""
 
@@ -522,9 +529,7 @@ class SmtpServer:
             return
         stressed = self.anvil.stressed
         if self.announce_stress:
-            self.events.emit("stress", state="on" if stressed else "off",
-                             open=self.anvil.untrusted_open,
-                             limit=self.config.smtp.max_connections)
+            stress_event(self.events, self.config, stressed, self.anvil.untrusted_open)
         for session in self.sessions:
             session.stress_timeout(stressed)
 

@@ -37,7 +37,7 @@ from relay.events import LogFollower
 from relay.logrotate import Rotation
 from relay.proc_child import ChildSpec
 from relay.service import MailrootHost, Relay
-from relay.smtpd import LISTEN_BACKLOG, ListenError
+from relay.smtpd import LISTEN_BACKLOG, ListenError, stress_event
 
 RESTART_FIRST = 0.5  # seconds before a dead child is started again; doubled per quick death
 RESTART_MAX = 30.0
@@ -157,8 +157,7 @@ class Supervisor(MailrootHost):
 
     def stress_event(self, stressed: bool, open_now: int) -> None:
         """The relay's stress mode began or ended (all receivers' connections counted)."""
-        self.events.emit("stress", state="on" if stressed else "off", open=open_now,
-                         limit=self.config.smtp.max_connections)
+        stress_event(self.events, self.config, stressed, open_now)
 
     async def spawn(self, child: Child) -> None:
         """Start the child and wait until it says it is ready (its services run)."""
