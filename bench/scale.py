@@ -8,8 +8,8 @@ measures, from the moment the process is started: the first SMTP 250 (a client r
 connection from that moment), the Pickup file in Drop, the due message at the sink (its
 first attempt), the end of the queue manager's first scan and of the recovery pass; then
 idle CPU and RSS (now and peak) over an idle window; then, with the relay stopped, `mailroot
-queue --json` (first line and all N) and `mailroot summary`.  Everything on 127.0.0.1; every
-wait bounded.
+queue --json` (first line and all N; the first line of `--sort`, oldest first) and
+`mailroot summary`.  Everything on 127.0.0.1; every wait bounded.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ def run_relay(root: Path, home: Path, size: int, idle: float, sink: Sink) -> dic
         raise RuntimeError(f"`mailroot queue --json` listed {lines} of {size}")
     figures["s queue --json first line"], figures["s queue --json all"] = first, total
     figures["queue --json lines/s"] = lines / max(total - first, 1e-9)
-    figures["s queue --json --unsorted first line"] = cli(config, "queue", "--json",
-                                                          "--unsorted", first_only=True)[0]
+    figures["s queue --json --sort first line"] = cli(config, "queue", "--json", "--sort",
+                                                      first_only=True)[0]
     figures["s summary"] = cli(config, "summary")[1]
     return figures
 

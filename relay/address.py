@@ -11,9 +11,11 @@ import re
 
 from relay.config import DOMAIN_RE
 
-ATEXT = r"[A-Za-z0-9#$&'*+/=?^_`{|}~\-\x80-\U0010ffff]"
+# RFC 5321 atext less "!" and "%" (bang paths, user%host routing), and any non-ASCII (SMTPUTF8);
+# written as the characters it excludes: a range up to U+10FFFF costs milliseconds to compile
+ATEXT = r'[^\x00-\x20!"%(),.:;<>@\[\\\]\x7f]'
 DOT_ATOM = re.compile(rf"{ATEXT}+(?:\.{ATEXT}+)*")
-QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x3f\x41-\x5b\x5d-\x7e\x80-\U0010ffff])*"')
+QUOTED = re.compile(r'"(?:[^\x00-\x1f"@\\\x7f])*"')  # qtext and space, less "@"
 
 
 class AddressError(ValueError):

@@ -10,26 +10,26 @@ import contextlib
 import dataclasses
 import email.parser
 import email.policy
+import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from relay import config as configmod
-from relay import dkim_keys, settings
+from relay import settings
 from relay.address import domain_of
 from relay.audit import AuditEntry, AuditLog
 from relay.bounce import SEPARATOR, read_reason
 from relay.config import Config, ConfigError, RemoteDomain
-from relay.dkim import Signature, signatures_in
 from relay.events import EventLog
 from relay.fanout import fan_out
-from relay.intake import Intake, Rejected, Submission
 from relay.logrotate import Rotation
 from relay.message import Message, MessageError
-from relay.pickup import parse_pickup, why_waiting
+from relay.pickup_file import parse_pickup, why_waiting
 from relay.qshape import QueueShape, reason_class
 from relay.store import (
     BADMAIL,
@@ -56,7 +56,10 @@ from relay.store import (
 )
 
 if TYPE_CHECKING:
+    from relay.dkim import Signature
+    from relay.dkim_keys import RecordCheck
     from relay.explain import Explanation
+    from relay.intake import Intake
     from relay.probe import Probe, Step
 
 
@@ -135,6 +138,12 @@ Progress = Callable[[int], bool]  # told how many are done; False stops the run
 Part = TypeVar("Part")  # what folder_parts renders each chunk of rows into
 
 
+@dataclass
+class FolderParts(Generic[Part]):
+    parts: Iterator[Part]
+    oldest_first: bool  # else in directory order
+
+
 class DomainList(NamedTuple):
     default: str
     aliases: list[str]
@@ -183,11 +192,18 @@ class Admin:
     def __init__(self, config: Config, wait: float = 2.0) -> None:
         self.config = config
         self.store = Mailroot(config.root)
-        self.intake = Intake(config, self.store, signing=False)
         self.audit_log = AuditLog(self.store.log_dir, Rotation.of(config.log))
         self.events = EventLog(self.store.log_dir, stream=None,
                                rotation=Rotation.of(config.log))
         self.wait = wait  # how long an action waits for a message the relay is working on
+
+    @functools.cached_property
+    def intake(self) -> Intake:
+        """What requeue passes messages through again; made on first use, so a command that
+        only reads (a listing of a million) starts without the routing and DKIM modules."""
+        from relay.intake import Intake
+
+        return Intake(self.config, self.store, signing=False)
 
     # --- reading ---
 
@@ -272,21 +288,21 @@ class Admin:
         """A folder's messages, each as soon as it is read: oldest first (after one listing
         of the names), or in directory order (from the first entry on).  An id an
         interrupted move left in two folders is shown only where its later state is."""
-        for rows in self.folder_parts(folder, list, ordered):
+        for rows in self.folder_parts(folder, list, math.inf if ordered else 0).parts:
             yield from rows
 
     def folder_parts(self, folder: str, render: Callable[[list[MessageSummary]], Part],
-                     ordered: bool = True, workers: int = 1) -> Iterator[Part]:
-        """iter_folder's rows a chunk at a time, each chunk `render`ed; with `workers` > 1
-        the chunks are read and rendered by that many forked processes (relay.fanout), for
-        a command listing a million. Never from a process running threads."""
+                     sort_up_to: float = math.inf, workers: int = 1) -> FolderParts[Part]:
+        """iter_folder's rows a chunk at a time, each chunk `render`ed: oldest first if the
+        folder holds at most `sort_up_to` (see Mailroot.listing); with `workers` > 1 the
+        chunks are read and rendered by that many forked processes (relay.fanout), for a
+        command listing a million. Never from a process running threads."""
         if folder == PICKUP:
-            yield render(self._pickup_rows())
-            return
-        ids = self.store.ids(folder) if ordered else self.store.iter_ids(folder)
+            return FolderParts(iter([render(self._pickup_rows())]), oldest_first=True)
+        listing = self.store.listing(folder, sort_up_to)
         current = self._current_in(folder)
-        yield from fan_out(lambda chunk: render(list(self._rows(folder, current(chunk)))),
-                           ids, workers)
+        return FolderParts(fan_out(lambda chunk: render(list(self._rows(folder, current(chunk)))),
+                                   listing.ids, workers), listing.oldest_first)
 
     def _current_in(self, folder: str) -> Callable[[Iterable[str]], Iterator[str]]:
         """A filter of ids for those whose current state is in `folder`: an id an interrupted
@@ -360,6 +376,7 @@ class Admin:
             body = part.get_content() if part is not None else ""
         except (KeyError, LookupError, ValueError):
             body = data.split(b"\r\n\r\n", 1)[-1].decode("utf-8", "replace")
+        from relay.dkim import signatures_in  # dkimpy: loaded for the commands that show DKIM
         detail = MessageDetail(summary=summary, headers=headers, body_text=body,
                                signatures=signatures_in(
                                    [v for k, v in headers if k.lower() == "dkim-signature"]))
@@ -509,6 +526,8 @@ class Admin:
             parsed = parse_pickup(raw)
         except MessageError as exc:
             raise Problem(f"refused, it stays in Badmail: {exc}") from None
+        from relay.intake import Rejected, Submission
+
         sub = Submission(parsed.message, parsed.sender, parsed.recipients,
                          f"requeue of {BADMAIL}/{mid}", done_ops=self._remove_ops(BADMAIL, mid),
                          message_id=mid)
@@ -779,11 +798,13 @@ class Admin:
 
     def add_dkim_key(self, domain: str, selector: str, key_file: str, algorithm: str) -> Config:
         """Sign `domain`'s mail with one more key (its file already written)."""
+        from relay import dkim_keys  # DNS and crypto: loaded only by the DKIM commands
         return self._edit("dkim-add-key", dkim_keys.add_key(domain, selector, key_file, algorithm),
                           domain=domain, selector=selector, key_file=key_file)
 
-    def dkim_records(self, domain: str | None = None) -> list[dkim_keys.RecordCheck]:
+    def dkim_records(self, domain: str | None = None) -> list[RecordCheck]:
         """Whether each DKIM key's record is published in DNS and matches the key."""
+        from relay import dkim_keys
         return dkim_keys.check(self._current(), domain)
 
     def audit(self) -> list[AuditEntry]:

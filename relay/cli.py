@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 from relay import cli_admin, cli_dkim, cli_health, cli_iis, cli_service
 from relay import config as configmod
 from relay.config import Config, ConfigError
-from relay.dkim import load_keys
+from relay.pickup_file import write_pickup
 from relay.store import Mailroot
 
 DEFAULT_CONFIG = "mailroot.yaml"
@@ -37,6 +36,8 @@ def load_config(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    import asyncio  # like the imports below: not loaded by the commands that only read
+
     from relay.service import AlreadyRunning
     from relay.smtpd import ListenError
     from relay.supervisor import serve
@@ -59,6 +60,8 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from relay.dkim import load_keys
+
     try:
         load_keys(config)  # read and try every DKIM key, as the relay does at start
     except ConfigError as exc:
@@ -94,8 +97,6 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         return 2
     store = Mailroot(config.root)
     store.ensure()
-    from relay.pickup import write_pickup  # not loaded for the other commands
-
     name = write_pickup(store, build_message(args, config))
     print(f"Pickup/{name}")
     return 0

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
 
-from relay.admin import ActionResult, Admin, MessageSummary, NotFound
+from relay.admin import ActionResult, Admin, FolderParts, MessageSummary, NotFound
 from relay.config import Config
 from relay.fanout import cores
 from relay.folderstats import FolderUsage, all_usage, usage_table
 from relay.listing import MatchError, matching
 from relay.qshape import AGE_BUCKETS, ShapeRow
 from relay.refusals import top_refused
-from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
+from relay.store import BADMAIL, DROP, HOLD, LISTING_SORTED_UP_TO, PICKUP, QUEUE, TRASH
 
 FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,
                 "hold": HOLD, "trash": TRASH}
@@ -62,16 +62,22 @@ def format_row(row: MessageSummary) -> list[str]:
 
 def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
     """Rows are written a chunk at a time as they are read (on every core): the first at
-    once, a million in constant memory."""
+    once, a million in constant memory. Oldest first, unless the folder is too large to
+    list and sort before the first line (then in directory order, and stderr says so)."""
     folder = FOLDER_NAMES[args.folder]
     render = partial(render_rows, as_json=args.json)
+    sort_up_to = math.inf if args.sort else 0 if args.unsorted else LISTING_SORTED_UP_TO
     try:
-        parts = [render(matching(admin, folder, args.match))] if args.match else \
-            admin.folder_parts(folder, render, ordered=not args.unsorted, workers=cores())
+        listing = FolderParts(iter([render(matching(admin, folder, args.match))]), True) \
+            if args.match else admin.folder_parts(folder, render, sort_up_to, workers=cores())
     except MatchError as exc:
         print(f"mailroot queue: bad --match: {exc}", file=sys.stderr)
         return 2
-    write_parts(parts, f"in {folder}", as_json=args.json)
+    if not (listing.oldest_first or args.unsorted):
+        print(f"mailroot queue: over {LISTING_SORTED_UP_TO:,} in {folder}: listed in directory "
+              "order as read (--sort: oldest first, once every name is listed)",
+              file=sys.stderr, flush=True)
+    write_parts(listing.parts, f"in {folder}", as_json=args.json)
     return 0
 
 
@@ -325,10 +331,15 @@ def cmd_audit(args: argparse.Namespace, admin: Admin) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    queue = sub.add_parser("queue", parents=[common], help="list a folder, oldest first")
+    queue = sub.add_parser("queue", parents=[common],
+                           help="list a folder: oldest first, in directory order when large")
     queue.add_argument("--folder", choices=list(FOLDER_NAMES), default="queue")
     queue.add_argument("--json", action="store_true", help="one JSON object per line")
-    queue.add_argument("--unsorted", action="store_true",
+    order = queue.add_mutually_exclusive_group()
+    order.add_argument("--sort", action="store_true",
+                       help=f"oldest first even over {LISTING_SORTED_UP_TO:,} messages "
+                            "(the first row waits until every name is listed)")
+    order.add_argument("--unsorted", action="store_true",
                        help="in directory order, not oldest first: the first row at once")
     queue.add_argument("--match", metavar="EXPR", default="",
                        help="only messages matching EXPR (see `mailroot hold --help`)")

@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from relay import dkim_keys
 from relay.admin import Admin
-from relay.config import SELECTOR_RE, Config, ConfigError
+from relay.config import DKIM_ALGORITHMS, SELECTOR_RE, Config, ConfigError
 from relay.settings import domain_name
 
 MARKS = {"published": "ok", "missing": "MISSING", "different": "DIFFERENT", "unknown": "UNKNOWN"}
@@ -27,7 +26,9 @@ def cmd_keygen(args: argparse.Namespace, config: Config) -> int:
         print(f"mailroot dkim keygen: bad selector {selector!r} (DNS labels, like mail2026)",
               file=sys.stderr)
         return 2
-    algorithm = dkim_keys.ALGORITHMS[args.algorithm]
+    from relay import dkim_keys  # crypto and DNS: loaded by this command, not by every one
+
+    algorithm = DKIM_ALGORITHMS[args.algorithm]
     path = Path(args.out or Path(config.source).parent / f"{domain}.{selector}.key").absolute()
     private = dkim_keys.generate(algorithm, args.bits)
     try:
@@ -67,7 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                                 help="write a new key, add it to the config, print its record")
     keygen.add_argument("domain")
     keygen.add_argument("--selector", help="the record's name part (default: mailYYYY)")
-    keygen.add_argument("--algorithm", choices=list(dkim_keys.ALGORITHMS), default="rsa")
+    keygen.add_argument("--algorithm", choices=list(DKIM_ALGORITHMS), default="rsa")
     keygen.add_argument("--bits", type=int, default=2048, choices=[1024, 2048, 3072, 4096],
                         help="RSA key size (default 2048)")
     keygen.add_argument("--out", metavar="FILE",

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -61,6 +60,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace, config: Config) -> int:
     """Exit 0 deliverable now, 1 mail to the address would fail now, 2 not an address."""
+    import asyncio
+
     from relay import explain
 
     try:
@@ -78,6 +79,8 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_probe(args: argparse.Namespace, config: Config) -> int:
     """Exit 0 when the first hop would take (or took) the mail, 1 otherwise, 2 bad usage."""
+    import asyncio
+
     from relay.probe import Probe
 
     try:

@@ -21,6 +21,7 @@ import yaml
 
 TlsPolicy = Literal["none", "may", "require", "verify"]
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+DKIM_ALGORITHMS = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}  # by keygen's short names
 
 
 class ConfigError(Exception):

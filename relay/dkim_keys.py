@@ -22,7 +22,6 @@ from relay.dkim import LoadedKey, load_keys
 from relay.resolver import DnsFailure, Resolver
 from relay.settings import Document, domain_name
 
-ALGORITHMS = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}
 KEY_TYPES = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}  # the record's k= tag
 TXT_CHUNK = 255  # the longest character-string in a TXT record
 

@@ -25,7 +25,7 @@ from cryptography import x509
 from relay.address import AddressError, parse_address
 from relay.config import Config
 from relay.events import LOG_NAME, LogFollower
-from relay.pickup import write_pickup
+from relay.pickup_file import write_pickup
 from relay.resolver import DnsFailure, Resolver
 from relay.router import Router
 from relay.service import lock_holder

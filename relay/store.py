@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
+import math
 import os
 import re
 import secrets
@@ -27,6 +29,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 PICKUP, QUEUE, DROP, BADMAIL, HOLD = "Pickup", "Queue", "Drop", "Badmail", "Hold"
 TRASH = "Trash"
@@ -35,6 +38,7 @@ WORK_DIRS = ("tmp", "log", TRASH)
 MARKER = {QUEUE: ".env", HOLD: ".env", BADMAIL: ".BAD", DROP: ".eml", TRASH: ".env"}
 MOVE_FOLDERS = (QUEUE, HOLD, BADMAIL, TRASH)  # a message moves between these (Drop is final)
 
+LISTING_SORTED_UP_TO = 20_000  # a listing of more waits no longer: directory order (postqueue)
 PARALLEL_WRITES = 256 * 1024  # below this, two fsyncs in a row beat a thread hand-off each
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _id_lock = threading.Lock()
@@ -205,6 +209,11 @@ class Unlink:
 
 
 Op = Write | Link | Unlink
+
+
+class Listing(NamedTuple):
+    ids: Iterator[str]
+    oldest_first: bool  # else in directory order
 
 
 class Mailroot:
@@ -507,6 +516,18 @@ class Mailroot:
         for name in self.iter_names(folder, stop):
             if name.endswith(marker) and is_id(name[:-len(marker)]):
                 yield name[:-len(marker)]
+
+    def listing(self, folder: str, sort_up_to: float = math.inf) -> Listing:
+        """A folder's ids for a listing: oldest first if it holds at most `sort_up_to`
+        (sorting waits for every name), else in directory order from the first one read on,
+        as `postqueue -p` lists a queue of any size at once."""
+        if sort_up_to == math.inf:
+            return Listing(iter(self.ids(folder)), oldest_first=True)
+        names = self.iter_ids(folder)
+        head = list(itertools.islice(names, int(sort_up_to) + 1))
+        if len(head) <= sort_up_to:
+            return Listing(iter(sorted(head)), oldest_first=True)
+        return Listing(itertools.chain(head, names), oldest_first=False)
 
     def inspect(self, folder: str, message_id: str) -> tuple[dict | None, str | None]:
         """A committed Queue/Hold entry's envelope as raw JSON fields and, if it must not be

@@ -17,6 +17,7 @@ import dns.resolver
 import pytest
 
 from relay import dkim_keys
+from relay.config import DKIM_ALGORITHMS
 from relay.message import Message
 from tests.conftest import drop_file, wait_for
 from tests.test_delivery import delivery_config, events, message
@@ -219,7 +220,7 @@ def test_keygen_then_check_against_published_and_different_records(dns_server, w
 
 
 def make_other_key(algorithm: str) -> tuple[str, bytes]:
-    full = dkim_keys.ALGORITHMS[algorithm]
+    full = DKIM_ALGORITHMS[algorithm]
     return full, dkim_keys.generate(full)
 
 

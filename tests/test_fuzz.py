@@ -18,7 +18,8 @@ from relay.bounce import read_reason
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
 from relay.message import MessageError
-from relay.pickup import PickupWatcher, parse_pickup
+from relay.pickup import PickupWatcher
+from relay.pickup_file import parse_pickup
 from relay.store import Mailroot
 from tests.conftest import wait_for
 from tests.smtpd_support import RawClient, live_smtp

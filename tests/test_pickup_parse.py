@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.message import MessageError
-from relay.pickup import parse_pickup
+from relay.pickup_file import parse_pickup
 from tests.conftest import sample
 
 

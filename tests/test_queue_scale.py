@@ -18,7 +18,7 @@ import pytest
 
 from relay.admin import Admin
 from relay.config import ConfigError, load
-from relay.store import HOLD, QUEUE, Mailroot
+from relay.store import HOLD, LISTING_SORTED_UP_TO, QUEUE, Mailroot
 from tests.admin_support import cli
 from tests.conftest import RelayProcess, wait_for
 from tests.queue_fill import fill_queue, queued_message
@@ -205,6 +205,29 @@ def test_queue_listing_oldest_first_or_unsorted_lists_every_message_once(
     assert [json.loads(line)["id"] for line in oldest_first.stdout.splitlines()] == ids
     assert sorted(json.loads(line)["id"] for line in unsorted.stdout.splitlines()) == ids
     assert text.stdout.splitlines()[-1].startswith("-- ") and "in 40 messages in Queue" in text.stdout
+
+
+def test_a_queue_over_the_sorting_limit_is_listed_at_once_in_directory_order(
+        write_config, tmp_path: Path) -> None:
+    """Up to LISTING_SORTED_UP_TO the listing is oldest first; one more and it comes in
+    directory order as read (stderr says so), every message once; --sort still sorts."""
+    root = tmp_path / "mailroot"
+    ids = fill_queue(root, LISTING_SORTED_UP_TO)
+    config = write_config()
+
+    def listed(*args: str) -> tuple[list[str], str]:
+        done = cli(config, "queue", "--json", *args)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["id"] for line in done.stdout.splitlines()], done.stderr
+
+    assert listed() == (ids, "")
+    ids += fill_queue(root, 1)
+    rows, said = listed()
+    assert sorted(rows) == ids and len(rows) == len(ids)
+    assert said.startswith(f"mailroot queue: over {LISTING_SORTED_UP_TO:,} in Queue: listed "
+                           "in directory order")
+    assert listed("--sort") == (ids, "")
+    assert listed("--unsorted")[1] == ""  # asked for: nothing to say
 
 
 @pytest.mark.slow  # filling 50,000 messages takes seconds
