@@ -7,7 +7,8 @@ import time
 
 from relay.admin import Admin
 from relay.config import load
-from relay.store import Envelope
+from relay.qshape import AGE_BUCKETS
+from relay.store import QUEUE, Envelope, Mailroot, Recipient, new_id
 from tests.admin_support import cli, fail_delivery, submit
 from tests.conftest import drop_file, wait_for
 
@@ -192,6 +193,30 @@ def test_summary_by_domain_age_and_badmail_reason(relay) -> None:
     assert classes[0] == "5.1.1" and classes[1].startswith("intake: N recipients")
     text = cli(r.config, "summary").stdout
     assert "minutes up to" in text and "one.example" in text and "5.1.1" in text
+
+
+def test_summary_puts_each_message_in_its_age_column_once_per_domain(
+        tmp_path, write_config) -> None:
+    """Ages on both sides of each column's limit, and recipients in one domain and in two:
+    a message counts once in each domain it waits for, in the column its age is under."""
+    store = Mailroot(tmp_path / "mailroot")
+    store.ensure()
+    now = time.time()
+    ages = [0, 299, 301, 599, 601, 19199, 19201, 86400 * 3]
+    columns = [0, 0, 1, 1, 2, 6, 7, 7]
+    for age in ages:
+        recipients = [Recipient(a, "deferred") for a in ("a@one.example", "b@ONE.example",
+                                                          "c@two.example")]
+        recipients.append(Recipient("d@three.example", "delivered"))  # no longer waiting
+        env = Envelope(new_id(), "app@example.com", recipients, received=now - age, size=10)
+        store.path(QUEUE, env.id, ".eml").write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+        store.path(QUEUE, env.id, ".env").write_bytes(env.to_json())
+    expected = [columns.count(column) for column in range(len(AGE_BUCKETS))]
+    for workers in (1, 2):
+        shape = Admin(load(write_config())).summary(workers=workers)
+        assert [(row.name, row.counts) for row in shape.domains] == [
+            ("one.example", expected), ("two.example", expected)]
+        assert shape.messages == len(ages)
 
 
 def test_trash_is_purged_after_retention(relay) -> None:
