@@ -3,7 +3,8 @@ section is signed before it is committed, so a requeue or a restart never signs 
 
 dkimpy does the canonicalisation and the crypto; this module picks the domain, the header
 fields and the keys, and turns an unusable key into a ConfigError at load time rather than
-an unsigned send later.
+an unsigned send later. dkimpy (and the DNS resolver it brings) is imported where a key is
+used or a signature read, so the relay's processes start without it when no key is set.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import email.utils
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import dkim
-from dkim.util import InvalidTagValueList, parse_tag_value
 
 from relay.config import Config, ConfigError, DkimKey
 from relay.message import Message
@@ -68,6 +66,8 @@ def load_key(config: Config, domain: str, index: int) -> LoadedKey:
         raise ConfigError(f"cannot read the DKIM key {path}: {exc.strerror}",
                           file=config.source, key=where) from None
     key = LoadedKey(domain, entry.selector, entry.algorithm, str(path), private)
+    import dkim
+
     try:
         dkim.sign(PROBE, key.selector.encode(), domain.encode(), private,
                   signature_algorithm=entry.algorithm.encode(), include_headers=[b"from"])
@@ -87,6 +87,10 @@ def load_keys(config: Config) -> dict[str, list[LoadedKey]]:
 
 def signatures_in(values: list[str]) -> list[Signature]:
     """The d=, s= and a= tags of DKIM-Signature field values (unparsable ones are skipped)."""
+    if not values:
+        return []
+    from dkim.util import InvalidTagValueList, parse_tag_value
+
     found = []
     for value in values:
         try:
@@ -126,9 +130,11 @@ class Signer:
         """Prepend a DKIM-Signature per key of the message's domain, unless it already has one
         for that domain; return the signatures added."""
         domain = self.domain_for(message)
-        present_signatures = signatures_in(message.get_all("dkim-signature"))
-        if domain is None or any(s.domain == domain for s in present_signatures):
+        if domain is None or any(s.domain == domain for s in
+                                 signatures_in(message.get_all("dkim-signature"))):
             return []
+        import dkim
+
         data = message.to_bytes()
         present = {Message.name_of(f) for f in message.fields}
         fields = [n.encode() for n in SIGNED_FIELDS if n in present] + \
