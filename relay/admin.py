@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email.parser
-import email.policy
 import functools
 import json
 import math
@@ -20,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from relay import config as configmod
-from relay import settings
 from relay.address import domain_of
 from relay.audit import AuditEntry, AuditLog
 from relay.bounce import SEPARATOR, read_reason
@@ -56,11 +53,14 @@ from relay.store import (
 )
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from relay.dkim import Signature
     from relay.dkim_keys import RecordCheck
     from relay.explain import Explanation
     from relay.intake import Intake
     from relay.probe import Probe, Step
+    from relay.settings import Document
 
 
 @dataclass
@@ -186,6 +186,14 @@ def _read_small(path: str, dir_fd: int | None = None) -> bytes:
 def _domain_matches(recipients: list[Recipient], domain: str | None) -> bool:
     wanted = (domain or "").lower().rstrip(".")
     return not wanted or any(domain_of(r.address).lower() == wanted for r in recipients)
+
+
+def _settings() -> ModuleType:
+    """relay.settings, which edits the config file with ruamel.yaml: loaded by the commands
+    that change settings, not by every listing."""
+    from relay import settings
+
+    return settings
 
 
 class Admin:
@@ -371,6 +379,9 @@ class Admin:
         summary = self.summary_of(folder, message_id)
         data = self.store.read_message(folder, message_id) if self.store.path(
             folder, message_id, ".eml").exists() else b""
+        import email.parser
+        import email.policy
+
         parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
         headers = [(k, str(v)) for k, v in parsed.items()]
         try:
@@ -754,11 +765,11 @@ class Admin:
         """The config as its file says now (another process may have changed it)."""
         return configmod.load(self.config.source) if self.config.source else self.config
 
-    def _edit(self, action: str, change: Callable[[settings.Document, Config], None],
+    def _edit(self, action: str, change: Callable[[Document, Config], None],
               **detail: object) -> Config:
         if not self.config.source:
             raise ConfigError("no config file to change: give one with -c FILE")
-        config = settings.ConfigFile(self.config.source).edit(change)
+        config = _settings().ConfigFile(self.config.source).edit(change)
         self.config = config
         self.intake.reconfigure(config)
         entry = self.audit_log.append(action, [], **detail)
@@ -778,7 +789,7 @@ class Admin:
     def set_many(self, changes: dict[str, str]) -> Config:
         """Several settings in one validated write; a bad value raises ConfigError naming
         its key and leaves the file untouched."""
-        return self._edit("settings-set", settings.set_values(changes), changes=changes)
+        return self._edit("settings-set", _settings().set_values(changes), changes=changes)
 
     def domains(self) -> DomainList:
         config = self._current()
@@ -787,24 +798,24 @@ class Admin:
 
     def add_alias(self, domain: str) -> Config:
         """Another local domain: its mail goes to Drop."""
-        return self._edit("domains-add-local", settings.add_alias(domain), domain=domain)
+        return self._edit("domains-add-local", _settings().add_alias(domain), domain=domain)
 
     add_local = add_alias
 
     def set_default(self, domain: str) -> Config:
         """The new default local domain; the old default becomes an alias, as IIS does."""
-        return self._edit("domains-set-default", settings.set_default(domain), domain=domain)
+        return self._edit("domains-set-default", _settings().set_default(domain), domain=domain)
 
     def remove_domain(self, domain: str) -> Config:
-        return self._edit("domains-remove", settings.remove_domain(domain), domain=domain)
+        return self._edit("domains-remove", _settings().remove_domain(domain), domain=domain)
 
     def rename_domain(self, old: str, new: str) -> Config:
-        return self._edit("domains-rename", settings.rename_domain(old, new), old=old, new=new)
+        return self._edit("domains-rename", _settings().rename_domain(old, new), old=old, new=new)
 
     def set_remote(self, domain: str, tls: str | None = None,
                    smarthost: str | None = None) -> Config:
         """A remote domain's TLS policy and smart host (None: unchanged, "": no smart host)."""
-        return self._edit("domains-set-remote", settings.set_remote(domain, tls, smarthost),
+        return self._edit("domains-set-remote", _settings().set_remote(domain, tls, smarthost),
                           domain=domain, tls=tls, smarthost=smarthost)
 
     # --- the audit log ---

@@ -6,8 +6,6 @@ import argparse
 import getpass
 import os
 import sys
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from relay import cli_admin, cli_dkim, cli_health, cli_iis, cli_service
@@ -77,6 +75,9 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
 
 def build_message(args: argparse.Namespace, config: Config) -> bytes:
     """An RFC 5322 message from the send options (Bcc kept: Pickup takes it as envelope)."""
+    from email.message import EmailMessage  # the email package: loaded by `send` alone
+    from email.utils import formatdate, make_msgid
+
     msg = EmailMessage()
     sender = args.sender or f"{login_name()}@{config.default_domain}"
     msg["From"] = sender

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from relay.admin import Admin
 from relay.config import DKIM_ALGORITHMS, SELECTOR_RE, Config, ConfigError
-from relay.settings import domain_name
 
 MARKS = {"published": "ok", "missing": "MISSING", "different": "DIFFERENT", "unknown": "UNKNOWN"}
 
@@ -20,6 +19,8 @@ def cmd_keygen(args: argparse.Namespace, config: Config) -> int:
         print("mailroot dkim keygen: the key is added to the config: give it with -c FILE",
               file=sys.stderr)
         return 2
+    from relay.settings import domain_name
+
     domain = domain_name(args.domain, "dkim")
     selector = args.selector or f"mail{time.strftime('%Y')}"
     if not SELECTOR_RE.fullmatch(selector):
