@@ -579,7 +579,7 @@ class Admin:
             elif src == BADMAIL:
                 ops += self.store.move_ops(BADMAIL, QUEUE, envelope)
             else:
-                ops.append(Write(self.store.path(QUEUE, mid, ".env"), envelope.to_json()))
+                ops.append(self.store.envelope_write(QUEUE, envelope))
         if local:
             ops += self.intake.drop_ops(mid, envelope.sender, local, data)
         elif src == DROP:
@@ -681,7 +681,7 @@ class Admin:
             envelope.next_attempt = time.time()
         ops: list[Op] = [Link(store.path(TRASH, mid, ".eml"), store.path(dest, mid, ".eml"))]
         if record.get("has_envelope"):
-            ops.append(Write(store.path(dest, mid, ".env"), envelope.to_json()))
+            ops.append(store.envelope_write(dest, envelope))
         if dest == BADMAIL:
             ops.append(Link(store.path(TRASH, mid, ".BAD"), store.path(BADMAIL, mid, ".BAD")))
         store.commit(ops + self._remove_ops(TRASH, mid))

@@ -66,7 +66,7 @@ def badmail_ops(store: Mailroot, message_id: str, reason: str, original: bytes, 
     head = bad_report(reason, message_id=message_id, source=source, envelope=envelope)
     ops: list[Op] = [Write(store.path(BADMAIL, message_id, ".eml"), original)]
     if envelope is not None:
-        ops.append(Write(store.path(BADMAIL, message_id, ".env"), envelope.to_json()))
+        ops.append(store.envelope_write(BADMAIL, envelope))
     ops.append(Write(store.path(BADMAIL, message_id, ".BAD"),
                      head.encode() + SEPARATOR + original))
     return ops

@@ -175,7 +175,10 @@ class Scheduler:
         entries that must not be delivered (damaged, unreadable) go to Badmail instead."""
         found = []
         for mid in ids:
-            due = self.store.due_at(QUEUE, mid)
+            try:  # a deferred entry's stat says when it is due: not read until then
+                due = self.store.noted_due(QUEUE, mid) or self.store.due_at(QUEUE, mid)
+            except FileNotFoundError:
+                continue
             if due is not None:
                 found.append((mid, due))
                 continue
@@ -406,8 +409,7 @@ class Scheduler:
             notify = (not envelope.delay_notified and bool(envelope.sender)
                       and now >= envelope.clock_start + delivery.delay_notification)
             envelope.delay_notified |= notify
-            update: list[Op] = [Write(self.store.path(QUEUE, envelope.id, ".env"),
-                                      envelope.to_json())]
+            update: list[Op] = [self.store.envelope_write(QUEUE, envelope)]
             if notify:
                 report = delivery_report(envelope, data, envelope.pending,
                                          hostname=self.config.fqdn, action="delayed",

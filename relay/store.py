@@ -189,10 +189,12 @@ class DirSync:
 
 @dataclass
 class Write:
-    """Create or replace `path` with `data` (via tmp + fsync + rename)."""
+    """Create or replace `path` with `data` (via tmp + fsync + rename); `mtime`, if given,
+    becomes the file's modification time (an envelope's next attempt: envelope_write)."""
 
     path: Path
     data: bytes
+    mtime: float | None = None
 
 
 @dataclass
@@ -238,13 +240,15 @@ class Mailroot:
 
     # --- transactions ---
 
-    def _write_tmp(self, data: bytes) -> Path:
+    def _write_tmp(self, op: Write) -> Path:
         tmp = self.tmp / f"{new_id()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
-            view = memoryview(data)
+            view = memoryview(op.data)
             while view:
                 view = view[os.write(fd, view):]
+            if op.mtime is not None:
+                os.utime(fd, (time.time(), op.mtime))
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -262,14 +266,14 @@ class Mailroot:
         tmps: dict[int, Path] = {}
         try:
             if len(writes) > 1 and sum(len(op.data) for op in writes) > PARALLEL_WRITES:
-                futures = {id(op): self._pool.submit(self._write_tmp, op.data) for op in writes}
+                futures = {id(op): self._pool.submit(self._write_tmp, op) for op in writes}
                 failed = [f.exception() for f in futures.values() if f.exception()]
                 tmps.update((key, f.result()) for key, f in futures.items() if not f.exception())
                 if failed:
                     raise failed[0]
             else:
                 for op in writes:
-                    tmps[id(op)] = self._write_tmp(op.data)
+                    tmps[id(op)] = self._write_tmp(op)
             dirs: dict[Path, None] = {}
             for op in ops:
                 if isinstance(op, Write):
@@ -324,13 +328,27 @@ class Mailroot:
                 return folder
         return None
 
+    def envelope_write(self, folder: str, envelope: Envelope) -> Write:
+        """An envelope's Write. A next attempt still to come is also its file's mtime, so a
+        scan of a million entries learns when each is due from a stat (noted_due), without
+        reading it; an mtime not in the future says nothing (the envelope is read)."""
+        due = envelope.next_attempt
+        return Write(self.path(folder, envelope.id, ".env"), envelope.to_json(),
+                     mtime=due if due > time.time() else None)
+
+    def noted_due(self, folder: str, message_id: str) -> float | None:
+        """An entry's next attempt as its envelope_write noted it, if still to come; None if
+        nothing is noted (the envelope says), and FileNotFoundError if the entry is gone."""
+        mtime = os.stat(f"{self.root}/{folder}/{message_id}.env").st_mtime
+        return mtime if mtime > time.time() else None
+
     def enqueue_ops(self, folder: str, envelope: Envelope, message: bytes) -> list[Op]:
         """Ops that commit a new message with its envelope into Queue or Hold."""
         return [Write(self.path(folder, envelope.id, ".eml"), message),
-                Write(self.path(folder, envelope.id, ".env"), envelope.to_json())]
+                self.envelope_write(folder, envelope)]
 
     def update_envelope(self, folder: str, envelope: Envelope) -> None:
-        self.commit([Write(self.path(folder, envelope.id, ".env"), envelope.to_json())])
+        self.commit([self.envelope_write(folder, envelope)])
 
     def move_ops(self, src: str, dst: str, envelope: Envelope,
                  extra: list[Op] | None = None) -> list[Op]:
@@ -341,7 +359,7 @@ class Mailroot:
         """
         mid = envelope.id
         ops: list[Op] = [Link(self.path(src, mid, ".eml"), self.path(dst, mid, ".eml")),
-                         Write(self.path(dst, mid, ".env"), envelope.to_json())]
+                         self.envelope_write(dst, envelope)]
         ops += extra or []
         ops += [Unlink(self.path(src, mid, MARKER[src])), Unlink(self.path(src, mid, ".eml"))]
         if src == BADMAIL:

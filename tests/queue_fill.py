@@ -1,6 +1,7 @@
 """A large Queue written fast, straight to disk in the store's own format (`<id>.eml` and its
-`<id>.env`), for the scale tests and the bench: no fsync and no JSON encoding per message
-(one envelope is encoded once and its id swapped), so 100,000 take seconds, not minutes."""
+`<id>.env`, whose mtime notes a next attempt still to come: Mailroot.envelope_write), for the
+scale tests and the bench: no fsync and no JSON encoding per message (one envelope is encoded
+once and its id swapped), so 100,000 take seconds, not minutes."""
 
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ def fill_queue(root: Path, count: int, due_in: float = 86400.0,
     queue = str(store.folder(QUEUE))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     ids = [new_id() for _ in range(count)]
+    noted = (now, now + due_in) if due_in > 0 else None  # the stat notes a due time to come
     for mid in ids:
-        for name, content in ((f"{queue}/{mid}.eml", data),
-                              (f"{queue}/{mid}.env", head + mid.encode() + tail)):
+        for name, content, times in ((f"{queue}/{mid}.eml", data, None),
+                                     (f"{queue}/{mid}.env", head + mid.encode() + tail, noted)):
             fd = os.open(name, flags, 0o640)
             try:
                 os.write(fd, content)
+                if times:
+                    os.utime(fd, times)
             finally:
                 os.close(fd)
     return ids

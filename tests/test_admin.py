@@ -101,11 +101,24 @@ def deferred(r, ids: list[str]) -> None:
 HOUR_RETRY = {"delivery": {"retry": ["1h", "1h", "1h", "1h"]}}
 
 
+def noted_dues(r) -> dict[str, float]:
+    """The next attempt each Queue and Hold envelope's mtime notes (Mailroot.envelope_write),
+    checked against the envelope: a note still to come must be the envelope's own."""
+    noted = {}
+    for path in r.files("Queue", "*.env") + r.files("Hold", "*.env"):
+        mtime, next_attempt = path.stat().st_mtime, json.loads(path.read_bytes())["next_attempt"]
+        if mtime > time.time():
+            assert abs(mtime - next_attempt) < 0.001, path
+            noted[path.stem] = mtime
+    return noted
+
+
 def test_retry_hold_release_delete_undelete(relay) -> None:
     r = relay(HOUR_RETRY)
     a, b = submit(r, "user@remote.example", 2)
     deferred(r, [a, b])
     assert envelope(r, "Queue", a).next_attempt > time.time() + 3000
+    assert set(noted_dues(r)) == {a, b}  # deferred: each due time is in the file's stat
     assert cli(r.config, "retry", a).returncode == 0
     wait_for(lambda: attempts(r, a) >= 2, timeout=5)  # the relay acted on it at once
     assert attempts(r, b) == 1
@@ -119,9 +132,11 @@ def test_retry_hold_release_delete_undelete(relay) -> None:
     assert refused.returncode == 1 and f"{a}: wrong state: held" in refused.stderr
     assert f"due now: {b}" in refused.stdout
     time.sleep(0.2)
+    assert a in noted_dues(r)  # held: its due time goes with it
     assert cli(r.config, "release", a).returncode == 0
     env = envelope(r, "Queue", a)
     assert env.held_at is None and env.held_total >= 0.2 and env.next_attempt <= time.time()
+    assert a not in noted_dues(r)  # due now: nothing in its stat says otherwise
 
     asked = cli(r.config, "delete", a, stdin="n\n")
     assert asked.returncode == 1 and "Delete 1 message" in asked.stderr
@@ -132,6 +147,7 @@ def test_retry_hold_release_delete_undelete(relay) -> None:
     assert "already deleted" in cli(r.config, "delete", a, "--yes").stderr
     assert cli(r.config, "undelete", a).returncode == 0
     assert envelope(r, "Queue", a).recipients[0].address == "user@remote.example"
+    noted_dues(r)
 
     unknown = cli(r.config, "hold", "0000000000000000", b)
     assert unknown.returncode == 1 and "0000000000000000: not found" in unknown.stderr
