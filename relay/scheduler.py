@@ -171,8 +171,10 @@ class Scheduler:
         return len(self.due) + len(self.inflight) <= self.limit // 2
 
     def _due_times(self, ids: list[str]) -> list[tuple[str, float]]:
-        """(id, next attempt) for the ids whose envelope is in Queue (runs in a thread);
-        entries that must not be delivered (damaged, unreadable) go to Badmail instead."""
+        """(id, next attempt) for the ids whose envelope is in Queue (runs in a thread): from
+        the stat where it notes a time to come, else from the envelope; entries read and
+        found not fit to deliver (damaged, unreadable) go to Badmail instead (a noted one's
+        damage is found when it comes due, by attempt())."""
         found = []
         for mid in ids:
             try:  # a deferred entry's stat says when it is due: not read until then
