@@ -47,12 +47,13 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of the process and every descendant (shared pages counted in each)."""
+def tree_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of the process and every descendant (shared pages counted in each);
+    `field` VmHWM: the sum of each one's peak."""
     total = 0.0
     for one in [pid, *descendants(pid)]:
         try:
-            total += status_mb(one)
+            total += status_mb(one, field)
         except FileNotFoundError:
             continue
     return total

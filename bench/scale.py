@@ -7,9 +7,10 @@ plus one due now, places a local-domain file in Pickup, then starts `mailroot se
 measures, from the moment the process is started: the first SMTP 250 (a client retrying its
 connection from that moment), the Pickup file in Drop, the due message at the sink (its
 first attempt), the end of the queue manager's first scan and of the recovery pass; then
-idle CPU and RSS (now and peak) over an idle window; then, with the relay stopped, `mailroot
-queue --json` (first line and all N; the first line of `--sort`, oldest first) and
-`mailroot summary`.  Everything on 127.0.0.1; every wait bounded.
+idle CPU and RSS (now and peak, summed over the supervisor and its children) over an idle
+window; then, with the relay stopped, `mailroot queue --json` (first line and all N; the
+first line of `--sort`, oldest first) and `mailroot summary`.  Everything on 127.0.0.1;
+every wait bounded.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from bench.load import free_port
-from bench.procstat import cpu_seconds, status_mb
+from bench.procstat import tree_cpu_seconds, tree_rss_mb
 from bench.sink import Sink
 from tests.queue_fill import fill_queue, queued_message
 
@@ -158,12 +159,12 @@ def run_relay(root: Path, home: Path, size: int, idle: float, sink: Sink) -> dic
         if pending:
             raise RuntimeError(f"not within {WAIT:g} s: {', '.join(pending)}")
         smtp.join(WAIT)
-        cpu, idle_began = cpu_seconds(relay.pid), time.monotonic()
+        cpu, idle_began = tree_cpu_seconds(relay.pid), time.monotonic()
         time.sleep(idle)
-        figures["% idle CPU"] = (cpu_seconds(relay.pid) - cpu) / (
+        figures["% idle CPU"] = (tree_cpu_seconds(relay.pid) - cpu) / (
             time.monotonic() - idle_began) * 100
-        figures["MB RSS"] = status_mb(relay.pid, "VmRSS")
-        figures["MB peak RSS"] = status_mb(relay.pid, "VmHWM")
+        figures["MB RSS"] = tree_rss_mb(relay.pid)
+        figures["MB peak RSS"] = tree_rss_mb(relay.pid, "VmHWM")
     finally:
         relay.terminate()
         relay.wait(60)
