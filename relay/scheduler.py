@@ -81,6 +81,7 @@ class Scheduler:
         self.heap: list[tuple[float, str]] = []
         self.due: dict[str, float] = {}  # the active window: id -> next attempt
         self.horizon = math.inf  # every Queue entry outside the window is due at or after this
+        self.window_last = math.inf  # no entry in the window is due after this (set by _trim)
         self.scan_horizon = math.inf  # the same, as the scan in progress has seen it so far
         self.halt = threading.Event()  # stops a scan's directory walk in its thread
         self.scanned = asyncio.Event()  # set when the first scan is done
@@ -148,6 +149,7 @@ class Scheduler:
         if message_id in self.inflight or self.due.get(message_id) == due:
             return
         self.due[message_id] = due
+        self.window_last = max(self.window_last, due)  # still no entry due after it
         heapq.heappush(self.heap, (due, message_id))
         if self.heap[0][1] == message_id:
             self.wake.set()
@@ -162,10 +164,23 @@ class Scheduler:
         self.due = dict(ordered[:room])
         self.heap = [(due, mid) for mid, due in ordered[:room]]
         heapq.heapify(self.heap)
+        self.window_last = ordered[room - 1][1] if len(ordered) >= room else math.inf
         if len(ordered) > room:
-            self.horizon = min(self.horizon, ordered[room][1])
-            self.scan_horizon = min(self.scan_horizon, ordered[room][1])
+            self._left_out(ordered[room][1])
         self.wake.set()
+
+    def _left_out(self, due: float) -> None:
+        """An entry stays on disk, outside the window: the next scan is due by its time."""
+        self.horizon = min(self.horizon, due)
+        self.scan_horizon = min(self.scan_horizon, due)
+
+    def _offer(self, message_id: str, due: float) -> None:
+        """A scanned entry: into the window, unless the window is full of entries all due
+        before it (then a trim would only cut it again: most of a large deferred queue)."""
+        if due >= self.window_last and len(self.due) + len(self.inflight) >= self.limit:
+            self._left_out(due)
+        else:
+            self.schedule(message_id, due)
 
     def window_has_room(self) -> bool:
         return len(self.due) + len(self.inflight) <= self.limit // 2
@@ -176,11 +191,8 @@ class Scheduler:
         found not fit to deliver (damaged, unreadable) go to Badmail instead (a noted one's
         damage is found when it comes due, by attempt())."""
         found = []
-        for mid in ids:
-            try:  # a deferred entry's stat says when it is due: not read until then
-                due = self.store.noted_due(QUEUE, mid) or self.store.due_at(QUEUE, mid)
-            except FileNotFoundError:
-                continue
+        for mid, noted in self.store.noted_dues(QUEUE, ids):
+            due = noted or self.store.due_at(QUEUE, mid)  # noted: not read until it is due
             if due is not None:
                 found.append((mid, due))
                 continue
@@ -263,7 +275,7 @@ class Scheduler:
             seen += len(batch)
             unknown = [m for m in batch if m not in self.due and m not in self.inflight]
             for mid, due in await asyncio.to_thread(self._due_times, unknown):
-                self.schedule(mid, due)
+                self._offer(mid, due)
         self.horizon = self.scan_horizon  # this pass saw every entry outside the window
         self.scanned.set()
         await asyncio.to_thread(self._save_window, sorted(self.due.items(), key=lambda i: i[1]))

@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,17 +330,27 @@ class Mailroot:
 
     def envelope_write(self, folder: str, envelope: Envelope) -> Write:
         """An envelope's Write. A next attempt still to come is also its file's mtime, so a
-        scan of a million entries learns when each is due from a stat (noted_due), without
+        scan of a million entries learns when each is due from a stat (noted_dues), without
         reading it; an mtime not in the future says nothing (the envelope is read)."""
         due = envelope.next_attempt
         return Write(self.path(folder, envelope.id, ".env"), envelope.to_json(),
                      mtime=due if due > time.time() else None)
 
-    def noted_due(self, folder: str, message_id: str) -> float | None:
-        """An entry's next attempt as its envelope_write noted it, if still to come; None if
-        nothing is noted (the envelope says), and FileNotFoundError if the entry is gone."""
-        mtime = os.stat(f"{self.root}/{folder}/{message_id}.env").st_mtime
-        return mtime if mtime > time.time() else None
+    def noted_dues(self, folder: str, ids: Iterable[str]) -> Iterator[tuple[str, float | None]]:
+        """(id, next attempt as its envelope_write noted it, if still to come, else None: the
+        envelope says) for each id whose entry is there; one stat each, relative to the
+        folder (a scan of a million pays for no more)."""
+        now = time.time()
+        where = os.open(self.folder(folder), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for mid in ids:
+                try:
+                    mtime = os.stat(f"{mid}.env", dir_fd=where).st_mtime
+                except FileNotFoundError:
+                    continue
+                yield mid, mtime if mtime > now else None
+        finally:
+            os.close(where)
 
     def enqueue_ops(self, folder: str, envelope: Envelope, message: bytes) -> list[Op]:
         """Ops that commit a new message with its envelope into Queue or Hold."""

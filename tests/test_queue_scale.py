@@ -188,6 +188,24 @@ def test_a_window_of_4_still_delivers_30_messages_due_at_different_times(
         relay.stop()
 
 
+def test_a_scan_keeps_the_earliest_due_in_its_window_whatever_the_directory_order(
+        write_config, tmp_path: Path) -> None:
+    """400 deferred entries in four due groups, interleaved in directory order, and a window
+    of 50: the window the scan saves is 50 of the earliest group, and nothing is tried."""
+    root = tmp_path / "mailroot"
+    later = fill_queue(root, 100, due_in=3 * 86400) + fill_queue(root, 100, due_in=2 * 86400)
+    earliest = set(fill_queue(root, 100, due_in=86400))
+    later += fill_queue(root, 100, due_in=4 * 86400)
+    relay = RelayProcess(write_config({"queue": {"active_limit": 50}}), root).start()
+    try:
+        wait_for(lambda: any(e["event"] == "queue-scanned" for e in relay.events()))
+        saved = [line.split()[1] for line in (root / "queue.window").read_text().splitlines()]
+        assert len(saved) == 50 and set(saved) <= earliest
+        assert not any(e["event"] == "deferred" for e in relay.events())
+    finally:
+        relay.stop()
+
+
 def test_an_active_limit_below_1_is_refused_naming_the_key(write_config) -> None:
     with pytest.raises(ConfigError) as refused:
         load(write_config({"queue": {"active_limit": 0}}))
