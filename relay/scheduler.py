@@ -27,8 +27,9 @@ from pathlib import Path
 import watchfiles
 
 from relay.address import domain_of
-from relay.bounce import delivery_report, failed_delivery_ops, quarantine, quarantine_ops
+from relay.bounce import failed_delivery_ops, quarantine, quarantine_ops
 from relay.config import Config
+from relay.dsn import delivery_report
 from relay.events import EventLog
 from relay.intake import Intake, Rejected, Submission
 from relay.resolver import Resolver

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import pickup as pickupmod
+from relay import pickup_file as pickupmod
 from relay.config import Duration
 from relay.store import PICKUP, QUEUE, Attempt, Mailroot
 from tests.busy_fixture import column
