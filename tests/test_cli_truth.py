@@ -66,3 +66,16 @@ def test_the_null_sender_reads_as_angle_brackets_once(mailroot):
         + message("MAILER-DAEMON@example.com", "it@example.com", "Delivery report"))
     out = cli(config, "queue", "--folder", "drop").stdout
     assert "<<>>" not in out and "  <>\n" in out
+
+
+def test_the_commands_that_read_start_without_the_relays_heavy_modules():
+    """`mailroot queue`, `summary` and `health` run from cron and monitoring: they load no
+    DKIM, DNS, event loop, MIME, config-editing or file-watching module (each costs tens of
+    milliseconds of every run; the first listed row is due within 0.2 s)."""
+    heavy = ("dkim", "dns.resolver", "asyncio", "email.mime.multipart", "ruamel.yaml",
+             "watchfiles", "aiosmtpd", "aiosmtplib", "cryptography")
+    probe = ("import sys, relay.cli, relay.admin, relay.cli_admin; "
+             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=30, check=True).stdout.split()
+    assert loaded == []
