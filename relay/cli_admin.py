@@ -7,13 +7,14 @@ Exit codes: 0 done, 1 some id not found or not in a state for the action (named 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
+
+import orjson
 
 from relay.admin import ActionResult, Admin, FolderParts, MessageSummary, NotFound
 from relay.config import Config
@@ -90,8 +91,8 @@ class Rendered(NamedTuple):
 def render_rows(rows: list[MessageSummary], as_json: bool = False) -> Rendered:
     """Rows as `mailroot queue` prints them: postqueue -p's layout, or a JSON object a line."""
     if as_json:
-        encode = json.JSONEncoder(separators=(",", ":")).encode
-        text = "".join(encode(row.to_dict()) + "\n" for row in rows)
+        text = b"".join(orjson.dumps(row.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
+                        for row in rows).decode()
     else:
         text = "".join("\n".join(format_row(row)) + "\n\n" for row in rows)
     return Rendered(text, len(rows), sum(row.size for row in rows))
