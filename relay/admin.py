@@ -169,8 +169,6 @@ def split_drop(data: bytes) -> tuple[str, list[str], bytes]:
     return sender, receivers, data[pos:]
 
 
-
-
 def _read_small(path: str, dir_fd: int | None = None) -> bytes:
     """A whole file, in one read when under 64 KiB (an envelope nearly always is); `path`
     relative to `dir_fd` if given."""
