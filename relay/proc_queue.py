@@ -8,8 +8,6 @@ schedule through inotify on Queue/ the moment its `.env` is renamed in, not by a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 
 from relay.config import Config
@@ -17,7 +15,7 @@ from relay.inotify import DirectoryWatch
 from relay.proc_child import ChildSpec, Role
 from relay.recovery import Recovery
 from relay.scheduler import Scheduler
-from relay.store import QUEUE, Envelope, is_id
+from relay.store import QUEUE, is_id
 
 
 class QueueManager(Scheduler):
@@ -45,19 +43,6 @@ class QueueManager(Scheduler):
         self.changed.add(mid)
         if self.reading is None or self.reading.done():
             self.reading = asyncio.create_task(self._read_changed())
-
-    async def finish(self, envelope: Envelope, data: bytes, now: float,
-                     notes: list[dict]) -> None:
-        """A message delivered to every recipient leaves Queue at once, on the loop, as the
-        reply arrives: its marker, then its file (claimed, so the unlink frees nothing yet).
-        A kill from then on cannot deliver it again, nor leave a message file no envelope
-        names (a restarted queue manager runs no recovery pass). The directory's fsync
-        follows in a thread as before."""
-        if all(r.state == "delivered" for r in envelope.recipients):
-            for ext in (".env", ".eml"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.store.path(QUEUE, envelope.id, ext))
-        await super().finish(envelope, data, now, notes)
 
     async def _read_changed(self) -> None:
         while self.changed:

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import watchfiles
@@ -42,7 +43,6 @@ from relay.store import (
     Mailroot,
     Op,
     Recipient,
-    Unlink,
     Write,
     damage,
     envelope_or_none,
@@ -95,6 +95,10 @@ class Scheduler:
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        # the claims and reads of delivery: few threads, so that they do not contend for the
+        # interpreter with the loop more than the disk needs
+        self.disk = ThreadPoolExecutor(max_workers=2, thread_name_prefix="queue-disk")
+        self.releasing: list[int] = []
 
     @property
     def router(self) -> Router:
@@ -140,6 +144,7 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.client.close()
+        self.disk.shutdown(wait=True)
 
     def notify(self, message_id: str) -> None:
         """A new Queue entry (callable from any thread): try it now."""
@@ -314,8 +319,8 @@ class Scheduler:
 
     async def attempt(self, mid: str) -> None:
         """Claim the message, try its pending recipients, record the outcome."""
-        loop = asyncio.get_running_loop()
-        claim = await loop.run_in_executor(None, self.store.acquire, QUEUE, mid)
+        claim, loaded = await asyncio.get_running_loop().run_in_executor(
+            self.disk, self._claim, mid)
         if claim is None:
             if self.store.has(QUEUE, mid):
                 self.inflight.discard(mid)
@@ -325,13 +330,12 @@ class Scheduler:
                     await asyncio.to_thread(self._due_times, [mid])
             return
         try:
-            try:
-                envelope, data = await loop.run_in_executor(None, self._load, mid)
-            except FileNotFoundError:
+            if isinstance(loaded, FileNotFoundError):
                 return
-            except (ValueError, TypeError, KeyError) as exc:  # the scan only skimmed it
-                await asyncio.to_thread(self._quarantine_claimed, mid, exc)
+            if isinstance(loaded, Exception):  # the scan only skimmed it
+                await asyncio.to_thread(self._quarantine_claimed, mid, loaded)
                 return
+            envelope, data = loaded
             now = time.time()
             if envelope.next_attempt > now + 0.05:  # rescheduled by someone meanwhile
                 self.inflight.discard(mid)
@@ -347,9 +351,34 @@ class Scheduler:
                 notes = await self.deliver(envelope, data, now)
             await self.finish(envelope, data, now, notes)
         finally:
-            # Released off the loop: closing the last handle of a delivered message's file
-            # frees it, which costs more than the loop should pay.
-            loop.run_in_executor(None, os.close, claim)
+            self._release(claim)
+
+    def _claim(self, mid: str) -> tuple[int | None, tuple[Envelope, bytes] | Exception | None]:
+        """The message's claim and, under it, its envelope and bytes (or why they could not
+        be read): one hop to a disk thread for both."""
+        claim = self.store.acquire(QUEUE, mid)
+        if claim is None:
+            return None, None
+        try:
+            return claim, self._load(mid)
+        except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
+            return claim, exc
+        except BaseException:
+            os.close(claim)
+            raise
+
+    def _release(self, claim: int) -> None:
+        """Close a claim off the loop: closing the last handle of a delivered message's file
+        frees it, which costs more than the loop should pay. Claims released meanwhile wait
+        for the same hop to a disk thread."""
+        self.releasing.append(claim)
+        if len(self.releasing) == 1:
+            self.disk.submit(self._close_released)
+
+    def _close_released(self) -> None:
+        claims, self.releasing = self.releasing, []  # claims released from now on: a new hop
+        for claim in claims:
+            os.close(claim)
 
     def _quarantine_claimed(self, mid: str, exc: Exception) -> None:
         reason = f"the envelope {QUEUE}/{mid}.env cannot be read: {exc!r}"
@@ -442,9 +471,7 @@ class Scheduler:
             return
         failed = [r for r in envelope.recipients if r.state == "failed"]
         if not failed:
-            await asyncio.to_thread(self.store.commit, [
-                Unlink(self.store.path(QUEUE, envelope.id, ".env")),
-                Unlink(self.store.path(QUEUE, envelope.id, ".eml"))])
+            self.remove_delivered(envelope.id)
             self.tell(notes)
             return
         reason = self.failure_reason(failed, expired=now >= expires)
@@ -459,6 +486,17 @@ class Scheduler:
             await asyncio.to_thread(self.store.commit, moves)
             bounced["detail"] = "null sender: no report is sent"
         self.tell([*notes, bounced])
+
+    def remove_delivered(self, mid: str) -> None:
+        """A message delivered to every recipient leaves Queue at once, on the loop, as the
+        last reply arrives: its marker, then its file (claimed, so the unlink frees nothing
+        yet). A kill from then on cannot deliver it again, nor leave a message file no
+        envelope names. The directory is not fsynced for it, as Postfix does not for a
+        delivered queue file: a machine crash that loses the unlinks sends it again (a
+        duplicate), and no message is lost."""
+        for ext in (".env", ".eml"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.store.path(QUEUE, mid, ext))
 
     def tell(self, notes: list[dict]) -> None:
         for note in notes:
