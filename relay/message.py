@@ -19,7 +19,13 @@ class MessageError(ValueError):
 
 
 def normalize_line_ends(data: bytes) -> bytes:
-    """CRLF everywhere: no bare CR or LF survives into the store."""
+    """CRLF everywhere: no bare CR or LF survives into the store.
+
+    Text already in CRLF (what SMTP clients send, and every stored message) is returned as
+    it is after three counts, which cost a tenth of the regex's pass over 100 KB."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return data
     return LINE_ENDS.sub(b"\r\n", data)
 
 
@@ -131,6 +137,12 @@ def binary_junk(body: bytes) -> bool:
     """Control characters beyond what text mail holds (more than 1% of the body)."""
     controls = len(re.findall(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]", body))
     return controls > max(2, len(body) // 100)
+
+
+def stuff(data: bytes) -> bytes:
+    """SMTP dot-stuffing of CRLF text (RFC 5321 4.5.2: a line's leading dot is doubled)."""
+    data = data.replace(b"\r\n.", b"\r\n..")
+    return b"." + data if data.startswith(b".") else data
 
 
 def unstuff(data: bytes) -> bytes:

@@ -23,7 +23,7 @@ from email.generator import BytesGenerator
 import aiosmtplib
 
 from relay.config import Config, Credentials
-from relay.message import MAX_LINE, Message, MessageError, normalize_line_ends
+from relay.message import MAX_LINE, Message, MessageError, normalize_line_ends, stuff
 from relay.resolver import DnsFailure, Resolver
 from relay.router import Route
 
@@ -110,8 +110,14 @@ def _needs_utf8(sender: str, recipients: list[str], data: bytes) -> str | None:
     return None if head.isascii() else "5.6.9"
 
 
+def crlf_text(data: bytes) -> bytes:
+    """CRLF line ends only, the last line ended too: what send_data puts on the wire."""
+    data = normalize_line_ends(data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
 def _too_long(data: bytes) -> bool:
-    return any(len(line) > MAX_LINE for line in data.split(b"\r\n"))
+    return len(data) > MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE
 
 
 def seven_bit(data: bytes) -> bytes:
@@ -139,7 +145,7 @@ def seven_bit(data: bytes) -> bytes:
         part.set_payload(quopri.encodestring(raw).decode("ascii"))
     out = io.BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=policy).flatten(msg)
-    return out.getvalue()
+    return crlf_text(out.getvalue())
 
 
 def masquerade(sender: str, data: bytes, domain: str | None) -> tuple[str, bytes]:
@@ -163,6 +169,24 @@ def masquerade(sender: str, data: bytes, domain: str | None) -> tuple[str, bytes
     return sender, message.to_bytes()
 
 
+async def send_data(smtp: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA, then the message (CRLF text, as Outgoing keeps it), dot-stuffed with
+    bytes.replace: aiosmtplib's own data() runs two regexes over the whole message, which
+    was two thirds of the delivery process's CPU at 100 KB. Raises as data() does."""
+    start = await smtp.execute_command(b"DATA")
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    try:
+        smtp.protocol.write(stuff(data) + b".\r\n")
+        answer = await smtp.protocol.read_response(timeout=smtp.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        smtp.close()  # as data() does: the reply, if late, must not answer a later command
+        raise
+    if answer.code != 250:
+        raise aiosmtplib.SMTPDataError(answer.code, answer.message)
+    return answer
+
+
 @dataclass
 class Outgoing:
     """A message ready to send: CRLF only; re-encoded for a server when it must be."""
@@ -173,9 +197,7 @@ class Outgoing:
     seven_bit_data: bytes | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.data = normalize_line_ends(self.data)
-        if not self.data.endswith(b"\r\n"):
-            self.data += b"\r\n"
+        self.data = crlf_text(self.data)
         self.eight_bit = not self.data.isascii()
         if _too_long(self.data):
             self.data = seven_bit(self.data)
@@ -496,7 +518,7 @@ class Client:
                 return replies
             step = "DATA"
             try:
-                answer = await smtp.data(data)
+                answer = await send_data(smtp, data)
                 final = Reply.remote(answer.code, answer.message)
             except aiosmtplib.SMTPDataError as refused:
                 final = _failure(refused, conn.hop, step)

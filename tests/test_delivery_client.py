@@ -10,6 +10,7 @@ import trustme
 import yaml
 
 from relay.config import parse
+from relay.message import stuff, unstuff
 from relay.resolver import Resolver
 from relay.router import Router
 from relay.smtp_client import Client, Hop, Outgoing, masquerade
@@ -45,6 +46,23 @@ async def test_8bit_sent_as_is_with_8bitmime_converted_without(dns_server, sink)
     data = old.messages[0].data
     assert data.isascii() and b"Content-Transfer-Encoding: quoted-printable" in data
     assert b"caf=C3=A9\r\n.a dotted line\r\n" in data and b"Subject: menu\r\n" in data
+
+
+async def test_lines_of_dots_arrive_as_sent_and_the_last_line_is_ended(dns_server, sink):
+    """A line that is only a dot would end DATA early if it were not stuffed."""
+    hop = sink()
+    body = b".\r\n..\r\n.x\r\n\r\n.\r\n...three\r\nno line end"
+    data = b"From: app@yourdomain.com\r\nSubject: dots\r\n\r\n" + body
+    result = await send(client_for(dns_server, hop.port), data, ["x@remote.example"])
+    assert result.replies["x@remote.example"].ok
+    assert hop.messages[0].data == data + b"\r\n"
+
+
+def test_stuffing_is_undone_by_unstuffing_for_any_leading_dots() -> None:
+    for text in (b".", b".a\r\n", b"a\r\n.\r\n", b"..\r\n...\r\n", b"x\r\n.\r\n.\r\n"):
+        wire = stuff(text)
+        assert not wire.startswith(b".\r\n") and b"\r\n.\r\n" not in wire
+        assert unstuff(wire) == text
 
 
 async def test_long_lines_and_bare_line_ends_are_normalised(dns_server, sink):
