@@ -201,11 +201,11 @@ class PickupWatcher:
                 parsed = parse_pickup(raw)
                 outcome = self.intake.accept(Submission(
                     parsed.message, parsed.sender, parsed.recipients, source,
-                    done_ops=[Unlink(claimed)], message_id=mid))
+                    done_ops=[Unlink(claimed, durable=False)], message_id=mid))
             except (MessageError, Rejected) as exc:
                 reason = exc.reason if isinstance(exc, Rejected) else str(exc)
                 self.store.commit(badmail_ops(self.store, mid, reason, raw, source=source)
-                                  + [Unlink(claimed)])
+                                  + [Unlink(claimed, durable=False)])
                 self.events.emit("intake", id=mid, source=source, outcome="badmail",
                                  reason=reason)
                 return

@@ -207,7 +207,12 @@ class Link:
 
 @dataclass
 class Unlink:
+    """Remove `path`. `durable=False`: its directory is not fsynced for it, for a source
+    whose return after a machine crash only repeats work under the same id (a taken Pickup
+    file: a duplicate at worst, never a loss)."""
+
     path: Path
+    durable: bool = True
 
 
 Op = Write | Link | Unlink
@@ -289,7 +294,8 @@ class Mailroot:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(op.path)
-                    dirs[op.path.parent] = None
+                    if op.durable:
+                        dirs[op.path.parent] = None
             for directory in dirs:
                 self._dir_sync.sync(directory)
         finally:

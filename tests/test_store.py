@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from relay.store import QUEUE, Mailroot, Write
+import relay.store
+from relay.store import QUEUE, Mailroot, Unlink, Write
 
 
 def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
@@ -30,6 +31,26 @@ def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
     assert not errors and not any(t.is_alive() for t in threads)
     assert len(list((tmp_path / "mailroot" / QUEUE).glob("*.eml"))) == 200
     assert not list((tmp_path / "mailroot" / "tmp").iterdir())
+
+
+def test_a_taken_pickup_files_removal_costs_no_directory_fsync(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """The destination's directory is fsynced before the commit returns; the directory of a
+    source removed with durable=False is not (its return after a crash repeats the same id)."""
+    store = Mailroot(tmp_path / "mailroot")
+    store.ensure()
+    taken = store.tmp / "pickup" / "x.eml"
+    taken.parent.mkdir()
+    kept = store.tmp / "pickup" / "y.eml"
+    taken.write_bytes(b"x")
+    kept.write_bytes(b"y")
+    synced: list[Path] = []
+    real = relay.store.fsync_dir
+    monkeypatch.setattr(relay.store, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    store.commit([Write(store.path(QUEUE, "a", ".eml"), b"a"), Unlink(taken, durable=False)])
+    assert synced == [store.folder(QUEUE)] and not taken.exists()
+    store.commit([Write(store.path(QUEUE, "b", ".eml"), b"b"), Unlink(kept)])
+    assert synced[1:] == [store.folder(QUEUE), kept.parent] and not kept.exists()
 
 
 def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path: Path) -> None:
