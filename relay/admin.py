@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
-import orjson
-
 from relay import config as configmod
 from relay.address import domain_of
 from relay.audit import AuditEntry, AuditLog
@@ -52,6 +50,7 @@ from relay.store import (
     checksum,
     id_time,
     is_id,
+    json_fields,
 )
 
 if TYPE_CHECKING:
@@ -232,7 +231,7 @@ class Admin:
 
     def envelope_fields(self, folder: str, message_id: str) -> dict:
         """A message's envelope as raw JSON fields: the cheapest read, for listing many."""
-        return orjson.loads(_read_small(f"{self.store.root}/{folder}/{message_id}.env"))
+        return json_fields(_read_small(f"{self.store.root}/{folder}/{message_id}.env"))
 
     def summary_of(self, folder: str, message_id: str) -> MessageSummary:
         """One message's row; reads the small envelope or the head of the file, not bodies."""
@@ -743,7 +742,7 @@ class Admin:
             for mid in ids:
                 try:
                     raw = _read_small(f"{mid}.env", where)
-                    env = orjson.loads(raw)
+                    env = json_fields(raw)
                 except (OSError, ValueError):
                     continue  # moved on while we looked
                 received = env["received"]

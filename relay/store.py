@@ -29,7 +29,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import orjson
 
 PICKUP, QUEUE, DROP, BADMAIL, HOLD = "Pickup", "Queue", "Drop", "Badmail", "Hold"
 TRASH = "Trash"
@@ -100,6 +102,16 @@ class Attempt:
     recipients: list[str] = field(default_factory=list)
 
 
+def json_fields(data: bytes) -> Any:
+    """JSON decoded by orjson (3x json's pace), or by json where orjson refuses what json
+    wrote: an escaped lone surrogate (a file name that is not UTF-8, in an envelope's origin).
+    Raises ValueError for what is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 @dataclass
 class Envelope:
     """Everything about a message but its bytes; small, so 100,000 of them list quickly."""
@@ -132,11 +144,17 @@ class Envelope:
         return [r for r in self.recipients if r.state in WAITING]
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        """Compact JSON, by orjson (1 µs where dataclasses.asdict and json took 50); text
+        orjson refuses (a lone surrogate, from a file name that is not UTF-8) goes by json,
+        which escapes it."""
+        try:
+            return orjson.dumps(self)
+        except orjson.JSONEncodeError:
+            return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:
-        return cls.from_dict(json.loads(data))
+        return cls.from_dict(json_fields(data))
 
     @classmethod
     def from_dict(cls, raw: dict) -> Envelope:
@@ -574,7 +592,7 @@ class Mailroot:
         """
         base = f"{self.root}/{folder}/{message_id}"  # plain strings: pathlib is the cost here
         try:
-            raw = json.loads(_read(base + ".env"))
+            raw = json_fields(_read(base + ".env"))
             size = raw["size"]
         except FileNotFoundError:
             raise

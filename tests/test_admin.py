@@ -214,7 +214,9 @@ def test_summary_by_domain_age_and_badmail_reason(relay) -> None:
 def test_summary_puts_each_message_in_its_age_column_once_per_domain(
         tmp_path, write_config) -> None:
     """Ages on both sides of each column's limit, and recipients in one domain and in two:
-    a message counts once in each domain it waits for, in the column its age is under."""
+    a message counts once in each domain it waits for, in the column its age is under.
+    Every envelope's origin names a Pickup file whose name is not UTF-8 (json's escape of a
+    lone surrogate, which orjson does not read): each is still counted."""
     store = Mailroot(tmp_path / "mailroot")
     store.ensure()
     now = time.time()
@@ -224,7 +226,8 @@ def test_summary_puts_each_message_in_its_age_column_once_per_domain(
         recipients = [Recipient(a, "deferred") for a in ("a@one.example", "b@ONE.example",
                                                           "c@two.example")]
         recipients.append(Recipient("d@three.example", "delivered"))  # no longer waiting
-        env = Envelope(new_id(), "app@example.com", recipients, received=now - age, size=10)
+        env = Envelope(new_id(), "app@example.com", recipients, received=now - age, size=10,
+                       origin="Pickup/caf\udce9.eml")
         store.path(QUEUE, env.id, ".eml").write_bytes(b"Subject: x\r\n\r\nbody\r\n")
         store.path(QUEUE, env.id, ".env").write_bytes(env.to_json())
     expected = [columns.count(column) for column in range(len(AGE_BUCKETS))]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from pathlib import Path
 
 import relay.store
-from relay.store import QUEUE, Mailroot, Unlink, Write
+from relay.store import QUEUE, Envelope, Mailroot, Recipient, Unlink, Write
 
 
 def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
@@ -77,3 +79,17 @@ def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path:
     assert not list((tmp_path / "mailroot" / QUEUE).glob("0000000000000001.*"))
     assert not list((tmp_path / "mailroot" / TRASH).glob("0000000000000002.*"))
     assert len(actions) == 2
+
+
+def test_an_envelope_is_the_same_json_as_before_and_takes_any_text() -> None:
+    """Written by orjson, byte for byte what json wrote; a name that is not UTF-8 (a lone
+    surrogate from os.listdir) is escaped by json instead of failing the intake."""
+    env = Envelope(id="0123456789ABCDEF", sender="app@yourdomain.com",
+                   recipients=[Recipient("x@remote.example")], received=1796168379.3664184,
+                   origin="Pickup/a.eml", size=2300, crc32=12345, subject="hello",
+                   next_attempt=1796168379.5)
+    assert env.to_json() == json.dumps(dataclasses.asdict(env), separators=(",", ":")).encode()
+    assert Envelope.from_json(env.to_json()) == env
+    odd = dataclasses.replace(env, origin="Pickup/caf\udce9.eml", subject="caf\u00e9")
+    assert b"\\udce9" in odd.to_json()
+    assert Envelope.from_json(odd.to_json()) == odd
