@@ -481,7 +481,7 @@ class SmtpSession(SMTP):
     async def received_from(self) -> str:
         helo = PRINTABLE.sub("?", self.session.host_name or "")[:100] or "unknown"
         name = ""
-        if self.rdns:
+        if self.rdns and not self.rdns.done():
             await asyncio.wait({self.rdns}, timeout=1.0)  # never holds a message up for long
             if self.rdns.done() and not self.rdns.cancelled():
                 name = self.rdns.result()
