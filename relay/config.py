@@ -215,7 +215,7 @@ class Delivery:
     auth: Credentials = setting(Credentials(), "credentials for the smart host")
     ca_file: str | None = setting(None, "CA bundle for tls: verify (default: system store)")
     max_connections: int = setting(1000, "outbound connections in all")
-    max_connections_per_domain: int = setting(100, "outbound connections per remote domain")
+    max_connections_per_domain: int = setting(20, "outbound connections per remote domain")
     messages_per_connection: int = setting(20, "messages sent over one connection")
     timeout: Duration = setting(Duration(600), "timeout for each SMTP step")
     ndr_copy_to: Address | None = setting(None, "send a copy of every NDR here")

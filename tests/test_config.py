@@ -24,7 +24,7 @@ def test_defaults_are_the_iis_dialog_defaults() -> None:
     assert c.delivery.retry == [900, 1800, 3600, 14400]
     assert c.delivery.delay_notification == 12 * 3600 and c.delivery.expiration == 2 * 86400
     assert c.delivery.max_hop_count == 15 and c.delivery.port == 25
-    assert c.delivery.max_connections == 1000 and c.delivery.max_connections_per_domain == 100
+    assert c.delivery.max_connections == 1000 and c.delivery.max_connections_per_domain == 20
     assert c.delivery.messages_per_connection == 20 and c.delivery.timeout == 600
     assert c.smtp.max_message_size == 2048 * 1024 and c.smtp.max_session_size == 10240 * 1024
     assert c.smtp.max_recipients == 100 and c.smtp.relay.allow == []

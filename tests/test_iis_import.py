@@ -35,9 +35,11 @@ def metabase_text(name: str, **replace: str) -> str:
 def test_default_install_imports_to_mailroot_defaults(tmp_path, capsys) -> None:
     code, imported, out = run_import(tmp_path, HERE / "default.xml")
     assert code == 0
-    # The machine's own names and the binding are all that differ from mailroot's defaults:
-    # 2048 KB messages, 15/30/60/240 minute retries, 12 h / 2 d expiry... are not written.
+    # The machine's own names, the binding and IIS's 100 connections per domain (mailroot's
+    # 20 is Postfix's and Exchange's) are all that differ from mailroot's defaults: 2048 KB
+    # messages, 15/30/60/240 minute retries, 12 h / 2 d expiry... are not written.
     assert imported == {"domains": {"local": {"default": "win2003.example.local"}},
+                        "delivery": {"max_connections_per_domain": 100},
                         "smtp": {"listen": ["0.0.0.0:25"]}}
     text = out.read_text()
     assert "ServerComment=Default SMTP Virtual Server — a label only" in text
@@ -53,7 +55,8 @@ def test_smart_host_with_direct_delivery_first(tmp_path) -> None:
     assert imported == {
         "hostname": "mail.example.local",
         "domains": {"local": {"default": "win2003.example.local"}},
-        "delivery": {"smarthost": "smarthost.example.net", "attempt_direct_first": True},
+        "delivery": {"smarthost": "smarthost.example.net", "attempt_direct_first": True,
+                     "max_connections_per_domain": 100},
         "smtp": {"listen": ["0.0.0.0:25"]},
     }
     assert main(["check", "-c", str(out)]) == 0
@@ -71,7 +74,7 @@ FULL = {
         "delay_notification": "4h", "expiration": "1d",
         "local": {"delay_notification": "6h", "expiration": "3d"},  # 360 and 4320 minutes
         "max_hop_count": 30,
-        "max_connections": 500, "max_connections_per_domain": 20,
+        "max_connections": 500, "max_connections_per_domain": 25,
         "messages_per_connection": 50,  # MaxBatchedMessages
         "timeout": "2m",
         "ndr_copy_to": "postmaster@example.com", "masquerade_domain": "example.com",
@@ -224,7 +227,8 @@ def test_a_relay_on_an_imported_config_delivers_to_drop_and_the_smart_host(
                           "win2003.example.local": "yourdomain.com"}))
     code, imported, out = run_import(tmp_path, source)
     assert code == 0
-    assert imported["delivery"] == {"port": hop.port, "smarthost": "127.0.0.1"}
+    assert imported["delivery"] == {"port": hop.port, "smarthost": "127.0.0.1",
+                                    "max_connections_per_domain": 100}
     # Where the mailroot lives on this machine is the one thing IIS could not say.
     ConfigFile(out).edit(set_values({"mailroot": str(tmp_path / "mailroot")}))
     relay = RelayProcess(out, tmp_path / "mailroot").start()
