@@ -56,7 +56,7 @@ def test_remote_via_mx_with_two_preferences(route, dns_server) -> None:
         (20, "mx2.partner.test", ["127.0.0.12"], 300)]
     assert data["destination"] == "MX mx1.partner.test (preference 10)"
     assert data["tls"] == "may" and data["tls_source"].startswith("the default")
-    assert data["limits"]["connections to this domain"] == "100"
+    assert data["limits"]["connections to this domain"] == "20"
     assert "10 mx1.partner.test [127.0.0.11], TTL 300s" in text
     assert "deliverable now" in text
 
