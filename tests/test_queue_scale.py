@@ -147,7 +147,6 @@ def test_interrupted_move_is_resolved_before_the_id_is_delivered_or_listed(
         relay.stop()
 
 
-
 def test_an_envelope_the_scan_only_skimmed_is_quarantined_when_it_cannot_be_read(
         write_config, sink, tmp_path: Path) -> None:
     """The scan reads `size` and `next_attempt` without decoding the envelope; one that
