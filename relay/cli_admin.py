@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
 
-import orjson
-
 from relay.admin import ActionResult, Admin, FolderParts, MessageSummary, NotFound
 from relay.config import Config
 from relay.fanout import cores
@@ -23,7 +21,16 @@ from relay.folderstats import FolderUsage, all_usage, usage_table
 from relay.listing import MatchError, matching
 from relay.qshape import AGE_BUCKETS, ShapeRow
 from relay.refusals import top_refused
-from relay.store import BADMAIL, DROP, HOLD, LISTING_SORTED_UP_TO, PICKUP, QUEUE, TRASH
+from relay.store import (
+    BADMAIL,
+    DROP,
+    HOLD,
+    LISTING_SORTED_UP_TO,
+    PICKUP,
+    QUEUE,
+    TRASH,
+    json_bytes,
+)
 
 FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,
                 "hold": HOLD, "trash": TRASH}
@@ -91,8 +98,7 @@ class Rendered(NamedTuple):
 def render_rows(rows: list[MessageSummary], as_json: bool = False) -> Rendered:
     """Rows as `mailroot queue` prints them: postqueue -p's layout, or a JSON object a line."""
     if as_json:
-        text = b"".join(orjson.dumps(row.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
-                        for row in rows).decode()
+        text = b"".join(json_bytes(row.to_dict()) + b"\n" for row in rows).decode()
     else:
         text = "".join("\n".join(format_row(row)) + "\n\n" for row in rows)
     return Rendered(text, len(rows), sum(row.size for row in rows))

@@ -102,6 +102,17 @@ class Attempt:
     recipients: list[str] = field(default_factory=list)
 
 
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON by orjson (a tenth of json's time), or by json, which escapes what orjson
+    refuses: a lone surrogate (undecodable octets kept from a file name that is not UTF-8, or
+    from a next hop's reply as aiosmtplib decodes it). A dataclass is written field by field."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        plain = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return json.dumps(plain, separators=(",", ":")).encode()
+
+
 def json_fields(data: bytes) -> Any:
     """JSON decoded by orjson (3x json's pace), or by json where orjson refuses what json
     wrote: an escaped lone surrogate (a file name that is not UTF-8, in an envelope's origin).
@@ -144,13 +155,7 @@ class Envelope:
         return [r for r in self.recipients if r.state in WAITING]
 
     def to_json(self) -> bytes:
-        """Compact JSON, by orjson (1 µs where dataclasses.asdict and json took 50); text
-        orjson refuses (a lone surrogate, from a file name that is not UTF-8) goes by json,
-        which escapes it."""
-        try:
-            return orjson.dumps(self)
-        except orjson.JSONEncodeError:
-            return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        return json_bytes(self)  # 1 µs where dataclasses.asdict and json took 50
 
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from relay.admin import MessageSummary
 from relay.bounce import badmail_ops
 from relay.cli_admin import format_row
-from relay.store import DROP, Mailroot
+from relay.store import DROP, QUEUE, Envelope, Mailroot, Recipient, new_id
 from tests.admin_support import cli
 from tests.tui_fixture import T0, build, fixed_id, message, write_config
 
@@ -79,3 +80,20 @@ def test_the_commands_that_read_start_without_the_relays_heavy_modules():
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=30, check=True).stdout.split()
     assert loaded == []
+
+
+def test_a_reply_that_is_not_utf8_is_listed_as_json(mailroot):
+    """A next hop's reply in Latin-1 reaches the envelope as aiosmtplib decodes it (lone
+    surrogates for the undecodable octets); `queue --json` still lists the message."""
+    root, config = mailroot
+    store = Mailroot(root)
+    env = Envelope(new_id(), "app@example.com",
+                   [Recipient("x@remote.example", "deferred", "4.0.0",
+                              b"451 r\xe9essayez plus tard".decode("utf-8", "surrogateescape"),
+                              "mx.remote.example")],
+                   received=T0, size=20, next_attempt=T0 + 3600)
+    store.commit(store.enqueue_ops(QUEUE, env, b"Subject: x\r\n\r\nbody\r\n"))
+    out = cli(config, "queue", "--json").stdout.splitlines()
+    rows = [json.loads(line) for line in out]
+    assert [r["recipients"][0]["reply"] for r in rows if r["id"] == env.id] == [
+        "451 r\udce9essayez plus tard"]

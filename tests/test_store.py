@@ -82,8 +82,8 @@ def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path:
 
 
 def test_an_envelope_is_the_same_json_as_before_and_takes_any_text() -> None:
-    """Written by orjson, byte for byte what json wrote; a name that is not UTF-8 (a lone
-    surrogate from os.listdir) is escaped by json instead of failing the intake."""
+    """Written by orjson, byte for byte what json wrote for ASCII text; a name that is not
+    UTF-8 (a lone surrogate from os.listdir) is escaped by json instead of failing intake."""
     env = Envelope(id="0123456789ABCDEF", sender="app@yourdomain.com",
                    recipients=[Recipient("x@remote.example")], received=1796168379.3664184,
                    origin="Pickup/a.eml", size=2300, crc32=12345, subject="hello",
