@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -30,12 +31,36 @@ CALLS = {"admit", "release", "locked_for", "auth_failed", "tarpit", "reconfigure
 ANSWER, STRESS = "answer", "stress"
 
 
+@contextlib.contextmanager
+def _blocking(fd: int) -> Iterator[None]:
+    was = os.get_blocking(fd)
+    os.set_blocking(fd, True)
+    try:
+        yield
+    finally:
+        os.set_blocking(fd, was)
+
+
+class Link(Connection):
+    """A Connection whose send and recv move a whole message even while an event loop
+    watches its descriptor: uvloop makes a watched descriptor non-blocking, and a plain
+    Connection would then stop halfway through a message with BlockingIOError."""
+
+    def send(self, obj: Any) -> None:
+        with _blocking(self.fileno()):
+            super().send(obj)
+
+    def recv(self) -> Any:
+        with _blocking(self.fileno()):
+            return super().recv()
+
+
 class AnvilClient:
     """Anvil's calls, answered by the supervisor's Anvil; `stressed` and `untrusted_open`
     are as of the last word from it."""
 
     def __init__(self, fd: int, smtp: Smtp) -> None:
-        self.conn = Connection(fd)
+        self.conn = Link(fd)
         self.smtp = smtp
         self.stressed = False  # as this receiver last acted on it
         self.remote_stressed = False
@@ -110,12 +135,12 @@ class AnvilServer:
                  announce: Callable[[bool, int], None] | None = None) -> None:
         self.anvil = Anvil(smtp)
         self.announce = announce
-        self.links: dict[int, tuple[Connection, Counter]] = {}
+        self.links: dict[int, tuple[Link, Counter]] = {}
 
     def link(self) -> socket.socket:
         """A new receiver's end of a socket pair (pass it to the child, then close it)."""
         mine, theirs = socket.socketpair()
-        conn = Connection(mine.detach())
+        conn = Link(mine.detach())
         self.links[conn.fileno()] = (conn, Counter())
         asyncio.get_running_loop().add_reader(conn.fileno(), self._answer, conn.fileno())
         return theirs

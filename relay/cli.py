@@ -34,7 +34,7 @@ def load_config(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    import asyncio  # like the imports below: not loaded by the commands that only read
+    import uvloop  # like the imports below: not loaded by the commands that only read
 
     from relay.service import AlreadyRunning
     from relay.smtpd import ListenError
@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         print("mailroot serve: --workers takes 1 or more", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, args.workers))
+        uvloop.run(serve(config, args.workers))
     except (AlreadyRunning, ListenError, ConfigError) as exc:  # ConfigError: a DKIM key
         print(f"mailroot: {exc}", file=sys.stderr)
         return 2

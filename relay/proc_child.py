@@ -18,9 +18,11 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+
+import uvloop
 
 from relay import journal
+from relay.anvil_link import Link
 from relay.config import Config, ConfigError
 from relay.events import EventLog
 from relay.intake import Intake
@@ -83,7 +85,7 @@ class Role:
         await self.start_services()
         self.events.emit("process-started", process=self.name, pid=os.getpid())
 
-    def follow_supervisor(self, link: Connection) -> None:
+    def follow_supervisor(self, link: Link) -> None:
         """Apply each config the supervisor sends, and answer for it."""
         def receive() -> None:
             try:
@@ -119,7 +121,7 @@ def answer(line: str) -> None:
     os.write(ANSWERS[0], (line.replace("\n", " ") + "\n").encode())
 
 
-async def run(spec: ChildSpec, link: Connection) -> int:
+async def run(spec: ChildSpec, link: Link) -> int:
     module = importlib.import_module(ROLE_MODULES[spec.role])
     try:
         role: Role = module.ROLE(spec)
@@ -139,13 +141,13 @@ async def run(spec: ChildSpec, link: Connection) -> int:
 
 
 def main() -> int:
-    link = Connection(0, writable=False)
+    link = Link(0, writable=False)
     spec: ChildSpec = link.recv()
     die_with_parent(spec.parent)
     # answers go where stdout went; a stray print can't mix into them
     ANSWERS[0] = os.dup(1)
     os.dup2(2, 1)
-    return asyncio.run(run(spec, link))
+    return uvloop.run(run(spec, link))
 
 
 if __name__ == "__main__":

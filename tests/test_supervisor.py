@@ -4,6 +4,7 @@ manager) — through real `mailroot serve` processes, real SMTP clients and a re
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import smtplib
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from relay.config import load
 from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
 from tests.conftest import RelayProcess, drop_file, wait_for
 from tests.smtpsink import Sink
@@ -180,6 +182,25 @@ def test_a_config_change_reaches_every_child(relay, sink, write_config) -> None:
                 assert exc.smtp_code == 552
             else:
                 raise AssertionError("a message over the new size limit was accepted")
+
+
+def test_a_config_larger_than_a_pipe_buffer_reaches_every_child(relay, sink,
+                                                                write_config) -> None:
+    """Thousands of per-domain settings: the config reaches a child in several reads of its
+    link, which its event loop watches (and uvloop makes non-blocking)."""
+    hop = sink()
+    r = relay(processes_config(hop))
+    pids = children(r)
+    remote = {f"partner{n}.example": {"tls": "may"} for n in range(5000)}
+    remote["refused.example"] = {"smarthost": "127.0.0.1:1"}  # nothing listens there
+    config = {**processes_config(hop), "domains": {"remote": remote}}
+    assert len(pickle.dumps(load(write_config(config)))) > 4 * 65536  # a pipe holds 64 KiB
+    wait_for(lambda: {e["process"]: e["pid"] for e in r.events()
+                      if e["event"] == "config-applied"} == pids)
+    with smtplib.SMTP("127.0.0.1", r.smtp_port()) as client:
+        client.sendmail("app@yourdomain.com", ["a@refused.example"], mail("refused"))
+    wait_for(lambda: [e for e in r.events() if e["event"] == "deferred"])  # not to `hop`
+    assert not hop.messages
 
 
 def test_the_lock_refuses_a_second_relay_and_dies_with_the_supervisor(relay, sink) -> None:
