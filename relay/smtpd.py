@@ -489,8 +489,8 @@ class SmtpSession(SMTP):
         name = ""
         if self.rdns and not self.rdns.done():
             await asyncio.wait({self.rdns}, timeout=1.0)  # never holds a message up for long
-            if self.rdns.done() and not self.rdns.cancelled():
-                name = self.rdns.result()
+        if self.rdns and self.rdns.done() and not self.rdns.cancelled():
+            name = self.rdns.result()
         literal = f"IPv6:{self.client_ip}" if ":" in self.client_ip else self.client_ip
         return f"from {helo} ({name or 'unknown'} [{literal}])"
 
