@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import compileall
 import fcntl
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 import yaml
 
 # The relay processes the tests start run as installed: `pip install .` compiles every module
@@ -24,6 +26,16 @@ for _package in ("relay", "tui"):
     compileall.compile_dir(Path(__file__).resolve().parent.parent / _package, quiet=1)
 
 pytest_plugins = ["tests.busy_fixture"]  # the `busy` mailroot for console tests
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
+                                  ) -> dict[str, Callable[[], Any]]:
+    """Each async test on the loop its code runs on: the relay's processes run on uvloop,
+    the console on asyncio's own loop (Textual starts it)."""
+    if item.module is not None and item.module.__name__.split(".")[-1].startswith("test_tui"):
+        return {"asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
+
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 HERE_SAMPLES = Path(__file__).resolve().parent / "samples"

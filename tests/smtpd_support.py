@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from relay import config as configmod
 from relay.events import EventLog
 from relay.intake import Intake
@@ -39,7 +41,7 @@ class LiveSmtp:
         log = EventLog(self.store.log_dir, stream=None)
         log.listeners.append(self.events.append)
         self.server = SmtpServer(self.config, Intake(self.config, self.store), log)
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as in the receiver processes
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> LiveSmtp:

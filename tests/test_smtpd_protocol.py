@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+import uvloop
 
 from relay.smtpd import read_data
 from tests.smtpd_support import LOCAL, RawClient, code, live_smtp, message, wait_files
@@ -55,6 +56,11 @@ async def test_data_over_the_limit_is_read_to_the_end_and_dropped() -> None:
     reader.feed_data(b"z" * 20_000 + b"\r\n.\r\nQUIT\r\n")
     assert await read_data(reader, 10_000) == (b"", 20_002)
     assert await reader.readuntil(b"\r\n") == b"QUIT\r\n"
+
+
+async def test_these_tests_run_on_uvloop_as_the_receivers_do(smtpd) -> None:
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)  # tests/conftest.py's hook
+    assert isinstance(smtpd.loop, uvloop.Loop)  # the listener's own, in its thread
 
 
 def test_ehlo_offers_size_8bitmime_pipelining_smtputf8_and_no_auth_without_tls(smtpd) -> None:
