@@ -3,8 +3,9 @@ per-client limits, AUTH lockouts and stress mode count every receiver's connecti
 
 The supervisor holds the Anvil (AnvilServer) and answers each receiver on its own socket
 pair; a receiver's SmtpServer uses an AnvilClient in place of its own Anvil. The calls are
-synchronous (a connection is admitted before its greeting; a loopback round trip), and the
-connections a receiver had open are released when its socket closes (it died).
+synchronous (a connection is admitted before its greeting; a loopback round trip), except a
+release, which the supervisor is told and does not answer; the connections a receiver had
+open are released when its socket closes (it died).
 
 Stress mode is the relay's, not a receiver's: the supervisor decides when it begins and
 ends, logs the `stress` event once, and tells every receiver at once (unasked), so each sets
@@ -105,7 +106,9 @@ class AnvilClient:
         return self._call("admit", ip, trusted)
 
     def release(self, ip: str, trusted: bool) -> None:
-        self._call("release", ip, trusted)
+        """Told, not asked: nothing waits on the answer, so a closing connection never holds
+        up this receiver's other sessions (the supervisor answers no release)."""
+        self.conn.send(("release", (ip, trusted)))
 
     def locked_for(self, ip: str) -> float:
         return self._call("locked_for", ip)
@@ -157,7 +160,10 @@ class AnvilServer:
             admitted[tuple(args)] += 1
         elif name == "release" and admitted[tuple(args)]:
             admitted[tuple(args)] -= 1
-        if name in ("admit", "release"):
+        if name == "release":  # told, not asked: every receiver hears of a stress change
+            self._follow_stress()
+            return
+        if name == "admit":
             self._follow_stress(asking=fd)
         try:
             conn.send((ANSWER, result, self.anvil.stressed, self.anvil.untrusted_open))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import select
+import signal
 import smtplib
 import socket
 import time
@@ -210,6 +211,27 @@ def test_a_supervised_relays_receivers_share_the_per_client_limit(relay) -> None
     refusals = [e for e in r.events() if e["event"] == "connection-refused"]
     assert [(e["client"], e["reason"]) for e in refusals] == \
         [(ABUSER, "per-client-connections")] * 10
+
+
+def test_a_closing_connection_does_not_wait_for_the_supervisor(relay) -> None:
+    """A receiver tells the shared Anvil of a closed connection and goes on: with the
+    supervisor stopped, the receiver still answers its other sessions after one closes."""
+    r = relay({"smtp": RECEIVERS})
+    port = r.smtp_port()
+    clients = [RawClient(port, source=OTHER) for _ in range(8)]
+    assert [code(c.greeting) for c in clients] == [220] * 8
+    served = {name: clients_of(pid, port) for name, pid in receiver_pids(r).items()}
+    mine = next(held for held in served.values() if len(held) >= 2)
+    leaving, staying = [c for c in clients if c.sock.getsockname() in mine][:2]
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        assert code(leaving.command("QUIT")) == 221
+        assert leaving.closed()
+        staying.sock.settimeout(3)
+        assert code(staying.command("NOOP")) == 250  # not held up by the release
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    assert code(staying.command("QUIT")) == 221
 
 
 @pytest.fixture
