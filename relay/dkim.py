@@ -119,6 +119,8 @@ class Signer:
 
     def domain_for(self, message: Message) -> str | None:
         """The listed domain that signs this message: its From: domain or the nearest parent."""
+        if not self.keys:  # no signing configured: not even the From: field is parsed
+            return None
         author = author_domain(message)
         while author:
             if author in self.keys:
