@@ -490,10 +490,11 @@ class Scheduler:
     def remove_delivered(self, mid: str) -> None:
         """A message delivered to every recipient leaves Queue at once, on the loop, as the
         last reply arrives: its marker, then its file (claimed, so the unlink frees nothing
-        yet). A kill from then on cannot deliver it again, nor leave a message file no
-        envelope names. The directory is not fsynced for it, as Postfix does not for a
-        delivered queue file: a machine crash that loses the unlinks sends it again (a
-        duplicate), and no message is lost."""
+        yet). A kill from then on cannot deliver it again; a kill between the two unlinks
+        leaves the message file alone in Queue, which the next start's recovery removes (a
+        queue manager restarted alone runs none). The directory is not fsynced for it, as
+        Postfix does not for a delivered queue file: a machine crash that loses the unlinks
+        sends it again (a duplicate), and no message is lost."""
         for ext in (".env", ".eml"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.store.path(QUEUE, mid, ext))
