@@ -119,6 +119,9 @@ class Scheduler:
     async def start(self) -> None:
         """Start the services at once; the first scan fills the window beside delivery."""
         self.loop = asyncio.get_running_loop()
+        for mid in await asyncio.to_thread(self.store.finish_retired):  # a killed one's
+            self.events.emit("recovered", id=mid, folder=QUEUE,
+                             action="removed a delivered message's file left by a kill")
         self.tasks = [asyncio.create_task(self._watch(), name="queue-watch")]
         await asyncio.sleep(0)  # the watch is registered before the scan: nothing slips between
         self.scanning = asyncio.create_task(self._scanner(), name="queue-scan")
@@ -489,15 +492,9 @@ class Scheduler:
 
     def remove_delivered(self, mid: str) -> None:
         """A message delivered to every recipient leaves Queue at once, on the loop, as the
-        last reply arrives: its marker, then its file (claimed, so the unlink frees nothing
-        yet). A kill from then on cannot deliver it again; a kill between the two unlinks
-        leaves the message file alone in Queue, which the next start's recovery removes (a
-        queue manager restarted alone runs none). The directory is not fsynced for it, as
-        Postfix does not for a delivered queue file: a machine crash that loses the unlinks
-        sends it again (a duplicate), and no message is lost."""
-        for ext in (".env", ".eml"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.store.path(QUEUE, mid, ext))
+        last reply arrives (claimed, so the unlink frees nothing yet): a kill from then on
+        cannot deliver it again. See Mailroot.retire_delivered."""
+        self.store.retire_delivered(mid)
 
     def tell(self, notes: list[dict]) -> None:
         for note in notes:

@@ -41,6 +41,7 @@ MARKER = {QUEUE: ".env", HOLD: ".env", BADMAIL: ".BAD", DROP: ".eml", TRASH: ".e
 MOVE_FOLDERS = (QUEUE, HOLD, BADMAIL, TRASH)  # a message moves between these (Drop is final)
 
 LISTING_SORTED_UP_TO = 20_000  # a listing of more waits no longer: directory order (postqueue)
+DELIVERED = ".delivered"  # in tmp/: the marker of a delivered message on its way out
 PARALLEL_WRITES = 256 * 1024  # below this, two fsyncs in a row beat a thread hand-off each
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _id_lock = threading.Lock()
@@ -444,6 +445,32 @@ class Mailroot:
     # looking at every entry, and the Queue may hold a million.  So the start clears only tmp/
     # (bounded) before intake starts; `settle()` resolves one id under its claim before it is
     # delivered or acted on, and `recover()` walks the folders in the background.
+
+    def retire_delivered(self, message_id: str) -> None:
+        """Take a message delivered to every recipient out of Queue, without a directory
+        fsync (a machine crash that loses this sends it again, a duplicate). Its marker goes
+        first, renamed to tmp/<id>.delivered, so a kill before the message file is unlinked
+        leaves a note naming that file, and the next queue manager finishes the removal."""
+        aside = self.tmp / f"{message_id}{DELIVERED}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path(QUEUE, message_id, ".env"), aside)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(QUEUE, message_id, ".eml"))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+
+    def finish_retired(self) -> list[str]:
+        """Finish each removal retire_delivered() began and a kill cut short (the ids)."""
+        finished = []
+        for aside in self.tmp.glob(f"*{DELIVERED}"):
+            mid = aside.name[:-len(DELIVERED)]
+            if is_id(mid) and not self.path(QUEUE, mid, ".env").exists():  # not back since
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(QUEUE, mid, ".eml"))
+                finished.append(mid)
+            with contextlib.suppress(FileNotFoundError):
+                aside.unlink()
+        return finished
 
     def clear_tmp(self) -> None:
         """Remove files a crash left half-written in tmp/ (nothing refers to them)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 
 import relay.store
@@ -93,3 +94,22 @@ def test_an_envelope_is_the_same_json_as_before_and_takes_any_text() -> None:
     odd = dataclasses.replace(env, origin="Pickup/caf\udce9.eml", subject="caf\u00e9")
     assert b"\\udce9" in odd.to_json()
     assert Envelope.from_json(odd.to_json()) == odd
+
+
+def test_a_delivered_message_leaves_queue_and_a_cut_removal_is_finished(tmp_path: Path) -> None:
+    store = Mailroot(tmp_path)
+    store.ensure()
+    done, cut, back = (Envelope(id=relay.store.new_id(), sender="a@b.example",
+                                recipients=[Recipient("c@d.example")], received=time.time())
+                       for _ in range(3))
+    for env in (done, cut, back):
+        store.commit(store.enqueue_ops(QUEUE, env, b"Subject: x\r\n\r\nbody\r\n"))
+    store.retire_delivered(done.id)
+    assert not store.has(QUEUE, done.id) and not list(store.tmp.iterdir())
+    assert not list((tmp_path / QUEUE).glob(f"{done.id}.*"))
+    for env in (cut, back):  # a kill after the envelope went aside, before the file went
+        (tmp_path / QUEUE / f"{env.id}.env").rename(store.tmp / f"{env.id}.delivered")
+    store.commit([store.envelope_write(QUEUE, back)])  # committed again since (a requeue)
+    assert store.finish_retired() == [cut.id]
+    assert not list((tmp_path / QUEUE).glob(f"{cut.id}.*")) and not list(store.tmp.iterdir())
+    assert store.has(QUEUE, back.id) and store.path(QUEUE, back.id, ".eml").exists()
