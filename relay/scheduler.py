@@ -474,7 +474,9 @@ class Scheduler:
             return
         failed = [r for r in envelope.recipients if r.state == "failed"]
         if not failed:
-            self.remove_delivered(envelope.id)
+            # out of Queue at once, on the loop, as the last reply arrives (claimed, so the
+            # unlinks free nothing yet): a kill from then on cannot deliver it again
+            self.store.retire_delivered(envelope.id)
             self.tell(notes)
             return
         reason = self.failure_reason(failed, expired=now >= expires)
@@ -489,12 +491,6 @@ class Scheduler:
             await asyncio.to_thread(self.store.commit, moves)
             bounced["detail"] = "null sender: no report is sent"
         self.tell([*notes, bounced])
-
-    def remove_delivered(self, mid: str) -> None:
-        """A message delivered to every recipient leaves Queue at once, on the loop, as the
-        last reply arrives (claimed, so the unlink frees nothing yet): a kill from then on
-        cannot deliver it again. See Mailroot.retire_delivered."""
-        self.store.retire_delivered(mid)
 
     def tell(self, notes: list[dict]) -> None:
         for note in notes:
