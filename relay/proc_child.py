@@ -27,7 +27,7 @@ from relay.config import Config, ConfigError
 from relay.events import EventLog
 from relay.intake import Intake
 from relay.logrotate import Rotation
-from relay.store import Mailroot
+from relay.store import READY_FILES, Mailroot
 
 PR_SET_PDEATHSIG = 1
 # the module that runs each role: a newcomer finds a process's code by its name
@@ -53,7 +53,7 @@ class Role:
     def __init__(self, spec: ChildSpec) -> None:
         config = spec.config
         self.spec, self.config, self.name = spec, config, spec.name
-        self.store = Mailroot(config.root)
+        self.store = Mailroot(config.root, READY_FILES)
         stream = sys.stderr if spec.stderr_lines else None
         self.events = EventLog(self.store.log_dir, stream, Rotation.of(config.log))
         if stream is not None and journal.attached(stream):
@@ -103,6 +103,7 @@ class Role:
 
     async def stop(self) -> None:
         await self.stop_services()
+        self.store.discard_ready()
         self.events.emit("process-stopped", process=self.name, pid=os.getpid())
         self.events.close()
 

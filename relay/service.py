@@ -25,7 +25,7 @@ from relay.recovery import Recovery
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier, supervise
 from relay.smtpd import ListenError, SmtpServer
-from relay.store import QUEUE, Mailroot
+from relay.store import QUEUE, READY_FILES, Mailroot
 
 LOCK_NAME = "relay.lock"
 
@@ -56,7 +56,7 @@ class MailrootHost:
 
     def __init__(self, config: Config, stream: TextIO | None = sys.stderr) -> None:
         self.config = config
-        self.store = Mailroot(config.root)
+        self.store = Mailroot(config.root, READY_FILES)
         self.store.ensure()
         self.stream = stream
         self.events = EventLog(self.store.log_dir, stream, Rotation.of(config.log))
@@ -137,6 +137,7 @@ class MailrootHost:
             self._supervise.cancel()
             await asyncio.gather(self._supervise, return_exceptions=True)
         await self.stop_services()
+        self.store.discard_ready()
         if self.metrics:
             self.metrics.stop()
         self.events.emit("relay-stopped", pid=os.getpid())

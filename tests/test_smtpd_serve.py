@@ -72,7 +72,9 @@ def test_unwritable_mailroot_answers_451_leaves_nothing_and_recovers(relay) -> N
                 client.sendmail(f"app@{LOCAL}", mixed, message())
             assert refused.value.smtp_code == 451
         assert not r.files("Drop") and not r.files("Queue")
-        assert not [p for p in r.folder("tmp").rglob("*") if p.is_file()]
+        # (the empty files a running relay keeps ready in tmp/ for its commits may be there)
+        assert not [p for p in r.folder("tmp").rglob("*")
+                    if p.is_file() and (p.suffix != ".ready" or p.stat().st_size)]
         client.sendmail(f"app@{LOCAL}", mixed, message())
     wait_files(r, "Drop", 1)
     wait_files(r, "Queue", 1, "*.env")

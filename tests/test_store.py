@@ -10,6 +10,7 @@ from pathlib import Path
 
 import relay.store
 from relay.store import QUEUE, Envelope, Mailroot, Recipient, Unlink, Write
+from tests.conftest import wait_for
 
 
 def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
@@ -34,6 +35,45 @@ def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
     assert not errors and not any(t.is_alive() for t in threads)
     assert len(list((tmp_path / "mailroot" / QUEUE).glob("*.eml"))) == 200
     assert not list((tmp_path / "mailroot" / "tmp").iterdir())
+
+
+def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
+        tmp_path: Path) -> None:
+    """A running relay's store keeps empty files ready in tmp/ (made by a pool thread) and
+    its commits write into those instead of creating files; they are refilled, and removed
+    at a clean stop. A store made without ready files (a command) leaves tmp/ empty."""
+    store = Mailroot(tmp_path / "mailroot", ready_files=4)
+    store.ensure()
+
+    def ready() -> dict[int, Path]:
+        return {p.stat().st_ino: p for p in store.tmp.glob("*.ready")}
+
+    def commit(n: int) -> Envelope:
+        envelope = Envelope(id=relay.store.new_id(), sender="a@example.com",
+                            recipients=[Recipient(f"r{n}@remote.test")], received=time.time())
+        store.commit(store.enqueue_ops(QUEUE, envelope, f"message {n}\r\n".encode()))
+        return envelope
+
+    commit(0)  # the first commit has none yet, and asks for them
+    made = wait_for(lambda: len(ready()) >= 3 and ready())  # (its second file took one)
+    second = commit(1)
+    used = {store.path(QUEUE, second.id, ext).stat().st_ino for ext in (".eml", ".env")}
+    assert used <= set(made) and len(used) == 2
+    assert store.read_message(QUEUE, second.id) == b"message 1\r\n"
+    assert store.read_envelope(QUEUE, second.id).recipients[0].address == "r1@remote.test"
+    for n in range(2, 6):
+        commit(n)
+    wait_for(lambda: len(ready()) >= 2)  # made again as they are used
+    assert not list(store.tmp.glob("*.tmp"))
+    store.discard_ready()
+    assert not list(store.tmp.iterdir())
+
+    command = Mailroot(tmp_path / "mailroot")
+    envelope = Envelope(id=relay.store.new_id(), sender="", recipients=[Recipient("x@r.test")],
+                        received=time.time())
+    command.commit(command.enqueue_ops(QUEUE, envelope, b"once\r\n"))
+    assert not list(store.tmp.iterdir())
+    assert len(list(store.folder(QUEUE).glob("*.env"))) == 7
 
 
 def test_a_taken_pickup_files_removal_costs_no_directory_fsync(tmp_path: Path,

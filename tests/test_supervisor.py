@@ -164,8 +164,14 @@ def test_a_restarted_queue_manager_finishes_a_removal_a_kill_cut_short(relay, si
 
 @pytest.mark.alone  # a time bound
 def test_sigterm_stops_every_child_within_5_seconds(relay, sink) -> None:
-    r = relay(processes_config(sink()))
+    """...and each leaves nothing in tmp/, not even the files it kept ready for commits."""
+    hop = sink()
+    r = relay(processes_config(hop))
     pids = children(r)
+    with smtplib.SMTP("127.0.0.1", r.smtp_port(), timeout=10) as client:
+        client.sendmail("app@example.com", ["a@remote.test"], b"Subject: x\r\n\r\nx\r\n")
+    wait_for(lambda: len(hop.messages) == 1)
+    wait_for(lambda: list((r.root / "tmp").glob("*.ready")))
     started = time.monotonic()
     assert r.stop(signal.SIGTERM) == 0
     wait_for(lambda: not any(alive(pid) for pid in pids.values()), timeout=5)
@@ -173,6 +179,7 @@ def test_sigterm_stops_every_child_within_5_seconds(relay, sink) -> None:
     stopped = {e["process"] for e in r.events() if e["event"] == "process-stopped"}
     assert stopped == ROLES  # each stopped cleanly, not killed
     assert r.events()[-1]["event"] == "relay-stopped"
+    assert not [p for p in (r.root / "tmp").rglob("*") if p.is_file()]
 
 
 def test_a_config_change_reaches_every_child(relay, sink, write_config) -> None:
