@@ -295,10 +295,14 @@ class Mailroot:
         finally:
             self._filling.release()
 
+    def _top_up(self) -> None:
+        """After a commit (not beside its own writes and renames in tmp/): make ready files
+        again for those it used."""
+        if len(self._ready) < self.ready_files and self._filling.acquire(blocking=False):
+            self._pool.submit(self._make_ready)
+
     def _new_tmp(self) -> tuple[int, Path]:
         """A file in tmp/ to write a commit's data into: a ready one if there is one."""
-        if len(self._ready) < self.ready_files // 2 and self._filling.acquire(blocking=False):
-            self._pool.submit(self._make_ready)
         while self._ready:
             try:
                 path = self._ready.popleft()
@@ -372,6 +376,7 @@ class Mailroot:
                         dirs[op.path.parent] = None
             for directory in dirs:
                 self._dir_sync.sync(directory)
+            self._top_up()
         finally:
             for tmp in tmps.values():
                 try:

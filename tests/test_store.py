@@ -55,7 +55,7 @@ def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
         return envelope
 
     commit(0)  # the first commit has none yet, and asks for them
-    made = wait_for(lambda: len(ready()) >= 3 and ready())  # (its second file took one)
+    made = wait_for(lambda: len(ready()) == 4 and ready())
     second = commit(1)
     used = {store.path(QUEUE, second.id, ext).stat().st_ino for ext in (".eml", ".env")}
     assert used <= set(made) and len(used) == 2
