@@ -82,6 +82,7 @@ class Role:
         self.events.emit("config-applied", process=self.name, pid=os.getpid())
 
     async def start(self) -> None:
+        self.store.top_up()
         await self.start_services()
         self.events.emit("process-started", process=self.name, pid=os.getpid())
 

@@ -181,6 +181,7 @@ class Relay(MailrootHost):
         announced once the queue manager has its saved window back; its scan and the
         recovery pass go on beside them."""
         self.open_mailroot()
+        self.store.top_up()
         try:
             self.serve_metrics()
             await self.smtpd.start()

@@ -295,9 +295,10 @@ class Mailroot:
         finally:
             self._filling.release()
 
-    def _top_up(self) -> None:
-        """After a commit (not beside its own writes and renames in tmp/): make ready files
-        again for those it used."""
+    def top_up(self) -> None:
+        """Have a pool thread make ready files up to `ready_files`: at a process's start (so
+        its first messages find them), and after each commit (not beside its own writes
+        and renames in tmp/) for those it used."""
         if len(self._ready) < self.ready_files and self._filling.acquire(blocking=False):
             self._pool.submit(self._make_ready)
 
@@ -376,7 +377,7 @@ class Mailroot:
                         dirs[op.path.parent] = None
             for directory in dirs:
                 self._dir_sync.sync(directory)
-            self._top_up()
+            self.top_up()
         finally:
             for tmp in tmps.values():
                 try:

@@ -54,7 +54,7 @@ def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
         store.commit(store.enqueue_ops(QUEUE, envelope, f"message {n}\r\n".encode()))
         return envelope
 
-    commit(0)  # the first commit has none yet, and asks for them
+    commit(0)  # the first commit has none yet (a process asks at its start), and asks
     made = wait_for(lambda: len(ready()) == 4 and ready())
     second = commit(1)
     used = {store.path(QUEUE, second.id, ext).stat().st_ino for ext in (".eml", ".env")}

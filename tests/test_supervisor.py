@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from relay.config import load
-from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
+from relay.store import QUEUE, READY_FILES, Envelope, Mailroot, Recipient, checksum, new_id
 from tests.conftest import RelayProcess, drop_file, wait_for
 from tests.smtpsink import Sink
 
@@ -168,10 +168,11 @@ def test_sigterm_stops_every_child_within_5_seconds(relay, sink) -> None:
     hop = sink()
     r = relay(processes_config(hop))
     pids = children(r)
+    # each child made its ready files at its start, before any message
+    wait_for(lambda: len(list((r.root / "tmp").glob("*.ready"))) == 4 * READY_FILES)
     with smtplib.SMTP("127.0.0.1", r.smtp_port(), timeout=10) as client:
         client.sendmail("app@example.com", ["a@remote.test"], b"Subject: x\r\n\r\nx\r\n")
     wait_for(lambda: len(hop.messages) == 1)
-    wait_for(lambda: list((r.root / "tmp").glob("*.ready")))
     started = time.monotonic()
     assert r.stop(signal.SIGTERM) == 0
     wait_for(lambda: not any(alive(pid) for pid in pids.values()), timeout=5)
