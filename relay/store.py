@@ -297,8 +297,8 @@ class Mailroot:
 
     def top_up(self) -> None:
         """Have a pool thread make ready files up to `ready_files`: at a process's start (so
-        its first messages find them), and after each commit (not beside its own writes
-        and renames in tmp/) for those it used."""
+        its first messages find them), and for those a commit used once its renames are
+        done (while it waits for its directory fsyncs, not beside its writes in tmp/)."""
         if len(self._ready) < self.ready_files and self._filling.acquire(blocking=False):
             self._pool.submit(self._make_ready)
 
@@ -375,9 +375,9 @@ class Mailroot:
                         os.unlink(op.path)
                     if op.durable:
                         dirs[op.path.parent] = None
+            self.top_up()  # beside the directory fsyncs' wait
             for directory in dirs:
                 self._dir_sync.sync(directory)
-            self.top_up()
         finally:
             for tmp in tmps.values():
                 try:
