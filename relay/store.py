@@ -282,13 +282,17 @@ class Mailroot:
 
     # --- transactions ---
 
+    def _create_tmp(self, suffix: str) -> tuple[int, Path]:
+        """A new file of this process's own in tmp/, open for writing."""
+        path = self.tmp / f"{new_id()}{suffix}"
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640), path
+
     def _make_ready(self) -> None:
         """In a pool thread: make empty files in tmp/ until `ready_files` wait."""
         try:
             while len(self._ready) < self.ready_files:
-                path = self.tmp / f"{new_id()}{READY}"
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                 0o640))
+                fd, path = self._create_tmp(READY)
+                os.close(fd)
                 self._ready.append(path)
         except OSError:
             pass  # a full disk, say: commits make their own files meanwhile
@@ -313,8 +317,7 @@ class Mailroot:
                 return os.open(path, os.O_WRONLY | os.O_CLOEXEC), path
             except FileNotFoundError:
                 continue
-        path = self.tmp / f"{new_id()}.tmp"
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640), path
+        return self._create_tmp(".tmp")
 
     def discard_ready(self) -> None:
         """Remove the ready files not used (a clean stop; after a kill, the next start's
