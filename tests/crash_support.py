@@ -192,9 +192,15 @@ def queued_keys(root: Path, parked: frozenset[str] = frozenset()) -> set[Key]:
 
 
 def snapshot(root: Path, sink: Sink, parked: frozenset[str]) -> Snapshot:
+    """What was in flight just after a kill. After a kill of one child the others run on,
+    so a Pickup file may be taken on between listing tmp/pickup and reading it: its taker
+    is alive, so it was not in flight."""
     taken: set[str] = set()
     for path in (root / "tmp" / "pickup").glob("*"):
-        taken.update(tokens_in(path.read_bytes()))
+        try:
+            taken.update(tokens_in(path.read_bytes()))
+        except FileNotFoundError:
+            continue
     return Snapshot(taken, set(sink_keys(sink)) & queued_keys(root, parked))
 
 
