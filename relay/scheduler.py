@@ -98,7 +98,8 @@ class Scheduler:
         # the claims and reads of delivery: few threads, so that they do not contend for the
         # interpreter with the loop more than the disk needs
         self.disk = ThreadPoolExecutor(max_workers=2, thread_name_prefix="queue-disk")
-        self.releasing: list[int] = []
+        self.releasing: list[tuple[int, str | None]] = []  # claims to close (, retired id)
+        self.retired: set[str] = set()  # delivered, out of Queue, their claims not yet closed
 
     @property
     def router(self) -> Router:
@@ -354,7 +355,7 @@ class Scheduler:
                 notes = await self.deliver(envelope, data, now)
             await self.finish(envelope, data, now, notes)
         finally:
-            self._release(claim)
+            self._release(claim, mid)
 
     def _claim(self, mid: str) -> tuple[int | None, tuple[Envelope, bytes] | Exception | None]:
         """The message's claim and, under it, its envelope and bytes (or why they could not
@@ -370,18 +371,22 @@ class Scheduler:
             os.close(claim)
             raise
 
-    def _release(self, claim: int) -> None:
-        """Close a claim off the loop: closing the last handle of a delivered message's file
-        frees it, which costs more than the loop should pay. Claims released meanwhile wait
-        for the same hop to a disk thread."""
-        self.releasing.append(claim)
+    def _release(self, claim: int, mid: str) -> None:
+        """Close a claim off the loop, and then recycle the files of a delivered message
+        (more than the loop should pay). Claims released meanwhile wait for the same hop
+        to a disk thread."""
+        retired = mid in self.retired
+        self.retired.discard(mid)
+        self.releasing.append((claim, mid if retired else None))
         if len(self.releasing) == 1:
             self.disk.submit(self._close_released)
 
     def _close_released(self) -> None:
         claims, self.releasing = self.releasing, []  # claims released from now on: a new hop
-        for claim in claims:
+        for claim, retired in claims:
             os.close(claim)
+            if retired:
+                self.store.dispose_retired(retired)
 
     def _quarantine_claimed(self, mid: str, exc: Exception) -> None:
         reason = f"the envelope {QUEUE}/{mid}.env cannot be read: {exc!r}"
@@ -474,9 +479,10 @@ class Scheduler:
             return
         failed = [r for r in envelope.recipients if r.state == "failed"]
         if not failed:
-            # out of Queue at once, on the loop, as the last reply arrives (claimed, so the
-            # unlinks free nothing yet): a kill from then on cannot deliver it again
+            # out of Queue at once, on the loop, as the last reply arrives (two renames
+            # into tmp/): a kill from then on cannot deliver it again
             self.store.retire_delivered(envelope.id)
+            self.retired.add(envelope.id)
             self.tell(notes)
             return
         reason = self.failure_reason(failed, expired=now >= expires)

@@ -43,6 +43,9 @@ MOVE_FOLDERS = (QUEUE, HOLD, BADMAIL, TRASH)  # a message moves between these (D
 
 LISTING_SORTED_UP_TO = 20_000  # a listing of more waits no longer: directory order (postqueue)
 DELIVERED = ".delivered"  # in tmp/: the marker of a delivered message on its way out
+SPENT = ".spent"  # in tmp/: a delivered message's file, until its claim is closed
+SPARE = "spare-"  # in tmp/, spare-NN: an emptied file kept for a commit to write into again
+SPARE_SLOTS = 64
 READY = ".ready"  # in tmp/: an empty file made ahead of time for a commit to write into
 READY_FILES = 16  # kept by each process of a running relay: 2 per commit, 8 commits at once
 PARALLEL_WRITES = 256 * 1024  # below this, two fsyncs in a row beat a thread hand-off each
@@ -257,7 +260,10 @@ class Mailroot:
     commits to write into (made off the commit's path, by a pool thread). Creating a file
     costs 30 to 350 µs here, depending on how many the filesystem freed lately (ext4 without
     a journal looks at each recently freed inode); a commit creates two before its message
-    can be delivered. 0 (a one-shot command): each commit creates its own, nothing is left.
+    can be delivered. So the files of a delivered message are emptied and kept as spares
+    (`recycle`), and ready files are made from spares first: while mail flows, files are
+    reused rather than freed and created. 0 (a one-shot command): each commit creates its
+    own, nothing is kept or left.
     """
 
     def __init__(self, root: str | Path, ready_files: int = 0) -> None:
@@ -269,6 +275,7 @@ class Mailroot:
         self.ready_files = ready_files
         self._ready: deque[Path] = deque()
         self._filling = threading.Lock()  # held while a pool thread makes ready files
+        self._slots = itertools.count()
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -287,9 +294,21 @@ class Mailroot:
         path = self.tmp / f"{new_id()}{suffix}"
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640), path
 
+    def _spares(self) -> list[Path]:
+        with os.scandir(self.tmp) as entries:
+            return [Path(entry.path) for entry in entries if entry.name.startswith(SPARE)]
+
     def _make_ready(self) -> None:
-        """In a pool thread: make empty files in tmp/ until `ready_files` wait."""
+        """In a pool thread: make empty files in tmp/ until `ready_files` wait, taking
+        spares first (a rename: another process may take the same one first)."""
         try:
+            for spare in self._spares():
+                if len(self._ready) >= self.ready_files:
+                    return
+                ready = self.tmp / f"{new_id()}{READY}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(spare, ready)
+                    self._ready.append(ready)
             while len(self._ready) < self.ready_files:
                 fd, path = self._create_tmp(READY)
                 os.close(fd)
@@ -320,13 +339,43 @@ class Mailroot:
         return self._create_tmp(".tmp")
 
     def discard_ready(self) -> None:
-        """Remove the ready files not used (a clean stop; after a kill, the next start's
-        clear_tmp does)."""
+        """Remove the ready files not used, and the spares (a clean stop; after a kill, the
+        next start's clear_tmp does)."""
         self.ready_files = 0
         with self._filling:  # a pool thread making some stops first
             while self._ready:
                 with contextlib.suppress(OSError):
                     self._ready.popleft().unlink()
+            for spare in self._spares():
+                with contextlib.suppress(OSError):
+                    spare.unlink()
+
+    def recycle(self, path: Path) -> None:
+        """Remove a file of this relay's own in tmp/ that nothing refers to any more, or
+        rather, in a long-running process with a free spare slot, empty it and keep it as
+        a spare. A file with another name elsewhere is only unlinked."""
+        try:
+            if self.ready_files:
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    if os.fstat(fd).st_nlink == 1:
+                        os.ftruncate(fd, 0)
+                        self._keep_spare(path)
+                finally:
+                    os.close(fd)
+        except OSError:
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def _keep_spare(self, path: Path) -> None:
+        """Give an emptied file a free slot's name (link: a taken slot is not replaced)."""
+        for _ in range(3):
+            try:
+                os.link(path, self.tmp / f"{SPARE}{next(self._slots) % SPARE_SLOTS:02d}")
+                return
+            except FileExistsError:
+                continue
 
     def _write_tmp(self, op: Write) -> Path:
         fd, tmp = self._new_tmp()
@@ -513,15 +562,19 @@ class Mailroot:
     def retire_delivered(self, message_id: str) -> None:
         """Take a message delivered to every recipient out of Queue, without a directory
         fsync (a machine crash that loses this sends it again, a duplicate). Its marker goes
-        first, renamed to tmp/<id>.delivered, so a kill before the message file is unlinked
-        leaves a note naming that file, and the next queue manager finishes the removal."""
-        aside = self.tmp / f"{message_id}{DELIVERED}"
+        first, renamed to tmp/<id>.delivered, so a kill before the message file has gone
+        too leaves a note naming that file, and the next queue manager finishes the removal.
+        Both files wait in tmp/ for `dispose_retired`, once the message's claim is closed."""
         with contextlib.suppress(FileNotFoundError):
-            os.rename(self.path(QUEUE, message_id, ".env"), aside)
+            os.rename(self.path(QUEUE, message_id, ".env"), self.tmp / f"{message_id}{DELIVERED}")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(QUEUE, message_id, ".eml"))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside)
+            os.rename(self.path(QUEUE, message_id, ".eml"), self.tmp / f"{message_id}{SPENT}")
+
+    def dispose_retired(self, message_id: str) -> None:
+        """Recycle a retired message's two files (its claim closed: a spare must not be
+        locked by the claim of the message it was)."""
+        self.recycle(self.tmp / f"{message_id}{SPENT}")
+        self.recycle(self.tmp / f"{message_id}{DELIVERED}")
 
     def finish_retired(self) -> list[str]:
         """Finish each removal retire_delivered() began and a kill cut short (the ids)."""
@@ -534,6 +587,9 @@ class Mailroot:
                 finished.append(mid)
             with contextlib.suppress(FileNotFoundError):
                 aside.unlink()
+        for spent in self.tmp.glob(f"*{SPENT}"):
+            with contextlib.suppress(FileNotFoundError):
+                spent.unlink()
         return finished
 
     def clear_tmp(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -76,6 +77,57 @@ def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
     assert len(list(store.folder(QUEUE).glob("*.env"))) == 7
 
 
+def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
+        tmp_path: Path) -> None:
+    """A running relay keeps the files of a delivered message as empty spares, and the next
+    ready files (in this or another process) are made from them, so mail flowing through
+    neither frees nor creates files; a file with another name elsewhere is never emptied;
+    a one-shot store and a clean stop leave no spare."""
+    root = tmp_path / "mailroot"
+    queue_manager, receiver = Mailroot(root, ready_files=2), Mailroot(root, ready_files=2)
+    queue_manager.ensure()
+    once = Mailroot(root)  # a command: keeps no ready files, and no spares
+    body = b"Subject: delivered\r\n\r\n" + b"x" * 5000 + b"\r\n"
+    done = Envelope(id=relay.store.new_id(), sender="a@example.com",
+                    recipients=[Recipient("b@remote.test")], received=time.time())
+    once.commit(once.enqueue_ops(QUEUE, done, body))
+    inodes = {queue_manager.path(QUEUE, done.id, ext).stat().st_ino for ext in (".eml", ".env")}
+    queue_manager.retire_delivered(done.id)
+    assert not list(root.joinpath(QUEUE).iterdir())
+    queue_manager.dispose_retired(done.id)
+    spares = list(queue_manager.tmp.glob("spare-*"))
+    assert {p.stat().st_ino for p in spares} == inodes
+    assert all(p.stat().st_size == 0 for p in spares)  # nothing of the message stays
+
+    receiver.top_up()
+    wait_for(lambda: len(list(receiver.tmp.glob("*.ready"))) == 2)
+    assert not list(receiver.tmp.glob("spare-*"))
+    fresh = Envelope(id=relay.store.new_id(), sender="a@example.com",
+                     recipients=[Recipient("c@remote.test")], received=time.time())
+    receiver.commit(receiver.enqueue_ops(QUEUE, fresh, b"next\r\n"))
+    assert {receiver.path(QUEUE, fresh.id, ext).stat().st_ino
+            for ext in (".eml", ".env")} == inodes
+    assert receiver.read_message(QUEUE, fresh.id) == b"next\r\n"
+
+    kept = receiver.tmp / "kept.spent"  # a file that has a name elsewhere too
+    kept.write_bytes(b"still wanted")
+    os.link(kept, root / "Drop" / "kept.eml")
+    queue_manager.recycle(kept)
+    assert (root / "Drop" / "kept.eml").read_bytes() == b"still wanted"
+    assert not kept.exists() and not list(receiver.tmp.glob("spare-*"))
+
+    (once.tmp / "x.spent").write_bytes(b"y")
+    once.recycle(once.tmp / "x.spent")
+    assert not list(once.tmp.glob("spare-*")) and not (once.tmp / "x.spent").exists()
+
+    (queue_manager.tmp / "spare-07").touch()
+    receiver.commit(receiver.enqueue_ops(QUEUE, dataclasses.replace(fresh, id=relay.store.new_id()),
+                                         b"again\r\n"))
+    receiver.discard_ready()
+    queue_manager.discard_ready()
+    assert not list(root.joinpath("tmp").iterdir())
+
+
 def test_a_taken_pickup_files_removal_costs_no_directory_fsync(tmp_path: Path,
                                                                monkeypatch) -> None:
     """The destination's directory is fsynced before the commit returns; the directory of a
@@ -145,6 +197,7 @@ def test_a_delivered_message_leaves_queue_and_a_cut_removal_is_finished(tmp_path
     for env in (done, cut, back):
         store.commit(store.enqueue_ops(QUEUE, env, b"Subject: x\r\n\r\nbody\r\n"))
     store.retire_delivered(done.id)
+    store.dispose_retired(done.id)
     assert not store.has(QUEUE, done.id) and not list(store.tmp.iterdir())
     assert not list((tmp_path / QUEUE).glob(f"{done.id}.*"))
     for env in (cut, back):  # a kill after the envelope went aside, before the file went
