@@ -45,7 +45,7 @@ LISTING_SORTED_UP_TO = 20_000  # a listing of more waits no longer: directory or
 DELIVERED = ".delivered"  # in tmp/: the marker of a delivered message on its way out
 SPENT = ".spent"  # in tmp/: a delivered message's file, until its claim is closed
 SPARE = "spare-"  # in tmp/, spare-NN: an emptied file kept for a commit to write into again
-SPARE_SLOTS = 64
+SPARE_SLOTS = 256
 READY = ".ready"  # in tmp/: an empty file made ahead of time for a commit to write into
 READY_FILES = 16  # kept by each process of a running relay: 2 per commit, 8 commits at once
 PARALLEL_WRITES = 256 * 1024  # below this, two fsyncs in a row beat a thread hand-off each
@@ -298,21 +298,28 @@ class Mailroot:
         with os.scandir(self.tmp) as entries:
             return [Path(entry.path) for entry in entries if entry.name.startswith(SPARE)]
 
+    def _take_spare(self, spares: list[Path]) -> Path | None:
+        """Rename one of `spares` to a ready file of this process (None if others took
+        them all first)."""
+        while spares:
+            ready = self.tmp / f"{new_id()}{READY}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(spares.pop(), ready)
+                return ready
+        return None
+
     def _make_ready(self) -> None:
         """In a pool thread: make empty files in tmp/ until `ready_files` wait, taking
         spares first (a rename: another process may take the same one first)."""
         try:
-            for spare in self._spares():
-                if len(self._ready) >= self.ready_files:
-                    return
-                ready = self.tmp / f"{new_id()}{READY}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(spare, ready)
-                    self._ready.append(ready)
-            while len(self._ready) < self.ready_files:
-                fd, path = self._create_tmp(READY)
-                os.close(fd)
-                self._ready.append(path)
+            while len(self._ready) < self.ready_files:  # commits may take more meanwhile
+                spares = self._spares()
+                for _ in range(self.ready_files - len(self._ready)):
+                    path = self._take_spare(spares)
+                    if path is None:  # none left: a new file
+                        fd, path = self._create_tmp(READY)
+                        os.close(fd)
+                    self._ready.append(path)
         except OSError:
             pass  # a full disk, say: commits make their own files meanwhile
         finally:
