@@ -383,10 +383,11 @@ class Scheduler:
 
     def _close_released(self) -> None:
         claims, self.releasing = self.releasing, []  # claims released from now on: a new hop
-        for claim, retired in claims:
+        for claim, _ in claims:
             os.close(claim)
-            if retired:
-                self.store.dispose_retired(retired)
+        retired = [mid for _, mid in claims if mid]
+        if retired:
+            self.store.dispose_retired(retired)
 
     def _quarantine_claimed(self, mid: str, exc: Exception) -> None:
         reason = f"the envelope {QUEUE}/{mid}.env cannot be read: {exc!r}"

@@ -78,11 +78,12 @@ def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
 
 
 def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
-        tmp_path: Path) -> None:
-    """A running relay keeps the files of a delivered message as empty spares, and the next
-    ready files (in this or another process) are made from them, so mail flowing through
-    neither frees nor creates files; a file with another name elsewhere is never emptied;
-    a one-shot store and a clean stop leave no spare."""
+        tmp_path: Path, monkeypatch) -> None:
+    """A running relay keeps the files of a delivered message as empty spares (once the
+    Queue directory without their old names is on disk), and the next ready files (in this
+    or another process) are made from them, so mail flowing through neither frees nor
+    creates files; a file with another name elsewhere is never emptied; a one-shot store
+    and a clean stop leave no spare."""
     root = tmp_path / "mailroot"
     queue_manager, receiver = Mailroot(root, ready_files=2), Mailroot(root, ready_files=2)
     queue_manager.ensure()
@@ -94,10 +95,15 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     inodes = {queue_manager.path(QUEUE, done.id, ext).stat().st_ino for ext in (".eml", ".env")}
     queue_manager.retire_delivered(done.id)
     assert not list(root.joinpath(QUEUE).iterdir())
-    queue_manager.dispose_retired(done.id)
+    synced: list[tuple[str, int]] = []  # (directory, spares at its fsync)
+    real = relay.store.fsync_dir
+    monkeypatch.setattr(relay.store, "fsync_dir", lambda d: (
+        synced.append((d.name, len(list(queue_manager.tmp.glob("spare-*"))))), real(d)))
+    queue_manager.dispose_retired([done.id])
+    assert synced == [(QUEUE, 0)]
     spares = list(queue_manager.tmp.glob("spare-*"))
     assert {p.stat().st_ino for p in spares} == inodes
-    assert all(p.stat().st_size == 0 for p in spares)  # nothing of the message stays
+    assert all(not p.read_bytes().strip(b"\0") for p in spares)  # nothing of it stays
 
     receiver.top_up()
     wait_for(lambda: len(list(receiver.tmp.glob("*.ready"))) == 2)
@@ -197,7 +203,7 @@ def test_a_delivered_message_leaves_queue_and_a_cut_removal_is_finished(tmp_path
     for env in (done, cut, back):
         store.commit(store.enqueue_ops(QUEUE, env, b"Subject: x\r\n\r\nbody\r\n"))
     store.retire_delivered(done.id)
-    store.dispose_retired(done.id)
+    store.dispose_retired([done.id])
     assert not store.has(QUEUE, done.id) and not list(store.tmp.iterdir())
     assert not list((tmp_path / QUEUE).glob(f"{done.id}.*"))
     for env in (cut, back):  # a kill after the envelope went aside, before the file went
