@@ -308,11 +308,12 @@ class Mailroot:
         path = self.tmp / f"{new_id()}{suffix}"
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640), path
 
-    def _spares(self) -> list[Path]:
+    def _spares(self) -> list[str]:
+        """The spares' paths, as strings: tmp/ may hold hundreds of names to look through."""
         with os.scandir(self.tmp) as entries:
-            return [Path(entry.path) for entry in entries if entry.name.startswith(SPARE)]
+            return [entry.path for entry in entries if entry.name.startswith(SPARE)]
 
-    def _take_spare(self, spares: list[Path]) -> Path | None:
+    def _take_spare(self, spares: list[str]) -> Path | None:
         """Rename one of `spares` to a ready file of this process (None if others took
         them all first)."""
         while spares:
@@ -369,7 +370,7 @@ class Mailroot:
                     self._ready.popleft().unlink()
             for spare in self._spares():
                 with contextlib.suppress(OSError):
-                    spare.unlink()
+                    os.unlink(spare)
 
     def recycle(self, path: Path) -> None:
         """Remove a file of this relay's own in tmp/ that nothing refers to any more, or
