@@ -355,8 +355,8 @@ class Mailroot:
             except IndexError:  # another thread took the last one
                 break
             try:
-                return os.open(path, os.O_WRONLY | os.O_CLOEXEC), path
-            except FileNotFoundError:
+                return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), path
+            except OSError:  # gone, or not a plain file of ours: left to clear_tmp
                 continue
         return self._create_tmp(".tmp")
 

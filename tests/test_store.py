@@ -134,6 +134,28 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     assert not list(root.joinpath("tmp").iterdir())
 
 
+def test_a_spare_that_is_not_a_plain_file_is_never_written_through(tmp_path: Path) -> None:
+    """Anything else named like a spare in tmp/ (a link, a FIFO, a directory) is passed over:
+    a commit neither follows it nor waits on it."""
+    root = tmp_path / "mailroot"
+    store = Mailroot(root, ready_files=4)
+    store.ensure()
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"untouched")
+    (store.tmp / "spare-01").symlink_to(outside)
+    os.mkfifo(store.tmp / "spare-02")
+    (store.tmp / "spare-03").mkdir()
+    store.top_up()
+    wait_for(lambda: len(store._ready) == 4)
+    for n in range(4):
+        envelope = Envelope(id=relay.store.new_id(), sender="a@example.com",
+                            recipients=[Recipient(f"r{n}@remote.test")], received=time.time())
+        store.commit(store.enqueue_ops(QUEUE, envelope, f"message {n}\r\n".encode()))
+        assert store.read_message(QUEUE, envelope.id) == f"message {n}\r\n".encode()
+    assert outside.read_bytes() == b"untouched"
+    assert all(p.is_file() and not p.is_symlink() for p in (root / QUEUE).iterdir())
+
+
 def test_a_taken_pickup_files_removal_costs_no_directory_fsync(tmp_path: Path,
                                                                monkeypatch) -> None:
     """The destination's directory is fsynced before the commit returns; the directory of a
