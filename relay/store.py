@@ -599,11 +599,19 @@ class Mailroot:
         """Recycle retired messages' files, their claims closed (a spare must not be locked
         by the claim of the message it was). The Queue directory is fsynced first, once for
         all: a file may carry another message's bytes only once a machine crash can no
-        longer bring back its old name in Queue."""
-        self._dir_sync.sync(self.folder(QUEUE))
+        longer bring back its old name in Queue. If that fsync fails, they are removed."""
+        try:
+            self._dir_sync.sync(self.folder(QUEUE))
+            reuse = True
+        except OSError:
+            reuse = False
         for message_id in message_ids:
-            self.recycle(self.tmp / f"{message_id}{SPENT}")
-            self.recycle(self.tmp / f"{message_id}{DELIVERED}")
+            for path in (self.tmp / f"{message_id}{SPENT}", self.tmp / f"{message_id}{DELIVERED}"):
+                if reuse:
+                    self.recycle(path)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
 
     def finish_retired(self) -> list[str]:
         """Finish each removal retire_delivered() began and a kill cut short (the ids)."""

@@ -101,6 +101,18 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
         synced.append((d.name, len(list(queue_manager.tmp.glob("spare-*"))))), real(d)))
     queue_manager.dispose_retired([done.id])
     assert synced == [(QUEUE, 0)]
+    failing = Envelope(id=relay.store.new_id(), sender="a@example.com",
+                       recipients=[Recipient("f@remote.test")], received=time.time())
+    once.commit(once.enqueue_ops(QUEUE, failing, body))
+    queue_manager.retire_delivered(failing.id)
+
+    def broken_disk(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(relay.store, "fsync_dir", broken_disk)
+    queue_manager.dispose_retired([failing.id])  # not durable: removed, not reused
+    assert not list(queue_manager.tmp.glob(f"{failing.id}.*"))
+    monkeypatch.setattr(relay.store, "fsync_dir", real)
     spares = list(queue_manager.tmp.glob("spare-*"))
     assert {p.stat().st_ino for p in spares} == inodes
     assert all(not p.read_bytes().strip(b"\0") for p in spares)  # nothing of it stays
