@@ -276,8 +276,8 @@ class Mailroot:
     a journal looks at each recently freed inode); a commit creates two before its message
     can be delivered. So the files of a delivered message are zeroed out and kept as spares
     (`recycle`), and ready files are made from spares first: while mail flows, files and
-    their blocks are reused rather than freed and created. 0 (a one-shot command): each commit creates its
-    own, nothing is kept or left.
+    their blocks are reused rather than freed and created. 0 (a one-shot command): each
+    commit creates its own, nothing is kept or left.
     """
 
     def __init__(self, root: str | Path, ready_files: int = 0) -> None:
@@ -354,8 +354,9 @@ class Mailroot:
                 path = self._ready.popleft()
             except IndexError:  # another thread took the last one
                 break
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             try:
-                return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), path
+                return os.open(path, flags), path
             except OSError:  # gone, or not a plain file of ours: left to clear_tmp
                 continue
         return self._create_tmp(".tmp")
