@@ -373,12 +373,12 @@ class Mailroot:
                 with contextlib.suppress(OSError):
                     os.unlink(spare)
 
-    def recycle(self, path: Path) -> None:
+    def recycle(self, path: Path, keep: bool = True) -> None:
         """Remove a file of this relay's own in tmp/ that nothing refers to any more, or
-        rather, in a long-running process with a free spare slot, zero it out and keep it
-        as a spare. A file with another name elsewhere is only unlinked."""
+        rather, if `keep` and in a long-running process with a free spare slot, zero it out
+        and keep it as a spare. A file with another name elsewhere is only unlinked."""
         try:
-            if self.ready_files:
+            if keep and self.ready_files:
                 fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     stat = os.fstat(fd)
@@ -607,12 +607,8 @@ class Mailroot:
         except OSError:
             reuse = False
         for message_id in message_ids:
-            for path in (self.tmp / f"{message_id}{SPENT}", self.tmp / f"{message_id}{DELIVERED}"):
-                if reuse:
-                    self.recycle(path)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+            self.recycle(self.tmp / f"{message_id}{SPENT}", keep=reuse)
+            self.recycle(self.tmp / f"{message_id}{DELIVERED}", keep=reuse)
 
     def finish_retired(self) -> list[str]:
         """Finish each removal retire_delivered() began and a kill cut short (the ids)."""
