@@ -1,7 +1,9 @@
-"""Where the relay's CPU goes: `python -m bench.profile [--count 4000] [--seconds 10]`.
+"""Where the relay's CPU goes: `python -m bench.profile [--workload smtp|drain] [--count 4000]
+[--seconds 10]`.
 
-A `mailroot serve` (the bench's config) under the SMTP 2 KB load, every one of its processes
-sampled by py-spy (`pip install py-spy`) meanwhile; prints, per process, the functions with
+A `mailroot serve` (the bench's config) under the SMTP 2 KB load, or draining `count` 2 KB
+files put in Pickup before it started, every one of its processes sampled by py-spy
+(`pip install py-spy`) meanwhile; prints, per process, the functions with
 the most samples on top of the stack (own time) and the share of the process's samples spent
 under each (total time), so a change can be aimed and then measured.
 """
@@ -18,7 +20,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from bench.load import smtp_load
+from bench.load import fill_pickup, smtp_load
 from bench.procstat import descendants
 from bench.sink import Sink
 from bench.systems import Relay
@@ -57,7 +59,8 @@ def summarize(path: Path, top: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--count", type=int, default=4000, help="2 KB messages over SMTP")
+    parser.add_argument("--workload", choices=("smtp", "drain"), default="smtp")
+    parser.add_argument("--count", type=int, default=4000, help="2 KB messages")
     parser.add_argument("--seconds", type=float, default=10, help="how long to sample")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
@@ -67,10 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="mailroot-profile-") as tmp, Sink() as sink:
         relay = Relay(Path(tmp), sink.port)
+        if args.workload == "drain":
+            relay.pickup().mkdir(parents=True)
+            fill_pickup(relay.pickup(), args.count, 2000)
         relay.start()
         try:
-            load = threading.Thread(target=smtp_load,
-                                    args=(relay.smtp_port, args.count, 10, 2000))
+            load = threading.Thread(
+                target=smtp_load if args.workload == "smtp" else sink.wait,
+                args=(relay.smtp_port, args.count, 10, 2000) if args.workload == "smtp"
+                else (args.count, 300))
             load.start()
             spies = {pid: subprocess.Popen(
                 [spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
