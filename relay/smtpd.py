@@ -297,9 +297,8 @@ class SmtpSession(SMTP):
         if self.server.users_file and (self._tls_protocol or not self._auth_require_tls):
             lines.append("AUTH LOGIN PLAIN")
         lines.append("HELP")
-        for line in lines[:-1]:
-            await self.push(f"250-{line}")
-        await self.push(f"250 {lines[-1]}")
+        await self.push("\r\n".join([*(f"250-{line}" for line in lines[:-1]),
+                                      f"250 {lines[-1]}"]))  # one write, not one per line
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if await self.check_helo_needed():
