@@ -49,7 +49,8 @@ SPARE = "spare-"  # in tmp/, spare-NN: a zeroed-out file kept for a commit to wr
 SPARE_SLOTS = 256
 READY = ".ready"  # in tmp/: a file made ahead (new, or a spare) for a commit to write into
 READY_FILES = 16  # kept by each process of a running relay: 2 per commit, 8 commits at once
-PARALLEL_WRITES = 256 * 1024  # below this, two fsyncs in a row beat a thread hand-off each
+PARALLEL_WRITES = 256 * 1024  # below this, while other commits are under way, two fsyncs in
+# a row beat a thread hand-off each (the other commits keep the disk and the threads busy)
 FALLOC_FL_ZERO_RANGE = 0x10  # linux/falloc.h
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _id_lock = threading.Lock()
@@ -290,6 +291,8 @@ class Mailroot:
         self._ready: deque[Path] = deque()
         self._filling = threading.Lock()  # held while a pool thread makes ready files
         self._slots = itertools.count()
+        self._counting = threading.Lock()
+        self._committing = 0  # commits under way in this process (their writes overlap if 1)
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -420,22 +423,39 @@ class Mailroot:
         os.close(fd)
         return tmp
 
+    def _write_tmps(self, writes: list[Write], tmps: dict[int, Path], overlap: bool) -> None:
+        """Each Write's data into its own tmp file (in `tmps`, by id of the op), fsynced.
+        `overlap`: all but the first are written by pool threads meanwhile, so their fsyncs
+        overlap (one hand-off each); else one after the other, in this thread."""
+        later = {id(op): self._pool.submit(self._write_tmp, op) for op in writes[1:]
+                 } if overlap else {}
+        failed: BaseException | None = None
+        try:
+            for op in writes:
+                if id(op) not in later:
+                    tmps[id(op)] = self._write_tmp(op)
+        finally:  # every tmp file made is in `tmps` for the caller to remove on failure
+            for key, future in later.items():
+                try:
+                    tmps[key] = future.result()
+                except BaseException as exc:
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
+
     def commit(self, ops: list[Op]) -> None:
         """Apply ops in order, durably: file data is fsynced before any rename, and every
         directory touched is fsynced before returning.  Raises OSError with nothing of the
         destination half-written (tmp files are removed)."""
         writes = [op for op in ops if isinstance(op, Write)]
         tmps: dict[int, Path] = {}
+        with self._counting:
+            self._committing += 1
+            alone = self._committing == 1
         try:
-            if len(writes) > 1 and sum(len(op.data) for op in writes) > PARALLEL_WRITES:
-                futures = {id(op): self._pool.submit(self._write_tmp, op) for op in writes}
-                failed = [f.exception() for f in futures.values() if f.exception()]
-                tmps.update((key, f.result()) for key, f in futures.items() if not f.exception())
-                if failed:
-                    raise failed[0]
-            else:
-                for op in writes:
-                    tmps[id(op)] = self._write_tmp(op)
+            overlap = len(writes) > 1 and (
+                alone or sum(len(op.data) for op in writes) > PARALLEL_WRITES)
+            self._write_tmps(writes, tmps, overlap)
             dirs: dict[Path, None] = {}
             for op in ops:
                 if isinstance(op, Write):
@@ -457,6 +477,8 @@ class Mailroot:
             for directory in dirs:
                 self._dir_sync.sync(directory)
         finally:
+            with self._counting:
+                self._committing -= 1
             for tmp in tmps.values():
                 try:
                     tmp.unlink()

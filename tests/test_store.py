@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 import relay.store
 from relay.store import QUEUE, Envelope, Mailroot, Recipient, Unlink, Write
@@ -36,6 +39,26 @@ def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
     assert not errors and not any(t.is_alive() for t in threads)
     assert len(list((tmp_path / "mailroot" / QUEUE).glob("*.eml"))) == 200
     assert not list((tmp_path / "mailroot" / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failed_write_of_a_lone_commit_leaves_nothing_in_place_or_in_tmp(
+        tmp_path: Path, failing: int) -> None:
+    """A commit alone in its process writes its files at once (the second by a pool thread,
+    so the fsyncs overlap); either write failing (here a bad mtime, where a full disk would
+    fail it) raises that error, and neither file is in Queue nor a written copy in tmp/."""
+    store = Mailroot(tmp_path, ready_files=4)
+    store.ensure()
+    writes = [Write(store.path(QUEUE, "A", ".eml"), b"data\r\n" * 100),
+              Write(store.path(QUEUE, "A", ".env"), b"{}")]
+    writes[failing].mtime = math.nan
+    with pytest.raises(ValueError):
+        store.commit(writes)
+    assert list(store.folder(QUEUE).iterdir()) == []
+    assert [p.name for p in store.tmp.iterdir() if p.stat().st_size] == []
+    store.commit([Write(store.path(QUEUE, "B", ".eml"), b"x\r\n"),
+                  Write(store.path(QUEUE, "B", ".env"), b"{}")])  # and the next one works
+    assert sorted(p.name for p in store.folder(QUEUE).iterdir()) == ["B.eml", "B.env"]
 
 
 def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
