@@ -7,6 +7,11 @@ synchronous (a connection is admitted before its greeting; a loopback round trip
 release, which the supervisor is told and does not answer; the connections a receiver had
 open are released when its socket closes (it died).
 
+A client in smtp.relay.allow (an application) is admitted by the receiver alone, without the
+round trip: each receiver holds at most its share of `smtp.limits.trusted_connections` (the
+limit divided by the number of receivers) from one such address. Only a limit smaller than
+the number of receivers is counted by the supervisor.
+
 Stress mode is the relay's, not a receiver's: the supervisor decides when it begins and
 ends, logs the `stress` event once, and tells every receiver at once (unasked), so each sets
 its idle sessions' timeouts even if it admits no new connection meanwhile.
@@ -23,7 +28,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
-from relay.anvil import Anvil
+from relay.anvil import PER_CLIENT, Anvil
 from relay.config import Smtp
 
 CALLS = {"admit", "release", "locked_for", "auth_failed", "tarpit", "reconfigure"}
@@ -60,9 +65,11 @@ class AnvilClient:
     """Anvil's calls, answered by the supervisor's Anvil; `stressed` and `untrusted_open`
     are as of the last word from it."""
 
-    def __init__(self, fd: int, smtp: Smtp) -> None:
+    def __init__(self, fd: int, smtp: Smtp, receivers: int = 1) -> None:
         self.conn = Link(fd)
         self.smtp = smtp
+        self.receivers = max(1, receivers)
+        self.trusted_here: Counter[str] = Counter()  # admitted without asking, by address
         self.stressed = False  # as this receiver last acted on it
         self.remote_stressed = False
         self.untrusted_open = 0
@@ -103,11 +110,23 @@ class AnvilClient:
             self.loop = None
 
     def admit(self, ip: str, trusted: bool) -> str | None:
-        return self._call("admit", ip, trusted)
+        limit = self.smtp.limits.trusted_connections
+        share = limit // self.receivers
+        if not trusted or (limit and not share):
+            return self._call("admit", ip, trusted)
+        if limit and self.trusted_here[ip] >= share:
+            return PER_CLIENT
+        self.trusted_here[ip] += 1
+        return None
 
     def release(self, ip: str, trusted: bool) -> None:
         """Told, not asked: nothing waits on the answer, so a closing connection never holds
         up this receiver's other sessions (the supervisor answers no release)."""
+        if trusted and self.trusted_here[ip]:
+            self.trusted_here[ip] -= 1
+            if not self.trusted_here[ip]:
+                del self.trusted_here[ip]
+            return
         self.conn.send(("release", (ip, trusted)))
 
     def locked_for(self, ip: str) -> float:

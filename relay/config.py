@@ -252,7 +252,8 @@ class SmtpLimits:
                                           "(0: no limit)")
     per_client_rate: int = setting(0, "connections per minute from one address (0: no limit)")
     trusted_connections: int = setting(1000, "concurrent connections from one address in "
-                                       "smtp.relay.allow (0: no limit)")
+                                       "smtp.relay.allow, shared out evenly among the "
+                                       "receivers (0: no limit)")
 
 
 @dataclass(frozen=True)

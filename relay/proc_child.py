@@ -43,6 +43,7 @@ class ChildSpec:
     name: str = ""  # receiver-1, pickup, queue
     sockets: list[int] = field(default_factory=list)  # inherited listening sockets (receivers)
     anvil: int | None = None  # a receiver's link to the supervisor's shared Anvil
+    receivers: int = 1  # how many receivers share that Anvil
     recover: bool = False  # the queue manager's first start: run the recovery pass
     stderr_lines: bool = True  # False under the console: the events go to the log only
 

@@ -18,7 +18,7 @@ class Receiver(Role):
         self.smtpd = SmtpServer(self.config, self.intake, self.events)
         self.link: AnvilClient | None = None
         if spec.anvil is not None:  # limits count the connections of every receiver
-            self.link = AnvilClient(spec.anvil, self.config.smtp)
+            self.link = AnvilClient(spec.anvil, self.config.smtp, spec.receivers)
             self.smtpd.anvil = self.link  # type: ignore[assignment]
             self.smtpd.announce_stress = False  # the supervisor logs stress mode, once
 

@@ -163,7 +163,7 @@ class Supervisor(MailrootHost):
         """Start the child and wait until it says it is ready (its services run)."""
         link = self.anvil.link() if child.role == "receiver" else None
         spec = ChildSpec(child.role, self.config, os.getpid(), child.name, child.sockets,
-                         anvil=link.fileno() if link else None,
+                         anvil=link.fileno() if link else None, receivers=self.workers,
                          recover=child.role == "queue" and not child.since,
                          stderr_lines=self.stream is not None)
         child.state, child.since = "starting", time.monotonic()

@@ -213,6 +213,31 @@ def test_a_supervised_relays_receivers_share_the_per_client_limit(relay) -> None
         [(ABUSER, "per-client-connections")] * 10
 
 
+def test_an_application_is_admitted_by_its_receiver_alone_up_to_its_share(relay) -> None:
+    """A client in relay.allow costs no round trip to the supervisor: with the supervisor
+    stopped, its connections still get their greeting. Each of the two receivers admits
+    its half of trusted_connections from one address; beyond both halves, 421."""
+    r = relay({"smtp": {"workers": 2, "relay": {"allow": [f"{ABUSER}/32"]},
+                        "limits": {"trusted_connections": 8}}})
+    port = r.smtp_port()
+    receivers = receiver_pids(r)
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:  # four connections: no receiver can hold more than its four
+        apps = [RawClient(port, source=ABUSER, timeout=5) for _ in range(4)]
+        assert [code(app.greeting) for app in apps] == [220] * 4
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    apps += [RawClient(port, source=ABUSER, timeout=5) for _ in range(30)]
+    assert Counter(code(app.greeting) for app in apps) == {220: 8, 421: 26}
+    wait_for(lambda: [sessions_in(pid, port) for pid in receivers.values()] == [4, 4],
+             timeout=5)
+    refusals = [e for e in r.events() if e["event"] == "connection-refused"]
+    assert [(e["client"], e["reason"]) for e in refusals] == \
+        [(ABUSER, "per-client-connections")] * 26
+    for app in apps:
+        app.sock.close()
+
+
 def test_a_closing_connection_does_not_wait_for_the_supervisor(relay) -> None:
     """A receiver tells the shared Anvil of a closed connection and goes on: with the
     supervisor stopped, the receiver still answers its other sessions after one closes."""
