@@ -47,6 +47,7 @@ DELIVERED = ".delivered"  # in tmp/: the marker of a delivered message on its wa
 SPENT = ".spent"  # in tmp/: a delivered message's file, until its claim is closed
 SPARE = "spare-"  # in tmp/, spare-NN: a zeroed-out file kept for a commit to write into again
 SPARE_SLOTS = 256
+SLOTS_FULL_PAUSE = 0.5  # seconds no spare is kept after the slots tried were all taken
 READY = ".ready"  # in tmp/: a file made ahead (new, or a spare) for a commit to write into
 READY_FILES = 16  # kept by each process of a running relay: 2 per commit, 8 commits at once
 PARALLEL_WRITES = 256 * 1024  # below this, while other commits are under way, two fsyncs in
@@ -291,6 +292,7 @@ class Mailroot:
         self._ready: deque[Path] = deque()
         self._filling = threading.Lock()  # held while a pool thread makes ready files
         self._slots = itertools.count()
+        self._slots_full_until = 0.0  # monotonic time: no spare is kept before it
         self._counting = threading.Lock()
         self._committing = 0  # commits under way in this process (their writes overlap if 1)
 
@@ -379,15 +381,18 @@ class Mailroot:
     def recycle(self, path: Path, keep: bool = True) -> None:
         """Remove a file of this relay's own in tmp/ that nothing refers to any more, or
         rather, if `keep` and in a long-running process with a free spare slot, zero it out
-        and keep it as a spare. A file with another name elsewhere is only unlinked."""
+        and keep it as a spare. A file with another name elsewhere is only unlinked. Once the
+        slots tried were all taken (more files come back than commits use, as when a backlog
+        drains), none is tried for SLOTS_FULL_PAUSE: the files are only unlinked meanwhile."""
         try:
-            if keep and self.ready_files:
+            if keep and self.ready_files and time.monotonic() >= self._slots_full_until:
                 fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     stat = os.fstat(fd)
                     if stat.st_nlink == 1:
                         zero_out(fd, stat.st_size)
-                        self._keep_spare(path)
+                        if not self._keep_spare(path):
+                            self._slots_full_until = time.monotonic() + SLOTS_FULL_PAUSE
                 finally:
                     os.close(fd)
         except OSError:
@@ -395,14 +400,16 @@ class Mailroot:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
-    def _keep_spare(self, path: Path) -> None:
-        """Give a zeroed-out file a free slot's name (link: a taken slot is not replaced)."""
+    def _keep_spare(self, path: Path) -> bool:
+        """Give a zeroed-out file a free slot's name (link: a taken slot is not replaced);
+        False if the slots tried were all taken."""
         for _ in range(3):
             try:
                 os.link(path, self.tmp / f"{SPARE}{next(self._slots) % SPARE_SLOTS:02d}")
-                return
+                return True
             except FileExistsError:
                 continue
+        return False
 
     def _write_tmp(self, op: Write) -> Path:
         fd, tmp = self._new_tmp()

@@ -169,6 +169,37 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     assert not list(root.joinpath("tmp").iterdir())
 
 
+def test_with_every_spare_slot_taken_files_are_only_unlinked_for_a_while(
+        tmp_path: Path, monkeypatch) -> None:
+    """More files come back than commits take (a backlog draining): once the slots tried
+    are all taken, the next files are unlinked without being emptied or linked, even into a
+    slot freed meanwhile, until SLOTS_FULL_PAUSE has passed."""
+    monkeypatch.setattr(relay.store, "SLOTS_FULL_PAUSE", 0.3)
+    store = Mailroot(tmp_path, ready_files=2)
+    store.ensure()
+    for slot in range(relay.store.SPARE_SLOTS):
+        (store.tmp / f"spare-{slot:02d}").touch()
+    zeroed: list[int] = []
+    real = relay.store.zero_out
+    monkeypatch.setattr(relay.store, "zero_out",
+                        lambda fd, size: (zeroed.append(size), real(fd, size)))
+
+    def spent(name: str) -> Path:
+        path = store.tmp / f"{name}.spent"
+        path.write_bytes(b"delivered\r\n")
+        return path
+
+    store.recycle(spent("a"))  # every slot tried is taken: emptied in vain, unlinked
+    assert zeroed == [11] and not (store.tmp / "a.spent").exists()
+    for slot in range(relay.store.SPARE_SLOTS):
+        (store.tmp / f"spare-{slot:02d}").unlink()  # taken by commits meanwhile
+    store.recycle(spent("b"))
+    assert zeroed == [11] and not list(store.tmp.glob("spare-*"))  # not tried
+    time.sleep(0.35)
+    store.recycle(spent("c"))
+    assert zeroed == [11, 11] and len(list(store.tmp.glob("spare-*"))) == 1
+
+
 def test_a_spare_that_is_not_a_plain_file_is_never_written_through(tmp_path: Path) -> None:
     """Anything else named like a spare in tmp/ (a link, a FIFO, a directory) is passed over:
     a commit neither follows it nor waits on it."""
