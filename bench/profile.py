@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             fill_pickup(relay.pickup(), args.count, 2000)
         relay.start()
         try:
-            load = threading.Thread(
-                target=smtp_load if args.workload == "smtp" else sink.wait,
-                args=(relay.smtp_port, args.count, 10, 2000) if args.workload == "smtp"
-                else (args.count, 300))
+            if args.workload == "smtp":
+                load = threading.Thread(target=smtp_load,
+                                        args=(relay.smtp_port, args.count, 10, 2000))
+            else:  # the files are in Pickup already: wait until the sink has them all
+                load = threading.Thread(target=sink.wait, args=(args.count, 300))
             load.start()
             spies = {pid: subprocess.Popen(
                 [spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),

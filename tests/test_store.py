@@ -43,12 +43,16 @@ def test_concurrent_commits_to_one_folder_all_complete(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("failing", [0, 1])
 def test_a_failed_write_of_a_lone_commit_leaves_nothing_in_place_or_in_tmp(
-        tmp_path: Path, failing: int) -> None:
+        tmp_path: Path, failing: int, monkeypatch) -> None:
     """A commit alone in its process writes its files at once (the second by a pool thread,
     so the fsyncs overlap); either write failing (here a bad mtime, where a full disk would
     fail it) raises that error, and neither file is in Queue nor a written copy in tmp/."""
     store = Mailroot(tmp_path, ready_files=4)
     store.ensure()
+    writers: list[str] = []  # the thread that wrote each file
+    real = Mailroot._write_tmp
+    monkeypatch.setattr(Mailroot, "_write_tmp", lambda self, op: (
+        writers.append(threading.current_thread().name), real(self, op))[1])
     writes = [Write(store.path(QUEUE, "A", ".eml"), b"data\r\n" * 100),
               Write(store.path(QUEUE, "A", ".env"), b"{}")]
     writes[failing].mtime = math.nan
@@ -56,9 +60,11 @@ def test_a_failed_write_of_a_lone_commit_leaves_nothing_in_place_or_in_tmp(
         store.commit(writes)
     assert list(store.folder(QUEUE).iterdir()) == []
     assert [p.name for p in store.tmp.iterdir() if p.stat().st_size] == []
+    writers.clear()
     store.commit([Write(store.path(QUEUE, "B", ".eml"), b"x\r\n"),
                   Write(store.path(QUEUE, "B", ".env"), b"{}")])  # and the next one works
     assert sorted(p.name for p in store.folder(QUEUE).iterdir()) == ["B.eml", "B.env"]
+    assert writers[0] == threading.current_thread().name and writers[1].startswith("fsync")
 
 
 def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
