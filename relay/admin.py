@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 from relay import config as configmod
 from relay.address import domain_of
 from relay.audit import AuditEntry, AuditLog
-from relay.bounce import SEPARATOR, read_reason
+from relay.bounce import SEPARATOR, quarantine, read_reason
 from relay.config import Config, ConfigError, RemoteDomain
 from relay.events import EventLog
 from relay.fanout import fan_out
@@ -33,7 +33,6 @@ from relay.store import (
     DROP,
     FOLDERS,
     HOLD,
-    MARKER,
     MOVE_FOLDERS,
     PICKUP,
     QUEUE,
@@ -45,7 +44,6 @@ from relay.store import (
     Mailroot,
     Op,
     Recipient,
-    Unlink,
     Write,
     checksum,
     id_time,
@@ -339,8 +337,8 @@ class Admin:
         return lambda mid: mid in others or os.path.exists(f"{queue}{mid}.env")
 
     def _superseded(self, folder: str, message_id: str) -> bool:
-        copies = self.store.copies(message_id)
-        return folder in copies and max(copies, key=copies.__getitem__) != folder
+        later = self.store.later_copy(message_id)
+        return later is not None and later != folder
 
     def _pickup_rows(self) -> list[MessageSummary]:
         rows = []
@@ -359,10 +357,7 @@ class Admin:
 
     def find(self, message_id: str) -> str:
         """The folder a message is in (its later state, if a move was interrupted)."""
-        copies = self.store.copies(message_id)
-        if copies:
-            return max(copies, key=copies.__getitem__)
-        folder = self.store.locate(message_id)
+        folder = self.store.later_copy(message_id) or self.store.locate(message_id)
         if folder is None:
             raise NotFound(f"no message {message_id}")
         return folder
@@ -424,6 +419,10 @@ class Admin:
             if not self.store.path(folder, message_id, ".eml").exists():
                 if folder == BADMAIL and self.store.has(BADMAIL, message_id):
                     raise Problem("wrong state: a Pickup entry set aside unopened, not a message")
+                if folder in (QUEUE, HOLD) and (reason := quarantine(self.store, folder,
+                                                                     message_id)):
+                    self.events.emit("quarantined", id=message_id, folder=folder, reason=reason)
+                    raise Problem(f"damaged: {reason}; moved to Badmail with this reason")
                 continue
             with self.store.claim(folder, message_id, wait=self.wait) as held:
                 if held and self._settled_elsewhere(folder, message_id):
@@ -487,11 +486,6 @@ class Admin:
         raise Problem("wrong state: " + hint.get(folder, f"in {folder}, not in "
                                                          f"{' or '.join(wanted)}"))
 
-    def _remove_ops(self, folder: str, message_id: str) -> list[Op]:
-        """Ops removing a message from a folder: its commit marker first."""
-        return [Unlink(self.store.path(folder, message_id, ext))
-                for ext in dict.fromkeys((MARKER[folder], ".eml", ".env", ".BAD"))]
-
     # --- requeue: back to delivery, routed by the current config ---
 
     def requeue(self, ids: list[str], reason: str = "", force: bool = False) -> ActionResult:
@@ -540,7 +534,7 @@ class Admin:
         from relay.intake import Rejected, Submission
 
         sub = Submission(parsed.message, parsed.sender, parsed.recipients,
-                         f"requeue of {BADMAIL}/{mid}", done_ops=self._remove_ops(BADMAIL, mid),
+                         f"requeue of {BADMAIL}/{mid}", done_ops=self.store.remove_ops(BADMAIL, mid),
                          message_id=mid)
         try:
             self.intake.accept(sub, limits=not force)
@@ -581,9 +575,9 @@ class Admin:
         if local:
             ops += self.intake.drop_ops(mid, envelope.sender, local, data)
         elif src == DROP:
-            ops += self._remove_ops(DROP, mid)
+            ops += self.store.remove_ops(DROP, mid)
         if not remote and src != DROP:
-            ops += self._remove_ops(src, mid)
+            ops += self.store.remove_ops(src, mid)
         self.store.commit(ops)
 
     # --- retry, hold, release ---
@@ -657,13 +651,14 @@ class Admin:
                                 reason=read_reason(store.path(BADMAIL, mid, ".BAD")))
         if not has_envelope:  # the size its folder listed: the file's (a .BAD report's not)
             envelope.size = store.path(folder, mid, ".eml").stat().st_size
+        envelope.moves += 1
         record = {**dataclasses.asdict(envelope), "deleted_from": folder,
                   "deleted_at": time.time(), "has_envelope": has_envelope}
         ops: list[Op] = [Link(store.path(folder, mid, ".eml"), store.path(TRASH, mid, ".eml"))]
         if folder == BADMAIL:
             ops.append(Link(store.path(BADMAIL, mid, ".BAD"), store.path(TRASH, mid, ".BAD")))
         ops.append(Write(store.path(TRASH, mid, ".env"), json.dumps(record).encode()))
-        store.commit(ops + self._remove_ops(folder, mid))
+        store.commit(ops + self.store.remove_ops(folder, mid))
 
     def undelete(self, ids: list[str]) -> ActionResult:
         """Back to the folder it was deleted from (Queue: due now)."""
@@ -675,6 +670,7 @@ class Admin:
         record = json.loads(store.path(TRASH, mid, ".env").read_bytes())
         dest = record.get("deleted_from", QUEUE)
         envelope = Envelope.from_json(store.path(TRASH, mid, ".env").read_bytes())
+        envelope.moves += 1
         if dest == QUEUE:
             envelope.next_attempt = time.time()
         ops: list[Op] = [Link(store.path(TRASH, mid, ".eml"), store.path(dest, mid, ".eml"))]
@@ -682,7 +678,7 @@ class Admin:
             ops.append(store.envelope_write(dest, envelope))
         if dest == BADMAIL:
             ops.append(Link(store.path(TRASH, mid, ".BAD"), store.path(BADMAIL, mid, ".BAD")))
-        store.commit(ops + self._remove_ops(TRASH, mid))
+        store.commit(ops + self.store.remove_ops(TRASH, mid))
 
     def purge_trash(self) -> list[str]:
         """Remove trash older than admin.trash_retention; returns the ids removed."""
@@ -698,7 +694,7 @@ class Admin:
                 continue
             with self.store.claim(TRASH, mid) as held:
                 if held:
-                    self.store.commit(self._remove_ops(TRASH, mid))
+                    self.store.commit(self.store.remove_ops(TRASH, mid))
                     purged.append(mid)
         if purged:
             self.events.emit("trash-purged", ids=purged)

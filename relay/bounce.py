@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from relay.store import BADMAIL, QUEUE, Envelope, Mailroot, Op, Unlink, Write
+from relay.store import BADMAIL, QUEUE, Envelope, Mailroot, Op, Write, envelope_or_none
 
 SEPARATOR = b"\n----- the original message follows, byte for byte -----\n"
 
@@ -95,16 +95,32 @@ def quarantine_ops(store: Mailroot, folder: str, message_id: str, envelope: Enve
         original = store.read_message(folder, message_id)
     except FileNotFoundError:
         original = b""
+    if envelope is not None:
+        envelope.moves += 1  # Badmail's is the later copy (Mailroot.later_copy)
     return badmail_ops(store, message_id, reason, original, source=f"{folder}/{message_id}",
-                       envelope=envelope) + [Unlink(store.path(folder, message_id, ".env")),
-                                             Unlink(store.path(folder, message_id, ".eml"))]
+                       envelope=envelope) + store.remove_ops(folder, message_id)
 
 
-def quarantine(store: Mailroot, folder: str, message_id: str, envelope: Envelope | None,
-               reason: str) -> bool:
-    """Move a damaged entry into Badmail under its claim; False if someone else has it."""
+def quarantine(store: Mailroot, folder: str, message_id: str) -> str | None:
+    """Move a damaged Queue/Hold entry into Badmail with its reason, looked at again under
+    its claim: what a reader saw while the entry moved on is no damage. An entry whose
+    message file is missing has no claim to take: its marker is held instead, and only a
+    marker that stayed in place while the message file was missing counts (no step of the
+    protocol leaves that). Returns the reason, or None: sound after all, gone, or busy."""
     with store.claim(folder, message_id) as claimed:
-        if not claimed and store.path(folder, message_id, ".eml").exists():
-            return False
-        store.commit(quarantine_ops(store, folder, message_id, envelope, reason))
-    return True
+        if claimed:
+            return _quarantine_if_damaged(store, folder, message_id)
+    with store.claim_missing(folder, message_id) as missing:
+        if missing:
+            return _quarantine_if_damaged(store, folder, message_id)
+    return None
+
+
+def _quarantine_if_damaged(store: Mailroot, folder: str, message_id: str) -> str | None:
+    try:
+        raw, problem = store.inspect(folder, message_id)
+    except FileNotFoundError:
+        return None
+    if problem:
+        store.commit(quarantine_ops(store, folder, message_id, envelope_or_none(raw), problem))
+    return problem

@@ -26,7 +26,7 @@ from relay.inotify import DirectoryWatch
 from relay.intake import Intake, Rejected, Submission
 from relay.message import MessageError
 from relay.pickup_file import parse_pickup, writer_busy
-from relay.store import BADMAIL, PICKUP, Mailroot, Unlink, Write, is_id, new_id
+from relay.store import BADMAIL, PICKUP, Link, Mailroot, Unlink, Write, did, is_id, new_id
 
 
 def _safe_name(name: str) -> str:
@@ -165,6 +165,7 @@ class PickupWatcher:
                 return "busy"
             claimed = self.claimed / f"{new_id()}.{_safe_name(name)}"
             os.rename(path, claimed)
+            did("rename", claimed)
             if os.stat(claimed).st_ino != st.st_ino:  # swapped between open and rename
                 os.rename(claimed, path)
                 return "busy"
@@ -223,12 +224,16 @@ class PickupWatcher:
             "from": parsed.sender, "to": outcome.local + outcome.remote})
 
     def _reject_unread(self, claimed: Path, mid: str, reason: str, source: str) -> None:
-        """Badmail for a file too large to copy: the file itself becomes <id>.eml."""
+        """Badmail for a file too large to copy: the file itself becomes <id>.eml, linked in
+        under its lock (as a move under its claim), and leaves tmp/pickup once the report,
+        the marker, is in place."""
         kept = self.store.path(BADMAIL, mid, ".eml")
-        os.rename(claimed, kept)
         head = bad_report(reason, message_id=mid, source=source)
         head += f"\nThe original is {kept.name} beside this report (too large to copy here).\n"
-        self.store.commit([Write(self.store.path(BADMAIL, mid, ".BAD"), head.encode())])
+        with self.store.holding(claimed):
+            self.store.commit([Link(claimed, kept),
+                               Write(self.store.path(BADMAIL, mid, ".BAD"), head.encode()),
+                               Unlink(claimed, durable=False)])
         self.events.emit("intake", id=mid, source=source, outcome="badmail", reason=reason)
 
     def _set_aside(self, name: str, st: os.stat_result) -> str:
@@ -243,14 +248,20 @@ class PickupWatcher:
         mid = new_id()
         reason = f"Pickup/{name} is {kind}; it was not opened or followed, and was moved aside"
         aside = self.store.path(BADMAIL, mid, ".entry")
-        try:
-            os.rename(self.folder / name, aside)
-        except FileNotFoundError:
-            return "gone"
         head = (f"This entry in Pickup was not a message file and was put in Badmail.\n\n"
                 f"Reason:    {reason}\nSource:    Pickup/{name}\nId:        {mid}\n"
                 f"Kept as:   Badmail/{aside.name} (not opened)\n")
-        self.store.commit([Write(self.store.path(BADMAIL, mid, ".BAD"), head.encode())])
+        # the report first: an entry can't be locked unopened, so it is never in Badmail
+        # without its marker (a crash between the two leaves it in Pickup, and a report
+        # more)
+        bad = self.store.path(BADMAIL, mid, ".BAD")
+        self.store.commit([Write(bad, head.encode())])
+        try:
+            os.rename(self.folder / name, aside)
+            did("rename", aside)
+        except FileNotFoundError:
+            self.store.commit([Unlink(bad)])
+            return "gone"
         self.events.emit("intake", id=mid, source=f"Pickup/{name}", outcome="set-aside",
                          reason=reason)
         return "done"

@@ -28,7 +28,6 @@ class Recovery:
 
     def __init__(self, config: Config, store: Mailroot, events: EventLog) -> None:
         self.config, self.store, self.events = config, store, events
-        self.began = time.time()  # what changed after this is live, never a crash's leftover
         self.halt = threading.Event()
         self.task: asyncio.Task | None = None
 
@@ -46,7 +45,7 @@ class Recovery:
     async def run(self, after: asyncio.Event) -> None:
         await after.wait()
         began = time.monotonic()
-        actions = self.store.recover(self.began, self.halt)
+        actions = self.store.recover(self.halt)
         done = 0
         while step := await asyncio.to_thread(lambda: list(itertools.islice(actions, STEP))):
             for folder, mid, what in step:
@@ -64,11 +63,10 @@ class Recovery:
         """Damaged entries in Hold go to Badmail (the queue manager checks Queue's as it
         scans), so they are never released and delivered blindly."""
         count = 0
-        for mid, envelope, reason in self.store.damaged(HOLD):
+        for mid, _, _ in self.store.damaged(HOLD):
             if self.halt.is_set():
                 break
-            if not quarantine(self.store, HOLD, mid, envelope, reason):
-                continue
-            self.events.emit("quarantined", id=mid, folder=HOLD, reason=reason)
-            count += 1
+            if reason := quarantine(self.store, HOLD, mid):
+                self.events.emit("quarantined", id=mid, folder=HOLD, reason=reason)
+                count += 1
         return count

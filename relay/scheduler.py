@@ -45,7 +45,6 @@ from relay.store import (
     Recipient,
     Write,
     damage,
-    envelope_or_none,
     is_id,
 )
 
@@ -211,8 +210,10 @@ class Scheduler:
             except OSError:
                 continue
             if problem:
-                if quarantine(self.store, QUEUE, mid, envelope_or_none(raw), problem):
-                    self.events.emit("quarantined", id=mid, folder=QUEUE, reason=problem)
+                if reason := quarantine(self.store, QUEUE, mid):
+                    self.events.emit("quarantined", id=mid, folder=QUEUE, reason=reason)
+                else:  # sound under its claim after all, or busy: looked at again soon
+                    found.append((mid, time.time() + BUSY_RETRY))
                 continue
             found.append((mid, raw.get("next_attempt", 0.0)))
         return found

@@ -8,7 +8,13 @@ the old state, the new state, or both (a duplicate the start-up recovery clears)
 
 The message file (`<id>.eml`) is never rewritten, so its inode follows the message from folder
 to folder; an exclusive `flock` on it is the claim that serialises the relay's delivery and an
-operator's requeue/hold/delete, across processes, and dies with a killed process.
+operator's requeue/hold/delete, across processes, and dies with a killed process.  A commit
+holds that lock on every file it writes from before the file has its name until its last
+rename is done, so a message file without its marker is a crash's leftover exactly when its
+lock can be had: no clock decides it.
+
+Every sequence of file operations, what a crash between two of them leaves and what a
+concurrent reader sees: docs/store-protocol.md.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import fcntl
 import itertools
 import json
@@ -27,7 +34,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +50,7 @@ MARKER = {QUEUE: ".env", HOLD: ".env", BADMAIL: ".BAD", DROP: ".eml", TRASH: ".e
 MOVE_FOLDERS = (QUEUE, HOLD, BADMAIL, TRASH)  # a message moves between these (Drop is final)
 
 LISTING_SORTED_UP_TO = 20_000  # a listing of more waits no longer: directory order (postqueue)
-DELIVERED = ".delivered"  # in tmp/: the marker of a delivered message on its way out
+DELIVERED = ".delivered"  # in Queue/: a delivered message's envelope, until its files are gone
 SPENT = ".spent"  # in tmp/: a delivered message's file, until its claim is closed
 SPARE = "spare-"  # in tmp/, spare-NN: a zeroed-out file kept for a commit to write into again
 SPARE_SLOTS = 256
@@ -56,6 +63,42 @@ FALLOC_FL_ZERO_RANGE = 0x10  # linux/falloc.h
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _id_lock = threading.Lock()
 _last_micros = 0
+
+
+# --- probes: each file operation of the store's protocol, by name ------------------------------
+
+Probe = Callable[[str, str], None]  # (operation, path)
+PROBES: list[Probe] = []  # tests and the crash bench add theirs; empty in a relay
+
+
+def did(operation: str, path: str | Path) -> None:
+    """A file operation of a protocol step is done (docs/store-protocol.md names them): a
+    probe may pause the step here, to run a concurrent pass in between, or end the process
+    here, a crash at exactly this point."""
+    for probe in PROBES:
+        probe(operation, str(path))
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive flock on an open file at once, or say it is held elsewhere."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` still names the open file `fd` (nothing removed or replaced it)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
 
 
 def _b32(number: int, width: int) -> str:
@@ -155,6 +198,8 @@ class Envelope:
     queued_at: float = 0.0  # start of the delivery clock (arrival, or the last requeue)
     held_at: float | None = None  # when put on hold (None: not held)
     held_total: float = 0.0  # seconds spent on hold: the expiry clock stops while held
+    moves: int = 0  # moves between folders so far: of two copies an interrupted move left,
+    # the one with more is the later state (Mailroot.later_copy)
 
     @property
     def clock_start(self) -> float:
@@ -311,7 +356,9 @@ class Mailroot:
     def _create_tmp(self, suffix: str) -> tuple[int, Path]:
         """A new file of this process's own in tmp/, open for writing."""
         path = self.tmp / f"{new_id()}{suffix}"
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640), path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        did("create", path)
+        return fd, path
 
     def _spares(self) -> list[str]:
         """The spares' paths, as strings: tmp/ may hold hundreds of names to look through."""
@@ -325,6 +372,7 @@ class Mailroot:
             ready = self.tmp / f"{new_id()}{READY}"
             with contextlib.suppress(FileNotFoundError):
                 os.rename(spares.pop(), ready)
+                did("rename", ready)
                 return ready
         return None
 
@@ -353,18 +401,23 @@ class Mailroot:
             self._pool.submit(self._make_ready)
 
     def _new_tmp(self) -> tuple[int, Path]:
-        """A file in tmp/ to write a commit's data into: a ready one if there is one."""
-        while self._ready:
+        """A file in tmp/ to write a commit's data into (a ready one if there is one), open
+        and locked: its writer's claim until the commit's renames are done, so no pass takes
+        it for a crash's leftover in between (clear_tmp, _remove_partial)."""
+        while True:
             try:
                 path = self._ready.popleft()
-            except IndexError:  # another thread took the last one
-                break
-            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            try:
-                return os.open(path, flags), path
-            except OSError:  # gone, or not a plain file of ours: left to clear_tmp
-                continue
-        return self._create_tmp(".tmp")
+            except IndexError:  # none left (another thread may have taken the last one)
+                fd, path = self._create_tmp(".tmp")
+            else:
+                flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                try:
+                    fd = os.open(path, flags)
+                except OSError:  # gone, or not a plain file of ours: left to clear_tmp
+                    continue
+            if _lock(fd) and _names(path, fd):
+                return fd, path
+            os.close(fd)  # a clear_tmp at a relay's start got it first: another one
 
     def discard_ready(self) -> None:
         """Remove the ready files not used, and the spares (a clean stop; after a kill, the
@@ -391,6 +444,7 @@ class Mailroot:
                     stat = os.fstat(fd)
                     if stat.st_nlink == 1:
                         zero_out(fd, stat.st_size)
+                        did("zero", path)
                         if not self._keep_spare(path):
                             self._slots_full_until = time.monotonic() + SLOTS_FULL_PAUSE
                 finally:
@@ -399,19 +453,23 @@ class Mailroot:
             pass
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+            did("unlink", path)
 
     def _keep_spare(self, path: Path) -> bool:
         """Give a zeroed-out file a free slot's name (link: a taken slot is not replaced);
         False if the slots tried were all taken."""
         for _ in range(3):
+            spare = self.tmp / f"{SPARE}{next(self._slots) % SPARE_SLOTS:02d}"
             try:
-                os.link(path, self.tmp / f"{SPARE}{next(self._slots) % SPARE_SLOTS:02d}")
+                os.link(path, spare)
+                did("link", spare)
                 return True
             except FileExistsError:
                 continue
         return False
 
-    def _write_tmp(self, op: Write) -> Path:
+    def _write_tmp(self, op: Write) -> tuple[int, Path]:
+        """op's data in a file in tmp/, fsynced; returned open and locked (see _new_tmp)."""
         fd, tmp = self._new_tmp()
         try:
             view = memoryview(op.data)
@@ -427,24 +485,28 @@ class Mailroot:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        os.close(fd)
-        return tmp
+        did("write", tmp)
+        return fd, tmp
 
-    def _write_tmps(self, writes: list[Write], tmps: dict[int, Path], overlap: bool) -> None:
-        """Each Write's data into its own tmp file (in `tmps`, by id of the op), fsynced.
-        `overlap`: all but the first are written by pool threads meanwhile, so their fsyncs
-        overlap (one hand-off each); else one after the other, in this thread."""
+    def _write_tmps(self, writes: list[Write], tmps: dict[int, Path], held: list[int],
+                    overlap: bool) -> None:
+        """Each Write's data into its own tmp file (in `tmps`, by id of the op, its locked
+        descriptor in `held`), fsynced. `overlap`: all but the first are written by pool
+        threads meanwhile, so their fsyncs overlap (one hand-off each); else one after the
+        other, in this thread."""
         later = {id(op): self._pool.submit(self._write_tmp, op) for op in writes[1:]
                  } if overlap else {}
         failed: BaseException | None = None
         try:
             for op in writes:
                 if id(op) not in later:
-                    tmps[id(op)] = self._write_tmp(op)
+                    fd, tmps[id(op)] = self._write_tmp(op)
+                    held.append(fd)
         finally:  # every tmp file made is in `tmps` for the caller to remove on failure
             for key, future in later.items():
                 try:
-                    tmps[key] = future.result()
+                    fd, tmps[key] = future.result()
+                    held.append(fd)
                 except BaseException as exc:
                     failed = failed or exc
         if failed is not None:
@@ -453,39 +515,53 @@ class Mailroot:
     def commit(self, ops: list[Op]) -> None:
         """Apply ops in order, durably: file data is fsynced before any rename, and every
         directory touched is fsynced before returning.  Raises OSError with nothing of the
-        destination half-written (tmp files are removed)."""
+        destination half-written (tmp files are removed).
+
+        Ownership (docs/store-protocol.md): every file written is locked from before it has
+        its name until the last rename is done, and so is a message file (`.eml`) that a
+        name given here replaces; a Link's source is the caller's to hold (a move is made
+        under the message's claim)."""
         writes = [op for op in ops if isinstance(op, Write)]
         tmps: dict[int, Path] = {}
+        held: list[int] = []  # locked descriptors, closed once every rename is done
         with self._counting:
             self._committing += 1
             alone = self._committing == 1
         try:
             overlap = len(writes) > 1 and (
                 alone or sum(len(op.data) for op in writes) > PARALLEL_WRITES)
-            self._write_tmps(writes, tmps, overlap)
+            self._write_tmps(writes, tmps, held, overlap)
             dirs: dict[Path, None] = {}
             for op in ops:
                 if isinstance(op, Write):
+                    self._hold_replaced(op.path, held)
                     os.replace(tmps[id(op)], op.path)
                     del tmps[id(op)]  # only once it is in place: a failed rename leaves no tmp
+                    did("rename", op.path)
                     dirs[op.path.parent] = None
                 elif isinstance(op, Link):
+                    self._hold_replaced(op.dst, held, source=op.src)
                     tmps[id(op)] = self.tmp / f"{new_id()}.lnk"
                     os.link(op.src, tmps[id(op)])
                     os.replace(tmps[id(op)], op.dst)
                     del tmps[id(op)]
+                    did("link", op.dst)
                     dirs[op.dst.parent] = None
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(op.path)
+                    did("unlink", op.path)
                     if op.durable:
                         dirs[op.path.parent] = None
+            _close_all(held)  # the claims are free before the directory fsyncs' wait
             self.top_up()  # beside the directory fsyncs' wait
             for directory in dirs:
                 self._dir_sync.sync(directory)
+            did("synced", "")
         finally:
             with self._counting:
                 self._committing -= 1
+            _close_all(held)
             for tmp in tmps.values():
                 try:
                     tmp.unlink()
@@ -494,6 +570,26 @@ class Mailroot:
                 except OSError:  # tmp/ can't be written: at least no copy of the data stays
                     with contextlib.suppress(OSError):
                         os.truncate(tmp, 0)
+
+    @staticmethod
+    def _hold_replaced(path: Path, held: list[int], source: Path | None = None) -> None:
+        """Before a message file's name is given to another file, lock the file it names now
+        (a crash's leftover, or a copy being retried), so the recovery pass, which removes
+        leftovers under the same lock, never removes the name once it is ours. Raises
+        BlockingIOError if another process holds it. Not for the source's own file (a move
+        repeated over its interrupted first try: the caller holds that claim)."""
+        if not path.name.endswith(".eml"):
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        if source is not None and os.fstat(fd).st_ino == os.stat(source).st_ino:
+            os.close(fd)
+            return
+        held.append(fd)
+        if not _lock(fd):
+            raise BlockingIOError(errno.EBUSY, f"{path} is being changed by another process")
 
     # --- messages in folders ---
 
@@ -517,7 +613,30 @@ class Mailroot:
         return Envelope.from_json(self.path(folder, message_id, ".env").read_bytes())
 
     def read_message(self, folder: str, message_id: str) -> bytes:
-        return self.path(folder, message_id, ".eml").read_bytes()
+        """A message's bytes as stored, for a reader that does not hold its claim: one that
+        opened the file just before its message was delivered may read the zeros of a spare
+        (recycle). So in a folder with envelopes the bytes must match the envelope's size
+        and checksum, read after them; if they don't and the entry is gone (or went and came
+        back), FileNotFoundError; if it is still there, the file is damaged: its bytes."""
+        path = self.path(folder, message_id, ".eml")
+        with open(path, "rb") as handle:
+            did("open", path)
+            data = handle.read()
+        if folder == DROP:
+            return data
+        try:
+            fields = json_fields(_read(self.path(folder, message_id, ".env")))
+            size, crc = fields.get("size"), fields.get("crc32")
+        except FileNotFoundError:
+            if folder == BADMAIL and self.has(BADMAIL, message_id):
+                return data  # refused at intake: no envelope to check against
+            raise
+        except (OSError, ValueError, AttributeError):
+            return data  # an unreadable envelope: the queue manager quarantines it
+        if not size or not crc or (len(data) == size and zlib.crc32(data) == crc):
+            return data
+        again = path.read_bytes()  # raises FileNotFoundError if it has gone
+        return again if len(again) == size and zlib.crc32(again) == crc else data
 
     def locate(self, message_id: str) -> str | None:
         """The folder a message is committed in (Queue, Hold, Badmail, Drop), if any."""
@@ -562,17 +681,22 @@ class Mailroot:
                  extra: list[Op] | None = None) -> list[Op]:
         """Ops that move a message between Queue, Hold, Badmail and Trash.
 
-        The destination is committed (its marker written last) before the source's marker and
-        then its message file are removed.
+        The destination is committed (its marker written last, its envelope counting one
+        move more) before the source's marker, then its other files and last its message
+        file are removed. The caller holds the message's claim.
         """
         mid = envelope.id
+        envelope.moves += 1
         ops: list[Op] = [Link(self.path(src, mid, ".eml"), self.path(dst, mid, ".eml")),
                          self.envelope_write(dst, envelope)]
         ops += extra or []
-        ops += [Unlink(self.path(src, mid, MARKER[src])), Unlink(self.path(src, mid, ".eml"))]
-        if src == BADMAIL:
-            ops.append(Unlink(self.path(src, mid, ".env")))
-        return ops
+        return ops + self.remove_ops(src, mid)
+
+    def remove_ops(self, folder: str, message_id: str) -> list[Op]:
+        """Ops removing an entry from a folder: its marker first, its message file last (a
+        partial entry always has its message file: Mailroot._remove_partial)."""
+        return [Unlink(self.path(folder, message_id, ext))
+                for ext in dict.fromkeys((MARKER[folder], ".env", ".BAD", ".eml"))]
 
     def acquire(self, folder: str, message_id: str, wait: float = 0.0) -> int | None:
         """Take the message's claim: a descriptor to os.close() when done, or None if another
@@ -582,16 +706,16 @@ class Mailroot:
         except FileNotFoundError:
             return None
         deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    return None
-                time.sleep(0.02)
-        if not self.has(folder, message_id):
+        pause = 0.0005  # a commit lets go of a new message file's lock some µs after its
+        # marker is named (and inotify tells of it): the first looks come soon
+        while not _lock(fd):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        if not self.has(folder, message_id) or not _names(self.path(folder, message_id, ".eml"),
+                                                          fd):
             os.close(fd)
             return None
         return fd
@@ -607,6 +731,36 @@ class Mailroot:
             if fd is not None:
                 os.close(fd)
 
+    @contextlib.contextmanager
+    def holding(self, path: Path) -> Iterator[None]:
+        """Hold the lock on a file that a commit links into a folder from outside the
+        folders (a taken Pickup file), as a move holds its message's claim."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def claim_missing(self, folder: str, message_id: str) -> Iterator[bool]:
+        """The claim on a committed entry whose message file is missing (so no claim of its
+        own can be had): yields True while its marker, opened and locked here, kept its name
+        all the while no message file was there. No step of the protocol leaves that (a
+        marker is named after its message file and removed before it), so it is damage,
+        never a move or a delivery in progress."""
+        marker = self.path(folder, message_id, MARKER[folder])
+        try:
+            fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            yield False
+            return
+        try:
+            yield (_lock(fd) and not os.path.lexists(self.path(folder, message_id, ".eml"))
+                   and _names(marker, fd))
+        finally:
+            os.close(fd)
+
     # --- recovery ---
     #
     # What a crash can leave half-done is bounded by what was in flight, but finding it means
@@ -616,14 +770,18 @@ class Mailroot:
 
     def retire_delivered(self, message_id: str) -> None:
         """Take a message delivered to every recipient out of Queue, without a directory
-        fsync (a machine crash that loses this sends it again, a duplicate). Its marker goes
-        first, renamed to tmp/<id>.delivered, so a kill before the message file has gone
-        too leaves a note naming that file, and the next queue manager finishes the removal.
-        Both files wait in tmp/ for `dispose_retired`, once the message's claim is closed."""
+        fsync (a machine crash that loses this sends it again, a duplicate). One rename
+        makes it delivered: its envelope becomes Queue/<id>.delivered, which no scan takes
+        for a message to deliver and which explains the message file if a kill comes before
+        that too is renamed, to tmp/<id>.spent. Both wait for `dispose_retired`, once the
+        message's claim is closed; after a kill, finish_retired() removes them."""
+        delivered = self.path(QUEUE, message_id, DELIVERED)
         with contextlib.suppress(FileNotFoundError):
-            os.rename(self.path(QUEUE, message_id, ".env"), self.tmp / f"{message_id}{DELIVERED}")
+            os.rename(self.path(QUEUE, message_id, ".env"), delivered)
+            did("rename", delivered)
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.path(QUEUE, message_id, ".eml"), self.tmp / f"{message_id}{SPENT}")
+            did("rename", self.tmp / f"{message_id}{SPENT}")
 
     def dispose_retired(self, message_ids: list[str]) -> None:
         """Recycle retired messages' files, their claims closed (a spare must not be locked
@@ -637,69 +795,104 @@ class Mailroot:
             reuse = False
         for message_id in message_ids:
             self.recycle(self.tmp / f"{message_id}{SPENT}", keep=reuse)
-            self.recycle(self.tmp / f"{message_id}{DELIVERED}", keep=reuse)
+            self.recycle(self.path(QUEUE, message_id, DELIVERED), keep=reuse)
 
     def finish_retired(self) -> list[str]:
-        """Finish each removal retire_delivered() began and a kill cut short (the ids)."""
+        """Finish each retirement a kill cut short: the files of a message whose envelope
+        is Queue/<id>.delivered (the ids). A message file being committed again under the
+        same id (a requeue from Drop) is locked by its writer: it is left alone."""
         finished = []
-        for aside in self.tmp.glob(f"*{DELIVERED}"):
-            mid = aside.name[:-len(DELIVERED)]
-            if is_id(mid) and not self.path(QUEUE, mid, ".env").exists():  # not back since
+        for name in self.iter_names(QUEUE):
+            mid = name[:-len(DELIVERED)]
+            if not name.endswith(DELIVERED) or not is_id(mid):
+                continue
+            if self.has(QUEUE, mid):  # committed again since: only the marker goes
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path(QUEUE, mid, ".eml"))
+                    os.unlink(self.path(QUEUE, mid, DELIVERED))
+                    did("unlink", self.path(QUEUE, mid, DELIVERED))
+            elif self._remove_partial(QUEUE, mid):
                 finished.append(mid)
-            with contextlib.suppress(FileNotFoundError):
-                aside.unlink()
-        for spent in self.tmp.glob(f"*{SPENT}"):
-            with contextlib.suppress(FileNotFoundError):
-                spent.unlink()
         return finished
 
     def clear_tmp(self) -> None:
-        """Remove files a crash left half-written in tmp/ (nothing refers to them)."""
-        for stale in self.tmp.glob("*"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        """Remove what a crash left in tmp/: half-written files nothing refers to, spares and
+        ready files of processes gone. A file a live writer holds (a command's commit, while
+        a relay starts) is locked by it, and stays."""
+        for entry in os.scandir(self.tmp):
+            if not entry.is_file(follow_symlinks=False):
+                continue  # tmp/pickup: taken Pickup files, the Pickup taker's to finish
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if _lock(fd) and _names(Path(entry.path), fd):
+                    os.unlink(entry.path)
+                    did("unlink", entry.path)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
 
-    def _marker_mtime(self, folder: str, message_id: str) -> float | None:
+    def _moves(self, folder: str, message_id: str) -> int:
+        """How many moves the copy in `folder` has behind it (Envelope.moves): -1 if its
+        envelope can't be read; a Badmail entry without one (refused at intake, or a
+        quarantined copy of an unreadable entry) is never the source of a move that leaves
+        one, so it counts as the latest."""
         try:
-            return os.stat(f"{self.root}/{folder}/{message_id}{MARKER[folder]}").st_mtime
+            return int(json_fields(_read(self.path(folder, message_id, ".env")))
+                       .get("moves", 0))
         except FileNotFoundError:
-            return None
+            return math.inf if folder == BADMAIL else -1  # type: ignore[return-value]
+        except (OSError, ValueError, TypeError, AttributeError):
+            return -1
 
-    def copies(self, message_id: str) -> dict[str, float]:
-        """{folder: its marker's mtime} for each folder the id is committed in (of those an
-        interrupted move can leave it in twice)."""
-        found = {f: self._marker_mtime(f, message_id) for f in MOVE_FOLDERS}
-        return {f: t for f, t in found.items() if t is not None}
+    def copies(self, message_id: str) -> list[str]:
+        """The folders the id is committed in (of those an interrupted move can leave it in
+        twice)."""
+        return [f for f in MOVE_FOLDERS if self.has(f, message_id)]
+
+    def later_copy(self, message_id: str) -> str | None:
+        """Of the folders an id is committed in, the one holding its later state: a move
+        commits its destination, with one move more counted in the envelope, before it
+        removes its source. No clock decides it (a Queue envelope's mtime is its next
+        attempt). On a tie (no envelope tells), the move's usual direction: Badmail, Trash,
+        Hold, then Queue."""
+        found = self.copies(message_id)
+        if len(found) < 2:
+            return found[0] if found else None
+        rank = (QUEUE, HOLD, TRASH, BADMAIL)
+        return max(found, key=lambda f: (self._moves(f, message_id), rank.index(f)))
 
     def settle(self, message_id: str) -> list[str]:
         """If an interrupted move left the id committed in more than one folder, keep the
-        later state (by the marker's mtime) and remove the others; returns the folders it was
-        removed from.  The caller holds the message's claim (every move is made under it, so
-        a move in progress is never mistaken for an interrupted one)."""
+        later state (later_copy) and remove the others, each marker first; returns the
+        folders it was removed from.  The caller holds the message's claim (every move is
+        made under it, so a move in progress is never mistaken for an interrupted one)."""
         found = self.copies(message_id)
         if len(found) < 2:
             return []
-        latest = max(found, key=found.__getitem__)
+        latest = self.later_copy(message_id)
         stale = [f for f in found if f != latest]
-        self.commit([Unlink(path) for f in stale
-                     for path in (self.root / f).glob(f"{message_id}.*")])
+        self.commit([Unlink(self.path(f, message_id, ext)) for f in stale
+                     for ext in dict.fromkeys((MARKER[f], ".env", ".BAD", ".eml"))])
         return stale
 
-    def recover(self, before: float | None = None,
-                stop: threading.Event | None = None) -> Iterator[tuple[str, str, str]]:
+    def recover(self, stop: threading.Event | None = None) -> Iterator[tuple[str, str, str]]:
         """Clear what a crash left half-done, folder by folder; yields (folder, id, what was
         done).  Runs beside a live relay, so it never holds a listing in memory and touches
-        only what cannot be in progress: an uncommitted partial entry changed before `before`
-        (the start of this relay; its source still exists, nothing was acknowledged for it),
-        and the older copy of an id committed in two folders, under the message's claim.
-        Committed entries whose files are missing or damaged are found by `damaged()`."""
-        before = time.time() if before is None else before
+        only what cannot be in progress: an uncommitted partial entry whose message file's
+        lock can be had (a writer holds it from before the file is named until its marker
+        is), and the older copy of an id committed in two folders, under the message's
+        claim. Committed entries whose files are missing or damaged are found by
+        `damaged()`."""
         for folder in MOVE_FOLDERS:
-            for mid in self._partials(folder, before, stop):
-                if self._remove_partial(folder, mid, before):
-                    yield folder, mid, f"removed uncommitted partial (no {MARKER[folder]})"
+            for mid, delivered in self._partials(folder, stop):
+                if self._remove_partial(folder, mid):
+                    yield folder, mid, (
+                        "removed a delivered message's files left by a kill" if delivered
+                        else f"removed uncommitted partial (no {MARKER[folder]})")
         # Every pair of folders holds Hold, Badmail or Trash, usually small: walking those
         # finds every id committed twice without listing the Queue.
         for folder in (HOLD, BADMAIL, TRASH):
@@ -715,50 +908,47 @@ class Mailroot:
                 finally:
                     os.close(fd)
 
-    def _partials(self, folder: str, before: float,
-                  stop: threading.Event | None) -> Iterator[str]:
-        """Ids with files but no marker in `folder`, unchanged since `before`."""
+    def _partials(self, folder: str, stop: threading.Event | None
+                  ) -> Iterator[tuple[str, bool]]:
+        """(id, whether a delivered marker explains it) for the ids with files but no marker
+        in `folder`."""
         marker = MARKER[folder]
         base = f"{self.root}/{folder}"
-        seen: set[str] = set()  # ids already yielded: a partial has one or two files
+        seen: set[str] = set()  # ids already yielded: a partial has one to three files
         for name in self.iter_names(folder, stop):
             mid, dot, ext = name.partition(".")
             if not dot or f".{ext}" == marker or mid in seen or not is_id(mid):
                 continue
-            try:
-                os.stat(f"{base}/{mid}{marker}")
-                continue
-            except FileNotFoundError:
-                pass
-            try:
-                changed = os.stat(f"{base}/{name}").st_ctime
-            except FileNotFoundError:
-                continue
-            if changed < before:
+            if not os.path.lexists(f"{base}/{mid}{marker}"):
                 seen.add(mid)
-                yield mid
+                yield mid, os.path.lexists(f"{base}/{mid}{DELIVERED}")
 
-    def _remove_partial(self, folder: str, mid: str, before: float) -> bool:
-        """Remove a partial entry unless a move is linking it right now (it would hold the
-        claim on the same file) or it changed since `before`."""
+    def _remove_partial(self, folder: str, mid: str) -> bool:
+        """Remove an entry's files that have no marker, unless its message file's lock is
+        held (a writer between naming it and its marker, a move under its claim, a commit
+        replacing it), or its marker is there by the time the lock is had. The message file
+        goes last: while it is there (and locked by this pass) no writer names anything of
+        this id in `folder` (every commit names the message file first and, replacing one,
+        locks it first: Mailroot.commit)."""
         base = f"{self.root}/{folder}/{mid}"
         try:
-            fd = os.open(base + ".eml", os.O_RDONLY | os.O_CLOEXEC)
+            fd: int | None = os.open(base + ".eml", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                                     | os.O_CLOEXEC)
         except FileNotFoundError:
             fd = None
+        except OSError:  # not a plain file: hands made it, hands must remove it
+            return False
         try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return False
-                if os.fstat(fd).st_ctime >= before:
-                    return False
-            if os.path.exists(base + MARKER[folder]):
+            if fd is not None and not (_lock(fd) and _names(Path(base + ".eml"), fd)):
                 return False
-            for leftover in (self.root / folder).glob(f"{mid}.*"):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+            if os.path.lexists(base + MARKER[folder]):
+                return False
+            for leftover in sorted((self.root / folder).glob(f"{mid}.*"),
+                                   key=lambda p: p.suffix == ".eml"):
+                if leftover.is_symlink() or leftover.is_file():
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+                        did("unlink", leftover)
             return True
         finally:
             if fd is not None:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from relay.bounce import quarantine
+from relay.bounce import quarantine_ops
 from relay.store import QUEUE, Mailroot, id_time
 from tests.conftest import drop_file, wait_for
 from tests.queue_fill import fill_queue
@@ -77,7 +77,8 @@ def test_queue_and_badmail_thresholds_warn_then_go_critical(write_config, tmp_pa
 
     def to_badmail() -> None:
         [mid] = fill_queue(store.root, 1)
-        assert quarantine(store, QUEUE, mid, store.read_envelope(QUEUE, mid), "a test")
+        store.commit(quarantine_ops(store, QUEUE, mid, store.read_envelope(QUEUE, mid),
+                                    "a test"))
 
     def perf(line: str) -> tuple[str, str]:
         return (re.search(r" queue=\S+", line)[0].strip(),

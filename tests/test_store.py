@@ -123,7 +123,7 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     once.commit(once.enqueue_ops(QUEUE, done, body))
     inodes = {queue_manager.path(QUEUE, done.id, ext).stat().st_ino for ext in (".eml", ".env")}
     queue_manager.retire_delivered(done.id)
-    assert not list(root.joinpath(QUEUE).iterdir())
+    assert [p.name for p in root.joinpath(QUEUE).iterdir()] == [f"{done.id}.delivered"]
     synced: list[tuple[str, int]] = []  # (directory, spares at its fsync)
     real = relay.store.fsync_dir
     monkeypatch.setattr(relay.store, "fsync_dir", lambda d: (
@@ -141,6 +141,7 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     monkeypatch.setattr(relay.store, "fsync_dir", broken_disk)
     queue_manager.dispose_retired([failing.id])  # not durable: removed, not reused
     assert not list(queue_manager.tmp.glob(f"{failing.id}.*"))
+    assert not list(root.joinpath(QUEUE).iterdir())
     monkeypatch.setattr(relay.store, "fsync_dir", real)
     spares = list(queue_manager.tmp.glob("spare-*"))
     assert {p.stat().st_ino for p in spares} == inodes
@@ -250,10 +251,9 @@ def test_a_taken_pickup_files_removal_costs_no_directory_fsync(tmp_path: Path,
 
 def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path: Path) -> None:
     """A delete (Queue -> Trash) killed after Trash was committed but before the Queue copy
-    went: start-up keeps Trash and removes the Queue copy; an undelete the other way round."""
-    import os
-    import time
-
+    went: start-up keeps Trash and removes the Queue copy; an undelete the other way round.
+    The later copy is the one whose envelope counts one move more, whatever the mtimes say
+    (a Queue envelope's mtime is its next attempt, hours ahead)."""
     from relay.store import TRASH, Envelope, Recipient
 
     store = Mailroot(tmp_path / "mailroot")
@@ -261,11 +261,11 @@ def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path:
     for mid, later in (("0000000000000001", TRASH), ("0000000000000002", QUEUE)):
         envelope = Envelope(mid, "a@x.test", [Recipient("b@y.test")], time.time(), size=1)
         earlier = QUEUE if later == TRASH else TRASH
+        envelope.next_attempt = time.time() + 3600
         store.commit(store.enqueue_ops(earlier, envelope, b"x"))
-        store.commit([Write(store.path(later, mid, ".eml"), b"x"),
-                      Write(store.path(later, mid, ".env"), envelope.to_json())])
-        past = time.time() - 60
-        os.utime(store.path(earlier, mid, ".env"), (past, past))
+        moved = store.move_ops(earlier, later, envelope)
+        store.commit(moved[:2])  # the destination committed, the source not yet removed
+        assert envelope.moves == 1 and len(store.copies(mid)) == 2
     actions = list(store.recover())
     assert sorted(store.ids(TRASH)) == ["0000000000000001"]
     assert sorted(store.ids(QUEUE)) == ["0000000000000002"]
@@ -300,9 +300,11 @@ def test_a_delivered_message_leaves_queue_and_a_cut_removal_is_finished(tmp_path
     store.dispose_retired([done.id])
     assert not store.has(QUEUE, done.id) and not list(store.tmp.iterdir())
     assert not list((tmp_path / QUEUE).glob(f"{done.id}.*"))
-    for env in (cut, back):  # a kill after the envelope went aside, before the file went
-        (tmp_path / QUEUE / f"{env.id}.env").rename(store.tmp / f"{env.id}.delivered")
-    store.commit([store.envelope_write(QUEUE, back)])  # committed again since (a requeue)
+    for env in (cut, back):  # a kill after the envelope became the delivered marker
+        (tmp_path / QUEUE / f"{env.id}.env").rename(tmp_path / QUEUE / f"{env.id}.delivered")
+    assert store.ids(QUEUE) == []  # delivered: no scan takes either for a message to send
+    store.commit(store.enqueue_ops(QUEUE, back, b"Subject: x\r\n\r\nbody\r\n"))  # again since
     assert store.finish_retired() == [cut.id]
     assert not list((tmp_path / QUEUE).glob(f"{cut.id}.*")) and not list(store.tmp.iterdir())
-    assert store.has(QUEUE, back.id) and store.path(QUEUE, back.id, ".eml").exists()
+    assert sorted(p.name for p in (tmp_path / QUEUE).glob(f"{back.id}.*")) == [
+        f"{back.id}.eml", f"{back.id}.env"]

@@ -139,26 +139,27 @@ def test_a_child_killed_mid_load_is_restarted_and_nothing_is_lost(relay, sink) -
     wait_for(lambda: set(load.accepted) <= set(delivered_tokens(hop)), timeout=30)
     assert len(load.accepted) >= 50
     wait_for(lambda: r.files("Queue", "*.env") == [], timeout=10)  # nothing left to deliver
-    # A queue manager killed between moving a delivered message's envelope aside and
-    # unlinking its file leaves the file for the next queue manager to remove (it may not
-    # have yet): such a file must be of a delivered message.
-    for leftover in r.files("Queue"):
+    # A queue manager killed between making a delivered message's envelope its delivered
+    # marker and moving its file out leaves the file for the next queue manager to remove
+    # (it may not have yet): such a file must be of a delivered message.
+    for leftover in r.files("Queue", "*.eml"):
         token = leftover.read_bytes().split(b"X-Token: ")[1].split(b"\r\n")[0].decode()
         assert token in delivered_tokens(hop), leftover.name
 
 
 def test_a_restarted_queue_manager_finishes_a_removal_a_kill_cut_short(relay, sink) -> None:
-    """Killed after moving a delivered message's envelope aside (tmp/<id>.delivered) and
-    before unlinking its file: the next queue manager removes the file, though it runs no
-    recovery pass (a receiver's commit may be in progress beside it)."""
+    """Killed after making a delivered message's envelope its delivered marker
+    (Queue/<id>.delivered) and before moving its file out: the next queue manager removes
+    both, though it runs no recovery pass (a receiver's commit may be in progress beside
+    it: that one's message file is locked by its writer)."""
     hop = sink()
     r = relay(processes_config(hop))
     mid = new_id()
     (r.root / "Queue" / f"{mid}.eml").write_bytes(mail("delivered"))  # as the kill left them
-    (r.root / "tmp" / f"{mid}.delivered").write_bytes(b"{}")
+    (r.root / "Queue" / f"{mid}.delivered").write_bytes(b"{}")
     os.kill(children(r)["queue"], signal.SIGKILL)
     wait_for(lambda: [e for e in r.events() if e["event"] == "recovered" and e["id"] == mid])
-    assert not r.files("Queue") and not list((r.root / "tmp").glob("*.delivered"))
+    assert not r.files("Queue")
     assert not hop.messages  # removed, not delivered
 
 
