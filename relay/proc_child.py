@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from relay import journal
+from relay import faults, journal
 from relay.anvil_link import Link
 from relay.config import Config, ConfigError
 from relay.events import EventLog
@@ -44,7 +44,6 @@ class ChildSpec:
     sockets: list[int] = field(default_factory=list)  # inherited listening sockets (receivers)
     anvil: int | None = None  # a receiver's link to the supervisor's shared Anvil
     receivers: int = 1  # how many receivers share that Anvil
-    recover: bool = False  # the queue manager's first start: run the recovery pass
     stderr_lines: bool = True  # False under the console: the events go to the log only
 
 
@@ -126,6 +125,7 @@ def answer(line: str) -> None:
 
 async def run(spec: ChildSpec, link: Link) -> int:
     module = importlib.import_module(ROLE_MODULES[spec.role])
+    faults.install(spec.config.root.absolute(), spec.name)  # the crash bench's, if asked for
     try:
         role: Role = module.ROLE(spec)
         await role.start()

@@ -59,20 +59,18 @@ class Queue(Role):
     def __init__(self, spec: ChildSpec) -> None:
         super().__init__(spec)
         self.scheduler = QueueManager(self.config, self.store, self.intake, self.events)
-        # only at the relay's start: a queue manager restarted alone must not take another
-        # process's commit in progress for a crash's leftover
-        self.recovery = Recovery(self.config, self.store, self.events) if spec.recover else None
+        # at every start, the relay's or its own after a kill: a commit in progress in
+        # another process holds its files' locks, so the pass never takes it for a leftover
+        self.recovery = Recovery(self.config, self.store, self.events)
 
     async def start_services(self) -> None:
         """Ready (to the supervisor, and so to systemd) once the saved window is loaded."""
         await self.scheduler.start()
-        if self.recovery:
-            self.recovery.start(after=self.scheduler.scanned)
+        self.recovery.start(after=self.scheduler.scanned)
         await self.scheduler.loaded()
 
     async def stop_services(self) -> None:
-        if self.recovery:
-            await self.recovery.stop()
+        await self.recovery.stop()
         await self.scheduler.stop()
 
     def reconfigure(self, config: Config) -> None:

@@ -6,7 +6,7 @@ split the work (as Postfix splits its daemons), so the relay uses every core.
     receiver-N  proc_receiver SMTP sessions on the shared sockets -> Drop/, Queue/
     pickup      proc_pickup   Pickup/ -> Drop/, Queue/
     queue       proc_queue    Queue/ (inotify) -> next hops, Badmail/, reports; the
-                              recovery pass beside it at the relay's start
+                              recovery pass beside it at each of its starts
 
 A child that dies is started again after a back-off (0.5 s, doubling to 30 s while it keeps
 dying young); SIGTERM stops them all within 5 s. The supervisor watches the config file and
@@ -164,7 +164,6 @@ class Supervisor(MailrootHost):
         link = self.anvil.link() if child.role == "receiver" else None
         spec = ChildSpec(child.role, self.config, os.getpid(), child.name, child.sockets,
                          anvil=link.fileno() if link else None, receivers=self.workers,
-                         recover=child.role == "queue" and not child.since,
                          stderr_lines=self.stream is not None)
         child.state, child.since = "starting", time.monotonic()
         try:

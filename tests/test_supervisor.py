@@ -150,8 +150,8 @@ def test_a_child_killed_mid_load_is_restarted_and_nothing_is_lost(relay, sink) -
 def test_a_restarted_queue_manager_finishes_a_removal_a_kill_cut_short(relay, sink) -> None:
     """Killed after making a delivered message's envelope its delivered marker
     (Queue/<id>.delivered) and before moving its file out: the next queue manager removes
-    both, though it runs no recovery pass (a receiver's commit may be in progress beside
-    it: that one's message file is locked by its writer)."""
+    both (a receiver's commit may be in progress beside it: that one's message file is
+    locked by its writer, and left alone)."""
     hop = sink()
     r = relay(processes_config(hop))
     mid = new_id()
