@@ -1,11 +1,21 @@
 """The long crash run: `python -m bench.crash [--kills 25] [--seed N] [--json out.json]`.
 
 A real relay under Pickup and SMTP load (remote mail through a smart host to an aiosmtpd sink,
-local mail to Drop) is killed with SIGKILL at random moments, either one child process (which
-its supervisor starts again) or the whole process group (then started again); then every
-accepted message is looked for by its token (see tests/crash_support.py for what counts as
-accepted and as in flight). Prints lost (must be 0) and each duplicate with why it was
-allowed; exits 1 if anything was lost, duplicated without being in flight, or left wrong.
+local mail to Drop) is killed with SIGKILL, either one child process (which its supervisor
+starts again) or the whole process group (then started again); then every accepted message
+is looked for by its token (see tests/crash_support.py for what counts as accepted and as in
+flight). Prints lost (must be 0) and each duplicate with why it was allowed; exits 1 if
+anything was lost, duplicated without being in flight, or left wrong (a "missing" or
+"damaged" reason in Badmail among them).
+
+When the kills come:
+  (default)        at random moments;
+  --at OPERATION   right after a file operation of the store, e.g. --at "rename Queue/*.env"
+                   (repeatable; --at all: each step of intake, delivery, bounce and
+                   recycling in turn; see relay/faults.py and docs/store-protocol.md);
+  --startup        the whole relay, within --gap seconds of each of --kills starts, while
+                   Pickup and SMTP mail keeps arriving (and the Pickup taker waits
+                   --slow-commit seconds between a commit's message file and its envelope).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from tests.crash_support import crash_run
+from tests.crash_support import OPERATIONS, crash_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +43,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child-share", type=float, default=0.5,
                         help="odds that a kill is of one child process, not the whole group")
     parser.add_argument("--json", type=Path, help="write the report here too")
+    parser.add_argument("--at", action="append", default=[], metavar="OPERATION",
+                        help='kill right after this file operation ("all": each in turn)')
+    parser.add_argument("--startup", action="store_true",
+                        help="kill the whole relay while it starts, mail arriving")
+    parser.add_argument("--gap", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="seconds between kills (with --startup: after each start)")
+    parser.add_argument("--slow-commit", type=float, default=0.0, metavar="SECONDS",
+                        help="the Pickup taker's wait between message file and envelope")
     args = parser.parse_args(argv)
-    gap = (0.2, 1.5)
+    gap = tuple(args.gap or ((0.0, 0.6) if args.startup else (0.2, 1.5)))
+    kill_at = OPERATIONS if args.at == ["all"] else tuple(args.at)
+    # a load that lasts as long as the kills (a restart takes a second or two)
+    seconds = args.kills * (sum(gap) / 2 + (2.0 if args.startup or kill_at else 0.0))
     with tempfile.TemporaryDirectory(prefix="mailroot-crash-") as tmp:
         report = crash_run(Path(tmp), kills=args.kills, pickup=args.pickup, smtp=args.smtp,
-                           clients=args.clients, load_seconds=args.kills * sum(gap) / 2,
+                           clients=args.clients, load_seconds=seconds,
                            gap=gap, seed=args.seed, drain_timeout=120,
-                           queued=args.queued, child_share=args.child_share)
+                           queued=args.queued, child_share=args.child_share,
+                           kill_at=kill_at, startup=args.startup,
+                           slow_commit=args.slow_commit)
     print(report.summary())
     print(f"lost: {len(report.lost)}", *report.lost[:20], sep="\n  ")
     print(f"duplicates: {len(report.duplicates)} "

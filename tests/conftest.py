@@ -125,10 +125,11 @@ class RelayProcess:
     """A real `mailroot serve` subprocess on a mailroot."""
 
     def __init__(self, config: Path, root: Path, args: list[str] | None = None,
-                 own_group: bool = False) -> None:
+                 own_group: bool = False, env: dict[str, str] | None = None) -> None:
         self.config, self.root = config, root
         self.args = args or []  # more `mailroot serve` options
         self.own_group = own_group  # a process group of its own: kill_group() kills it all
+        self.env = env or {}  # more environment (the crash bench's MAILROOT_FAULTS)
         self.proc: subprocess.Popen | None = None
         self.log_offset = 0
 
@@ -143,7 +144,8 @@ class RelayProcess:
         self.stderr = open(self.root.parent / "relay.stderr", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "-c", str(self.config), *self.args],
-            stdout=self.stderr, stderr=self.stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=self.stderr, stderr=self.stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             start_new_session=self.own_group)
         wait_for(lambda: sum(1 for e in self.events() if e["event"] == "relay-started") > started
                  or self.proc.poll() is not None, timeout)

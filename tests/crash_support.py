@@ -19,7 +19,9 @@ it is restarted:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
 import random
 import re
@@ -220,8 +222,11 @@ def tally(root: Path, sink: Sink, parked: frozenset[str]) -> Tally:
         for token in tokens_in(data):
             result.seen.update((token, r.decode()) for r in RECEIVER.findall(data))
     for bad in (root / "Badmail").glob("*.BAD"):
-        if not read_reason(bad):
+        reason = read_reason(bad)
+        if not reason:
             result.problems.append(f"Badmail/{bad.name} has no reason")
+        elif any(word in reason for word in ("missing", "damaged", "cannot be read")):
+            result.problems.append(f"Badmail/{bad.name}: {reason}")  # nothing here damages
         envelope = Envelope.from_json(bad.with_suffix(".env").read_bytes())
         for token in tokens_in(bad.with_suffix(".eml").read_bytes()):
             result.bounced.add(token)
@@ -253,6 +258,8 @@ class Report:
     duplicate_reports: int  # NDRs sent twice (a bounce in flight at a kill)
     refused: dict[int, int]
     seconds: float
+    at_operations: dict[str, int] = field(default_factory=dict)  # kills per file operation
+    not_reached: list[str] = field(default_factory=list)  # operations no process came to
 
     def summary(self) -> str:
         reasons = Counter(self.explained.values())
@@ -265,17 +272,62 @@ class Report:
                 f"{dict(reasons) or 'none'}) "
                 f"unexplained={len(self.unexplained)} problems={len(self.problems)} "
                 f"bounced={self.bounced} (NDRs twice: {self.duplicate_reports}) "
-                f"in {self.seconds:.1f}s")
+                + (f"at file operations: {self.at_operations} "
+                   f"(not reached: {self.not_reached or 'none'}) " if self.at_operations
+                   or self.not_reached else "")
+                + f"in {self.seconds:.1f}s")
+
+
+# file operations a kill is aimed at by default (`kill_at`): each step of intake, delivery,
+# bounce and recycling (see docs/store-protocol.md), named as relay.faults matches them
+OPERATIONS = ("rename tmp/pickup/*", "rename Queue/*.eml", "rename Queue/*.delivered",
+              "rename Queue/*.env", "zero *", "rename Drop/*.eml", "link Badmail/*.eml",
+              "unlink tmp/pickup/*", "rename tmp/*.spent", "rename Badmail/*.BAD",
+              "write tmp/*", "unlink Queue/*.env", "link tmp/spare-*", "synced *")
+
+
+class Faults:
+    """The fault file a relay started with MAILROOT_FAULTS reads (relay/faults.py)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def arm(self, **fault: object) -> None:
+        aside = self.path.with_suffix(".new")
+        aside.write_text(json.dumps(fault))
+        os.rename(aside, self.path)  # read whole or not at all
+
+    def fired(self, timeout: float) -> bool:
+        """Whether a process acted on the fault (a kill removes the file) within timeout;
+        if not, it is taken back."""
+        deadline = time.monotonic() + timeout
+        while self.path.exists():
+            if time.monotonic() > deadline:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                return False
+            time.sleep(0.005)
+        return True
 
 
 def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
               load_seconds: float, gap: tuple[float, float], seed: int | None = None,
-              drain_timeout: float = 60, queued: int = 0, child_share: float = 0.5) -> Report:
+              drain_timeout: float = 60, queued: int = 0, child_share: float = 0.5,
+              kill_at: tuple[str, ...] = (), startup: bool = False,
+              slow_commit: float = 0.0) -> Report:
     """The whole run; `gap` bounds the random time the relay runs between kills; `queued`
     deferred messages (next attempt a day away) are parked in Queue behind the load and
     must all still be there at the end. A kill is of one child process (the supervisor
     starts it again) with `child_share` odds, else of the whole process group (then the
-    relay is started again)."""
+    relay is started again). When:
+    - at random moments (the default);
+    - `kill_at`: right after a file operation, each kill aimed at the next of these (globs
+      over "<operation> <path>", see relay/faults.py), at the 1st to 20th time a process
+      comes to it;
+    - `startup`: the whole relay, `gap` seconds after each start (while it recovers,
+      reloads its window and takes the Pickup backlog), mail arriving all the while;
+      `slow_commit` seconds pass in the Pickup taker between a commit's message file and
+      its envelope (the window in which a start-up once lost a message)."""
     seed = random.randrange(1 << 30) if seed is None else seed
     rng = random.Random(seed)
     started = time.monotonic()
@@ -293,38 +345,62 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
         "delivery": {"smarthost": f"127.0.0.1:{sink.port}", "retry": ["1s"] * 4,
                      "timeout": "5s"}}))
     parked = frozenset(fill_queue(root, queued, recipient=f"parked@{REMOTE}"))
-    relay = RelayProcess(config, root, own_group=True).start(timeout=30)
+    faults = Faults(tmp / "faults.json")
+    if slow_commit:
+        faults.arm(match="rename Queue/*.eml", process="pickup", action="sleep",
+                   seconds=slow_commit)
+    relay = RelayProcess(config, root, own_group=True,
+                         env={"MAILROOT_FAULTS": str(faults.path)}).start(timeout=30)
     loads: list[Load] = [PickupLoad(root, pickup, load_seconds)]
     loads += [SmtpLoad(f"s{n}", port, smtp // clients, load_seconds) for n in range(clients)]
     for load in loads:
         load.start()
     flying: list[Snapshot] = []
     child_kills = 0
+    at_operations: Counter = Counter()
+    not_reached: list[str] = []
     try:
-        for _ in range(kills):
-            time.sleep(rng.uniform(*gap))
-            children = relay.children()
-            if children and rng.random() < child_share:
-                os.kill(rng.choice(children), signal.SIGKILL)
-                child_kills += 1
-                time.sleep(0.1)  # (the supervisor waits longer before starting it again)
-                flying.append(snapshot(root, sink, parked))
-                continue
-            relay.kill_group()
+        for number in range(kills):
+            group = startup or rng.random() >= child_share
+            if kill_at:
+                operation = kill_at[number % len(kill_at)]
+                faults.arm(match=operation, after=rng.randint(1, 20),
+                           action="kill-group" if group else "kill")
+                if not faults.fired(timeout=15):
+                    not_reached.append(operation)
+                    continue
+                at_operations[operation] += 1
+                if group:
+                    relay.stop(signal.SIGKILL)  # reaps it: the group is gone
+            else:
+                time.sleep(rng.uniform(*gap))
+                children = relay.children()
+                group = group or not children
+                if group:
+                    relay.kill_group()
+                else:
+                    os.kill(rng.choice(children), signal.SIGKILL)
             time.sleep(0.1)  # what the sink had fully read before the kill is recorded
             flying.append(snapshot(root, sink, parked))
-            relay.start(timeout=30)
+            if group:
+                relay.start(timeout=30)
+            else:
+                child_kills += 1  # (the supervisor waits longer before starting it again)
         for load in loads:
             load.join(timeout=load_seconds * 3 + 30)
             assert not load.is_alive(), "a load thread did not finish in time"
+        with contextlib.suppress(FileNotFoundError):
+            faults.path.unlink()  # the slow commits end: the backlog drains at full pace
         wait_for(lambda: not any((root / "Pickup").iterdir())
                  and not any((root / "tmp" / "pickup").iterdir())
                  and not unparked(root, parked), timeout=drain_timeout, interval=0.1)
     finally:
         relay.stop()
         sink.stop()
-    return account(seed, kills, child_kills, loads, flying, tally(root, sink, parked),
-                   time.monotonic() - started)
+    report = account(seed, kills, child_kills, loads, flying, tally(root, sink, parked),
+                     time.monotonic() - started)
+    report.at_operations, report.not_reached = dict(at_operations), not_reached
+    return report
 
 
 def account(seed: int, kills: int, child_kills: int, loads: list[Load],
