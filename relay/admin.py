@@ -46,6 +46,7 @@ from relay.store import (
     Recipient,
     Write,
     checksum,
+    damage,
     id_time,
     is_id,
     json_fields,
@@ -513,6 +514,8 @@ class Admin:
         elif self.store.path(folder, mid, ".env").exists():
             envelope = self.store.read_envelope(folder, mid)
             data = self.store.read_message(folder, mid)
+            if problem := damage(envelope, data):  # it would only fail again, with an NDR
+                raise Problem(f"refused, it stays in {folder}: {problem}")
             envelope.next_attempt = now
             if folder == BADMAIL:
                 _restart(envelope, now)

@@ -14,6 +14,7 @@ import pytest
 
 import relay.store
 from relay.admin import NotFound
+from relay.bounce import quarantine
 from relay.listing import read_entry
 from relay.recovery import Recovery
 from relay.store import BADMAIL, DROP, FOLDERS, HOLD, MOVE_FOLDERS, QUEUE, TRASH, Mailroot, Op
@@ -345,3 +346,20 @@ def test_a_command_committing_while_a_relay_starts_keeps_its_files(tmp_path: Pat
                lambda w: w.store.clear_tmp())
     assert check(root, sequence, [], exact=True) == []
     assert [p.name for p in (root / HOLD).iterdir()] != []
+
+
+def test_a_requeue_of_a_quarantined_damaged_message_is_refused_with_the_damage(
+        tmp_path: Path, next_hop) -> None:
+    """A message quarantined because its file was damaged would only fail again (and send
+    another NDR): its requeue is refused, naming the damage, and it stays in Badmail."""
+    root = tmp_path / "mailroot"
+    w = world(root, next_hop.port)
+    mid = queued_one(w, "hurt")
+    path = root / QUEUE / f"{mid}.eml"
+    path.write_bytes(path.read_bytes()[:-10])
+    assert "damaged" in (quarantine(w.store, QUEUE, mid) or "")
+    result = w.admin().requeue([mid])
+    w.close()
+    assert result.problems[mid].startswith("refused, it stays in Badmail: the stored message "
+                                           "file is damaged"), result.problems
+    assert w.store.has(BADMAIL, mid) and not w.store.has(QUEUE, mid)
