@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     gap = tuple(args.gap or ((0.0, 0.6) if args.startup else (0.2, 1.5)))
     kill_at = OPERATIONS if args.at == ["all"] else tuple(args.at)
-    # a load that lasts as long as the kills (a restart takes a second or two)
-    seconds = args.kills * (sum(gap) / 2 + (2.0 if args.startup or kill_at else 0.0))
+    # a load that lasts as long as the kills (a restart takes a second or two; aimed kills
+    # wait for their operation): these end it once the kills are done
+    seconds = args.kills * (sum(gap) / 2 + (4.0 if args.startup or kill_at else 0.0))
     with tempfile.TemporaryDirectory(prefix="mailroot-crash-") as tmp:
         report = crash_run(Path(tmp), kills=args.kills, pickup=args.pickup, smtp=args.smtp,
                            clients=args.clients, load_seconds=seconds,

@@ -405,7 +405,7 @@ class Scheduler:
                              action="removed the source of an interrupted move")
         if QUEUE in stale:
             raise FileNotFoundError(f"{QUEUE}/{mid}.env")
-        return self.store.read_envelope(QUEUE, mid), self.store.read_message(QUEUE, mid)
+        return self.store.read_envelope(QUEUE, mid), self.store.read_claimed(QUEUE, mid)
 
     async def deliver(self, envelope: Envelope, data: bytes, now: float) -> list[dict]:
         """One round: the pending recipients, by domain, in parallel; returns the events."""

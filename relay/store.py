@@ -612,6 +612,11 @@ class Mailroot:
     def read_envelope(self, folder: str, message_id: str) -> Envelope:
         return Envelope.from_json(self.path(folder, message_id, ".env").read_bytes())
 
+    def read_claimed(self, folder: str, message_id: str) -> bytes:
+        """A message's bytes as stored, for the holder of its claim (no one can deliver it
+        and recycle its file meanwhile); others: read_message."""
+        return self.path(folder, message_id, ".eml").read_bytes()
+
     def read_message(self, folder: str, message_id: str) -> bytes:
         """A message's bytes as stored, for a reader that does not hold its claim: one that
         opened the file just before its message was delivered may read the zeros of a spare

@@ -83,6 +83,10 @@ class Load(threading.Thread):
         self.deadline = self.began + seconds * 3  # a hard bound: the relay may be slow
         self.accepted: dict[str, list[str]] = {}
         self.unacknowledged: set[str] = set()  # sent, no 250 seen: may or may not be kept
+        self.enough = threading.Event()  # set: stop early (the kills aimed at are done)
+
+    def going(self) -> bool:
+        return time.monotonic() < self.deadline and not self.enough.is_set()
 
     def pace(self, done: int) -> None:
         """Spread the load over about `seconds`, so the kills fall while it runs."""
@@ -101,7 +105,7 @@ class PickupLoad(Load):
         staging = self.root.parent / "staging"
         staging.mkdir(exist_ok=True)
         for number in range(self.count):
-            if time.monotonic() > self.deadline:
+            if not self.going():
                 break
             token, rcpts = f"p{number}", recipients(number)
             aside = staging / f"{token}.eml"
@@ -122,7 +126,7 @@ class SmtpLoad(Load):
 
     def run(self) -> None:
         numbers = itertools.count()
-        while time.monotonic() < self.deadline:
+        while self.going():
             try:
                 client = smtplib.SMTP("127.0.0.1", self.port[0], timeout=5)
             except (OSError, smtplib.SMTPException):
@@ -387,6 +391,8 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
             else:
                 child_kills += 1  # (the supervisor waits longer before starting it again)
         for load in loads:
+            if kill_at or startup:  # the load ran as long as the kills needed it
+                load.enough.set()
             load.join(timeout=load_seconds * 3 + 30)
             assert not load.is_alive(), "a load thread did not finish in time"
         with contextlib.suppress(FileNotFoundError):

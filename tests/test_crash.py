@@ -35,23 +35,25 @@ def test_sigkill_under_pickup_and_smtp_load_loses_nothing(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow  # a kill at each of 14 file operations, each then a restart: about 50 s
+@pytest.mark.timeout(240)
 def test_sigkill_right_after_each_file_operation_under_load_loses_nothing(
         tmp_path: Path) -> None:
     """The kills aimed at the store's steps instead of random moments (relay/faults.py):
     right after renaming a message file, its envelope, a delivered marker, zeroing a
     spare, ... (tests/crash_support.OPERATIONS), in whichever process comes to it first,
     one child or the whole relay."""
-    report = crash_run(tmp_path, kills=len(OPERATIONS), pickup=300, smtp=300, clients=3,
-                       load_seconds=len(OPERATIONS) * 2.5, gap=(0.2, 1.5), drain_timeout=60,
+    report = crash_run(tmp_path, kills=len(OPERATIONS), pickup=2000, smtp=2000, clients=3,
+                       load_seconds=100, gap=(0.2, 1.5), drain_timeout=60,
                        kill_at=OPERATIONS, seed=26)
     print(report.summary())
-    assert sum(report.at_operations.values()) >= len(OPERATIONS) - 2, report.summary()
+    assert not report.not_reached, report.summary()
     assert not report.lost, f"{report.summary()}: {report.lost[:10]}"
     assert not report.unexplained, f"{report.summary()}: {report.unexplained[:10]}"
     assert not report.problems, f"{report.summary()}: {report.problems[:10]}"
 
 
 @pytest.mark.slow  # eight starts of the whole relay, each killed while it starts
+@pytest.mark.timeout(180)
 def test_restarts_while_mail_arrives_lose_nothing(tmp_path: Path) -> None:
     """The relay killed within 0.6 s of each start (its recovery pass, its window and the
     Pickup backlog under way) while Pickup files and SMTP mail keep coming, the Pickup
@@ -62,7 +64,7 @@ def test_restarts_while_mail_arrives_lose_nothing(tmp_path: Path) -> None:
                        load_seconds=kills * 2.3, gap=(0.0, 0.6), drain_timeout=60,
                        startup=True, slow_commit=0.01, seed=26)
     print(report.summary())
-    assert report.accepted_pickup == 600, report.summary()
+    assert report.accepted_pickup > 100 and report.accepted_smtp > 50, report.summary()
     assert not report.lost, f"{report.summary()}: {report.lost[:10]}"
     assert not report.unexplained, f"{report.summary()}: {report.unexplained[:10]}"
     assert not report.problems, f"{report.summary()}: {report.problems[:10]}"
