@@ -49,6 +49,7 @@ from relay.store import (
 )
 
 BUSY_RETRY = 0.5  # a message claimed by someone else is looked at again this soon
+CLAIM_WAIT = 0.02  # a new entry's writer may still hold its lock some µs after its marker
 WATCH_DEBOUNCE_MS = 100
 RESCAN_SECONDS = 30.0  # the shortest time between safety-net scans...
 RESCAN_COST_SHARE = 0.01  # ...which may take at most this share of the time
@@ -361,7 +362,7 @@ class Scheduler:
     def _claim(self, mid: str) -> tuple[int | None, tuple[Envelope, bytes] | Exception | None]:
         """The message's claim and, under it, its envelope and bytes (or why they could not
         be read): one hop to a disk thread for both."""
-        claim = self.store.acquire(QUEUE, mid)
+        claim = self.store.acquire(QUEUE, mid, wait=CLAIM_WAIT)
         if claim is None:
             return None, None
         try:

@@ -518,10 +518,13 @@ class Mailroot:
         destination half-written (tmp files are removed).
 
         Ownership (docs/store-protocol.md): every file written is locked from before it has
-        its name until the last rename is done, and so is a message file (`.eml`) that a
+        its name until the last name is given, and so is a message file (`.eml`) that a
         name given here replaces; a Link's source is the caller's to hold (a move is made
-        under the message's claim)."""
+        under the message's claim). The removals that follow (a source's) need no lock, and
+        the queue manager, told of a new marker at once, finds the claim free."""
         writes = [op for op in ops if isinstance(op, Write)]
+        last_name = max((n for n, op in enumerate(ops) if not isinstance(op, Unlink)),
+                        default=-1)
         tmps: dict[int, Path] = {}
         held: list[int] = []  # locked descriptors, closed once every rename is done
         with self._counting:
@@ -532,7 +535,7 @@ class Mailroot:
                 alone or sum(len(op.data) for op in writes) > PARALLEL_WRITES)
             self._write_tmps(writes, tmps, held, overlap)
             dirs: dict[Path, None] = {}
-            for op in ops:
+            for number, op in enumerate(ops):
                 if isinstance(op, Write):
                     self._hold_replaced(op.path, held)
                     os.replace(tmps[id(op)], op.path)
@@ -553,7 +556,8 @@ class Mailroot:
                     did("unlink", op.path)
                     if op.durable:
                         dirs[op.path.parent] = None
-            _close_all(held)  # the claims are free before the directory fsyncs' wait
+                if number == last_name:
+                    _close_all(held)
             self.top_up()  # beside the directory fsyncs' wait
             for directory in dirs:
                 self._dir_sync.sync(directory)
