@@ -9,8 +9,8 @@ the old state, the new state, or both (a duplicate the start-up recovery clears)
 The message file (`<id>.eml`) is never rewritten, so its inode follows the message from folder
 to folder; an exclusive `flock` on it is the claim that serialises the relay's delivery and an
 operator's requeue/hold/delete, across processes, and dies with a killed process.  A commit
-holds that lock on every file it writes from before the file has its name until its last
-rename is done, so a message file without its marker is a crash's leftover exactly when its
+holds that lock on every file it writes from before the file has its name until it has
+given its last name, so a message file without its marker is a crash's leftover exactly when its
 lock can be had: no clock decides it.
 
 Every sequence of file operations, what a crash between two of them leaves and what a
@@ -402,7 +402,7 @@ class Mailroot:
 
     def _new_tmp(self) -> tuple[int, Path]:
         """A file in tmp/ to write a commit's data into (a ready one if there is one), open
-        and locked: its writer's claim until the commit's renames are done, so no pass takes
+        and locked: its writer's claim until the commit has given its names, so no pass takes
         it for a crash's leftover in between (clear_tmp, _remove_partial)."""
         while True:
             try:
@@ -526,7 +526,7 @@ class Mailroot:
         last_name = max((n for n, op in enumerate(ops) if not isinstance(op, Unlink)),
                         default=-1)
         tmps: dict[int, Path] = {}
-        held: list[int] = []  # locked descriptors, closed once every rename is done
+        held: list[int] = []  # locked descriptors, closed once every name is given
         with self._counting:
             self._committing += 1
             alone = self._committing == 1
