@@ -952,6 +952,7 @@ class Mailroot:
                 return False
             if os.path.lexists(base + MARKER[folder]):
                 return False
+            did("lock", base + ".eml")  # (what is left is removed under the lock)
             for leftover in sorted((self.root / folder).glob(f"{mid}.*"),
                                    key=lambda p: p.suffix == ".eml"):
                 if leftover.is_symlink() or leftover.is_file():

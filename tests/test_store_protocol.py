@@ -363,3 +363,39 @@ def test_a_requeue_of_a_quarantined_damaged_message_is_refused_with_the_damage(
     assert result.problems[mid].startswith("refused, it stays in Badmail: the stored message "
                                            "file is damaged"), result.problems
     assert w.store.has(BADMAIL, mid) and not w.store.has(QUEUE, mid)
+
+
+@pytest.mark.parametrize("rule", ["kept", "broken"])
+def test_recovery_and_a_retry_of_the_same_commit_never_both_win(
+        tmp_path: Path, next_hop, monkeypatch, rule: str) -> None:
+    """The Pickup taker killed after naming Queue/<id>.eml leaves that file and the taken
+    Pickup file. At the next start the recovery pass, holding the leftover's lock, is about
+    to remove it while the taker intakes the taken file again under the same id: the retry
+    must not give the name a new file then (it would be removed under it, and its envelope
+    would name a missing file). It locks the file the name had first, finds it held, keeps
+    the Pickup file for later (an intake-error), and succeeds once the pass is done. With
+    that rule broken (no lock on the replaced file) the message is lost."""
+    if rule == "broken":
+        monkeypatch.setattr(Mailroot, "_hold_replaced", staticmethod(lambda *a, **k: None))
+    sequence = BY_NAME["intake-queue"]
+    root = tmp_path / "mailroot"
+    prepare(root, sequence, next_hop.port)
+    crash_at(root, sequence, ("rename Queue/<id>.eml", 1), next_hop.port)
+    w = world(root, next_hop.port)
+
+    def retake(other: World) -> None:
+        other.pickup._retry_claimed()
+
+    recovering = Sequence("recovery-pass", lambda _: {}, lambda v, _: list(v.store.recover()),
+                          {})
+    (root / "state.yaml").write_text("{}")
+    run_paused(root, recovering, ("lock Queue/<id>.eml", 1), next_hop.port, retake)
+    w.pickup._retry_claimed()  # the taker's next rescan
+    w.close()
+    problems = check(root, sequence, [], exact=True)
+    if rule == "kept":
+        assert problems == []
+        events = (root / "log" / "events.jsonl").read_text()
+        assert '"intake-error"' in events and "tried again later" in events
+    else:
+        assert any("missing" in p or "lost" in p for p in problems), problems
