@@ -142,10 +142,16 @@ def actions_pass(w: World) -> None:
         getattr(admin, action)(ids)
 
 
-PASSES: dict[str, Callable[[World], None]] = {
-    "recovery": recovery_pass, "queue-scan": scan_pass, "listing": listing_pass,
-    "console-index": index_pass, "actions": actions_pass}
-READ_ONLY = {"recovery", "queue-scan", "listing", "console-index"}  # leave the outcome as is
+def readers_pass(w: World) -> None:
+    """The passes that leave the outcome as it is, each run to its end in turn at the same
+    point: the start-up recovery, the queue manager's scan, the operator API's listings and
+    the console's index (one pause for the four: the explorer's time)."""
+    for each in (recovery_pass, scan_pass, listing_pass, index_pass):
+        each(w)
+
+
+PASSES: dict[str, Callable[[World], None]] = {"readers": readers_pass, "actions": actions_pass}
+READ_ONLY = {"readers"}  # leave the outcome as it is
 
 
 def run_paused(root: Path, sequence: Sequence, point, port: int,
@@ -271,7 +277,7 @@ def test_the_explorers_find_a_step_put_out_of_order(tmp_path: Path, next_hop,
     monkeypatch.setattr(Mailroot, "remove_ops", message_file_first)
     found = explore_crashes(tmp_path / "hold", BY_NAME["hold"], next_hop)
     assert any("missing" in p or "lost" in p for p in found), found
-    found = explore_interleavings(tmp_path / "held", BY_NAME["hold"], "queue-scan", next_hop)
+    found = explore_interleavings(tmp_path / "held", BY_NAME["hold"], "readers", next_hop)
     assert any("quarantined" in p or "missing" in p for p in found), found
 
 
