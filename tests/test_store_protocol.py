@@ -405,3 +405,15 @@ def test_recovery_and_a_retry_of_the_same_commit_never_both_win(
         assert '"intake-error"' in events and "tried again later" in events
     else:
         assert any("missing" in p or "lost" in p for p in problems), problems
+
+
+def test_the_protocol_document_and_the_explorers_name_the_same_sequences() -> None:
+    """Every sequence docs/store-protocol.md describes is explored, and every sequence
+    explored is described there (by its name, in bold or as a heading)."""
+    import re
+
+    text = (Path(__file__).parent.parent / "docs" / "store-protocol.md").read_text()
+    named = set(re.findall(r"^#{2,3} ([a-z-]+)[:, ]", text, re.M))
+    named |= set(re.findall(r"^###? [a-z-]+, ([a-z-]+)$", text, re.M))
+    named |= set(re.findall(r"\*\*([a-z]+(?:-[a-z]+)*)\*\*", text))
+    assert named == set(BY_NAME), (sorted(named - set(BY_NAME)), sorted(set(BY_NAME) - named))
