@@ -26,6 +26,7 @@ from relay.config import Config, Credentials
 from relay.message import MAX_LINE, Message, MessageError, normalize_line_ends, stuff
 from relay.resolver import DnsFailure, Resolver
 from relay.router import Route
+from relay.smtp_pipeline import OutOfStep, pipelined
 
 IMPLICIT_TLS_PORT = 465
 IDLE_SECONDS = 2.0  # an unused open connection is closed after this long
@@ -331,6 +332,12 @@ def _tls_contexts(ca_file: str | None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return verifying, opportunistic
 
 
+def _answer(answer: tuple[int, str], step: str, ok: tuple[int, ...]) -> Reply:
+    """A pipelined command's reply, worded as _failure words a refusal."""
+    code, text = answer
+    return Reply.remote(code, text if code in ok else f"{text} (in reply to {step})")
+
+
 def _failure(exc: BaseException, hop: Hop, step: str) -> Reply:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return Reply.remote(exc.code, f"{exc.message} (in reply to {step})")
@@ -354,6 +361,7 @@ class Client:
         self.verifying, self.opportunistic = _tls_contexts(delivery.ca_file)
         self.pool = Pool(delivery.max_connections, delivery.max_connections_per_domain,
                          delivery.messages_per_connection)
+        self.out_of_step: set[str] = set()  # hosts that broke PIPELINING: no longer used
 
     async def close(self) -> None:
         await self.pool.close_all()
@@ -492,9 +500,13 @@ class Client:
 
     async def transaction(self, conn: Connection, outgoing: Outgoing,
                           recipients: list[str]) -> dict[str, Reply]:
-        """MAIL, RCPT for each, DATA: a reply per recipient; raises HopFailed, Unsendable."""
+        """MAIL, RCPT for each, DATA: a reply per recipient; raises HopFailed, Unsendable.
+        In one write where the server offers PIPELINING, else one command at a time."""
         smtp = conn.smtp
         data, options, encoding = outgoing.for_server(smtp, recipients)
+        if smtp.supports_extension("pipelining") and str(conn.hop) not in self.out_of_step:
+            return await self._pipelined(conn, outgoing.sender, options, recipients, data,
+                                         encoding)
         step = "MAIL FROM"
         try:
             try:
@@ -527,3 +539,39 @@ class Client:
             return replies
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise HopFailed(_failure(exc, conn.hop, step)) from None
+
+    async def _pipelined(self, conn: Connection, sender: str, options: list[str],
+                         recipients: list[str], data: bytes, encoding: str
+                         ) -> dict[str, Reply]:
+        """The transaction pipelined (relay/smtp_pipeline.py), its replies worded as the
+        one-at-a-time path words them. A host that answers out of step gets one command at
+        a time from then on."""
+        try:
+            answers = await pipelined(conn.smtp, sender, options, recipients, data, encoding)
+        except OutOfStep as exc:
+            self.out_of_step.add(str(conn.hop))
+            raise HopFailed(Reply(None, f"{conn.hop} answered out of step with PIPELINING "
+                                        f"({exc}); it gets one command at a time from now on",
+                                  "4.5.0")) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise HopFailed(_failure(exc, conn.hop, "MAIL FROM, RCPT TO, DATA")) from None
+        mail = _answer(answers.mail, "MAIL FROM", (250,))
+        if not mail.ok:
+            await self._reset(conn)
+            return dict.fromkeys(recipients, mail)
+        replies = {rcpt: _answer(answer, "RCPT TO", (250, 251))
+                   for rcpt, answer in zip(recipients, answers.rcpts, strict=True)}
+        accepted = [rcpt for rcpt, reply in replies.items() if reply.ok]
+        if answers.data is None:
+            await self._reset(conn)
+            return replies
+        final = _answer(answers.data, "DATA", (250,))
+        return {**replies, **dict.fromkeys(accepted, final)}
+
+    @staticmethod
+    async def _reset(conn: Connection) -> None:
+        """RSET after a transaction that sent no message; raises HopFailed."""
+        try:
+            await conn.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise HopFailed(_failure(exc, conn.hop, "RSET")) from None
