@@ -3,6 +3,7 @@ property reference; each imported config is compared key by key and passes `mail
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from relay import config as configmod
-from relay import metabase
+from relay import iis_import, metabase
 from relay.cli import main
 from tests.conftest import drop_file, sample, wait_for
 
@@ -190,7 +191,7 @@ def test_unknown_route_action_bits_are_a_problem(tmp_path, capsys) -> None:
     code, imported, _ = run_import(tmp_path, source)
     assert code == 1
     assert "remote" not in imported["domains"]
-    assert "unknown RouteAction bits 0x8000000" in capsys.readouterr().err
+    assert "bits 0x8000000 are not in IIS's RouteAction table" in capsys.readouterr().err
 
 
 def test_not_a_metabase_exits_2_naming_the_line(tmp_path, capsys) -> None:
@@ -275,3 +276,225 @@ def test_outbound_security_and_a_moved_drop_folder_are_reported(tmp_path, capsys
     err = capsys.readouterr().err
     assert "TLS for all outbound mail" in err and "secret" not in err
     assert main(["check", "-c", str(out)]) == 0
+
+
+# --- Issue 30: real metabases -------------------------------------------------------------
+
+def fragment(server: str = "", domain: str = "", service: bool = True) -> str:
+    """A MetaBase.xml with the service's key (unless asked not to), one virtual server and
+    one domain, carrying the attributes given."""
+    service_key = '<IIsSmtpService\tLocation ="/LM/SmtpSvc"\n\t>\n</IIsSmtpService>\n'
+    return ('<?xml version ="1.0"?>\n<configuration xmlns="urn:microsoft-catalog:'
+            'XML_Metabase_V64_0">\n<MBProperty>\n' + (service_key if service else "")
+            + f'<IIsSmtpServer\tLocation ="/LM/SmtpSvc/1"\n\t\t{server}\n\t>\n</IIsSmtpServer>\n'
+            '<IIsSmtpDomain\tLocation ="/LM/SmtpSvc/1/Domain/partner.example"\n'
+            f'\t\t{domain}\n\t>\n</IIsSmtpDomain>\n</MBProperty>\n</configuration>\n')
+
+
+DOMAIN_LINE = fragment().splitlines().index(
+    '<IIsSmtpDomain\tLocation ="/LM/SmtpSvc/1/Domain/partner.example"') + 1
+DOMAIN = f"IIsSmtpDomain partner.example (line {DOMAIN_LINE})"
+
+
+def import_text(tmp_path: Path, text: str) -> tuple[metabase.Metabase, iis_import.Imported]:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(text)
+    mb = metabase.parse(source)
+    return mb, iis_import.import_server(mb)
+
+
+def test_the_import_knows_the_names_of_the_schema_and_no_others() -> None:
+    """Every name the import reads or reports is spelled as the schema spells it."""
+    on_servers = {name for name, where in metabase.SCHEMA.items() if metabase.SERVER in where}
+    on_domains = {name for name, where in metabase.SCHEMA.items() if metabase.DOMAIN in where}
+    assert on_servers == iis_import.SERVER_PROPERTIES
+    assert set(iis_import.DOMAIN_PROPERTIES) == on_domains
+
+
+@pytest.mark.parametrize("name", sorted(metabase.SCHEMA))
+def test_each_property_is_read_in_the_schemas_spelling_and_in_any_case(tmp_path, name) -> None:
+    where = metabase.SCHEMA[name]
+    outcomes = []
+    for spelled in (name, name.lower(), name.upper(), name.swapcase()):
+        attribute = f'{spelled}="1"'
+        mb, result = import_text(tmp_path, fragment(
+            attribute if metabase.SERVER in where else "",
+            attribute if metabase.DOMAIN in where else ""))
+        for key in (mb.servers[0], *mb.domains):
+            assert spelled not in key.properties or spelled == name
+        assert name in {**mb.servers[0].properties, **mb.domains[0].properties}
+        outcomes.append((result.values, result.problems, result.not_imported))
+    assert all(outcome == outcomes[0] for outcome in outcomes)
+    report = "\n".join(outcomes[0][1] + outcomes[0][2])
+    assert "no mailroot setting" not in report
+    assert "does not know" not in report
+
+
+def mixed_case(text: str) -> str:
+    """Every attribute name of a MetaBase.xml, and the Custom property's name, in other case."""
+    text = re.sub(r"(?m)^(\s+)([A-Za-z]+)(\s*=)", lambda m: m[1] + m[2].swapcase() + m[3], text)
+    return text.replace('"AuthFlags"', '"authflags"')
+
+
+def test_a_metabase_written_in_other_case_imports_the_same(tmp_path, capsys) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(mixed_case((HERE / "full.xml").read_text()))
+    assert "sMTPrEMOTEndreXPIREmINUTES" in source.read_text()
+    code, imported, _ = run_import(tmp_path, source)
+    assert code == 0, capsys.readouterr().err
+    assert imported == FULL
+    assert AUTH_FLAGS_LINE in capsys.readouterr().err.splitlines()
+
+
+def test_the_remote_expiration_as_iis_spells_it(tmp_path, capsys) -> None:
+    """7220 minutes: mail IIS kept for 5 days is kept for 5 days, not bounced after 2."""
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text("default.xml", **{
+        'SmtpRemoteNDRExpireMinutes="2880"': 'SmtpRemoteNDRExpireMinutes="7220"',
+        'SmtpLocalNDRExpireMinutes="2880"': 'SmtpLocalNDRExpireMinutes="4320"'}))
+    code, _, out = run_import(tmp_path, source)
+    assert code == 0
+    loaded = configmod.load(out)
+    assert int(loaded.delivery.expiration) == 7220 * 60
+    assert int(loaded.delivery.local.expiration) == 4320 * 60
+    assert "SmtpRemoteNDRExpireMinutes" not in capsys.readouterr().err  # not "not imported"
+
+
+def test_a_file_with_only_the_virtual_server_imports_with_the_service_defaults(
+        tmp_path, capsys) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(fragment('ServerBindings="127.0.0.1:2526:" DefaultDomain="example.com"',
+                               'RouteAction="16"', service=False))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 0, capsys.readouterr().err
+    assert imported == {"domains": {"local": {"default": "example.com",
+                                              "aliases": ["partner.example"]}},
+                        "smtp": {"listen": ["127.0.0.1:2526"]}}
+    assert "IIsSmtpService — not in this file: the service's defaults apply" in out.read_text()
+    assert main(["check", "-c", str(out)]) == 0
+
+
+CP1252 = metabase_text("default.xml", **{
+    'ServerComment="Default SMTP Virtual Server"': 'ServerComment="Serveur SMTP par défaut"'})
+
+
+def test_a_windows_1252_file_gets_the_encoding_and_how_to_convert_it(tmp_path, capsys) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_bytes(CP1252.encode("cp1252"))
+    code, _, out = run_import(tmp_path, source)
+    assert code == 2 and not out.exists()
+    line = CP1252.splitlines().index('\t\tServerComment="Serveur SMTP par défaut"') + 1
+    err = capsys.readouterr().err
+    assert f"{source}:{line}: the file is not in the encoding it declares (utf-8): byte 0xE9" \
+        in err
+    assert f"iconv -f cp1252 -t utf-8 {source} > MetaBase-utf8.xml" in err
+    assert "Traceback" not in err
+    converted = tmp_path / "MetaBase-utf8.xml"  # what the command it gives writes
+    converted.write_bytes(source.read_bytes().decode("cp1252").encode("utf-8"))
+    assert run_import(tmp_path, converted)[0] == 0
+
+
+def test_a_file_that_declares_windows_1252_is_read_in_it(tmp_path) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_bytes(CP1252.replace('<?xml version ="1.0"?>', '<?xml version ="1.0" '
+                                      'encoding="windows-1252"?>').encode("cp1252"))
+    code, _, out = run_import(tmp_path, source)
+    assert code == 0
+    assert "ServerComment=Serveur SMTP par défaut — a label only" in out.read_text()
+
+
+def test_authflags_without_anonymous_is_listed_once(tmp_path, capsys) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text("default.xml", **{'AuthFlags="AuthAnonymous"':
+                                                      'AuthFlags="2"'}))
+    code, _, out = run_import(tmp_path, source)
+    assert code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "AuthFlags" in line]
+    assert lines == ["problem: AuthFlags=2 — IIS required every client to authenticate; "
+                     "mailroot takes mail for its local domains without AUTH. AUTH used "
+                     "Windows accounts: add users with `mailroot passwd USER` and set "
+                     "smtp.auth.users_file (AUTH PLAIN/LOGIN only)"]
+    assert out.read_text().count("AuthFlags=2") == 1
+
+
+def test_an_empty_relay_list_needs_attention_and_lets_nobody_relay(tmp_path, capsys) -> None:
+    """The Windows Server 2022 fix writes RelayIpList="": IIS lets every client relay."""
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(re.sub(r'RelayIpList="[0-9A-F]*"', 'RelayIpList=""',
+                             (HERE / "default.xml").read_text()))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 1
+    assert "relay" not in imported["smtp"]  # nobody relays by address
+    problem = ('RelayIpList="" — empty: IIS reads it as "all except the list below" with no '
+               'one listed, so every client could relay; imported as the safe choice, nobody '
+               'relays by address: list the clients that must in smtp.relay.allow')
+    assert f"problem: {problem}" in capsys.readouterr().err.splitlines()
+    assert f"  {problem}" in out.read_text()
+    assert configmod.load(out).smtp.relay.allow == []
+
+
+# What a remote domain with one bit of the table imports to, for the bits that map.
+REMOTE = {"tls": "may"}
+MAPPED_BITS = {
+    "SMTP_SMARTHOST": {"remote": {"partner.example": {**REMOTE, "smarthost": "relay.example"}}},
+    "SMTP_SSL": {"remote": {"partner.example": {"tls": "require"}}},
+    "SMTP_SASL": {"remote": {"partner.example": {**REMOTE, "auth": {"username": "turn"}}}},
+    "SMTP_AUTH_CLEARTEXT": {"remote": {"partner.example": {**REMOTE,
+                                                           "auth": {"username": "turn"}}}},
+    "SMTP_ALIAS": {"local": {"default": "example.com", "aliases": ["partner.example"]}},
+    "SMTP_DEFAULT": {"local": {"default": "partner.example"}},
+}
+
+
+@pytest.mark.parametrize("bit", iis_import.ROUTE_BITS, ids=lambda bit: bit.name)
+def test_each_route_action_bit_of_a_domain(tmp_path, capsys, bit) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(fragment('DefaultDomain="example.com"', f'RouteAction="{bit.value}" '
+                               'RouteActionString="relay.example" RouteUserName="turn"'))
+    code, imported, out = run_import(tmp_path, source)
+    err = capsys.readouterr().err
+    if bit.name in MAPPED_BITS:
+        assert code == 0, err
+        assert imported["domains"] == {"local": {"default": "example.com"},
+                                       **MAPPED_BITS[bit.name]}
+    else:
+        assert code == 1
+        said = (f"{DOMAIN} RouteAction={bit.value} — {bit.name} (0x{bit.value:x}): IIS "
+                f"{bit.iis}; {bit.mailroot}")
+        assert f"problem: {said}" in err.splitlines()
+        assert f"  {said}" in out.read_text()
+        if bit.value & iis_import.DIVERTING:  # where its mail went can't be said: not imported
+            assert "remote" not in imported["domains"]
+        else:
+            assert imported["domains"]["remote"] == {"partner.example": REMOTE}
+    assert main(["check", "-c", str(out)]) == 0
+
+
+def test_a_knowledge_base_turn_domain_needs_attention(tmp_path, capsys) -> None:
+    """KB 183476's authenticated TURN domain: RouteAction 514 and AuthTurnList."""
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(fragment('DefaultDomain="example.com"',
+                               'RouteAction="514" AuthTURNList="TESTSERVER"'))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 1
+    assert "remote" not in imported["domains"]  # mail for it is not sent to a smart host ''
+    err = capsys.readouterr().err
+    assert "bad address" not in err and "RouteActionString" not in err
+    label = f"problem: {DOMAIN}"
+    assert (f"{label} AuthTurnList=TESTSERVER — IIS let these accounts collect the domain's "
+            "queued mail with TURN/ATRN (KB 183476); mailroot has no TURN") in err.splitlines()
+    assert f"{label} RouteAction=514 — SMTP_ETRN_CMD (0x200): IIS held the domain's mail" in err
+    assert "SMTP_SMARTHOST" not in err.replace("with SMTP_SMARTHOST, KB 183476", "")
+    assert "AuthTurnList=TESTSERVER" in out.read_text()
+
+
+def test_a_domain_property_the_import_does_not_know_needs_attention(tmp_path, capsys) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(fragment('DefaultDomain="example.com"',
+                               'RouteAction="0" SmtpNewerOption="7"'))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 1
+    assert (f"problem: {DOMAIN} SmtpNewerOption=7 — a domain property the import does not "
+            "know: what IIS did with it is not known to mailroot"
+            ) in capsys.readouterr().err.splitlines()
+    assert "NEEDS ATTENTION" in out.read_text()
