@@ -264,7 +264,9 @@ def _retry(props: dict[str, str], result: Imported) -> None:
 
 
 def _smarthost(props: dict[str, str], result: Imported) -> None:
-    """SmartHostType: 0 none, 1 direct delivery first, 2 always (metabase reference)."""
+    """SmartHostType, as Microsoft's SmartHostType page (cc739348, ms525300) says: 0 the smart
+    host is not used; 1 "direct delivery through DNS lookup first; if DNS fails to look up the
+    domains of the recipients, the smart host ... is used"; 2 always, without DNS."""
     host = props.get("SmartHost", "").strip()
     kind = dword(props.get("SmartHostType", "0") or "0")
     source = f"SmartHost={host}, SmartHostType={kind}"
@@ -284,6 +286,7 @@ def _smarthost(props: dict[str, str], result: Imported) -> None:
     result.set("delivery.smarthost", smart, source)
     if kind == 1:
         result.set("delivery.attempt_direct_first", True, source)
+        result.set("delivery.smarthost_for_unknown_domains", True, source)
 
 
 def _outbound(props: dict[str, str], result: Imported) -> None:

@@ -3,6 +3,7 @@ property reference; each imported config is compared key by key and passes `mail
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_smart_host_with_direct_delivery_first(tmp_path) -> None:
         "hostname": "mail.example.local",
         "domains": {"local": {"default": "win2003.example.local"}},
         "delivery": {"smarthost": "smarthost.example.net", "attempt_direct_first": True,
-                     "max_connections_per_domain": 100},
+                     "smarthost_for_unknown_domains": True, "max_connections_per_domain": 100},
         "smtp": {"listen": ["0.0.0.0:25"]},
     }
     assert main(["check", "-c", str(out)]) == 0
@@ -498,3 +499,93 @@ def test_a_domain_property_the_import_does_not_know_needs_attention(tmp_path, ca
             "know: what IIS did with it is not known to mailroot"
             ) in capsys.readouterr().err.splitlines()
     assert "NEEDS ATTENTION" in out.read_text()
+
+
+# SmartHostType (Microsoft's SmartHostType page): 0 the smart host is not used; 1 DNS first,
+# the smart host when DNS can't find the recipients' domain; 2 always, without DNS.
+SMART_HOST_TYPES = {
+    "0": {"found.test": "mx", "broken.test": "waits", "missing.test": "fails"},
+    "1": {"found.test": "mx", "broken.test": "smart host", "missing.test": "smart host"},
+    "2": {"found.test": "smart host", "broken.test": "smart host", "missing.test": "smart host"},
+}
+
+
+OUTCOME = {"mx": "delivered", "smart host": "delivered", "waits": "deferred",
+           "fails": "failed"}
+
+
+def attempted(relay) -> dict[str, str]:
+    """What the first delivery attempt came to for each recipient, from the event log."""
+    return {rcpt: event["event"] for event in relay.events()
+            if event["event"] in ("delivered", "deferred", "failed") for rcpt in event["to"]}
+
+
+def arrived(mx, smart) -> dict[str, str]:
+    """Each recipient the next hops took, and which took it."""
+    return {rcpt: where for where, hop in (("mx", mx), ("smart host", smart))
+            for message in hop.messages for rcpt in message.recipients}
+
+
+def route_json(config: Path, address: str, capsys) -> tuple[int, dict]:
+    code = main(["route", "-c", str(config), "--json", address])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind", SMART_HOST_TYPES)
+def test_smart_host_type_is_imported_and_followed_by_route_and_delivery(
+        tmp_path, capsys, dns_server, sink, kind) -> None:
+    """found.test has an MX host, broken.test answers SERVFAIL, missing.test is NXDOMAIN; the
+    MX host listens on 127.0.0.1, the smart host on 127.0.0.2, on RemoteSmtpPort both."""
+    from relay.settings import ConfigFile, set_values
+    from tests.conftest import RelayProcess
+
+    mx = sink()
+    smart = sink(host="127.0.0.2", port=mx.port)
+    dns_server.mx("found.test", (10, "mx.found.test"))
+    dns_server.a("mx.found.test", "127.0.0.1")
+    dns_server.servfail("broken.test")
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(metabase_text("default.xml", **{
+        'SmartHostType="0"': f'SmartHostType="{kind}" SmartHost="[127.0.0.2]"',
+        'RemoteSmtpPort="25"': f'RemoteSmtpPort="{mx.port}"',
+        'ServerBindings=":25:"': 'ServerBindings="127.0.0.1:0:"',
+        "win2003.example.local": "yourdomain.com"}))
+    code, imported, out = run_import(tmp_path, source)
+    assert code == 0, capsys.readouterr().err
+    expected = {"0": {}, "1": {"smarthost": "127.0.0.2", "attempt_direct_first": True,
+                               "smarthost_for_unknown_domains": True},
+                "2": {"smarthost": "127.0.0.2"}}[kind]
+    assert {k: v for k, v in imported["delivery"].items()
+            if k.startswith(("smarthost", "attempt"))} == expected
+    capsys.readouterr()
+    # Where the mailroot lives and which DNS servers to ask: not in the metabase.
+    ConfigFile(out).edit(set_values({
+        "mailroot": str(tmp_path / "mailroot"), "dns.nameservers": "[127.0.0.1]",
+        "dns.port": str(dns_server.port), "dns.timeout": "1s"}))
+
+    for domain, fate in SMART_HOST_TYPES[kind].items():
+        code, said = route_json(out, f"someone@{domain}", capsys)
+        if fate == "smart host":
+            assert (code, said["destination"].split(" (")[0]) == (
+                0, f"smart host 127.0.0.2:{mx.port}"), said
+        elif fate == "mx":
+            assert (code, said["destination"]) == (0, "MX mx.found.test (preference 10)"), said
+        else:
+            assert code == 1
+            assert said["fails"].startswith("4.4.3" if fate == "waits" else "5.1.2"), said
+
+    delivered = {f"to@{domain}": fate for domain, fate in SMART_HOST_TYPES[kind].items()
+                 if fate in ("mx", "smart host")}
+    relay = RelayProcess(out, tmp_path / "mailroot").start()
+    try:
+        drop_file(relay.folder("Pickup"), "three.eml", "".join(
+            ["X-Sender: app@yourdomain.com\r\n"]
+            + [f"X-Receiver: to@{domain}\r\n" for domain in SMART_HOST_TYPES[kind]]
+            + ["From: app@yourdomain.com\r\nSubject: smart host type\r\n\r\nbody\r\n"]
+        ).encode())
+        outcomes = wait_for(lambda: len(attempted(relay)) == 3 and attempted(relay))
+    finally:
+        relay.stop()
+    assert outcomes == {f"to@{domain}": OUTCOME[fate]
+                        for domain, fate in SMART_HOST_TYPES[kind].items()}
+    assert arrived(mx, smart) == delivered
