@@ -27,13 +27,18 @@ from relay.metabase import Metabase, RelayListError, SmtpServer, dword
 UNLIMITED = {0, 2000000000, 0xFFFFFFFF}
 
 # RouteAction (IIsSmtpService, IIsSmtpServer, IIsSmtpDomain) is a set of bits.  Microsoft's
-# RouteAction page (Metabase Property Reference, cc757175) names none; the bit table below is
-# the one given in that page's community content (SMTP_NO_ACTION 0 ... SMTP_USE_HELO
-# 0x400000, by name and hex value), and what IIS did with a bit is said where Microsoft's SMTP
-# documentation says it: the remote domain dialog (Windows Server 2003 "Configuring Remote
-# Domains", KB 303668), KB 256655 (queue messages for remote triggered delivery: ETRN/ATRN)
-# and KB 183476 ("Set RouteAction to the value 514 to enable authenticated TURN", with the
-# accounts in AuthTurnList).  Bits IIS documents nothing more of are said to be so.
+# RouteAction page (Metabase Property Reference, technet cc757175) names none; the names and
+# hex values below are the table in that page's community content (SMTP_NO_ACTION 0 ...
+# SMTP_USE_HELO 0x400000).  What IIS did with a bit is documented for few of them:
+# SMTP_ETRN_CMD by KB 183476 ("Set RouteAction to the value 514 to enable authenticated TURN
+# support", with the accounts in AuthTurnList) and KB 256655 ("Queue messages for remote
+# triggered delivery"); the TLS bit by the IIS 4 SMTP Service metabase reference (AlwaysUseSsl:
+# "turn on the TLS bit in the RouteAction metabase property").  For the others the text below
+# matches the bit's name to the option of that name in the remote domain and Outbound
+# Security dialogs (KB 303668 "Configure Remote Domains": forward all mail to smart host, TLS
+# encryption; the SMTP Server help: "Allow incoming mail to be relayed to this domain", "Send
+# HELO instead of EHLO", basic / integrated Windows authentication), and says "its name only"
+# where there is no such option.
 SMTP_DROP, SMTP_SMARTHOST, SMTP_SSL, SMTP_SASL = 0x1, 0x2, 0x4, 0x8
 SMTP_ALIAS, SMTP_DEFAULT = 0x10, 0x40
 SMTP_AUTH_NTLM, SMTP_AUTH_CLEARTEXT, SMTP_ETRN_CMD = 0x80, 0x100, 0x200
