@@ -273,7 +273,9 @@ def _smarthost(props: dict[str, str], result: Imported) -> None:
     host is not used; 1 "direct delivery through DNS lookup first; if DNS fails to look up the
     domains of the recipients, the smart host ... is used"; 2 always, without DNS."""
     host = props.get("SmartHost", "").strip()
-    kind = dword(props.get("SmartHostType", "0") or "0")
+    kind = _number("SmartHostType", props.get("SmartHostType", "").strip(), result)
+    if kind is None:
+        return
     source = f"SmartHost={host}, SmartHostType={kind}"
     if not host:
         if kind:
@@ -318,16 +320,23 @@ def _outbound(props: dict[str, str], result: Imported) -> None:
 
 def _route_action(name: str, text: str, result: Imported) -> int | None:
     """A RouteAction value, its bits outside IIS's table listed; None if not a number."""
-    try:
-        action = dword(text or "0")
-    except ValueError:
-        result.problem(name, text, "not a number")
+    action = _number(name, text, result)
+    if action is None:
         return None
     unknown = action & ~KNOWN_BITS
     if unknown:
         result.problem(name, text, f"bits 0x{unknown:x} are not in IIS's RouteAction table: "
                                    "what IIS did with them is not known")
     return action
+
+
+def _number(name: str, text: str, result: Imported) -> int | None:
+    """A DWORD property's value (none written is 0); None, and listed, if not a number."""
+    try:
+        return dword(text or "0")
+    except ValueError:
+        result.problem(name, text, "not a number")
+        return None
 
 
 def _unmapped_bits(name: str, text: str, bits: int, result: Imported) -> None:
@@ -381,10 +390,10 @@ def _relay(props: dict[str, str], result: Imported) -> None:
             if granted.grant:
                 result.set("smtp.relay.allow", granted.grant,
                            "RelayIpList (only the list below)")
-    if "RelayForAuth" in props:
-        allowed = dword(props["RelayForAuth"]) != 0
-        result.set("smtp.relay.allow_authenticated", allowed,
-                   f"RelayForAuth={props['RelayForAuth'].strip()}")
+    text = props.get("RelayForAuth", "").strip()
+    allowed = _number("RelayForAuth", text, result) if text else None
+    if allowed is not None:
+        result.set("smtp.relay.allow_authenticated", allowed != 0, f"RelayForAuth={text}")
 
 
 def _auth_flags(text: str) -> int:
@@ -437,6 +446,10 @@ def _domains(server: SmtpServer, result: Imported) -> None:
         if action is None or action & ~KNOWN_BITS:
             result.problem(label, "", "domain not imported: its RouteAction is not understood")
             continue
+        route = props.get("RouteActionString", "").strip()
+        if route and not action & SMTP_SMARTHOST:
+            result.skip(f"{label} RouteActionString", route, "RouteAction has no "
+                        "SMTP_SMARTHOST: IIS did not forward the domain's mail there")
         if action & (SMTP_DEFAULT | SMTP_ALIAS):
             local = SMTP_DEFAULT | SMTP_ALIAS | SMTP_DROP
             _unmapped_bits(f"{label} RouteAction", text, action & ~local, result)

@@ -589,3 +589,21 @@ def test_smart_host_type_is_imported_and_followed_by_route_and_delivery(
     assert outcomes == {f"to@{domain}": OUTCOME[fate]
                         for domain, fate in SMART_HOST_TYPES[kind].items()}
     assert arrived(mx, smart) == delivered
+
+
+@pytest.mark.parametrize("name", sorted(metabase.SCHEMA))
+def test_a_bad_value_of_each_property_is_named_never_a_traceback(tmp_path, capsys, name) -> None:
+    where = metabase.SCHEMA[name]
+    attribute = f'{name}="x!"'
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(fragment(attribute if metabase.SERVER in where else "",
+                               attribute if metabase.DOMAIN in where else ""))
+    code, _, out = run_import(tmp_path, source)
+    err = capsys.readouterr().err
+    assert code in (0, 1) and "Traceback" not in err
+    said = err + out.read_text()  # listed, or written with the property named beside it
+    if "Password" in name:
+        assert f"{name} — passwords are never imported" in said and "x!" not in said
+    else:
+        assert f"{name}=x!" in said
+    assert main(["check", "-c", str(out)]) == 0
