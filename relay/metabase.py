@@ -133,12 +133,17 @@ def parse(path: str | Path) -> Metabase:
             root.append(name)
         kind = KEY_TYPES.get(name.lower())
         if kind is not None:
-            location, props = "", {}
+            location, props, written = "", {}, {}
             for attr, value in attrs.items():
                 if attr.strip().lower() == "location":
                     location = value
-                else:
-                    props[schema_name(attr)] = value
+                    continue
+                name = schema_name(attr)
+                if name in props:
+                    raise NotAMetabase(str(path), parser.CurrentLineNumber, f"{name} is set "
+                                       f"twice on this key (as {written[name]} and {attr}): "
+                                       "property names are not case-sensitive")
+                props[name], written[name] = value, attr
             key = Key(kind, location.strip(), parser.CurrentLineNumber, props)
             keys.append(key)
             stack.append(key)

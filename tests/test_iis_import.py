@@ -607,3 +607,15 @@ def test_a_bad_value_of_each_property_is_named_never_a_traceback(tmp_path, capsy
     else:
         assert f"{name}=x!" in said
     assert main(["check", "-c", str(out)]) == 0
+
+
+def test_a_property_set_twice_in_different_case_is_refused_naming_it(tmp_path, capsys) -> None:
+    source = tmp_path / "MetaBase.xml"
+    source.write_text(fragment('SmtpRemoteNDRExpireMinutes="7220" '
+                               'SmtpRemoteNdrExpireMinutes="2880"'))
+    code, _, out = run_import(tmp_path, source)
+    assert code == 2 and not out.exists()
+    line = fragment().splitlines().index('<IIsSmtpServer\tLocation ="/LM/SmtpSvc/1"') + 1
+    assert (f"{source}:{line}: SmtpRemoteNDRExpireMinutes is set twice on this key (as "
+            "SmtpRemoteNDRExpireMinutes and SmtpRemoteNdrExpireMinutes): property names are "
+            "not case-sensitive") in capsys.readouterr().err
