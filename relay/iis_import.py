@@ -41,8 +41,7 @@ UNLIMITED = {0, 2000000000, 0xFFFFFFFF}
 # where there is no such option.
 SMTP_DROP, SMTP_SMARTHOST, SMTP_SSL, SMTP_SASL = 0x1, 0x2, 0x4, 0x8
 SMTP_ALIAS, SMTP_DEFAULT = 0x10, 0x40
-SMTP_AUTH_NTLM, SMTP_AUTH_CLEARTEXT, SMTP_ETRN_CMD = 0x80, 0x100, 0x200
-SMTP_AUTH_KERBEROS = 0x200000
+SMTP_AUTH_CLEARTEXT, SMTP_ETRN_CMD = 0x100, 0x200
 ONLY_ITS_NAME = "did what the bit's name says; Microsoft documents no more of it"
 NO_EQUIVALENT = "mailroot has no equivalent"
 
@@ -481,8 +480,8 @@ def _domain_properties(label: str, props: dict[str, str], result: Imported) -> N
         if name not in DOMAIN_PROPERTIES:
             result.problem(f"{label} {name}", value, "a domain property the import does not "
                            "know: what IIS did with it is not known to mailroot")
-        elif DOMAIN_PROPERTIES[name] is not None:
-            result.problem(f"{label} {name}", value, str(DOMAIN_PROPERTIES[name]))
+        elif (what_iis_did := DOMAIN_PROPERTIES[name]) is not None:
+            result.problem(f"{label} {name}", value, what_iis_did)
 
 
 def _remote(name: str, label: str, text: str, action: int, props: dict[str, str],
