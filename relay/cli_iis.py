@@ -15,7 +15,8 @@ from relay.config import Config, ConfigError
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Exit 0 imported, 1 something important was not imported, 2 not a metabase / usage."""
+    """Exit 0 imported, 1 something needs attention (not imported, or imported more safely
+    than IIS ran it), 2 not a readable metabase / usage."""
     from relay import iis_import, metabase
     from relay.settings import write_atomic
 
@@ -23,7 +24,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         mb = metabase.parse(args.metabase)
         result = iis_import.import_server(mb, args.server)
     except metabase.NotAMetabase as exc:
-        print(f"mailroot import-iis: not a metabase: {exc}", file=sys.stderr)
+        print(f"mailroot import-iis: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"mailroot import-iis: cannot read {args.metabase}: {exc.strerror}",

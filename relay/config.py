@@ -212,6 +212,9 @@ class Delivery:
     port: int = setting(25, "outbound SMTP port")
     smarthost: HostPort | None = setting(None, "send all remote mail through host:port")
     attempt_direct_first: bool = setting(False, "try MX first, then the smart host")
+    smarthost_for_unknown_domains: bool = setting(
+        False, "with attempt_direct_first: a domain DNS does not know (NXDOMAIN, no MX nor "
+        "address) goes to the smart host too (IIS SmartHostType=1)")
     auth: Credentials = setting(Credentials(), "credentials for the smart host")
     ca_file: str | None = setting(None, "CA bundle for tls: verify (default: system store)")
     max_connections: int = setting(1000, "outbound connections in all")

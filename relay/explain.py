@@ -125,6 +125,9 @@ async def _remote(config: Config, router: Router, address: str) -> Explanation:
             f"domains.remote.{domain}.smarthost" if own is not None and own.smarthost
             else "delivery.smarthost, after the MX hosts (delivery.attempt_direct_first)"
             if route.direct_first else "delivery.smarthost (all remote mail)")
+        if route.smarthost_for_unknown:
+            result.smarthost_rule += (", and for a domain DNS does not know "
+                                      "(delivery.smarthost_for_unknown_domains)")
         if route.auth.username:
             result.smarthost_rule += f"; AUTH as {route.auth.username}"
         if not route.direct_first:
@@ -138,6 +141,10 @@ async def _remote(config: Config, router: Router, address: str) -> Explanation:
     if result.fails and route.smarthost is not None and not result.fails.startswith("5"):
         result.fails = ""  # a temporary DNS failure falls back to the smart host
         result.destination = f"smart host {result.smarthost} (the MX lookup failed)"
+    elif result.fails.startswith("5.1.2") and route.smarthost_for_unknown:
+        result.fails = ""  # as delivery does: DnsFailure.unknown_domain
+        result.destination = (f"smart host {result.smarthost} (DNS does not know the domain: "
+                              "delivery.smarthost_for_unknown_domains)")
     return result
 
 

@@ -26,30 +26,90 @@ from relay.metabase import Metabase, RelayListError, SmtpServer, dword
 # "No limit": 0, 0xFFFFFFFF (-1), and the 2000000000 the IIS dialogs write for "unlimited".
 UNLIMITED = {0, 2000000000, 0xFFFFFFFF}
 
-# RouteAction bits, as published with Microsoft's RouteAction metabase property page.
+# RouteAction (IIsSmtpService, IIsSmtpServer, IIsSmtpDomain) is a set of bits.  Microsoft's
+# RouteAction page (Metabase Property Reference, technet cc757175) names none; the names and
+# hex values below are the table in that page's community content (SMTP_NO_ACTION 0 ...
+# SMTP_USE_HELO 0x400000).  What IIS did with a bit is documented for few of them:
+# SMTP_ETRN_CMD by KB 183476 ("Set RouteAction to the value 514 to enable authenticated TURN
+# support", with the accounts in AuthTurnList) and KB 256655 ("Queue messages for remote
+# triggered delivery"); the TLS bit by the IIS 4 SMTP Service metabase reference (AlwaysUseSsl:
+# "turn on the TLS bit in the RouteAction metabase property").  For the others the text below
+# matches the bit's name to the option of that name in the remote domain and Outbound
+# Security dialogs (KB 303668 "Configure Remote Domains": forward all mail to smart host, TLS
+# encryption; the SMTP Server help: "Allow incoming mail to be relayed to this domain", "Send
+# HELO instead of EHLO", basic / integrated Windows authentication), and says "its name only"
+# where there is no such option.
 SMTP_DROP, SMTP_SMARTHOST, SMTP_SSL, SMTP_SASL = 0x1, 0x2, 0x4, 0x8
-SMTP_ALIAS, SMTP_DELIVER, SMTP_DEFAULT = 0x10, 0x20, 0x40
-SMTP_AUTH_NTLM, SMTP_AUTH_CLEARTEXT = 0x80, 0x100
-SMTP_DOMAIN_RELAY = 0x1000
-ROUTE_BITS = {
-    0x1: "SMTP_DROP", 0x2: "SMTP_SMARTHOST", 0x4: "SMTP_SSL", 0x8: "SMTP_SASL",
-    0x10: "SMTP_ALIAS", 0x20: "SMTP_DELIVER", 0x40: "SMTP_DEFAULT", 0x80: "SMTP_AUTH_NTLM",
-    0x100: "SMTP_AUTH_CLEARTEXT", 0x200: "SMTP_ETRN_CMD", 0x400: "SMTP_IP_RELAY",
-    0x800: "SMTP_AUTH_RELAY", 0x1000: "SMTP_DOMAIN_RELAY", 0x2000: "SMTP_CSIDE_TURN",
-    0x4000: "SMTP_CSIDE_ETRN", 0x8000: "SMTP_DISABLE_ETRN", 0x10000: "SMTP_CHUNKING",
-    0x20000: "SMTP_DISABLE_CHUNK", 0x40000: "SMTP_DISABLE_BMIME", 0x80000: "SMTP_DISABLE_DSN",
-    0x100000: "SMTP_DISABLE_PIPELINE", 0x200000: "SMTP_AUTH_KERBEROS",
-    0x400000: "SMTP_USE_HELO",
-}
-# Bits of a local domain that need nothing more in mailroot (its mail goes to Drop anyway).
-LOCAL_BITS = SMTP_DROP | SMTP_ALIAS | SMTP_DEFAULT | SMTP_DELIVER
+SMTP_ALIAS, SMTP_DEFAULT = 0x10, 0x40
+SMTP_AUTH_CLEARTEXT, SMTP_ETRN_CMD = 0x100, 0x200
+ONLY_ITS_NAME = "did what the bit's name says; Microsoft documents no more of it"
+NO_EQUIVALENT = "mailroot has no equivalent"
+
+
+@dataclass(frozen=True)
+class RouteBit:
+    """One RouteAction bit: its name, what IIS did with it, what mailroot does instead."""
+
+    value: int
+    name: str
+    iis: str
+    mailroot: str = NO_EQUIVALENT
+
+
+ROUTE_BITS = [
+    RouteBit(0x1, "SMTP_DROP", "put the domain's mail into a Drop folder (a local domain)",
+             "mailroot drops mail for domains.local.default and .aliases only: add the domain "
+             "there if its mail belongs in Drop"),
+    RouteBit(0x2, "SMTP_SMARTHOST", "forwarded the domain's mail to the host in "
+             "RouteActionString (\"Forward all mail to smart host\")"),
+    RouteBit(0x4, "SMTP_SSL", "required TLS for the next hop (Outbound Security: TLS "
+             "encryption)", "set tls: require per remote domain (domains.remote.<domain>.tls)"),
+    RouteBit(0x8, "SMTP_SASL", "authenticated to the next hop (Outbound Security)"),
+    RouteBit(0x10, "SMTP_ALIAS", "took the domain's mail as local, an alias of the default "
+             "domain"),
+    RouteBit(0x20, "SMTP_DELIVER", ONLY_ITS_NAME),
+    RouteBit(0x40, "SMTP_DEFAULT", "took the domain's mail as local: the default domain"),
+    RouteBit(0x80, "SMTP_AUTH_NTLM", "authenticated to the next hop with integrated Windows "
+             "authentication", "not supported: mailroot authenticates with AUTH PLAIN/LOGIN"),
+    RouteBit(0x100, "SMTP_AUTH_CLEARTEXT", "authenticated to the next hop with basic "
+             "(clear-text) authentication"),
+    RouteBit(0x200, "SMTP_ETRN_CMD", "held the domain's mail until its server collected it "
+             "(\"Queue messages for remote triggered delivery\": ETRN, or TURN/ATRN by the "
+             "accounts in AuthTurnList; RouteAction 514 with SMTP_SMARTHOST, KB 183476)",
+             "mailroot holds no mail for collection: it delivers to the domain's MX hosts (a "
+             "mail loop if they point at this relay) unless you set "
+             "domains.remote.<domain>.smarthost; the domain is not imported"),
+    RouteBit(0x400, "SMTP_IP_RELAY", ONLY_ITS_NAME),
+    RouteBit(0x800, "SMTP_AUTH_RELAY", ONLY_ITS_NAME),
+    RouteBit(0x1000, "SMTP_DOMAIN_RELAY", "let every client relay to the domain (\"Allow "
+             "incoming mail to be relayed to this domain\")", "no mailroot equivalent: "
+             "clients need smtp.relay.allow or AUTH to relay to it"),
+    RouteBit(0x2000, "SMTP_CSIDE_TURN", ONLY_ITS_NAME),
+    RouteBit(0x4000, "SMTP_CSIDE_ETRN", ONLY_ITS_NAME),
+    RouteBit(0x8000, "SMTP_DISABLE_ETRN", ONLY_ITS_NAME),
+    RouteBit(0x10000, "SMTP_CHUNKING", ONLY_ITS_NAME),
+    RouteBit(0x20000, "SMTP_DISABLE_CHUNK", ONLY_ITS_NAME),
+    RouteBit(0x40000, "SMTP_DISABLE_BMIME", ONLY_ITS_NAME),
+    RouteBit(0x80000, "SMTP_DISABLE_DSN", ONLY_ITS_NAME),
+    RouteBit(0x100000, "SMTP_DISABLE_PIPELINE", ONLY_ITS_NAME),
+    RouteBit(0x200000, "SMTP_AUTH_KERBEROS", "authenticated to the next hop with Kerberos",
+             "not supported: mailroot authenticates with AUTH PLAIN/LOGIN"),
+    RouteBit(0x400000, "SMTP_USE_HELO", "said HELO instead of EHLO to the domain (\"Send "
+             "HELO instead of EHLO\")", "mailroot says EHLO, and HELO only when EHLO is "
+             "refused"),
+]
+KNOWN_BITS = sum(bit.value for bit in ROUTE_BITS)
+# Bits that, set and not imported, change where the mail goes: the domain is not imported.
+DIVERTING = SMTP_DROP | SMTP_SMARTHOST | SMTP_ETRN_CMD
+# Outbound authentication: SMTP_SASL with basic authentication is imported as the user name.
+AUTH_BITS = SMTP_SASL | SMTP_AUTH_CLEARTEXT
 
 # AuthFlags (MD_AUTH_*): written as a number or as names joined by "|".
 AUTH_ANONYMOUS, AUTH_BASIC, AUTH_NTLM = 0x1, 0x2, 0x4
 AUTH_NAMES = {"authanonymous": 0x1, "authbasic": 0x2, "authntlm": 0x4, "authmd5": 0x10,
               "authpassport": 0x40}
 
-# Properties read by the import, with those only named in the report.
+# Properties of the service and server only named in the report, with the reason.
 NOT_MAPPED = {
     "AllowVerify": "VRFY is never offered",
     "AllowExpand": "EXPN is never offered",
@@ -116,9 +176,9 @@ def _count(text: str) -> int:
 SCALARS: list[tuple[str, str, Callable[[str], Any], bool]] = [
     ("FullyQualifiedDomainName", "hostname", str.strip, False),
     ("SmtpRemoteDelayExpireMinutes", "delivery.delay_notification", _minutes, False),
-    ("SmtpRemoteNdrExpireMinutes", "delivery.expiration", _minutes, False),
+    ("SmtpRemoteNDRExpireMinutes", "delivery.expiration", _minutes, False),
     ("SmtpLocalDelayExpireMinutes", "delivery.local.delay_notification", _minutes, False),
-    ("SmtpLocalNdrExpireMinutes", "delivery.local.expiration", _minutes, False),
+    ("SmtpLocalNDRExpireMinutes", "delivery.local.expiration", _minutes, False),
     ("HopCount", "delivery.max_hop_count", _count, False),
     ("RemoteSmtpPort", "delivery.port", _count, False),
     ("MaxOutConnections", "delivery.max_connections", _count, True),
@@ -137,6 +197,22 @@ HANDLED = {name for name, *_ in SCALARS} | {
     "SmtpRemoteProgressiveRetry", "SmartHost", "SmartHostType", "DefaultDomain",
     "ServerBindings", "RelayIpList", "RelayForAuth", "AuthFlags", "RouteAction",
     "RouteUserName", *FOLDERS}
+# The properties of a service or server the import knows (in the schema's spelling).
+SERVER_PROPERTIES = HANDLED | set(NOT_MAPPED)
+# The properties of a domain the import knows: None for those it reads, else what IIS did with
+# it (listed under NEEDS ATTENTION: mailroot has none of them per domain).
+DOMAIN_PROPERTIES: dict[str, str | None] = {
+    "RouteAction": None, "RouteActionString": None, "RouteUserName": None,
+    "RoutePassword": None, "DropDirectory": None,
+    "AuthTurnList": "IIS let these accounts collect the domain's queued mail with TURN/ATRN "
+                    "(KB 183476); mailroot has no TURN",
+    "CSideEtrnDomains": "IIS used it for client-side ETRN (its name only: Microsoft documents "
+                        "no more); mailroot sends no ETRN",
+    "RelayIpList": "IIS applied a relay restriction list to this domain alone; mailroot's "
+                   "relay list (smtp.relay.allow) is for the whole relay",
+    "RelayForAuth": "IIS let authenticated clients relay to this domain alone; mailroot's "
+                    "setting (smtp.relay.allow_authenticated) is for the whole relay",
+}
 
 
 def import_server(mb: Metabase, number: str | None = None) -> Imported:
@@ -144,6 +220,9 @@ def import_server(mb: Metabase, number: str | None = None) -> Imported:
     server = mb.server(number)
     result = Imported(server.key.location)
     props = server.properties
+    if not mb.service.location:
+        result.skip(metabase.SERVICE, "", "not in this file: the service's defaults apply "
+                                          "(IIS's, which are mailroot's)")
     for name, key, convert, limit in SCALARS:
         if name not in props or not props[name].strip():
             continue
@@ -189,9 +268,13 @@ def _retry(props: dict[str, str], result: Imported) -> None:
 
 
 def _smarthost(props: dict[str, str], result: Imported) -> None:
-    """SmartHostType: 0 none, 1 direct delivery first, 2 always (metabase reference)."""
+    """SmartHostType, as Microsoft's SmartHostType page (cc739348, ms525300) says: 0 the smart
+    host is not used; 1 "direct delivery through DNS lookup first; if DNS fails to look up the
+    domains of the recipients, the smart host ... is used"; 2 always, without DNS."""
     host = props.get("SmartHost", "").strip()
-    kind = dword(props.get("SmartHostType", "0") or "0")
+    kind = _number("SmartHostType", props.get("SmartHostType", "").strip(), result)
+    if kind is None:
+        return
     source = f"SmartHost={host}, SmartHostType={kind}"
     if not host:
         if kind:
@@ -209,36 +292,58 @@ def _smarthost(props: dict[str, str], result: Imported) -> None:
     result.set("delivery.smarthost", smart, source)
     if kind == 1:
         result.set("delivery.attempt_direct_first", True, source)
+        result.set("delivery.smarthost_for_unknown_domains", True, source)
 
 
 def _outbound(props: dict[str, str], result: Imported) -> None:
     """The server's RouteAction: its Outbound Security (TLS, credentials for the next hop)."""
     text = props.get("RouteAction", "").strip()
-    action = dword(text or "0")
-    unknown = action & ~sum(ROUTE_BITS)
-    if unknown:
-        result.problem("RouteAction", text, f"unknown RouteAction bits 0x{unknown:x}")
+    action = _route_action("RouteAction", text, result)
     user = props.get("RouteUserName", "").strip()
-    if action & SMTP_SASL and user:
+    if action is None:
+        return
+    if action & AUTH_BITS and user:
         if "delivery.smarthost" in result.values:
             result.set("delivery.auth.username", user, f"RouteUserName={user}")
         else:
             result.skip("RouteUserName", user, "mailroot sends credentials to smart hosts "
                                                "only, and no SmartHost is set")
+    elif user:
+        result.skip("RouteUserName", user, "RouteAction has no SMTP_SASL: IIS did not "
+                                           "authenticate to the next hop")
     if action & SMTP_SSL:
         result.problem("RouteAction", text, "TLS for all outbound mail: mailroot sets TLS per "
                        "remote domain (domains.remote.<domain>.tls: require)")
-    if action & SMTP_AUTH_NTLM:
-        result.problem("RouteAction", text, "Windows integrated (NTLM) authentication to the "
-                       "next hop is not supported")
-    _unmapped_bits("RouteAction", action & ~(SMTP_SASL | SMTP_SSL | SMTP_AUTH_NTLM
-                                             | SMTP_AUTH_CLEARTEXT | unknown), result)
+    _unmapped_bits("RouteAction", text, action & ~(AUTH_BITS | SMTP_SSL), result)
 
 
-def _unmapped_bits(name: str, bits: int, result: Imported) -> None:
-    for bit, bit_name in ROUTE_BITS.items():
-        if bits & bit:
-            result.skip(name, bit_name, "no mailroot setting")
+def _route_action(name: str, text: str, result: Imported) -> int | None:
+    """A RouteAction value, its bits outside IIS's table listed; None if not a number."""
+    action = _number(name, text, result)
+    if action is None:
+        return None
+    unknown = action & ~KNOWN_BITS
+    if unknown:
+        result.problem(name, text, f"bits 0x{unknown:x} are not in IIS's RouteAction table: "
+                                   "what IIS did with them is not known")
+    return action
+
+
+def _number(name: str, text: str, result: Imported) -> int | None:
+    """A DWORD property's value (none written is 0); None, and listed, if not a number."""
+    try:
+        return dword(text or "0")
+    except ValueError:
+        result.problem(name, text, "not a number")
+        return None
+
+
+def _unmapped_bits(name: str, text: str, bits: int, result: Imported) -> None:
+    """Every bit of the table set and not imported, with what IIS did and mailroot does."""
+    for bit in ROUTE_BITS:
+        if bits & bit.value:
+            result.problem(name, text, f"{bit.name} (0x{bit.value:x}): IIS {bit.iis}; "
+                                       f"{bit.mailroot}")
 
 
 def _host(name: str, text: str, result: Imported) -> str | None:
@@ -268,7 +373,12 @@ def _bindings(props: dict[str, str], result: Imported) -> None:
 
 def _relay(props: dict[str, str], result: Imported) -> None:
     raw = props.get("RelayIpList")
-    if raw is not None and raw.strip():
+    if raw is not None and not raw.strip():
+        result.problem("RelayIpList", '""', "empty: IIS reads it as \"all except the list "
+                       "below\" with no one listed, so every client could relay; imported as "
+                       "the safe choice, nobody relays by address: list the clients that "
+                       "must in smtp.relay.allow")
+    elif raw is not None:
         try:
             granted = metabase.relay_list(raw)
         except RelayListError as exc:
@@ -279,10 +389,10 @@ def _relay(props: dict[str, str], result: Imported) -> None:
             if granted.grant:
                 result.set("smtp.relay.allow", granted.grant,
                            "RelayIpList (only the list below)")
-    if "RelayForAuth" in props:
-        allowed = dword(props["RelayForAuth"]) != 0
-        result.set("smtp.relay.allow_authenticated", allowed,
-                   f"RelayForAuth={props['RelayForAuth'].strip()}")
+    text = props.get("RelayForAuth", "").strip()
+    allowed = _number("RelayForAuth", text, result) if text else None
+    if allowed is not None:
+        result.set("smtp.relay.allow_authenticated", allowed != 0, f"RelayForAuth={text}")
 
 
 def _auth_flags(text: str) -> int:
@@ -305,12 +415,14 @@ def _auth(props: dict[str, str], result: Imported) -> None:
     except ValueError:
         result.problem("AuthFlags", text, "not a flag set")
         return
+    accounts = ("AUTH used Windows accounts: add users with `mailroot passwd USER` and set "
+                "smtp.auth.users_file (AUTH PLAIN/LOGIN only)")
     if not flags & AUTH_ANONYMOUS:
         result.problem("AuthFlags", text, "IIS required every client to authenticate; mailroot "
-                       "takes mail for its local domains without AUTH")
-    if flags & (AUTH_BASIC | AUTH_NTLM):
-        result.skip("AuthFlags", text, "AUTH used Windows accounts: add users with `mailroot "
-                    "passwd USER` and set smtp.auth.users_file (AUTH PLAIN/LOGIN only)")
+                       "takes mail for its local domains without AUTH"
+                       + (f". {accounts}" if flags & (AUTH_BASIC | AUTH_NTLM) else ""))
+    elif flags & (AUTH_BASIC | AUTH_NTLM):
+        result.skip("AuthFlags", text, accounts)
 
 
 def _folders(props: dict[str, str], result: Imported) -> None:
@@ -326,24 +438,31 @@ def _domains(server: SmtpServer, result: Imported) -> None:
     aliases: list[str] = []
     for key in server.domains:
         name, props = key.name.lower(), key.properties
-        action = dword(props.get("RouteAction", "0") or "0")
         label = f"IIsSmtpDomain {key.name} (line {key.line})"
-        unknown = action & ~sum(ROUTE_BITS)
-        if unknown:
-            result.problem(f"{label} RouteAction", str(action),
-                           f"unknown RouteAction bits 0x{unknown:x}: domain not imported")
+        _domain_properties(label, props, result)
+        text = props.get("RouteAction", "").strip()
+        action = _route_action(f"{label} RouteAction", text, result)
+        if action is None or action & ~KNOWN_BITS:
+            result.problem(label, "", "domain not imported: its RouteAction is not understood")
             continue
-        if action & SMTP_DEFAULT:
-            default = name
-            result.sources["domains.local.default"] = f"{label} RouteAction={action}"
-            drop = props.get("DropDirectory", "").strip()
-            if drop and drop.rstrip("\\").lower() != "c:\\inetpub\\mailroot\\drop":
-                result.skip(f"{label} DropDirectory", drop,
-                            "mail for local domains goes to the mailroot's Drop folder")
-        elif action & SMTP_ALIAS:
-            aliases.append(name)
+        route = props.get("RouteActionString", "").strip()
+        if route and not action & SMTP_SMARTHOST:
+            result.skip(f"{label} RouteActionString", route, "RouteAction has no "
+                        "SMTP_SMARTHOST: IIS did not forward the domain's mail there")
+        if action & (SMTP_DEFAULT | SMTP_ALIAS):
+            local = SMTP_DEFAULT | SMTP_ALIAS | SMTP_DROP
+            _unmapped_bits(f"{label} RouteAction", text, action & ~local, result)
+            if action & SMTP_DEFAULT:
+                default = name
+                result.sources["domains.local.default"] = f"{label} RouteAction={text}"
+                drop = props.get("DropDirectory", "").strip()
+                if drop and drop.rstrip("\\").lower() != "c:\\inetpub\\mailroot\\drop":
+                    result.skip(f"{label} DropDirectory", drop,
+                                "mail for local domains goes to the mailroot's Drop folder")
+            else:
+                aliases.append(name)
         else:
-            _remote(name, label, action, props, result)
+            _remote(name, label, text, action, props, result)
     named = server.properties.get("DefaultDomain", "").strip().lower()
     if default is None and named:  # no key carries SMTP_DEFAULT: the server's DefaultDomain
         default = named
@@ -355,31 +474,45 @@ def _domains(server: SmtpServer, result: Imported) -> None:
         result.set("domains.local.aliases", aliases, "IIsSmtpDomain entries with SMTP_ALIAS")
 
 
-def _remote(name: str, label: str, action: int, props: dict[str, str],
+def _domain_properties(label: str, props: dict[str, str], result: Imported) -> None:
+    """Each property of a domain that mailroot has no setting for, with what IIS did."""
+    for name, value in props.items():
+        if name not in DOMAIN_PROPERTIES:
+            result.problem(f"{label} {name}", value, "a domain property the import does not "
+                           "know: what IIS did with it is not known to mailroot")
+        elif (what_iis_did := DOMAIN_PROPERTIES[name]) is not None:
+            result.problem(f"{label} {name}", value, what_iis_did)
+
+
+def _remote(name: str, label: str, text: str, action: int, props: dict[str, str],
             result: Imported) -> None:
+    """A remote domain: its smart host, TLS and credentials; not imported when a bit that
+    changes where its mail goes can't be."""
     prefix = f"domains.remote.{name}."
-    source = f"{label} RouteAction={action}"
+    route = props.get("RouteActionString", "").strip()
+    smart = None
+    if action & SMTP_SMARTHOST and route and not action & (SMTP_ETRN_CMD | SMTP_DROP):
+        smart = _host(f"{label} RouteActionString", route, result)
+        if smart is None:
+            return
+    elif action & SMTP_SMARTHOST and not route and not action & SMTP_ETRN_CMD:
+        result.problem(f"{label} RouteAction", text, "SMTP_SMARTHOST with no host in "
+                       "RouteActionString: domain not imported")
+        return
+    said = SMTP_SMARTHOST if smart or action & SMTP_ETRN_CMD else 0  # 514: TURN, KB 183476
+    _unmapped_bits(f"{label} RouteAction", text, action & ~(SMTP_SSL | AUTH_BITS | said),
+                   result)
+    if action & DIVERTING and smart is None:
+        return
+    source = f"{label} RouteAction={text}"
     result.set(prefix + "tls", "require" if action & SMTP_SSL else "may", source)
-    if action & SMTP_SMARTHOST:
-        text = props.get("RouteActionString", "").strip()
-        smart = _host(f"{label} RouteActionString", text, result)
-        if smart is not None:
-            result.set(prefix + "smarthost", smart, f"{label} RouteActionString={text}")
-    if action & SMTP_SASL and props.get("RouteUserName", "").strip():
-        result.set(prefix + "auth.username", props["RouteUserName"].strip(), source)
+    if smart is not None:
+        result.set(prefix + "smarthost", smart, f"{label} RouteActionString={route}")
+    user = props.get("RouteUserName", "").strip()
+    if action & AUTH_BITS and user:
+        result.set(prefix + "auth.username", user, source)
         result.skip(f"{label} RoutePassword", "", NOT_MAPPED["RoutePassword"].replace(
             "delivery.auth", prefix + "auth"))
-    if action & SMTP_AUTH_NTLM:
-        result.problem(f"{label} RouteAction", str(action),
-                       "Windows integrated (NTLM) authentication to the next hop is not "
-                       "supported")
-    if action & SMTP_DOMAIN_RELAY:
-        result.problem(f"{label} RouteAction", str(action), "\"allow incoming mail to be "
-                       "relayed to this domain\" has no mailroot equivalent; clients need "
-                       "smtp.relay.allow or AUTH to relay to it")
-    _unmapped_bits(f"{label} RouteAction", action & ~(
-        SMTP_SMARTHOST | SMTP_SSL | SMTP_SASL | SMTP_AUTH_NTLM | SMTP_AUTH_CLEARTEXT
-        | SMTP_DOMAIN_RELAY | LOCAL_BITS), result)
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -6,18 +6,60 @@ attributes; properties the schema doesn't name are `<Custom Name= Value=>` child
 SMTP keys are `IIsSmtpService` (/LM/SMTPSVC), `IIsSmtpServer` (/LM/SMTPSVC/n) and
 `IIsSmtpDomain` (/LM/SMTPSVC/n/Domain/name).  Properties marked INHERIT in the metabase
 schema pass from the service to its servers, so a server's effective value is its own or
-else the service's.
+else the service's.  Metabase property names are not case-sensitive: every name is read
+case-insensitively and handed on in the schema's spelling.
 """
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
+import re
 import struct
 import xml.parsers.expat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVICE, SERVER, DOMAIN = "IIsSmtpService", "IIsSmtpServer", "IIsSmtpDomain"
+KEY_TYPES = {name.lower(): name for name in (SERVICE, SERVER, DOMAIN)}
+
+# The SMTP properties the import knows, in the metabase schema's spelling, with the key types
+# each can be set on ("Configurable Locations").  Names, spellings and locations are those of
+# Microsoft's Metabase Property Reference for IIS 6 (Windows Server 2003: learn.microsoft.com
+# /previous-versions/windows/it-pro/windows-server-2003/, e.g. cc739348 SmartHostType,
+# cc757175 RouteAction, cc780293 RelayIpList, cc778501 RelayForAuth; the IIS 6.0 SDK pages,
+# e.g. ms525067 SmtpRemoteNDRExpireMinutes, ms525481 SmtpLocalNDRExpireMinutes) and of the
+# IIsSmtpDomainSetting WMI class (ms524761: AuthTurnList, CSideEtrnDomains, RouteActionString).
+# AllowVerify, AllowExpand and AlwaysUseSsl are named by the SMTP Service's own metabase
+# reference of IIS 4 (Option Pack, "Microsoft SMTP Service maintains the metabase properties
+# listed below"); SendNdrTo by Microsoft's IIsSmtpServiceSetting WMI samples.
+SERVICE_AND_SERVER = frozenset({SERVICE, SERVER})
+EVERYWHERE = frozenset({SERVICE, SERVER, DOMAIN})
+DOMAIN_ONLY = frozenset({DOMAIN})
+SCHEMA: dict[str, frozenset[str]] = {
+    **dict.fromkeys((
+        "FullyQualifiedDomainName", "SmtpRemoteDelayExpireMinutes",
+        "SmtpRemoteNDRExpireMinutes", "SmtpLocalDelayExpireMinutes",
+        "SmtpLocalNDRExpireMinutes", "SmtpRemoteProgressiveRetry", "HopCount",
+        "RemoteSmtpPort", "MaxOutConnections", "MaxOutConnectionsPerDomain",
+        "MaxBatchedMessages", "RemoteTimeout", "SendNdrTo", "MasqueradeDomain",
+        "MaxMessageSize", "MaxSessionSize", "MaxRecipients", "MaxConnections",
+        "ConnectionTimeout", "SmartHost", "SmartHostType", "DefaultDomain", "ServerBindings",
+        "AuthFlags", "PickupDirectory", "QueueDirectory", "BadMailDirectory", "AllowVerify",
+        "AllowExpand", "EnableReverseDnsLookup", "AlwaysUseSsl", "LogFileDirectory",
+        "LogType", "ServerComment", "SmtpInboundCommandSupportOptions",
+        "SmtpOutboundCommandSupportOptions"), SERVICE_AND_SERVER),
+    **dict.fromkeys(("RouteAction", "RouteUserName", "RoutePassword", "RelayIpList",
+                     "RelayForAuth", "DropDirectory"), EVERYWHERE),
+    **dict.fromkeys(("RouteActionString", "AuthTurnList", "CSideEtrnDomains"), DOMAIN_ONLY),
+}
+SPELLING = {name.lower(): name for name in SCHEMA}
+
+
+def schema_name(name: str) -> str:
+    """A property name in the schema's spelling (names the import doesn't know: as written)."""
+    name = name.strip()
+    return SPELLING.get(name.lower(), name)
 
 
 class NotAMetabase(Exception):
@@ -76,26 +118,40 @@ class Metabase:
 
 
 def parse(path: str | Path) -> Metabase:
-    """The SMTP keys of a MetaBase.xml; raises NotAMetabase (naming the line) or OSError."""
-    data = Path(path).read_bytes()
+    """The SMTP keys of a MetaBase.xml; raises NotAMetabase (naming the line) or OSError.
+
+    A file holding virtual servers without the service's own key is read with the service's
+    defaults (an empty IIsSmtpService)."""
+    data = _utf8(str(path), Path(path).read_bytes())
     keys: list[Key] = []
     stack: list[Key | None] = []
     root: list[str] = []
-    parser = xml.parsers.expat.ParserCreate()
+    parser = xml.parsers.expat.ParserCreate("utf-8")  # whatever the declaration says
 
     def start(name: str, attrs: dict[str, str]) -> None:
         if not root:
             root.append(name)
-        if name in (SERVICE, SERVER, DOMAIN):
-            location = next((v for k, v in attrs.items() if k.strip() == "Location"), "")
-            props = {k.strip(): v for k, v in attrs.items() if k.strip() != "Location"}
-            key = Key(name, location.strip(), parser.CurrentLineNumber, props)
+        kind = KEY_TYPES.get(name.lower())
+        if kind is not None:
+            location, props, written = "", {}, {}
+            for attr, value in attrs.items():
+                if attr.strip().lower() == "location":
+                    location = value
+                    continue
+                name = schema_name(attr)
+                if name in props:
+                    raise NotAMetabase(str(path), parser.CurrentLineNumber, f"{name} is set "
+                                       f"twice on this key (as {written[name]} and {attr}): "
+                                       "property names are not case-sensitive")
+                props[name], written[name] = value, attr
+            key = Key(kind, location.strip(), parser.CurrentLineNumber, props)
             keys.append(key)
             stack.append(key)
             return
         parent = stack[-1] if stack else None
-        if name == "Custom" and parent is not None and "Name" in attrs:
-            parent.properties.setdefault(attrs["Name"], attrs.get("Value", ""))
+        custom = {k.lower(): v for k, v in attrs.items()}
+        if name.lower() == "custom" and parent is not None and "name" in custom:
+            parent.properties.setdefault(schema_name(custom["name"]), custom.get("value", ""))
         stack.append(None)
 
     def end(name: str) -> None:
@@ -106,17 +162,52 @@ def parse(path: str | Path) -> Metabase:
     try:
         parser.Parse(data, True)
     except xml.parsers.expat.ExpatError as exc:
-        raise NotAMetabase(str(path), exc.lineno,
-                           f"not XML: {xml.parsers.expat.ErrorString(exc.code)}") from None
+        raise NotAMetabase(str(path), exc.lineno, "not XML: "
+                           f"{xml.parsers.expat.ErrorString(exc.code)}") from None
     if not root or root[0] != "configuration":
         raise NotAMetabase(str(path), 1, f"the root element is <{root[0] if root else ''}>, "
                                          "not a MetaBase.xml <configuration>")
     services = [k for k in keys if k.kind == SERVICE]
-    if not services:
-        raise NotAMetabase(str(path), 1, "no IIsSmtpService element (/LM/SMTPSVC): the SMTP "
-                                         "service is not in this metabase")
-    return Metabase(str(path), services[0], [k for k in keys if k.kind == SERVER],
-                    [k for k in keys if k.kind == DOMAIN])
+    servers = [k for k in keys if k.kind == SERVER]
+    if not services and not servers:
+        raise NotAMetabase(str(path), 1, "no IIsSmtpService (/LM/SMTPSVC) or IIsSmtpServer "
+                                         "(/LM/SMTPSVC/n) element: the SMTP service is not in "
+                                         "this metabase")
+    service = services[0] if services else Key(SERVICE, "", 0)
+    return Metabase(str(path), service, servers, [k for k in keys if k.kind == DOMAIN])
+
+
+DECLARED = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def declared_encoding(data: bytes) -> str:
+    """The encoding the file says it is in: its byte order mark, its XML declaration, or
+    UTF-8 (XML's default)."""
+    if data.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    match = DECLARED.match(data)
+    return match[1].decode("ascii").lower() if match else "utf-8"
+
+
+def _utf8(path: str, data: bytes) -> bytes:
+    """The file as UTF-8, read in the encoding it declares (so windows-1252 and UTF-16 files
+    are read too); a file that is not in that encoding is refused naming the line and saying
+    how to convert it."""
+    encoding = declared_encoding(data)
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except LookupError:
+        raise NotAMetabase(path, 1, f"the file declares an encoding mailroot does not know "
+                                    f"({encoding})") from None
+    except UnicodeDecodeError as bad:
+        line = data[:bad.start].decode(encoding, "replace").count("\n") + 1
+        raise NotAMetabase(path, line, f"the file is not in the encoding it declares "
+                           f"({encoding}): byte 0x{data[bad.start]:02X} is not {encoding}. "
+                           "Convert it from the encoding it was written in, e.g. for "
+                           f"Windows-1252: iconv -f cp1252 -t utf-8 {path} > MetaBase-utf8.xml"
+                           ) from None
 
 
 # --- value forms --------------------------------------------------------------------------

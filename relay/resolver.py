@@ -35,6 +35,11 @@ class DnsFailure(Exception):
     def permanent(self) -> bool:
         return self.status.startswith("5")
 
+    @property
+    def unknown_domain(self) -> bool:
+        """DNS says the domain does not exist, or gives it no MX and no address (5.1.2)."""
+        return self.status == "5.1.2"
+
 
 @dataclass(frozen=True)
 class Target:

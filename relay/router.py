@@ -18,6 +18,7 @@ class Route:
     smarthost: HostPort | None
     auth: Credentials
     direct_first: bool
+    smarthost_for_unknown: bool = False  # direct first, and a domain DNS doesn't know too
 
 
 class Router:
@@ -45,5 +46,6 @@ class Router:
         own = self.config.domains.remote.get(domain.lower(), RemoteDomain())
         if own.smarthost:
             return Route(domain, own.tls, own.smarthost, own.auth, False)
-        return Route(domain, own.tls, delivery.smarthost, delivery.auth,
-                     delivery.attempt_direct_first and delivery.smarthost is not None)
+        direct_first = delivery.attempt_direct_first and delivery.smarthost is not None
+        return Route(domain, own.tls, delivery.smarthost, delivery.auth, direct_first,
+                     direct_first and delivery.smarthost_for_unknown_domains)

@@ -379,7 +379,8 @@ class Client:
         try:
             targets = await self.resolver.mx_targets(route.domain)
         except DnsFailure as failure:
-            if smart and not failure.permanent:
+            if smart and (not failure.permanent
+                          or route.smarthost_for_unknown and failure.unknown_domain):
                 return smart
             raise
         port = self.config.delivery.port

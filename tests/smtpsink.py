@@ -71,11 +71,11 @@ class _Handler:
 
 
 class _Controller(Controller):
-    """Listens on a free port chosen by the system (port 0)."""
+    """Listens on a free port chosen by the system (port 0), or on the port given."""
 
     async def _bind(self):
         server = await self.loop.create_server(self._factory_invoker, host=self.hostname,
-                                               port=0, ssl=self.ssl_context)
+                                               port=self.port or 0, ssl=self.ssl_context)
         self.port = server.sockets[0].getsockname()[1]
         return server
 
@@ -86,7 +86,7 @@ class _Controller(Controller):
 class Sink:
     def __init__(self, *, tls: ssl.SSLContext | None = None, implicit_tls: bool = False,
                  users: dict[str, str] | None = None, eight_bit: bool = True,
-                 smtputf8: bool = False) -> None:
+                 smtputf8: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
         self.messages: list[Received] = []
         self.ehlo_names: list[str] = []
         self.rcpt_replies: dict[str, str] = {}
@@ -106,7 +106,7 @@ class Sink:
             kwargs["tls_context"] = tls
         if users is not None:
             kwargs.update(authenticator=self._authenticate, auth_require_tls=not implicit_tls)
-        self.controller = _Controller(_Handler(self), hostname="127.0.0.1", **kwargs)
+        self.controller = _Controller(_Handler(self), hostname=host, port=port, **kwargs)
         self.controller.start()
         self.port: int = self.controller.port
 
