@@ -120,9 +120,6 @@ class Scheduler:
     async def start(self) -> None:
         """Start the services at once; the first scan fills the window beside delivery."""
         self.loop = asyncio.get_running_loop()
-        for mid in await asyncio.to_thread(self.store.finish_retired):  # a killed one's
-            self.events.emit("recovered", id=mid, folder=QUEUE,
-                             action="removed a delivered message's file left by a kill")
         self.tasks = [asyncio.create_task(self._watch(), name="queue-watch")]
         await asyncio.sleep(0)  # the watch is registered before the scan: nothing slips between
         self.scanning = asyncio.create_task(self._scanner(), name="queue-scan")

@@ -783,7 +783,8 @@ class Mailroot:
         makes it delivered: its envelope becomes Queue/<id>.delivered, which no scan takes
         for a message to deliver and which explains the message file if a kill comes before
         that too is renamed, to tmp/<id>.spent. Both wait for `dispose_retired`, once the
-        message's claim is closed; after a kill, finish_retired() removes them."""
+        message's claim is closed; after a kill, the recovery pass removes them
+        (finish_retired)."""
         delivered = self.path(QUEUE, message_id, DELIVERED)
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.path(QUEUE, message_id, ".env"), delivered)
@@ -806,22 +807,17 @@ class Mailroot:
             self.recycle(self.tmp / f"{message_id}{SPENT}", keep=reuse)
             self.recycle(self.path(QUEUE, message_id, DELIVERED), keep=reuse)
 
-    def finish_retired(self) -> list[str]:
-        """Finish each retirement a kill cut short: the files of a message whose envelope
-        is Queue/<id>.delivered (the ids). A message file being committed again under the
-        same id (a requeue from Drop) is locked by its writer: it is left alone."""
-        finished = []
-        for name in self.iter_names(QUEUE):
-            mid = name[:-len(DELIVERED)]
-            if not name.endswith(DELIVERED) or not is_id(mid):
-                continue
-            if self.has(QUEUE, mid):  # committed again since: only the marker goes
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path(QUEUE, mid, DELIVERED))
-                    did("unlink", self.path(QUEUE, mid, DELIVERED))
-            elif self._remove_partial(QUEUE, mid):
-                finished.append(mid)
-        return finished
+    def finish_retired(self, message_id: str) -> bool:
+        """Finish a retirement a kill cut short: the files of a message whose envelope is
+        Queue/<id>.delivered (True if they were there). A message committed again since
+        under the same id (a requeue from Drop) loses only the marker; one being committed
+        right now has its message file locked by its writer, and is left alone."""
+        if self.has(QUEUE, message_id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(QUEUE, message_id, DELIVERED))
+                did("unlink", self.path(QUEUE, message_id, DELIVERED))
+            return False
+        return self._remove_partial(QUEUE, message_id)
 
     def clear_tmp(self) -> None:
         """Remove what a crash left in tmp/: half-written files nothing refers to, spares and
@@ -898,10 +894,11 @@ class Mailroot:
         `damaged()`."""
         for folder in MOVE_FOLDERS:
             for mid, delivered in self._partials(folder, stop):
-                if self._remove_partial(folder, mid):
-                    yield folder, mid, (
-                        "removed a delivered message's files left by a kill" if delivered
-                        else f"removed uncommitted partial (no {MARKER[folder]})")
+                if delivered:
+                    if self.finish_retired(mid):
+                        yield folder, mid, "removed a delivered message's files left by a kill"
+                elif self._remove_partial(folder, mid):
+                    yield folder, mid, f"removed uncommitted partial (no {MARKER[folder]})"
         # Every pair of folders holds Hold, Badmail or Trash, usually small: walking those
         # finds every id committed twice without listing the Queue.
         for folder in (HOLD, BADMAIL, TRASH):
@@ -920,7 +917,8 @@ class Mailroot:
     def _partials(self, folder: str, stop: threading.Event | None
                   ) -> Iterator[tuple[str, bool]]:
         """(id, whether a delivered marker explains it) for the ids with files but no marker
-        in `folder`."""
+        in `folder`, and in Queue those with a delivered marker (a message committed again
+        since keeps only its new entry)."""
         marker = MARKER[folder]
         base = f"{self.root}/{folder}"
         seen: set[str] = set()  # ids already yielded: a partial has one to three files
@@ -928,9 +926,11 @@ class Mailroot:
             mid, dot, ext = name.partition(".")
             if not dot or f".{ext}" == marker or mid in seen or not is_id(mid):
                 continue
-            if not os.path.lexists(f"{base}/{mid}{marker}"):
+            delivered = folder == QUEUE and (f".{ext}" == DELIVERED or os.path.lexists(
+                f"{base}/{mid}{DELIVERED}"))
+            if delivered or not os.path.lexists(f"{base}/{mid}{marker}"):
                 seen.add(mid)
-                yield mid, os.path.lexists(f"{base}/{mid}{DELIVERED}")
+                yield mid, delivered
 
     def _remove_partial(self, folder: str, mid: str) -> bool:
         """Remove an entry's files that have no marker, unless its message file's lock is

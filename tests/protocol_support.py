@@ -417,13 +417,11 @@ def crash_at(root: Path, sequence: Sequence, point: Point, sink_port: int) -> No
 
 def start_afresh(root: Path, sink_port: int) -> World:
     """What a relay's processes do at its start, in their order: the supervisor clears
-    tmp/, the Pickup taker intakes what it had taken, the queue manager finishes cut
-    retirements, scans Queue, and runs the recovery pass; the Pickup taker takes what waits
-    in Pickup."""
+    tmp/, the Pickup taker intakes what it had taken, the queue manager scans Queue and
+    runs the recovery pass; the Pickup taker takes what waits in Pickup."""
     w = world(root, sink_port)
     w.store.clear_tmp()
     w.pickup._retry_claimed()
-    w.store.finish_retired()
     w.scheduler._due_times(w.store.ids(QUEUE))
     recovery = Recovery(w.config, w.store, w.events)
     for folder, mid, what in w.store.recover():

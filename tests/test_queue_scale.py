@@ -120,11 +120,13 @@ def test_interrupted_move_is_resolved_before_the_id_is_delivered_or_listed(
     store = Mailroot(root)
     held, released = (fill_queue(root, 1, due_in=-60, recipient=f"{name}@remote.example")[0]
                       for name in ("held", "released"))
-    past = time.time() - 60
-    for mid, stale in ((held, QUEUE), (released, HOLD)):
-        os.link(store.path(QUEUE, mid, ".eml"), store.path(HOLD, mid, ".eml"))
-        store.path(HOLD, mid, ".env").write_bytes(store.path(QUEUE, mid, ".env").read_bytes())
-        os.utime(store.path(stale, mid, ".env"), (past, past))
+    for mid, stale in ((held, QUEUE), (released, HOLD)):  # as move_ops leaves them: the
+        os.link(store.path(QUEUE, mid, ".eml"), store.path(HOLD, mid, ".eml"))  # later copy
+        envelope = store.read_envelope(QUEUE, mid)  # counts one move more
+        store.path(HOLD, mid, ".env").write_bytes(envelope.to_json())
+        envelope.moves += 1
+        later = HOLD if stale == QUEUE else QUEUE
+        store.path(later, mid, ".env").write_bytes(envelope.to_json())
     hop = sink()
     config = write_config({"delivery": {"smarthost": f"127.0.0.1:{hop.port}"}})
     admin = Admin(load(config))

@@ -304,7 +304,7 @@ def test_a_delivered_message_leaves_queue_and_a_cut_removal_is_finished(tmp_path
         (tmp_path / QUEUE / f"{env.id}.env").rename(tmp_path / QUEUE / f"{env.id}.delivered")
     assert store.ids(QUEUE) == []  # delivered: no scan takes either for a message to send
     store.commit(store.enqueue_ops(QUEUE, back, b"Subject: x\r\n\r\nbody\r\n"))  # again since
-    assert store.finish_retired() == [cut.id]
+    assert [(f, m) for f, m, _ in store.recover()] == [(QUEUE, cut.id)]
     assert not list((tmp_path / QUEUE).glob(f"{cut.id}.*")) and not list(store.tmp.iterdir())
     assert sorted(p.name for p in (tmp_path / QUEUE).glob(f"{back.id}.*")) == [
         f"{back.id}.eml", f"{back.id}.env"]

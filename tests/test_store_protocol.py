@@ -90,9 +90,8 @@ def test_a_kill_after_any_file_operation_of_a_sequence_loses_nothing(
 # --- concurrent passes, run to their end while a sequence waits at a point --------------------
 
 def recovery_pass(w: World) -> None:
-    """The start-up recovery of a relay (re)starting beside the sequence: the queue
-    manager's finish_retired, then the recovery pass (Recovery.run's steps)."""
-    w.store.finish_retired()
+    """The start-up recovery of a relay (re)starting beside the sequence: the recovery
+    pass (Recovery.run's steps)."""
     for folder, mid, what in w.store.recover():
         w.events.emit("recovered", id=mid, folder=folder, action=what)
     Recovery(w.config, w.store, w.events).quarantine_held()
