@@ -543,11 +543,11 @@ class Mailroot:
                     did("rename", op.path)
                     dirs[op.path.parent] = None
                 elif isinstance(op, Link):
-                    self._hold_replaced(op.dst, held, source=op.src)
-                    tmps[id(op)] = self.tmp / f"{new_id()}.lnk"
-                    os.link(op.src, tmps[id(op)])
-                    os.replace(tmps[id(op)], op.dst)
-                    del tmps[id(op)]
+                    if not self._hold_replaced(op.dst, held, source=op.src):
+                        tmps[id(op)] = self.tmp / f"{new_id()}.lnk"
+                        os.link(op.src, tmps[id(op)])
+                        os.replace(tmps[id(op)], op.dst)
+                        del tmps[id(op)]
                     did("link", op.dst)
                     dirs[op.dst.parent] = None
                 else:
@@ -576,24 +576,26 @@ class Mailroot:
                         os.truncate(tmp, 0)
 
     @staticmethod
-    def _hold_replaced(path: Path, held: list[int], source: Path | None = None) -> None:
+    def _hold_replaced(path: Path, held: list[int], source: Path | None = None) -> bool:
         """Before a message file's name is given to another file, lock the file it names now
         (a crash's leftover, or a copy being retried), so the recovery pass, which removes
         leftovers under the same lock, never removes the name once it is ours. Raises
-        BlockingIOError if another process holds it. Not for the source's own file (a move
-        repeated over its interrupted first try: the caller holds that claim)."""
+        BlockingIOError if another process holds it. True if the name is the source's own
+        file already (a move repeated over its interrupted first try, under the claim the
+        caller holds): there is nothing to link."""
         if not path.name.endswith(".eml"):
-            return
+            return False
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            return
+            return False
         if source is not None and os.fstat(fd).st_ino == os.stat(source).st_ino:
             os.close(fd)
-            return
+            return True
         held.append(fd)
         if not _lock(fd):
             raise BlockingIOError(errno.EBUSY, f"{path} is being changed by another process")
+        return False
 
     # --- messages in folders ---
 
