@@ -1,5 +1,6 @@
 """A crash run: a real `mailroot serve` under Pickup and SMTP load, remote mail delivered
-through a smart host to a real aiosmtpd sink and local mail to Drop, killed with SIGKILL at
+through a smart host to a real aiosmtpd sink (offering PIPELINING, so a kill may come between
+a pipelined transaction's commands and their replies) and local mail to Drop, killed with SIGKILL at
 random moments and restarted; then every accepted message is looked for, by the unique token
 header each carries, per recipient.
 
@@ -335,8 +336,8 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
     seed = random.randrange(1 << 30) if seed is None else seed
     rng = random.Random(seed)
     started = time.monotonic()
-    sink = Sink()
-    sink.rcpt_replies.update(refused_by_sink(max(pickup, smtp)))
+    sink = Sink(pipelining=True)  # as real MXes: the transaction is pipelined, so a kill
+    sink.rcpt_replies.update(refused_by_sink(max(pickup, smtp)))  # may come mid-pipeline
     port = [free_port()]
     root = tmp / "mailroot"
     config = tmp / "mailroot.yaml"

@@ -40,6 +40,8 @@ class _Handler:
         self.sink.ehlo_names.append(hostname)
         if not self.sink.eight_bit:
             responses = [r for r in responses if "8BITMIME" not in r]
+        if self.sink.pipelining:  # aiosmtpd reads pipelined commands as they come anyway
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, options):
@@ -86,7 +88,8 @@ class _Controller(Controller):
 class Sink:
     def __init__(self, *, tls: ssl.SSLContext | None = None, implicit_tls: bool = False,
                  users: dict[str, str] | None = None, eight_bit: bool = True,
-                 smtputf8: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
+                 smtputf8: bool = False, host: str = "127.0.0.1", port: int = 0,
+                 pipelining: bool = False) -> None:
         self.messages: list[Received] = []
         self.ehlo_names: list[str] = []
         self.rcpt_replies: dict[str, str] = {}
@@ -95,6 +98,7 @@ class Sink:
         self.data_delay = 0.0  # seconds before answering DATA (without blocking others)
         self.active = self.peak = 0  # transactions in DATA now, and at most
         self.eight_bit = eight_bit
+        self.pipelining = pipelining  # offered in EHLO, as real MXes do
         self.implicit_tls = implicit_tls
         self.lock = threading.Lock()
         self.users = users or {}
