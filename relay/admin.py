@@ -51,6 +51,7 @@ from relay.store import (
     is_id,
     json_fields,
 )
+from relay.trash import purge_expired
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -685,23 +686,7 @@ class Admin:
 
     def purge_trash(self) -> list[str]:
         """Remove trash older than admin.trash_retention; returns the ids removed."""
-        cutoff = time.time() - self.config.admin.trash_retention
-        purged = []
-        for mid in self.store.ids(TRASH):
-            marker = self.store.path(TRASH, mid, ".env")
-            try:
-                deleted_at = json.loads(marker.read_bytes()).get("deleted_at")
-            except (OSError, ValueError):
-                continue
-            if deleted_at is None or deleted_at >= cutoff:
-                continue
-            with self.store.claim(TRASH, mid) as held:
-                if held:
-                    self.store.commit(self.store.remove_ops(TRASH, mid))
-                    purged.append(mid)
-        if purged:
-            self.events.emit("trash-purged", ids=purged)
-        return purged
+        return purge_expired(self.store, self.config.admin.trash_retention, self.events)
 
     # --- queue shape ---
 

@@ -14,11 +14,11 @@ import itertools
 import threading
 import time
 
-from relay.admin import Admin
 from relay.bounce import quarantine
 from relay.config import Config
 from relay.events import EventLog
 from relay.store import HOLD, Mailroot
+from relay.trash import purge_expired
 
 STEP = 500  # actions taken per hop to the worker thread
 
@@ -55,7 +55,8 @@ class Recovery:
             return
         quarantined = await asyncio.to_thread(self.quarantine_held)
         if not self.halt.is_set():
-            await asyncio.to_thread(Admin(self.config).purge_trash)
+            await asyncio.to_thread(purge_expired, self.store, self.config.admin.trash_retention,
+                                    self.events)
             self.events.emit("recovery-finished", recovered=done, quarantined=quarantined,
                              seconds=round(time.monotonic() - began, 3))
 
