@@ -32,6 +32,7 @@ from relay.bounce import failed_delivery_ops, quarantine, quarantine_ops
 from relay.config import Config
 from relay.dsn import delivery_report
 from relay.events import EventLog
+from relay.inotify import DirectoryWatch
 from relay.intake import Intake, Rejected, Submission
 from relay.resolver import Resolver
 from relay.router import Router
@@ -232,14 +233,45 @@ class Scheduler:
                 await asyncio.wait_for(self.wake.wait(), wait)
 
     async def _watch(self) -> None:
-        """Follow Queue changes made by other processes (requeue, retry-now, delete)."""
+        """Follow Queue changes made by other processes (intake, requeue, retry-now): each
+        envelope named in Queue is told by inotify the moment it is renamed in. An id the
+        window does not know is due now (the attempt reads its envelope anyway and
+        reschedules one that is not); for one it knows, the envelope's due time is read.
+        Where inotify can't be had, watchfiles polls instead. Events the kernel dropped (an
+        overflow) are found by the periodic rescan."""
+        self.changed: set[str] = set()
+        self.reading: asyncio.Task | None = None
         folder = self.store.folder(QUEUE)
-        async for changes in watchfiles.awatch(folder, watch_filter=None, recursive=False,
-                                               debounce=WATCH_DEBOUNCE_MS, step=20,
-                                               stop_event=self.stop_event):
-            mids = {Path(p).name[:-4] for _, p in changes if p.endswith(".env")}
-            mids = {m for m in mids if is_id(m) and m not in self.inflight}
-            present = dict(await asyncio.to_thread(self._due_times, sorted(mids)))
+        try:
+            watch = DirectoryWatch(folder, self._seen, lambda: None)
+        except OSError as exc:
+            self.events.emit("queue-watch", mode="watchfiles", reason=str(exc))
+            async for changes in watchfiles.awatch(folder, watch_filter=None, recursive=False,
+                                                   debounce=WATCH_DEBOUNCE_MS, step=20,
+                                                   stop_event=self.stop_event):
+                for _, path in changes:
+                    self._seen(Path(path).name)
+            return
+        try:
+            await self.stop_event.wait()
+        finally:
+            watch.close()
+
+    def _seen(self, name: str) -> None:
+        mid = name[:-4]
+        if not name.endswith(".env") or not is_id(mid) or mid in self.inflight:
+            return
+        if mid not in self.due:
+            self.schedule(mid, time.time())
+            return
+        self.changed.add(mid)
+        if self.reading is None or self.reading.done():
+            self.reading = asyncio.create_task(self._read_changed())
+
+    async def _read_changed(self) -> None:
+        while self.changed:
+            mids, self.changed = sorted(self.changed), set()
+            present = dict(await asyncio.to_thread(self._due_times, mids))
             for mid in mids:
                 if mid in present:
                     self.schedule(mid, present[mid])
