@@ -23,7 +23,8 @@ from ruamel.yaml.tokens import CommentToken
 
 from relay import config as configmod
 from relay.config import Config, ConfigError, Domain, RemoteDomain
-from relay.store import fsync_dir, new_id
+from relay.envelope import new_id
+from relay.fileops import fsync_dir
 
 REMOTE = "domains.remote."
 ALIASES = ["domains", "local", "aliases"]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import relay.fileops
+import relay.spares
 import relay.store
 from relay.store import QUEUE, Envelope, Mailroot, Recipient, Unlink, Write
 from tests.conftest import wait_for
@@ -125,8 +127,8 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     queue_manager.retire_delivered(done.id)
     assert [p.name for p in root.joinpath(QUEUE).iterdir()] == [f"{done.id}.delivered"]
     synced: list[tuple[str, int]] = []  # (directory, spares at its fsync)
-    real = relay.store.fsync_dir
-    monkeypatch.setattr(relay.store, "fsync_dir", lambda d: (
+    real = relay.fileops.fsync_dir
+    monkeypatch.setattr(relay.fileops, "fsync_dir", lambda d: (
         synced.append((d.name, len(list(queue_manager.tmp.glob("spare-*"))))), real(d)))
     queue_manager.dispose_retired([done.id])
     assert synced == [(QUEUE, 0)]
@@ -138,11 +140,11 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     def broken_disk(directory: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(relay.store, "fsync_dir", broken_disk)
+    monkeypatch.setattr(relay.fileops, "fsync_dir", broken_disk)
     queue_manager.dispose_retired([failing.id])  # not durable: removed, not reused
     assert not list(queue_manager.tmp.glob(f"{failing.id}.*"))
     assert not list(root.joinpath(QUEUE).iterdir())
-    monkeypatch.setattr(relay.store, "fsync_dir", real)
+    monkeypatch.setattr(relay.fileops, "fsync_dir", real)
     spares = list(queue_manager.tmp.glob("spare-*"))
     assert {p.stat().st_ino for p in spares} == inodes
     assert all(not p.read_bytes().strip(b"\0") for p in spares)  # nothing of it stays
@@ -181,14 +183,14 @@ def test_with_every_spare_slot_taken_files_are_only_unlinked_for_a_while(
     """More files come back than commits take (a backlog draining): once the slots tried
     are all taken, the next files are unlinked without being emptied or linked, even into a
     slot freed meanwhile, until SLOTS_FULL_PAUSE has passed."""
-    monkeypatch.setattr(relay.store, "SLOTS_FULL_PAUSE", 0.3)
+    monkeypatch.setattr(relay.spares, "SLOTS_FULL_PAUSE", 0.3)
     store = Mailroot(tmp_path, ready_files=2)
     store.ensure()
-    for slot in range(relay.store.SPARE_SLOTS):
+    for slot in range(relay.spares.SPARE_SLOTS):
         (store.tmp / f"spare-{slot:02d}").touch()
     zeroed: list[int] = []
-    real = relay.store.zero_out
-    monkeypatch.setattr(relay.store, "zero_out",
+    real = relay.spares.zero_out
+    monkeypatch.setattr(relay.spares, "zero_out",
                         lambda fd, size: (zeroed.append(size), real(fd, size)))
 
     def spent(name: str) -> Path:
@@ -198,7 +200,7 @@ def test_with_every_spare_slot_taken_files_are_only_unlinked_for_a_while(
 
     store.recycle(spent("a"))  # every slot tried is taken: emptied in vain, unlinked
     assert zeroed == [11] and not (store.tmp / "a.spent").exists()
-    for slot in range(relay.store.SPARE_SLOTS):
+    for slot in range(relay.spares.SPARE_SLOTS):
         (store.tmp / f"spare-{slot:02d}").unlink()  # taken by commits meanwhile
     store.recycle(spent("b"))
     assert zeroed == [11] and not list(store.tmp.glob("spare-*"))  # not tried
@@ -241,8 +243,8 @@ def test_a_taken_pickup_files_removal_costs_no_directory_fsync(tmp_path: Path,
     taken.write_bytes(b"x")
     kept.write_bytes(b"y")
     synced: list[Path] = []
-    real = relay.store.fsync_dir
-    monkeypatch.setattr(relay.store, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    real = relay.fileops.fsync_dir
+    monkeypatch.setattr(relay.fileops, "fsync_dir", lambda d: (synced.append(d), real(d)))
     store.commit([Write(store.path(QUEUE, "a", ".eml"), b"a"), Unlink(taken, durable=False)])
     assert synced == [store.folder(QUEUE)] and not taken.exists()
     store.commit([Write(store.path(QUEUE, "b", ".eml"), b"b"), Unlink(kept)])
