@@ -19,14 +19,15 @@ from tests.busy_fixture import build_busy
 
 @pytest.mark.parametrize("reason, klass", [
     ("expired after 2d without delivery (last: 421 4.4.2 timeout)", "expired"),
-    ("delivery failed for <a@b.example>: 550 5.1.1 user unknown", "5xx"),
-    ("delivery failed for <a@b.example>: 452 4.2.2 mailbox full", "4xx"),
+    ("delivery failed for <a@b.example>: 550 5.1.1 user unknown", "5.1.1"),
+    ("delivery failed for <a@b.example>: 452 4.2.2 mailbox full", "4.2.2"),
+    ("delivery failed for <a@b.example>: 554 rejected", "5xx"),
     ("no MX record for b.example (NXDOMAIN)", "DNS"),
     ("STARTTLS required by policy but not offered", "TLS"),
-    ("message of 9000000 bytes is over the size limit of 2097152", "too big"),
-    ("no recipients", "no rcpt"),
+    ("message of 9000000 bytes is over the size limit of 2097152", "too-big"),
+    ("no recipients", "no-rcpt"),
     ("hop count exceeded: 31 Received: headers, more than 30", "loop"),
-    ("bad sender address 'x@': missing domain", "bad file"),
+    ("bad sender address 'x@': missing domain", "bad-file"),
     ("something nobody expected", "other"),
 ])
 def test_reason_class(reason, klass):

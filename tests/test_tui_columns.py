@@ -3,8 +3,12 @@ part, the reply and reason readable, clocks that tick, header fields where no en
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
+from relay.admin import Admin
+from relay.listing import matching
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, Mailroot
 from tests.busy_fixture import column
 from tests.tui_fixture import T0, until
@@ -114,7 +118,7 @@ async def test_badmail_shows_the_reply_the_class_and_header_fields(busy):
         reasons, classes = column(pane, "reason"), column(pane, "class")
         assert not any(r.startswith("delivery failed") for r in reasons)
         assert any(r.startswith("550 5.1.1 ") and "no such user" in r for r in reasons)
-        assert {"5xx", "DNS", "expired", "too big", "no rcpt", "bad file", "TLS"} <= set(classes)
+        assert {"5.1.1", "DNS", "expired", "too-big", "no-rcpt", "bad-file", "TLS"} <= set(classes)
         to = column(pane, "to")
         assert "To: ops@corp.test" in to and "To: docs@corp.test" in to
         while not app.index.ready:
@@ -133,6 +137,29 @@ async def test_badmail_shows_the_reply_the_class_and_header_fields(busy):
         assert pane.cell(cron, from_column, 30, T0).plain == "From: cron@corp.test"
         big = next(r for r in rows.values() if "size limit" in r.last_error)
         assert big.size == store.path(BADMAIL, big.id, ".eml").stat().st_size > 6000
+
+
+async def test_one_class_name_in_the_column_the_summary_and_the_class_filter(busy):
+    """The class a Badmail row shows is the name `summary` counts it under, and typing
+    `class:` with that name selects exactly the rows that show it, in the console and in
+    `--match`; `no-rcpt` typed as a plain word finds only that class."""
+    root, config = busy
+    shape = Admin(config).summary()
+    by_summary = {row.name: row.total for row in shape.badmail}
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("4")
+        await until(pilot, lambda: app.index.ready)
+        pane = app.dashboard.panes[BADMAIL]
+        shown = Counter(column(pane, "class"))
+        assert shown == Counter(by_summary) and shown["5.1.1"] == 2 and shown["no-rcpt"] == 1
+        for klass, count in shown.items():
+            assert len(matching(Admin(config), BADMAIL, f"class:{klass.lower()}")) == count
+        await pilot.press("slash", *"class:no-rcpt", "enter")
+        await until(pilot, lambda: column(pane, "class") == ["no-rcpt"])
+        pane.view.needle = "no-rcpt"
+        app.refresh_view(BADMAIL)
+        assert column(pane, "class") == ["no-rcpt"]
 
 
 async def test_the_null_sender_shows_as_empty_brackets_in_drop(busy):

@@ -49,7 +49,7 @@ DASHBOARD = [
     Act("tab", "next_folder", "Next folder", footer=False),
     Act("enter", "inspect", "Inspect message", "envelope, headers, body, attempts",
         label="open"),
-    Act("slash", "filter", "Filter", "the whole folder: words, domain:, from:, to:, reason:, "
+    Act("slash", "filter", "Filter", "the whole folder: words, domain:, from:, to:, reason:, class:, "
         "older:2h, newer:10m, size>1MB, attempts>3", label="filter"),
     Act("space", "mark", "Mark / unmark", "bulk actions apply to the marked rows",
         label="mark"),
