@@ -41,6 +41,13 @@ def reason_class(reason: str) -> str:
     return f"{code[1]}xx" if code else "other"
 
 
+def permanent_reply(reason: str) -> str:
+    """The remote server's permanent (5xx) refusal in a Badmail reason, "" when the failure
+    was of another kind: a message refused so is most likely refused again if requeued."""
+    reply = reply_text(reason)
+    return reply if REPLY_CODE.match(reply) and reply.startswith("5") else ""
+
+
 def reply_text(reason: str) -> str:
     """The remote reply in a delivery failure reason ("550 5.1.1 no such user"), or the
     reason itself when it holds none: what a narrow cell should show first."""

@@ -28,21 +28,23 @@ from textual.message import Message
 from textual.widgets import Static
 from watchfiles import awatch
 
-from relay.admin import Admin
+from relay.admin import Admin, NotFound
 from relay.config import Config, ConfigError
 from relay.events import LOG_NAME, LogFollower, read_rotated
 from relay.listing import MatchError
+from relay.reasons import permanent_reply
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
 from relay.store import QUEUE
 from relay.supervisor import Supervisor, make_relay
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
-from tui.bulk import VERBS, question, result_line
+from tui.bulk import VERBS, question, requeue_warning, result_line
 from tui.commands import ConsoleCommands
 from tui.index import FolderIndex
 from tui.model import changed_ids
 from tui.screens.dashboard import VIEWS, Dashboard
+from tui.screens.inspector import Inspector
 from tui.screens.route import RouteCommands
 from tui.stats import HOUR, Stats
 from tui.theme import THEME
@@ -240,6 +242,7 @@ class ConsoleApp(App):
                     self.unindexed.setdefault(folder, set()).update(ids)
                     self.dashboard.panes[folder].view.apply(self.admin, ids)
             self.dashboard.refresh_panes(list(pending))
+            self.follow_inspected(set().union(*pending.values()))
             self.show_status()
             if self.bulk_cancel is not None:  # gc's full pass, away from the redraws
                 self.set_timer(BULK_REFRESH / 2, gc.collect)
@@ -259,6 +262,13 @@ class ConsoleApp(App):
             if differ:
                 self.pending.setdefault(folder, set()).update(differ)
         self.apply_pending()
+
+    def follow_inspected(self, changed: set[str]) -> None:
+        """Every open inspector whose message changed shows it again, wherever it is now:
+        a requeued message that fails again is seen back in Badmail."""
+        for screen in self.screen_stack:
+            if isinstance(screen, Inspector) and screen.message_id in changed:
+                screen.follow()
 
     def follow_events(self, first: bool = False) -> None:
         path = self.store.log_dir / LOG_NAME
@@ -344,7 +354,25 @@ class ConsoleApp(App):
                 self.operate(action, folder, ids, then)
 
         domains = self.index.domains_of(folder, ids) if self.index.ready else None
-        self.push_screen(Confirm(question(action, len(ids), folder, domains)), answered)
+        text = question(action, len(ids), folder, domains)
+        if action == "requeue":
+            text += requeue_warning(len(ids), self.permanent_failures(folder, ids))
+        self.push_screen(Confirm(text), answered)
+
+    def permanent_failures(self, folder: str, ids: list[str]) -> list[str]:
+        """The 5xx replies that put these messages where they are, from the index (a lone
+        message is read when the index is not built yet)."""
+        if self.index.ready:
+            entries = self.index.entries[folder]
+            reasons = [entries[mid].reply for mid in ids if mid in entries]
+        elif len(ids) == 1:
+            try:
+                reasons = [self.admin.summary_of(folder, ids[0]).last_error]
+            except (NotFound, OSError):
+                reasons = []
+        else:
+            reasons = []
+        return [reply for reply in map(permanent_reply, reasons) if reply]
 
     @work(group="operate")
     async def operate(self, action: str, folder: str, ids: list[str],

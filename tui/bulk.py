@@ -40,6 +40,19 @@ def question(action: str, count: int, folder: str, domains: Counter[str] | None 
     return text + "?"
 
 
+def requeue_warning(count: int, permanent: list[str]) -> str:
+    """What the requeue question adds when messages were refused permanently (their 5xx
+    replies): requeued, they will most likely be refused again, and their senders told again."""
+    if not permanent:
+        return ""
+    reply, _ = Counter(permanent).most_common(1)[0]
+    if count == 1:
+        return f"\n{reply}: requeue will most likely fail again and send another NDR."
+    return (f"\n{len(permanent):,} of them failed permanently ({reply}"
+            f"{', …' if len(set(permanent)) > 1 else ''}): requeued, they will most likely "
+            "fail again and each send another NDR.")
+
+
 def why(problem: str) -> str:
     return next((words for start, words in WHY if problem.startswith(start)),
                 f"were skipped ({problem})")
