@@ -18,12 +18,15 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 
 from rich.text import Text
 from textual import work
+from textual.actions import ActionParseResult
 from textual.app import App
 from textual.css.query import NoMatches
+from textual.dom import DOMNode
 from textual.message import Message
 from textual.widgets import Static
 from watchfiles import awatch
@@ -53,6 +56,8 @@ from tui.widgets.status import StatusBar
 ACTIVITY_AT_START = 200
 BULK_REFRESH = 0.5  # seconds between two redraws of the panes while a bulk action runs
 NO_FULL_PASS = 1_000_000  # gc's third threshold while a bulk action runs: never reached
+VIEW_ERROR_SHOWN = 60.0  # seconds a view's error stays on the status line
+ERROR_LOG = "console-errors.log"  # in the mailroot's log/: the tracebacks of views' errors
 
 
 class MailrootChanged(Message):
@@ -94,6 +99,8 @@ class ConsoleApp(App):
         self._last_apply = 0.0
         self.bulk_cancel: threading.Event | None = None  # set by esc: the running bulk stops
         self.last_result = ""  # the line that accounted for the last bulk action
+        self.view_error = ""  # the last error a view raised, in one line
+        self._view_error_until = 0.0  # time.monotonic() when it leaves the status line
 
     def get_default_screen(self) -> Dashboard:
         self.dashboard = Dashboard()
@@ -152,6 +159,44 @@ class ConsoleApp(App):
             await self._relay_start
         if self.relay is not None:
             await self.relay.stop()  # mail stays committed in its folders; nothing is lost
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's hook for an exception nothing caught, which would end the console with
+        a traceback (and with it an embedded relay): once the status line is there, the
+        error is reported there and the console goes on."""
+        dashboard = getattr(self, "dashboard", None)  # made with the first screen
+        if dashboard is None or not dashboard.query(StatusBar):  # nowhere to say it yet
+            super()._handle_exception(error)
+            return
+        self.report_view_error(error)
+
+    async def run_action(self, action: str | ActionParseResult,
+                         default_namespace: DOMNode | None = None,
+                         namespaces: Mapping[str, DOMNode] | None = None) -> bool:
+        """Every key's action, caught: an error raised there would stop the loop that
+        reads the keys (Textual's message pump ends on an uncaught error)."""
+        try:
+            return await super().run_action(action, default_namespace, namespaces)
+        except Exception as exc:  # any error: reported, and the next key works
+            self.report_view_error(exc)
+            return True
+
+    def report_view_error(self, error: Exception) -> None:
+        """A view's error as one line on the status line for a minute; its traceback in
+        log/console-errors.log (once while it repeats). App.run_test still re-raises it at
+        its end, so a test does not pass over it."""
+        line = " ".join(f"{type(error).__name__}: {error}".split())
+        line = f"error in the console: {line[:80]} (log/{ERROR_LOG})"
+        if line != self.view_error:  # a row that fails on every redraw is written once
+            with contextlib.suppress(OSError), (self.store.log_dir / ERROR_LOG).open("a") as log:
+                log.write(time.strftime("%Y-%m-%d %H:%M:%S ")
+                          + "".join(traceback.format_exception(error)))
+            self.bell()
+        self.view_error = line
+        self._view_error_until = time.monotonic() + VIEW_ERROR_SHOWN
+        if self._exception is None:
+            self._exception = error
+        self.call_later(self.show_status)
 
     def relay_state(self) -> tuple[str, bool]:
         if self.starting:
@@ -304,6 +349,8 @@ class ConsoleApp(App):
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""
         now = self.clock()
+        if self.view_error and time.monotonic() > self._view_error_until:
+            self.view_error = ""
         depth = self.dashboard.panes[QUEUE].view.total
         self.stats.sample_depth(now, depth)
         state, running = self.relay_state()
@@ -322,7 +369,7 @@ class ConsoleApp(App):
             relay_state="running" if running else "stopped", running=running,
             listeners=self.listeners() if running else [], stats=self.stats, now=now,
             queue_depth=depth, paused=self.paused, readonly=self.readonly,
-            no_color=self.no_color)
+            no_color=self.no_color, error=self.view_error)
 
     def listeners(self) -> list[str]:
         """The SMTP sockets the running relay reported binding; the configured addresses

@@ -137,6 +137,15 @@ class FolderPane(Vertical):
                 for column, width in zip(self.columns, self.widths, strict=True)]
 
     def cell(self, row: MessageSummary, column: Column, width: int, now: float) -> Text:
+        """One cell; a cell that cannot be drawn shows `?` and the console says why on its
+        status line: one odd entry never takes the folder, or the console, down."""
+        try:
+            return self._cell(row, column, width, now)
+        except Exception as exc:  # any error: the rest of the view goes on
+            self.app.report_view_error(exc)  # type: ignore[attr-defined]
+            return Text("?", style=FAILED_TEXT)
+
+    def _cell(self, row: MessageSummary, column: Column, width: int, now: float) -> Text:
         if column.key == "mark":
             return Text("●" if row.id in self.view.marks else " ", style="bold")
         if column.key == "state":
