@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import signal
+import smtplib
 import struct
 import subprocess
 import sys
@@ -229,14 +231,19 @@ def drain(fd: int, into: bytearray) -> None:
             into += chunk
 
 
-@pytest.mark.parametrize(("terminal_gone", "unsized"), [(False, False), (True, False),
-                                                        (False, True)])
-def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write_config,
-                                                                            tmp_path,
-                                                                            terminal_gone,
-                                                                            unsized):
-    """A dropped SSH session: the console exits, the embedded relay stops, mail stays; also
-    when the terminal is already gone, and on a terminal that reports no size (0x0)."""
+def listening_port(log: Path, after: int) -> int | None:
+    """The SMTP port the relay that started after byte `after` of the event log reported."""
+    events = [json.loads(line) for line in log.read_bytes()[after:].splitlines()]
+    return next((e["port"] for e in reversed(events) if e["event"] == "smtp-listening"), None)
+
+
+@pytest.mark.parametrize(("hangup", "unsized"), [("sighup", False), ("closed tty", False),
+                                                  ("both", False), ("sighup", True)])
+def test_a_hangup_hands_the_embedded_relay_to_a_background_serve(write_config, tmp_path,
+                                                                 hangup, unsized):
+    """A dropped SSH session (SIGHUP to the console's process group, its terminal closed, or
+    both; also on a terminal that reports no size): the console exits, a detached `mailroot
+    serve` takes the mailroot over, the log says so, and mail goes on through it."""
     path = write_config()
     root = tmp_path / "mailroot"
     log = root / "log" / "events.jsonl"
@@ -251,23 +258,40 @@ def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write
     screen = bytearray()  # drain the terminal, as a real one would, so the app never blocks
     reader = threading.Thread(target=drain, args=(primary, screen), daemon=True)
     reader.start()
+    background = None
     try:
         wait_for(lambda: log.exists() and b"relay-started" in log.read_bytes(), timeout=15)
         drop_file(root / "Pickup", "local.eml", sample("iis-example-as-written.txt"))
         wait_for(lambda: list((root / "Drop").glob("*.eml")), timeout=5)
-        if terminal_gone:
+        handed = log.stat().st_size
+        if hangup in ("closed tty", "both"):
             os.close(primary)
-        os.killpg(proc.pid, signal.SIGHUP)
-        assert proc.wait(timeout=10) is not None
+        if hangup in ("sighup", "both"):
+            os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=20) is not None
+        holder = lock_holder(Mailroot(root))
+        assert holder is not None and holder != f"pid {proc.pid}", holder
+        background = int(holder.split()[1])
+        events = [json.loads(line) for line in log.read_bytes()[handed:].splitlines()]
+        over = [e for e in events if e["event"] == "relay-handed-over"]
+        assert len(over) == 1 and over[0]["relay"] == holder
+        assert over[0]["why"] in {"sighup": {"SIGHUP"}, "closed tty": {"the terminal is gone"},
+                                  "both": {"SIGHUP", "the terminal is gone"}}[hangup]
+        port = listening_port(log, handed)
+        assert port
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("app@yourdomain.com", ["after@yourdomain.com"],
+                            b"Subject: after the hangup\r\n\r\nstill delivered\r\n")
+        wait_for(lambda: len(list((root / "Drop").glob("*.eml"))) == 2, timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-        if not terminal_gone:
+        if hangup == "sighup":
             os.close(primary)
+        if background is not None:
+            os.kill(background, signal.SIGTERM)
+            wait_for(lambda: lock_holder(Mailroot(root)) is None, timeout=15)
     assert b"embedded relay" in screen
-    assert b"relay-stopped" in log.read_bytes()
-    assert len(list((root / "Drop").glob("*.eml"))) == 1
-    assert lock_holder(Mailroot(root)) is None
 
 
 def test_listeners_follow_each_relay_run_in_the_events():

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import gc
 import itertools
+import os
 import signal
 import struct
 import subprocess
@@ -99,6 +100,8 @@ class ConsoleApp(App):
         self._last_apply = 0.0
         self.bulk_cancel: threading.Event | None = None  # set by esc: the running bulk stops
         self.last_result = ""  # the line that accounted for the last bulk action
+        self.terminal: int | None = None  # the terminal's fd, watched for a hangup
+        self.hung_up = False  # SIGHUP, or the terminal went away
         self.view_error = ""  # the last error a view raised, in one line
         self._view_error_until = 0.0  # time.monotonic() when it leaves the status line
 
@@ -120,7 +123,9 @@ class ConsoleApp(App):
         self.holder = lock_holder(self.store)
         self.starting = self.holder is None and not self.readonly
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up,
+                                                          "SIGHUP")
+        self.terminal = terminal_fd() if not self.is_headless else None
         for pane in self.dashboard.panes.values():
             pane.view.load(self.admin)
         self.dashboard.refresh_panes(VIEWS)
@@ -334,6 +339,9 @@ class ConsoleApp(App):
             self.dashboard.activity([activity_line(e) for e in shown])
 
     def tick(self) -> None:
+        if self.terminal is not None and not os.isatty(self.terminal):
+            self.terminal = None  # a closed pty reads as end of file for ever, no SIGHUP
+            self.hang_up("the terminal is gone")
         if self.relay is None:
             self.holder = lock_holder(self.store)
         self.show_status()
@@ -487,26 +495,48 @@ class ConsoleApp(App):
         queued = self.dashboard.panes[QUEUE].view.total
         self.push_screen(QuitDialog(queued), answered)
 
-    async def hand_over(self) -> None:
+    def hang_up(self, why: str) -> None:
+        """SIGHUP, or the terminal gone (a dropped SSH session): the console ends, the mail
+        does not. An embedded relay is handed to a detached `mailroot serve`, as `q` then `b`
+        does; the next console attaches to it."""
+        if self.hung_up:
+            return
+        self.hung_up = True
+        if self.relay is not None and self.relay.running:
+            self.run_worker(self.hand_over(why), group="quit", exclusive=True)
+        else:
+            self.exit()
+
+    async def hand_over(self, why: str = "the operator chose to keep it running") -> None:
         """Stop the embedded relay, start `mailroot serve` detached in its place, then quit
-        once it holds the mailroot."""
+        once it holds the mailroot; the event log says so, and why."""
         relay, self.relay = self.relay, None
         if relay is not None:
             await relay.stop()
         try:
             pid = start_background_relay(self.config)
         except OSError as exc:
-            self.notify(f"The background relay did not start: {exc}", severity="error",
-                        markup=False)
+            self.handover_failed(f"The background relay did not start: {exc}", why)
             return
         deadline = time.monotonic() + 10
         while (holder := lock_holder(self.store)) is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if holder is None:
-            self.notify(f"The background relay (pid {pid}) has not taken the mailroot; "
-                        "see log/events.jsonl", severity="error", markup=False)
+            self.handover_failed(f"The background relay (pid {pid}) has not taken the "
+                                 "mailroot; see log/events.jsonl", why)
             return
-        self.exit(message=f"mailroot: the relay runs on in the background ({holder})")
+        self.admin.events.emit("relay-handed-over", console_pid=os.getpid(), relay=holder,
+                               why=why)
+        self.exit(message=None if self.hung_up else
+                  f"mailroot: the relay runs on in the background ({holder})")
+
+    def handover_failed(self, problem: str, why: str) -> None:
+        self.admin.events.emit("relay-handover-failed", console_pid=os.getpid(),
+                               problem=problem, why=why)
+        if self.hung_up:  # nobody to tell but the log
+            self.exit()
+        else:
+            self.notify(problem, severity="error", markup=False)
 
 
     def action_help(self) -> None:
@@ -515,6 +545,12 @@ class ConsoleApp(App):
         screen = self.screen
         acts = list(getattr(screen, "ACTS", [])) + GLOBAL
         self.push_screen(Help(screen.__class__.__name__, acts, self.readonly))
+
+
+def terminal_fd() -> int | None:
+    """The console's terminal (stdin), if it is one: watched so that its loss is noticed."""
+    fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else -1
+    return fd if fd >= 0 and os.isatty(fd) else None
 
 
 def start_background_relay(config: Config) -> int:
