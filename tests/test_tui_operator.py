@@ -3,14 +3,19 @@ error that takes the console down."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 from dataclasses import replace
 
 import pytest
 
+from relay import config as configmod
 from relay.admin import Admin
+from relay.service import lock_holder
 from relay.store import BADMAIL, TRASH
 from tests.tui_fixture import T0, fixed_id, until
-from tui.app import ConsoleApp
+from tui.app import ConsoleApp, holder_pid
 from tui.model import COLUMNS
 from tui.screens.confirm import Confirm
 from tui.screens.dashboard import Dashboard
@@ -81,3 +86,43 @@ async def test_an_error_in_a_key_handler_leaves_the_console_running(busy, monkey
             seen["active"] = app.is_running and app.dashboard.active
     assert "✗ error in the console: RuntimeError: the next folder" in seen["status"]
     assert seen["active"] == BADMAIL
+
+
+async def test_a_killed_relay_is_said_to_have_died_and_the_palette_starts_one(relay):
+    """kill -9 of the relay a console watches: the header and the status line say it died,
+    the activity pane has a line for it; `start relay` from the palette starts `mailroot
+    serve` and the console attaches; killed in turn, its signal is known."""
+    served = relay()
+    app = ConsoleApp(configmod.load(served.config))
+    try:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: app.holder)
+            first = served.proc.pid
+            served.kill()
+            await until(pilot, lambda: app.relay_died)
+            header = str(app.dashboard.query_one("#header").render())
+            assert re.search(rf"✗ relay died \(pid {first}\) at \d\d:\d\d:\d\d", header), header
+            assert str(app.dashboard.query_one("#status-line").render()).startswith(
+                "✗ relay died")
+            activity = app.dashboard.query_one("#activity")
+            await until(pilot, lambda: any(f"relay-died relay pid {first} ended" in line
+                                           for line in activity.lines))
+
+            await pilot.press("colon")
+            await pilot.pause()
+            await pilot.press(*"start relay")
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await until(pilot, lambda: app.holder, timeout=20)
+            second = holder_pid(app.holder)
+            assert second == app.started.pid != first
+            assert f"attached to relay pid {second}" in str(
+                app.dashboard.query_one("#header").render())
+            assert not app.relay_died
+            os.kill(second, signal.SIGKILL)
+            await until(pilot, lambda: f"(pid {second}, signal 9)" in app.relay_died)
+    finally:
+        if app.started is not None and app.started.poll() is None:
+            app.started.terminate()
+            app.started.wait(10)
+    assert lock_holder(Admin(configmod.load(served.config)).store) is None

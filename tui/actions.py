@@ -36,6 +36,8 @@ GLOBAL = [
         footer=False),
     Act("q", "quit", "Quit", "leave; asks first whether to stop the relay it runs or keep it",
         label="quit"),
+    Act("S", "start_relay", "Start relay", "when none runs: mailroot serve in the background, "
+        "and the console attaches to it", mutating=True, footer=False),
 ]
 
 DASHBOARD = [

@@ -12,6 +12,7 @@ import fcntl
 import gc
 import itertools
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -101,6 +102,9 @@ class ConsoleApp(App):
         self.bulk_cancel: threading.Event | None = None  # set by esc: the running bulk stops
         self.last_result = ""  # the line that accounted for the last bulk action
         self.terminal: int | None = None  # the terminal's fd, watched for a hangup
+        self.stopped_pids: set[int] = set()  # relays the event log says stopped cleanly
+        self.relay_died = ""  # "relay died (pid N, signal 9) at 12:00:03", until one runs
+        self.started: subprocess.Popen | None = None  # the `mailroot serve` started from here
         self.hung_up = False  # SIGHUP, or the terminal went away
         self.view_error = ""  # the last error a view raised, in one line
         self._view_error_until = 0.0  # time.monotonic() when it leaves the status line
@@ -204,6 +208,8 @@ class ConsoleApp(App):
         self.call_later(self.show_status)
 
     def relay_state(self) -> tuple[str, bool]:
+        if self.relay_died and self.holder is None and self.relay is None:
+            return f"✗ {self.relay_died}", False
         if self.starting:
             return "starting the embedded relay…", False
         if self.relay_error:
@@ -330,6 +336,8 @@ class ConsoleApp(App):
             events = self.follower.read()
         for event in events:
             self.stats.add(event)
+            if event.get("event") == "relay-stopped" and isinstance(event.get("pid"), int):
+                self.stopped_pids.add(event["pid"])
         if first:  # the latest events, from the rotated files too when the log is young
             shown = list(itertools.islice(read_rotated(path, newest_first=True),
                                           ACTIVITY_AT_START))[::-1]
@@ -343,7 +351,11 @@ class ConsoleApp(App):
             self.terminal = None  # a closed pty reads as end of file for ever, no SIGHUP
             self.hang_up("the terminal is gone")
         if self.relay is None:
-            self.holder = lock_holder(self.store)
+            was, self.holder = self.holder, lock_holder(self.store)
+            if was and self.holder is None:
+                self.relay_gone(holder_pid(was))
+            elif self.holder:
+                self.relay_died = ""
         self.show_status()
         try:
             self.dashboard.tick_panes()
@@ -353,6 +365,24 @@ class ConsoleApp(App):
                     pane.show_title()
         except NoMatches:  # the last tick of a console quitting: its panes are gone already
             pass
+
+    def relay_gone(self, pid: int | None) -> None:
+        """The relay this console watched let go of the mailroot: a stop it logged, or a
+        death (kill -9, a crash) that looks like one unless said; then say it, and log it."""
+        self.follow_events()  # its relay-stopped, if it wrote one, is in the log by now
+        if pid is None or pid in self.stopped_pids:
+            return
+        signum = None
+        if self.started is not None and self.started.pid == pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.started.wait(timeout=1)
+                signum = -code if code < 0 else None
+        how = f", signal {signum}" if signum else ""
+        at = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+        self.relay_died = f"relay died (pid {pid}{how}) at {at}"
+        self.admin.events.emit("relay-died", pid=pid, signal=signum,
+                               reason=f"relay pid {pid} ended without a clean stop{how}",
+                               seen_by=f"console pid {os.getpid()}")
 
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""
@@ -374,7 +404,8 @@ class ConsoleApp(App):
             return  # the dashboard is being taken down as the console quits
         title.update(header)
         status.show(
-            relay_state="running" if running else "stopped", running=running,
+            relay_state="running" if running else "died" if state.startswith("✗") else
+            "stopped", running=running,
             listeners=self.listeners() if running else [], stats=self.stats, now=now,
             queue_depth=depth, paused=self.paused, readonly=self.readonly,
             no_color=self.no_color, error=self.view_error)
@@ -514,7 +545,7 @@ class ConsoleApp(App):
         if relay is not None:
             await relay.stop()
         try:
-            pid = start_background_relay(self.config)
+            pid = start_background_relay(self.config).pid
         except OSError as exc:
             self.handover_failed(f"The background relay did not start: {exc}", why)
             return
@@ -539,6 +570,37 @@ class ConsoleApp(App):
             self.notify(problem, severity="error", markup=False)
 
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """`start relay` is offered only when no relay runs, and never read-only."""
+        if action == "start_relay":
+            return not self.readonly and self.relay is None and self.holder is None \
+                and not self.starting
+        return True
+
+    def action_start_relay(self) -> None:
+        """Start `mailroot serve` detached (mail then never depends on this console) and
+        attach to it once it holds the mailroot."""
+        if not self.check_action("start_relay", ()):
+            self.notify("A relay already runs on this mailroot.", severity="warning")
+            return
+        try:
+            self.started = start_background_relay(self.config)
+        except OSError as exc:
+            self.notify(f"The relay did not start: {exc}", severity="error", markup=False)
+            return
+        self.notify(f"Starting mailroot serve (pid {self.started.pid})…", markup=False)
+        self.run_worker(self.attach_to_started(self.started), group="start", exclusive=True)
+
+    async def attach_to_started(self, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 15
+        while lock_holder(self.store) is None and proc.poll() is None \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.tick()
+        if self.holder is None:
+            self.notify(f"mailroot serve (pid {proc.pid}) has not taken the mailroot; "
+                        "see log/events.jsonl", severity="error", markup=False)
+
     def action_help(self) -> None:
         from tui.screens.help import Help
 
@@ -553,14 +615,20 @@ def terminal_fd() -> int | None:
     return fd if fd >= 0 and os.isatty(fd) else None
 
 
-def start_background_relay(config: Config) -> int:
-    """`mailroot serve` in its own session, detached from this terminal; its pid."""
+def holder_pid(holder: str) -> int | None:
+    """The pid in a lock holder's line ('pid 123 on host')."""
+    match = re.match(r"pid (\d+)", holder)
+    return int(match[1]) if match else None
+
+
+def start_background_relay(config: Config) -> subprocess.Popen:
+    """`mailroot serve` in its own session, detached from this terminal."""
     command = [sys.executable, "-m", "relay.cli", "serve"]
     if config.source:
         command += ["-c", str(config.source)]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    return proc.pid
+    return proc
 
 
 @contextlib.contextmanager

@@ -75,6 +75,8 @@ def _line(parts: StatusParts, shed: set[str]) -> Text:
     if parts.running:
         line.append("● ", style=OK)
         line.append(parts.relay_state)
+    elif parts.relay_state == "died":
+        line.append("✗ relay died", style=failed_style(parts.no_color))
     else:
         line.append(f"○ {parts.relay_state}", style=failed_style(parts.no_color))
     if parts.error:  # never shed: the operator must see that a view failed
