@@ -210,7 +210,7 @@ def test_status_line_keeps_state_paused_readonly_and_clock_at_any_width(width):
     for shown in (parts, stressed):
         line = status_text(shown, width).plain
         assert len(line) <= width, line
-        for word in ("running", "PAUSED", "READ-ONLY", time.strftime("%H:%M:%S",
+        for word in ("running", "‖ screen paused", "READ-ONLY", time.strftime("%H:%M:%S",
                                                                       time.localtime(T0))):
             assert word in line, (width, line)
         if width >= 80:

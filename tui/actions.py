@@ -78,7 +78,8 @@ DASHBOARD = [
     Act("s", "sort", "Cycle sort", "oldest, newest, sender, recipient, domain, subject, "
         "attempts, size, next attempt",
         label="sort"),
-    Act("p", "pause", "Pause / resume", "stop live updates while you read", label="pause"),
+    Act("p", "pause", "Pause / resume the screen", "stop the screen's live updates while you "
+        "read; the relay goes on", label="pause"),
     Act("e", "domains", "Domain editor", "local default, aliases, remote domains",
         label="domains"),
     Act("c", "settings", "Delivery settings", "retry, expiry, smart host, limits",

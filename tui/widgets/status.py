@@ -56,7 +56,7 @@ SHEDDING = ("short", "listeners", "minute", "live", "hint", "refused", "hour")  
 
 
 def status_text(parts: StatusParts, width: int) -> Text:
-    """The line at `width`: relay state, PAUSED / READ-ONLY / STRESS and the clock always
+    """The line at `width`: relay state, screen paused / READ-ONLY / STRESS and the clock always
     stay; the counts are shortened first, then the listeners, the 1-minute counts, `live`, the
     pause key hint, the refused clients and at last the hour's counts give way."""
     shed: set[str] = set()
@@ -82,7 +82,7 @@ def _line(parts: StatusParts, shed: set[str]) -> Text:
     if parts.error:  # never shed: the operator must see that a view failed
         line.append(f"  ✗ {parts.error}", style=failed_style(parts.no_color))
     if parts.paused:
-        line.append("  ‖ PAUSED" + ("" if "hint" in shed else " (p)"), style="bold reverse")
+        line.append("  ‖ screen paused" + ("" if "hint" in shed else " (p)"), style="bold reverse")
     if parts.readonly:
         line.append("  READ-ONLY", style="bold reverse")
     if parts.stressed:
