@@ -126,3 +126,30 @@ async def test_a_killed_relay_is_said_to_have_died_and_the_palette_starts_one(re
             app.started.terminate()
             app.started.wait(10)
     assert lock_holder(Admin(configmod.load(served.config)).store) is None
+
+
+def test_the_result_line_agrees_in_number_and_says_why():
+    from relay.admin import ActionResult
+    from tui.bulk import result_line
+
+    assert result_line("requeue", ActionResult([], {"A": "busy: being delivered"}), 1) \
+        == "requeued 0; 1 was being delivered and was skipped"
+    assert result_line("requeue", ActionResult(["A"], {"B": "wrong state: in Hold"}), 2) \
+        == "requeued 1; 1 was skipped (wrong state: in Hold)"
+    gone = {"B": "not found: B", "C": "not found: C"}
+    assert result_line("hold", ActionResult(["A"], gone), 3) == "held 1; 2 were no longer there"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20), (120, 30)])
+async def test_a_toast_never_covers_the_key_bar(busy, size):
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size, notifications=True) as pilot:
+        await pilot.pause()
+        app.notify("Requeued 0; 1 was skipped (wrong state: in Hold)", timeout=30)
+        app.notify("A second line of news", timeout=30)
+        await until(pilot, lambda: len(app.screen.query("Toast")) == 2)
+        await pilot.pause()
+        keys = app.screen.query_one("KeyBar").region
+        for toast in app.screen.query("Toast"):
+            assert not toast.region.overlaps(keys), (toast.region, keys)
