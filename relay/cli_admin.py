@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
@@ -251,22 +252,24 @@ def by_match(action: str, verb: str, by_ids: Callable[[argparse.Namespace, Admin
 
 
 def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
-    """Counts by age, columns headed by their upper bound in minutes as qshape does."""
+    """Counts by age, columns headed by their upper bound in minutes as qshape does; every
+    line within 80 columns (and 80 bytes: a cut name's `…` is 3 of them)."""
     shape = admin.summary(workers=cores())
-    names = [r.name for r in shape.domains + shape.badmail]
-    width = min(SUMMARY_NAME, max([len(n) for n in names] + [len("minutes up to")]))
-    print(f"{'minutes up to':<{width}} {'T':>6}" + "".join(f" {c:>5}" for c in age_labels()))
+    rows = [shape.total(), *shape.domains, *shape.badmail]
+    layout = ShapeLayout.of([r.name for r in rows] + ["minutes up to"],
+                            max(r.total for r in rows), max(max(r.counts) for r in rows))
+    print(layout.line("minutes up to", "T", age_labels()))
     for row in [shape.total(), *shape.domains]:
-        print(_shape_line(row, width))
+        print(layout.row(row))
     if shape.badmail:
         print("\nBadmail by reason")
         for row in shape.badmail:
-            print(_shape_line(row, width))
+            print(layout.row(row))
     refused = top_refused(admin.store.log_dir, time.time())
     if refused:
         print("\nRefused clients, last hour")
         for client, count in refused:
-            print(f"{_cut(client, width):<{width}} {count:>6}")
+            print(layout.line(client, count, []))
     print("\nDisk used by each folder")
     now = time.time()
     queue = FolderUsage(QUEUE, shape.messages, shape.bytes,  # counted as its envelopes were read
@@ -275,7 +278,32 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
     return 0
 
 
-SUMMARY_NAME = 24  # the widest name column of `summary`: its table fits 80 columns
+SUMMARY_WIDTH = 80  # the README's promise for `summary`
+CUT = "…"  # one column, three bytes
+
+
+@dataclass(frozen=True)
+class ShapeLayout:
+    """The widths of `summary`'s table: the counts as wide as the largest needs, the name
+    column what is left of 80 (a name cut in its middle keeps its end: domains differ there)."""
+
+    name: int
+    total: int
+    count: int
+
+    @classmethod
+    def of(cls, names: list[str], largest_total: int, largest_count: int) -> ShapeLayout:
+        total = max(6, len(str(largest_total)))
+        count = max(5, len(str(largest_count)))
+        room = SUMMARY_WIDTH - (len(CUT.encode()) - 1) - 1 - total - len(AGE_BUCKETS) * (1 + count)
+        return cls(min(max(len(n) for n in names), room), total, count)
+
+    def line(self, name: str, total: object, counts: list) -> str:
+        return f"{cut_middle(name, self.name):<{self.name}} {total:>{self.total}}" + "".join(
+            f" {c:>{self.count}}" for c in counts)
+
+    def row(self, row: ShapeRow) -> str:
+        return self.line(row.name, row.total, row.counts)
 
 
 def age_labels() -> list[str]:
@@ -283,13 +311,12 @@ def age_labels() -> list[str]:
     return [f"{int(b // 60)}" if b != math.inf else f"{int(bounds[-2] // 60)}+" for b in bounds]
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def _shape_line(row: ShapeRow, width: int) -> str:
-    return f"{_cut(row.name, width):<{width}} {row.total:>6}" + "".join(
-        f" {n:>5}" for n in row.counts)
+def cut_middle(text: str, width: int) -> str:
+    """`a-rather-lo…-name-7.example`: the start and the end, which tell names apart."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2 + (width - 1) % 2
+    return text[:width - 1 - tail] + CUT + text[-tail:]
 
 
 def cmd_domains(args: argparse.Namespace, admin: Admin) -> int:

@@ -15,6 +15,7 @@ from relay.bounce import badmail_ops
 from relay.cli_admin import format_row
 from relay.store import DROP, QUEUE, Envelope, Mailroot, Recipient, new_id
 from tests.admin_support import cli
+from tests.bulk_support import fill_queue
 from tests.tui_fixture import T0, build, fixed_id, message, write_config
 
 
@@ -56,6 +57,21 @@ def test_summary_fits_80_columns_with_long_intake_reasons(mailroot):
     store.commit(badmail_ops(store, mid, reason, b"x\x00y", source="Pickup/app.dat"))
     out = cli(config, "summary").stdout
     assert max(len(line) for line in out.splitlines()) <= 80, out
+
+
+def test_summary_lines_fit_80_columns_and_bytes_and_cut_names_stay_apart(tmp_path):
+    """24 long domain names, 3,000 queued: every line is within 80 columns and 80 bytes (a
+    terminal, `cut -c`, a mail body), and each domain is still told apart after the cut."""
+    root = tmp_path / "mailroot"
+    fill_queue(root, 3000, domains=24, prefix="a-rather-long-subdomain-name-")
+    config = write_config(tmp_path)
+    out = cli(config, "summary").stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    assert max(len(line.encode()) for line in lines) <= 80, out
+    names = [line.split()[0] for line in lines if "…" in line]
+    assert len(names) == len(set(names)) == 24, names
+    assert all(name.endswith(".example") for name in names)
 
 
 def test_the_null_sender_reads_as_angle_brackets_once(mailroot):
