@@ -16,6 +16,7 @@ from functools import partial
 from typing import NamedTuple
 
 from relay.admin import ActionResult, Admin, FolderParts, MessageSummary, NotFound
+from relay.audit import INLINE_IDS
 from relay.config import Config
 from relay.fanout import cores
 from relay.folderstats import FolderUsage, all_usage, usage_table
@@ -158,10 +159,17 @@ def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
 
 
 def report(result: ActionResult, verb: str) -> int:
+    """A line per message (scripts read the ids), then the total on stderr, as postsuper
+    prints it: "mailroot: held 1,310 messages; 8 were not (named above)"."""
     for mid in result.done:
         print(f"{verb} {mid}")
     for mid, reason in result.problems.items():
         print(f"mailroot: {mid}: {reason}", file=sys.stderr)
+    done, missed = len(result.done), len(result.problems)
+    total = f"mailroot: {verb.rstrip(':')} {done:,} message{'s' * (done != 1)}"
+    if missed:
+        total += f"; {missed:,} {'was' if missed == 1 else 'were'} not (named above)"
+    print(total, file=sys.stderr)
     return 1 if result.problems else 0
 
 
@@ -247,7 +255,7 @@ def by_match(action: str, verb: str, by_ids: Callable[[argparse.Namespace, Admin
         if action == "delete" and not args.yes and not confirm_delete(len(rows)):
             return 1
         detail = {"reason": args.reason} if action == "requeue" else {}
-        return report(admin.bulk(action, [r.id for r in rows], **detail), verb)
+        return report(admin.bulk(action, [r.id for r in rows], match=args.match, **detail), verb)
     return run_match
 
 
@@ -359,8 +367,11 @@ def cmd_settings(args: argparse.Namespace, admin: Admin) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, admin: Admin) -> int:
+    """One line per action; a bulk action's ids one per line below it with --ids."""
     for entry in admin.audit():
         print(entry.line())
+        if args.ids and len(entry.ids) > INLINE_IDS:
+            print("\n".join(f"    {mid}" for mid in entry.ids))
     return 0
 
 
@@ -425,7 +436,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     settings.add_argument("action", choices=["get", "set"])
     settings.add_argument("key")
     settings.add_argument("value", nargs="?")
-    sub.add_parser("audit", parents=[common], help="print the audit log")
+    audit = sub.add_parser("audit", parents=[common], help="print the audit log")
+    audit.add_argument("--ids", action="store_true",
+                       help="list every id of a bulk action, one per line below it")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Admin], int]] = {

@@ -80,6 +80,26 @@ def test_cli_queue_match_counts_and_bulk_hold_with_dry_run(tmp_path, write_confi
     assert ids[2] in admin.store.ids(QUEUE)
 
 
+def test_a_bulk_command_prints_its_total_and_the_audit_keeps_the_match(tmp_path,
+                                                                        write_config):
+    """As postsuper does, a total after the ids; the audit records the expression and
+    reads as one short line however many messages it moved (`--ids` lists them)."""
+    path = write_config()
+    ids = fill_queue(tmp_path / "mailroot", 600, domains=3)
+    done = cli(path, "hold", "--match", "domain:d2.example")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("held ") == 200
+    assert done.stderr.splitlines()[-1] == "mailroot: held 200 messages"
+    held = sorted(ids[n] for n in range(2, 600, 3))
+    again = cli(path, "hold", held[0], "0000000000000000")
+    assert again.stderr.splitlines()[-1] == "mailroot: held 0 messages; 2 were not (named above)"
+    [entry] = [line for line in cli(path, "audit").stdout.splitlines() if " hold " in line]
+    assert 'match="domain:d2.example"' in entry
+    assert f"200 messages ({held[0]} … {held[-1]})" in entry and len(entry) < 160
+    listed = cli(path, "audit", "--ids").stdout.splitlines()
+    assert [line.strip() for line in listed[1:]] == held
+
+
 def test_trash_listing_shows_origin_and_size(tmp_path, write_config):
     path = write_config()
     ids = fill_queue(tmp_path / "mailroot", 3, domains=1, size_of=lambda n: 1000 * (n + 1))
