@@ -153,3 +153,22 @@ async def test_a_toast_never_covers_the_key_bar(busy, size):
         keys = app.screen.query_one("KeyBar").region
         for toast in app.screen.query("Toast"):
             assert not toast.region.overlaps(keys), (toast.region, keys)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20)])
+async def test_the_key_bar_lists_every_key_the_help_lists(busy, size):
+    """b, F, *, z and : were in the help only, and the inspector's w too."""
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        for folder in ("2", "4"):
+            await pilot.press(folder)
+            await pilot.pause()
+            shown = str(app.screen.query_one("KeyBar").render())
+            for key in ("b by domain", "F follow", "* all", "z disk", ": commands", "q quit"):
+                assert key in shown, (key, shown)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen.__class__.__name__ == "Inspector")
+        await pilot.pause()
+        assert "w route" in str(app.screen.query_one("KeyBar").render())

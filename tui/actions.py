@@ -33,7 +33,7 @@ def bindings(acts: list[Act]) -> list[Binding]:
 GLOBAL = [
     Act("question_mark", "help", "Help", "every key on this screen", label="help"),
     Act("colon", "command_palette", "Command palette", "search every action and screen",
-        footer=False),
+        label="commands"),
     Act("q", "quit", "Quit", "leave; asks first whether to stop the relay it runs or keep it",
         label="quit"),
     Act("S", "start_relay", "Start relay", "when none runs: mailroot serve in the background, "
@@ -56,11 +56,11 @@ DASHBOARD = [
     Act("space", "mark", "Mark / unmark", "bulk actions apply to the marked rows",
         label="mark"),
     Act("asterisk", "mark_all", "Mark all matching", "every message the filter matches, "
-        "on every page", footer=False),
+        "on every page", label="all"),
     Act("F", "follow", "Follow newest", "keep the newest message in view as mail arrives",
-        footer=False),
+        label="follow"),
     Act("b", "by_domain", "Queue by domain", "counts per destination domain and age; "
-        "enter filters the Queue to one", footer=False),
+        "enter filters the Queue to one", label="by domain"),
     Act("escape", "clear", "Clear filter and marks", footer=False),
     Act("right_square_bracket", "page(1)", "Next page", "in folders of more than one page",
         footer=False),
@@ -84,7 +84,7 @@ DASHBOARD = [
         label="domains"),
     Act("c", "settings", "Delivery settings", "retry, expiry, smart host, limits",
         label="settings"),
-    Act("z", "disk", "Folder sizes", "how much disk each folder holds", footer=False),
+    Act("z", "disk", "Folder sizes", "how much disk each folder holds", label="disk"),
 ]
 
 INSPECTOR = [
@@ -92,7 +92,7 @@ INSPECTOR = [
     Act("r", "requeue", "Requeue", "this message back to delivery, routed by today's domains",
         mutating=True, label="requeue"),
     Act("w", "route", "Where does it go", "each recipient's route now: rule, smart host or "
-        "MX, TLS; enter on one explains it", footer=False),
+        "MX, TLS; enter on one explains it", label="route"),
     Act("escape", "back", "Back", "from the raw message to the summary, then the dashboard",
         label="back"),
     Act("j", "scroll('down')", "Scroll down", footer=False),
