@@ -9,6 +9,7 @@ import signal
 from dataclasses import replace
 
 import pytest
+from textual import events
 
 from relay import config as configmod
 from relay.admin import Admin
@@ -172,3 +173,33 @@ async def test_the_key_bar_lists_every_key_the_help_lists(busy, size):
         await until(pilot, lambda: app.screen.__class__.__name__ == "Inspector")
         await pilot.pause()
         assert "w route" in str(app.screen.query_one("KeyBar").render())
+
+
+async def test_keys_that_arrive_in_one_write_all_scroll(busy):
+    """Five `j` in one write (keys bunch over SSH) scroll five lines in the help and the
+    inspector; a page and `G`/`g` too."""
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+
+        async def burst(*keys: str) -> None:
+            for key in keys:  # all queued before the first is handled, as one read of a tty
+                app.post_message(events.Key(key, key if len(key) == 1 else None))
+            await pilot.pause(0.3)
+
+        await pilot.press("question_mark")
+        await pilot.pause()
+        body = app.screen.query_one("#help-body")
+        await burst(*"jjjjj")
+        assert body.scroll_y == 5
+        await burst("k", "k")
+        assert body.scroll_y == 3
+        await burst("G")
+        assert body.scroll_y == body.max_scroll_y > 5
+        await pilot.press("escape", "4", "enter")
+        await until(pilot, lambda: app.screen.__class__.__name__ == "Inspector")
+        await pilot.pause()
+        body = app.screen.query_one("#inspector-body")
+        await burst(*"jjjjj")
+        assert body.scroll_y == min(5, body.max_scroll_y) and body.max_scroll_y >= 5
