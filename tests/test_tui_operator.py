@@ -203,3 +203,17 @@ async def test_keys_that_arrive_in_one_write_all_scroll(busy):
         body = app.screen.query_one("#inspector-body")
         await burst(*"jjjjj")
         assert body.scroll_y == min(5, body.max_scroll_y) and body.max_scroll_y >= 5
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20), (120, 40)])
+async def test_the_help_says_more_is_below_where_it_can_be_seen(busy, size):
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        dialog, hint = app.screen.query_one(".dialog"), app.screen.query_one("#help-more")
+        assert dialog.content_region.contains_region(hint.region), (dialog.content_region,
+                                                                    hint.region)
+        assert "↓&#160;more&#160;below" in app.export_screenshot()
