@@ -14,8 +14,9 @@ from textual import events
 from relay import config as configmod
 from relay.admin import Admin
 from relay.service import lock_holder
-from relay.store import BADMAIL, TRASH
-from tests.tui_fixture import T0, fixed_id, until
+from relay.store import BADMAIL, QUEUE, TRASH
+from tests.bulk_support import fill_queue
+from tests.tui_fixture import T0, fixed_id, hold_lock, until, write_config
 from tui.app import ConsoleApp, holder_pid
 from tui.model import COLUMNS
 from tui.screens.confirm import Confirm
@@ -217,3 +218,38 @@ async def test_the_help_says_more_is_below_where_it_can_be_seen(busy, size):
         assert dialog.content_region.contains_region(hint.region), (dialog.content_region,
                                                                     hint.region)
         assert "↓&#160;more&#160;below" in app.export_screenshot()
+
+
+async def test_g_and_G_go_to_the_first_and_last_of_the_whole_folder(tmp_path):
+    """450 queued (three pages): G is the last message of the folder, not of the page; with a
+    filter, the last that matches; in the by-domain view, the last domain."""
+    root = tmp_path / "mailroot"
+    ids = fill_queue(root, 450, domains=2)
+    fd = hold_lock(root)  # a relay runs elsewhere: the console attaches
+    try:
+        app = ConsoleApp(configmod.load(write_config(tmp_path)), clock=lambda: T0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.index.ready)
+            pane = app.dashboard.panes[QUEUE]
+            await pilot.press("G")
+            await pilot.pause()
+            assert pane.current_id() == ids[-1] and pane.view.page == 2
+            await pilot.press("g")
+            await pilot.pause()
+            assert pane.current_id() == ids[0] and pane.view.page == 0
+            await pilot.press("slash", *"domain:d0.example", "enter")
+            await until(pilot, lambda: len(pane.view.ids) == 225)
+            await pilot.press("G")
+            await pilot.pause()
+            assert pane.current_id() == ids[-2]  # the last of d0.example
+            await pilot.press("escape", "b")
+            await until(pilot, lambda: app.screen.__class__.__name__ == "ByDomain")
+            table = app.screen.query_one("#by-domain-table")
+            await pilot.press("G")
+            await pilot.pause()
+            assert table.cursor_row == table.row_count - 1 == 1
+            await pilot.press("g")
+            await pilot.pause()
+            assert table.cursor_row == 0
+    finally:
+        os.close(fd)

@@ -171,4 +171,6 @@ BY_DOMAIN = [
     Act("escape", "back", "Back", "to the dashboard", label="back"),
     Act("j", "cursor('down')", "Down", footer=False),
     Act("k", "cursor('up')", "Up", footer=False),
+    Act("g,home", "cursor('top')", "First domain", footer=False),
+    Act("G,end", "cursor('bottom')", "Last domain", footer=False),
 ]

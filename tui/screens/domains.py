@@ -19,6 +19,7 @@ from relay.config import ConfigError, Domain, HostPort, TlsPolicy
 from tui.actions import DOMAINS, Guarded, bindings
 from tui.theme import MUTED
 from tui.widgets.keybar import KeyBar
+from tui.widgets.scrolling import cursor_by_key
 from tui.widgets.textbox import TextBox
 
 TLS_POLICIES = typing.get_args(TlsPolicy)
@@ -220,6 +221,4 @@ class DomainEditor(Guarded, Screen):
         self.app.pop_screen()
 
     def action_cursor(self, where: str) -> None:
-        table = self.query_one(DataTable)
-        {"down": table.action_cursor_down, "up": table.action_cursor_up,
-         "top": table.action_scroll_top, "bottom": table.action_scroll_bottom}[where]()
+        cursor_by_key(self.query_one(DataTable), where)

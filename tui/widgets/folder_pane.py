@@ -24,14 +24,20 @@ STATE_STYLE = {"‖": WAITING, "↻": WAITING, "▶": ACTIVE, "→": ACTIVE, "�
 
 
 class FolderTable(DataTable):
-    """The folder's table; j/k/g/G as well as the arrows."""
+    """The folder's table; j/k as well as the arrows; g/G (home/end) the first and last row
+    of the whole folder as filtered, not of the page it shows (as in less and k9s)."""
 
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
-        Binding("g", "scroll_top", "Top", show=False),
-        Binding("G", "scroll_bottom", "Bottom", show=False),
+        Binding("g,home", "folder_end(False)", "First", show=False),
+        Binding("G,end", "folder_end(True)", "Last", show=False),
     ]
+
+    def action_folder_end(self, last: bool) -> None:
+        pane = self.parent
+        assert isinstance(pane, FolderPane)
+        pane.go_to_end(last)
 
 
 class FolderPane(Vertical):
@@ -219,6 +225,18 @@ class FolderPane(Vertical):
 
     def show_title(self) -> None:
         self.query_one(".pane-title", Static).update(self.title_text())
+
+    def go_to_end(self, last: bool) -> None:
+        """The cursor on the first or the last message of the whole (filtered) folder: its
+        page is loaded first."""
+        view = self.view
+        page = view.pages - 1 if last else 0
+        if page != view.page:
+            view.page = page
+            self.app.refresh_view(self.folder)  # type: ignore[attr-defined]
+        table = self.table
+        if table.row_count:
+            table.move_cursor(row=table.row_count - 1 if last else 0)
 
     def toggle_mark(self) -> None:
         current = self.current_id()

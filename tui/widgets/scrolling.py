@@ -1,8 +1,9 @@
-"""Scrolling a text view by key, so that every key acts."""
+"""Moving through a text view or a table by key, so that every key acts."""
 
 from __future__ import annotations
 
 from textual.containers import ScrollableContainer
+from textual.widgets import DataTable
 
 
 def scroll_by_key(body: ScrollableContainer, where: str) -> None:
@@ -14,3 +15,9 @@ def scroll_by_key(body: ScrollableContainer, where: str) -> None:
     y = {"down": last + 1, "up": last - 1, "page": last + page, "home": 0,
          "end": body.max_scroll_y}[where]
     body.scroll_to(y=min(body.max_scroll_y, max(0, y)), animate=False, immediate=True)
+
+
+def cursor_by_key(table: DataTable, where: str) -> None:
+    """j/k/g/G in a table that holds all its rows: one down or up, the first or the last."""
+    {"down": table.action_cursor_down, "up": table.action_cursor_up,
+     "top": table.action_scroll_top, "bottom": table.action_scroll_bottom}[where]()
