@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import signal
 import smtplib
 import struct
@@ -24,6 +25,7 @@ from relay import config as configmod
 from relay.admin import Admin
 from relay.service import lock_holder
 from relay.store import BADMAIL, DROP, QUEUE, Mailroot
+from tests.busy_fixture import build_busy
 from tests.conftest import drop_file, sample, wait_for
 from tests.tui_fixture import T0, build, hold_lock
 from tests.tui_fixture import until as wait_until
@@ -294,6 +296,50 @@ def test_a_hangup_hands_the_embedded_relay_to_a_background_serve(write_config, t
             os.kill(background, signal.SIGTERM)
             wait_for(lambda: lock_holder(Mailroot(root)) is None, timeout=15)
     assert b"embedded relay" in screen
+
+
+COLOUR_CODES = re.compile(r"^(3[0-8]|4[0-8]|9[0-7]|10[0-7])$")  # 39 and 49: the default
+
+
+def colour_codes(screen: bytes) -> list[str]:
+    """The SGR sequences in terminal output that set a colour (of text or background)."""
+    found = []
+    for params in re.findall(rb"\x1b\[([0-9;:]*)m", screen):
+        codes = params.decode().replace(":", ";").split(";")
+        if any(COLOUR_CODES.match(code) for code in codes):
+            found.append(params.decode())
+    return found
+
+
+def test_no_color_sends_no_colour_codes_to_the_terminal(tmp_path):
+    """NO_COLOR=1: not one colour code reaches the terminal (Textual's own answer is grey
+    tones in 256-colour codes), and the cursor row is drawn in reverse video."""
+    root = tmp_path / "mailroot"
+    build_busy(root)
+    path = fixture_config(tmp_path)
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "console", "--readonly",
+                             "-c", str(path)],
+                            stdin=secondary, stdout=secondary, stderr=secondary,
+                            start_new_session=True, cwd=Path(__file__).parent.parent,
+                            env={**os.environ, "TERM": "xterm-256color", "NO_COLOR": "1",
+                                 "COLORTERM": "truecolor"})
+    os.close(secondary)
+    screen = bytearray()
+    reader = threading.Thread(target=drain, args=(primary, screen), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: b"READ-ONLY" in screen, timeout=15)
+        time.sleep(1.5)  # a second's ticks drawn too
+        os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=10) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    assert colour_codes(bytes(screen)) == []
+    assert b"\x1b[7m" in screen or re.search(rb"\x1b\[[0-9;]*;7[;m]", screen)
 
 
 def test_listeners_follow_each_relay_run_in_the_events():

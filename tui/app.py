@@ -78,7 +78,9 @@ class ConsoleApp(App):
 
     def __init__(self, config: Config, *, readonly: bool = False,
                  clock: Callable[[], float] | None = None) -> None:
-        super().__init__()
+        # NO_COLOR (as Textual reads it): no colour at all. Textual's own answer is grey
+        # tones, still sent as 256-colour codes; with ANSI colours on it strips them instead.
+        super().__init__(ansi_color=True if os.environ.get("NO_COLOR") is not None else None)
         self.config = config
         self.readonly = readonly
         self.clock = clock or time.time
