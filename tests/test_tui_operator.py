@@ -253,3 +253,16 @@ async def test_g_and_G_go_to_the_first_and_last_of_the_whole_folder(tmp_path):
             assert table.cursor_row == 0
     finally:
         os.close(fd)
+
+
+def test_a_message_that_fails_twice_counts_once_as_badmail_does():
+    """Requeued from Badmail, failed again: the status line's ✗ counts messages, as Badmail
+    holds them, so it agrees with the folder; attempts delivered and deferred count each."""
+    from tui.stats import Stats
+
+    stats = Stats()
+    for n, (event, mid) in enumerate([("bounced", "A"), ("deferred", "B"), ("bounced", "A"),
+                                      ("deferred", "B"), ("bounced", "C")]):
+        stats.add({"time": T0 - 100 + n, "event": event, "id": mid})
+    assert stats.counts(T0, 3600) == {"delivered": 0, "deferred": 2, "failed": 2}
+    assert stats.counts(T0, 98.5) == {"delivered": 0, "deferred": 1, "failed": 2}
