@@ -10,17 +10,19 @@ from dataclasses import replace
 
 import pytest
 from textual import events
+from textual.widgets import Select
 
 from relay import config as configmod
 from relay.admin import Admin
 from relay.service import lock_holder
 from relay.store import BADMAIL, QUEUE, TRASH
 from tests.bulk_support import fill_queue
-from tests.tui_fixture import T0, fixed_id, hold_lock, until, write_config
+from tests.tui_fixture import T0, build, fixed_id, hold_lock, until, write_config
 from tui.app import ConsoleApp, holder_pid
 from tui.model import COLUMNS
 from tui.screens.confirm import Confirm
 from tui.screens.dashboard import Dashboard
+from tui.screens.domains import TLS_POLICIES
 
 
 async def test_a_bulk_requeue_question_counts_the_permanent_failures(busy):
@@ -266,3 +268,42 @@ def test_a_message_that_fails_twice_counts_once_as_badmail_does():
         stats.add({"time": T0 - 100 + n, "event": event, "id": mid})
     assert stats.counts(T0, 3600) == {"delivered": 0, "deferred": 2, "failed": 2}
     assert stats.counts(T0, 98.5) == {"delivered": 0, "deferred": 1, "failed": 2}
+
+
+async def test_the_domain_editor_offers_tls_as_a_choice_and_enter_there_does_not_save(
+        tmp_path):
+    """`m` in the domain editor: tls is one of its valid values, picked from a list; enter on
+    it opens the list (it saved the form, half typed, when tls was free text)."""
+    root = tmp_path / "mailroot"
+    build(root)
+    fd = hold_lock(root)
+    try:
+        config = configmod.load(write_config(tmp_path))
+        app = ConsoleApp(config, clock=lambda: T0)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("e")
+            await until(pilot, lambda: app.screen.__class__.__name__ == "DomainEditor")
+            await pilot.press("m")
+            await until(pilot, lambda: app.screen.__class__.__name__ == "Ask")
+            ask = app.screen
+            choice = ask.query_one("#ask-tls", Select)
+            assert choice.value == "may"
+            await pilot.press(*"partner.example", "tab")
+            assert choice.has_focus
+            await pilot.press("enter")
+            await until(pilot, lambda: choice.expanded)
+            assert app.screen is ask  # not saved
+            listed = choice.query_one("SelectOverlay")
+            assert [str(listed.get_option_at_index(i).prompt)
+                    for i in range(listed.option_count)] == list(TLS_POLICIES)
+            await pilot.press("down", "enter")  # may -> require
+            await until(pilot, lambda: not choice.expanded)
+            assert choice.value == "require"
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.screen.__class__.__name__ == "DomainEditor")
+            await until(pilot, lambda: "partner.example" in Admin(
+                configmod.load(config.source)).domains().remote)
+        remote = configmod.load(config.source).domains.remote["partner.example"]
+        assert remote.tls == "require"
+    finally:
+        os.close(fd)
