@@ -22,10 +22,28 @@ def test_the_recipient_is_never_dropped(folder, width):
     assert "to" in [c.key for c, _ in fit(COLUMNS[folder], width)]
 
 
-def test_spare_width_goes_to_the_reply_before_extras():
+def test_sender_and_subject_come_before_a_wide_reply():
+    """The same 451 filled every row of a wide reply column while sender and subject were
+    never shown below about 250 columns: the reply now takes what they leave."""
     shown = dict((c.key, w) for c, w in fit(COLUMNS[QUEUE], 99))
-    assert "from" not in shown and shown["error"] >= 40
+    assert "from" in shown and "subject" not in shown and shown["error"] >= 12
     assert {"age", "to", "next", "attempts"} <= set(shown)
+    shown = dict((c.key, w) for c, w in fit(COLUMNS[QUEUE], 113))
+    assert {"from", "subject"} <= set(shown) and shown["error"] >= 12
+    assert [c.key for c, _ in fit(COLUMNS[QUEUE], 113)][-3:] == ["from", "subject", "error"]
+
+
+@pytest.mark.parametrize(("size", "wanted"), [
+    ((120, 30), {"age", "to", "next", "error"}),
+    ((200, 50), {"age", "to", "from", "subject", "error"})])
+async def test_the_queue_pane_side_by_side_keeps_age_and_shows_sender_and_subject(
+        busy, size, wanted):
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        queue = app.dashboard.panes[QUEUE]
+        assert wanted <= {c.key for c in queue.columns}, [c.key for c in queue.columns]
 
 
 @pytest.mark.parametrize("width", [24, 30, 38])
@@ -238,3 +256,19 @@ async def test_every_text_on_every_screen_meets_wcag_aa(busy, size):
             await pilot.pause()
     assert len({screen for screen, _ in seen.values()}) >= 8, seen  # each key opened its screen
     assert {name: low for name, (_, low) in seen.items() if low} == {}
+
+
+@pytest.mark.parametrize("size", [(60, 20), (80, 24)])
+async def test_every_tab_shows_its_count_whole(busy, size):
+    """At 60x20 Hold's and Trash's counts were cut: under 80 columns the tabs leave out their
+    keys (the help lists 1-6) rather than a count."""
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        tabs = list(app.dashboard.query("Tab"))
+        assert len(tabs) == 6
+        for tab in tabs:
+            assert tab.region.right <= size[0], (str(tab.label), tab.region)
+        labels = [str(t.label) for t in tabs]
+        assert labels[1].endswith("Queue 50") and labels[-1].endswith("Trash 0")
