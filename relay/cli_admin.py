@@ -19,7 +19,7 @@ from relay.admin import ActionResult, Admin, FolderParts, MessageSummary, NotFou
 from relay.audit import INLINE_IDS
 from relay.config import Config
 from relay.fanout import cores
-from relay.folderstats import FolderUsage, all_usage, usage_table
+from relay.folderstats import FolderUsage, all_usage, disk_bytes, human_size, usage_table
 from relay.listing import MatchError, matching
 from relay.qshape import AGE_BUCKETS, ShapeRow
 from relay.refusals import top_refused
@@ -31,6 +31,7 @@ from relay.store import (
     PICKUP,
     QUEUE,
     TRASH,
+    Mailroot,
     json_bytes,
 )
 
@@ -75,7 +76,7 @@ def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
     once, a million in constant memory. Oldest first, unless the folder is too large to
     list and sort before the first line (then in directory order, and stderr says so)."""
     folder = FOLDER_NAMES[args.folder]
-    render = partial(render_rows, as_json=args.json)
+    render = partial(render_rows, store=admin.store, as_json=args.json)
     sort_up_to = math.inf if args.sort else 0 if args.unsorted else LISTING_SORTED_UP_TO
     try:
         listing = FolderParts(iter([render(matching(admin, folder, args.match))]), True) \
@@ -94,20 +95,26 @@ def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
 class Rendered(NamedTuple):
     text: str
     count: int
-    size: int
+    size: int  # the bytes their files hold on disk (folderstats.disk_bytes)
 
 
-def render_rows(rows: list[MessageSummary], as_json: bool = False) -> Rendered:
-    """Rows as `mailroot queue` prints them: postqueue -p's layout, or a JSON object a line."""
+def render_rows(rows: list[MessageSummary], store: Mailroot, as_json: bool = False
+                ) -> Rendered:
+    """Rows as `mailroot queue` prints them: postqueue -p's layout, or a JSON object a line;
+    their size on disk as `summary` measures a folder (looked at here, where the rows are
+    read: by every core for a large folder)."""
     if as_json:
         text = b"".join(json_bytes(row.to_dict()) + b"\n" for row in rows).decode()
     else:
         text = "".join("\n".join(format_row(row)) + "\n\n" for row in rows)
-    return Rendered(text, len(rows), sum(row.size for row in rows))
+    size = sum(disk_bytes(store, folder, [r.id for r in rows if r.folder == folder])
+               for folder in {r.folder for r in rows})
+    return Rendered(text, len(rows), size)
 
 
-def write_rows(rows: Iterable[MessageSummary], where: str, as_json: bool = False) -> None:
-    write_parts([render_rows(list(rows), as_json)], where, as_json)
+def write_rows(rows: Iterable[MessageSummary], store: Mailroot, where: str,
+               as_json: bool = False) -> None:
+    write_parts([render_rows(list(rows), store, as_json)], where, as_json)
 
 
 def write_parts(parts: Iterable[Rendered], where: str, as_json: bool = False) -> None:
@@ -119,7 +126,8 @@ def write_parts(parts: Iterable[Rendered], where: str, as_json: bool = False) ->
         count += part.count
         size += part.size
     if not as_json:
-        out.write(f"-- {size // 1024} KiB in {count} message{'s' * (count != 1)} {where}\n")
+        out.write(f"-- {human_size(size)} on disk in {count:,} message{'s' * (count != 1)} "
+                  f"{where}\n")
 
 
 def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
@@ -250,7 +258,7 @@ def by_match(action: str, verb: str, by_ids: Callable[[argparse.Namespace, Admin
             print(f"mailroot {action}: bad --match: {exc}", file=sys.stderr)
             return 2
         if args.dry_run:
-            write_rows(rows, f"in {folder} would be {verb.rstrip(':')}")
+            write_rows(rows, admin.store, f"in {folder} would be {verb.rstrip(':')}")
             return 0
         if action == "delete" and not args.yes and not confirm_delete(len(rows)):
             return 1
