@@ -27,7 +27,8 @@ from relay.fanout import fan_out
 from relay.logrotate import Rotation
 from relay.message import Message, MessageError
 from relay.pickup_file import parse_pickup, why_waiting
-from relay.qshape import QueueShape, bucket, reason_class
+from relay.qshape import QueueShape, bucket
+from relay.reasons import reason_class
 from relay.store import (
     BADMAIL,
     DROP,
@@ -708,7 +709,7 @@ class Admin:
                 envelope = None
             reason = read_reason(self.store.path(BADMAIL, mid, ".BAD"))
             received = envelope.received if envelope else id_time(mid)
-            shape.add_badmail(reason_class(reason, envelope), now - received)
+            shape.add_badmail(reason_class(reason), now - received)
         shape.sort()
         return shape
 

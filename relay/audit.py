@@ -15,6 +15,7 @@ from relay.events import read_rotated
 from relay.logrotate import Appender, Rotation
 
 AUDIT_NAME = "audit.log"
+INLINE_IDS = 3  # more ids than this read as a count and the first and last (`audit --ids`)
 
 
 def operator() -> str:
@@ -38,7 +39,8 @@ class AuditEntry:
     def line(self) -> str:
         """One readable line, as `mailroot audit` prints it."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
-        ids = " ".join(self.ids)
+        ids = " ".join(self.ids) if len(self.ids) <= INLINE_IDS else \
+            f"{len(self.ids):,} messages ({self.ids[0]} … {self.ids[-1]})"
         extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in self.detail.items())
         return "  ".join(part for part in (stamp, self.user, self.action, ids, extra) if part)
 

@@ -176,7 +176,13 @@ COMMANDS = {"console": cmd_console, "serve": cmd_serve, "check": cmd_check, "sen
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, unknown = top.parse_known_args(argv)
+    if unknown:
+        message = f"unrecognized arguments: {' '.join(unknown)}"
+        if args.command == "health":
+            cli_health.usage_error(top, message)
+        top.error(message)
     if args.command in cli_iis.STANDALONE:
         return cli_iis.STANDALONE[args.command](args)
     if args.command == "service":

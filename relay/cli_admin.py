@@ -11,13 +11,15 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
 from relay.admin import ActionResult, Admin, FolderParts, MessageSummary, NotFound
+from relay.audit import INLINE_IDS
 from relay.config import Config
 from relay.fanout import cores
-from relay.folderstats import FolderUsage, all_usage, usage_table
+from relay.folderstats import FolderUsage, all_usage, disk_bytes, human_size, usage_table
 from relay.listing import MatchError, matching
 from relay.qshape import AGE_BUCKETS, ShapeRow
 from relay.refusals import top_refused
@@ -29,6 +31,7 @@ from relay.store import (
     PICKUP,
     QUEUE,
     TRASH,
+    Mailroot,
     json_bytes,
 )
 
@@ -73,7 +76,7 @@ def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
     once, a million in constant memory. Oldest first, unless the folder is too large to
     list and sort before the first line (then in directory order, and stderr says so)."""
     folder = FOLDER_NAMES[args.folder]
-    render = partial(render_rows, as_json=args.json)
+    render = partial(render_rows, store=admin.store, as_json=args.json)
     sort_up_to = math.inf if args.sort else 0 if args.unsorted else LISTING_SORTED_UP_TO
     try:
         listing = FolderParts(iter([render(matching(admin, folder, args.match))]), True) \
@@ -92,20 +95,26 @@ def cmd_queue(args: argparse.Namespace, admin: Admin) -> int:
 class Rendered(NamedTuple):
     text: str
     count: int
-    size: int
+    size: int  # the bytes their files hold on disk (folderstats.disk_bytes)
 
 
-def render_rows(rows: list[MessageSummary], as_json: bool = False) -> Rendered:
-    """Rows as `mailroot queue` prints them: postqueue -p's layout, or a JSON object a line."""
+def render_rows(rows: list[MessageSummary], store: Mailroot, as_json: bool = False
+                ) -> Rendered:
+    """Rows as `mailroot queue` prints them: postqueue -p's layout, or a JSON object a line;
+    their size on disk as `summary` measures a folder (looked at here, where the rows are
+    read: by every core for a large folder)."""
     if as_json:
         text = b"".join(json_bytes(row.to_dict()) + b"\n" for row in rows).decode()
     else:
         text = "".join("\n".join(format_row(row)) + "\n\n" for row in rows)
-    return Rendered(text, len(rows), sum(row.size for row in rows))
+    size = sum(disk_bytes(store, folder, [r.id for r in rows if r.folder == folder])
+               for folder in {r.folder for r in rows})
+    return Rendered(text, len(rows), size)
 
 
-def write_rows(rows: Iterable[MessageSummary], where: str, as_json: bool = False) -> None:
-    write_parts([render_rows(list(rows), as_json)], where, as_json)
+def write_rows(rows: Iterable[MessageSummary], store: Mailroot, where: str,
+               as_json: bool = False) -> None:
+    write_parts([render_rows(list(rows), store, as_json)], where, as_json)
 
 
 def write_parts(parts: Iterable[Rendered], where: str, as_json: bool = False) -> None:
@@ -117,7 +126,8 @@ def write_parts(parts: Iterable[Rendered], where: str, as_json: bool = False) ->
         count += part.count
         size += part.size
     if not as_json:
-        out.write(f"-- {size // 1024} KiB in {count} message{'s' * (count != 1)} {where}\n")
+        out.write(f"-- {human_size(size)} on disk in {count:,} message{'s' * (count != 1)} "
+                  f"{where}\n")
 
 
 def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
@@ -157,10 +167,17 @@ def cmd_show(args: argparse.Namespace, admin: Admin) -> int:
 
 
 def report(result: ActionResult, verb: str) -> int:
+    """A line per message (scripts read the ids), then the total on stderr, as postsuper
+    prints it: "mailroot: held 1,310 messages; 8 were not (named above)"."""
     for mid in result.done:
         print(f"{verb} {mid}")
     for mid, reason in result.problems.items():
         print(f"mailroot: {mid}: {reason}", file=sys.stderr)
+    done, missed = len(result.done), len(result.problems)
+    total = f"mailroot: {verb.rstrip(':')} {done:,} message{'s' * (done != 1)}"
+    if missed:
+        total += f"; {missed:,} {'was' if missed == 1 else 'were'} not (named above)"
+    print(total, file=sys.stderr)
     return 1 if result.problems else 0
 
 
@@ -241,32 +258,34 @@ def by_match(action: str, verb: str, by_ids: Callable[[argparse.Namespace, Admin
             print(f"mailroot {action}: bad --match: {exc}", file=sys.stderr)
             return 2
         if args.dry_run:
-            write_rows(rows, f"in {folder} would be {verb.rstrip(':')}")
+            write_rows(rows, admin.store, f"in {folder} would be {verb.rstrip(':')}")
             return 0
         if action == "delete" and not args.yes and not confirm_delete(len(rows)):
             return 1
         detail = {"reason": args.reason} if action == "requeue" else {}
-        return report(admin.bulk(action, [r.id for r in rows], **detail), verb)
+        return report(admin.bulk(action, [r.id for r in rows], match=args.match, **detail), verb)
     return run_match
 
 
 def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
-    """Counts by age, columns headed by their upper bound in minutes as qshape does."""
+    """Counts by age, columns headed by their upper bound in minutes as qshape does; every
+    line within 80 columns (and 80 bytes: a cut name's `…` is 3 of them)."""
     shape = admin.summary(workers=cores())
-    names = [r.name for r in shape.domains + shape.badmail]
-    width = min(SUMMARY_NAME, max([len(n) for n in names] + [len("minutes up to")]))
-    print(f"{'minutes up to':<{width}} {'T':>6}" + "".join(f" {c:>5}" for c in age_labels()))
+    rows = [shape.total(), *shape.domains, *shape.badmail]
+    layout = ShapeLayout.of([r.name for r in rows] + ["minutes up to"],
+                            max(r.total for r in rows), max(max(r.counts) for r in rows))
+    print(layout.line("minutes up to", "T", age_labels()))
     for row in [shape.total(), *shape.domains]:
-        print(_shape_line(row, width))
+        print(layout.row(row))
     if shape.badmail:
         print("\nBadmail by reason")
         for row in shape.badmail:
-            print(_shape_line(row, width))
+            print(layout.row(row))
     refused = top_refused(admin.store.log_dir, time.time())
     if refused:
         print("\nRefused clients, last hour")
         for client, count in refused:
-            print(f"{_cut(client, width):<{width}} {count:>6}")
+            print(layout.line(client, count, []))
     print("\nDisk used by each folder")
     now = time.time()
     queue = FolderUsage(QUEUE, shape.messages, shape.bytes,  # counted as its envelopes were read
@@ -275,7 +294,32 @@ def cmd_summary(args: argparse.Namespace, admin: Admin) -> int:
     return 0
 
 
-SUMMARY_NAME = 24  # the widest name column of `summary`: its table fits 80 columns
+SUMMARY_WIDTH = 80  # the README's promise for `summary`
+CUT = "…"  # one column, three bytes
+
+
+@dataclass(frozen=True)
+class ShapeLayout:
+    """The widths of `summary`'s table: the counts as wide as the largest needs, the name
+    column what is left of 80 (a name cut in its middle keeps its end: domains differ there)."""
+
+    name: int
+    total: int
+    count: int
+
+    @classmethod
+    def of(cls, names: list[str], largest_total: int, largest_count: int) -> ShapeLayout:
+        total = max(6, len(str(largest_total)))
+        count = max(5, len(str(largest_count)))
+        room = SUMMARY_WIDTH - (len(CUT.encode()) - 1) - 1 - total - len(AGE_BUCKETS) * (1 + count)
+        return cls(min(max(len(n) for n in names), room), total, count)
+
+    def line(self, name: str, total: object, counts: list) -> str:
+        return f"{cut_middle(name, self.name):<{self.name}} {total:>{self.total}}" + "".join(
+            f" {c:>{self.count}}" for c in counts)
+
+    def row(self, row: ShapeRow) -> str:
+        return self.line(row.name, row.total, row.counts)
 
 
 def age_labels() -> list[str]:
@@ -283,13 +327,12 @@ def age_labels() -> list[str]:
     return [f"{int(b // 60)}" if b != math.inf else f"{int(bounds[-2] // 60)}+" for b in bounds]
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def _shape_line(row: ShapeRow, width: int) -> str:
-    return f"{_cut(row.name, width):<{width}} {row.total:>6}" + "".join(
-        f" {n:>5}" for n in row.counts)
+def cut_middle(text: str, width: int) -> str:
+    """`a-rather-lo…-name-7.example`: the start and the end, which tell names apart."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2 + (width - 1) % 2
+    return text[:width - 1 - tail] + CUT + text[-tail:]
 
 
 def cmd_domains(args: argparse.Namespace, admin: Admin) -> int:
@@ -332,8 +375,11 @@ def cmd_settings(args: argparse.Namespace, admin: Admin) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, admin: Admin) -> int:
+    """One line per action; a bulk action's ids one per line below it with --ids."""
     for entry in admin.audit():
         print(entry.line())
+        if args.ids and len(entry.ids) > INLINE_IDS:
+            print("\n".join(f"    {mid}" for mid in entry.ids))
     return 0
 
 
@@ -398,7 +444,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     settings.add_argument("action", choices=["get", "set"])
     settings.add_argument("key")
     settings.add_argument("value", nargs="?")
-    sub.add_parser("audit", parents=[common], help="print the audit log")
+    audit = sub.add_parser("audit", parents=[common], help="print the audit log")
+    audit.add_argument("--ids", action="store_true",
+                       help="list every id of a bulk action, one per line below it")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Admin], int]] = {

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from relay.config import Config, ConfigError, Duration
 from relay.store import Mailroot
@@ -31,6 +34,16 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                            help=f"{what} holding N or more messages: CRITICAL")
     check.add_argument("--expect-relay", action="store_true",
                        help="CRITICAL when no relay runs on the mailroot")
+    check.error = functools.partial(usage_error, check)  # type: ignore[method-assign]
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """A usage error is UNKNOWN (3), as Nagios plugins report it: exit 2 would read as
+    CRITICAL and page someone about a typo in a check's arguments."""
+    from relay import health
+
+    print(f"MAILROOT UNKNOWN - usage: {message} (see {parser.prog} --help)")
+    sys.exit(health.UNKNOWN)
 
 
 def run(args: argparse.Namespace, load_config: Callable[[str | None], Config]) -> int:

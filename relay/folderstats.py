@@ -6,8 +6,10 @@ metrics, the health check, `mailroot summary` and the systemd STATUS line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relay.fanout import fan_out
@@ -58,6 +60,24 @@ def _tally(where: str, names: list[str], marker: str | None, now: float
             count += 1
             oldest = min(oldest, id_time(name[:-len(marker)]))
     return count, size, oldest
+
+
+MESSAGE_FILES = (".eml", ".env", ".BAD")  # what one message is on disk, outside Pickup
+
+
+def disk_bytes(store: Mailroot, folder: str, ids: Iterable[str]) -> int:
+    """The bytes some messages' files hold (a Pickup entry is its one file): the same
+    measure as `usage`, so `mailroot queue` and `summary` give one size for one folder."""
+    where = str(store.folder(folder))
+    names = ids if MARKER.get(folder) is None else (
+        f"{mid}{ext}" for mid in ids for ext in MESSAGE_FILES)
+    total = 0
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(f"{where}/{name}")
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
 
 
 def all_usage(store: Mailroot, now: float, workers: int = 1,

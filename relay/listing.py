@@ -10,6 +10,9 @@ The expression: space-separated terms, all of which must hold (AND).
                   domain:.D (or *.D) any domain under D
   from:X to:X     part of the sender / of a recipient address
   reason:X        part of the Badmail reason or the last reply, or the reason class
+  class:C         the reason class is C, exactly as the console's class column shows it
+                  (expired, too-big, loop, no-rcpt, DNS, TLS, damaged, bad-file, 5.1.1, 5xx,
+                  other; any case)
   subject:X       part of the subject
   older:2h        received more than 2h ago (s, m, h, d); newer:10m the opposite
   size>1MB        also <, >=, <=, = ; sizes as in the config (KB, MB, KiB, ...)
@@ -156,6 +159,7 @@ _KEYS: dict[str, Callable[[str, float, str], Test]] = {
     "from": lambda v, now, t: lambda e: v in e.sender.lower(),
     "to": lambda v, now, t: lambda e: any(v in r.lower() for r in e.recipients),
     "reason": lambda v, now, t: lambda e: v in e.reply.lower() or v == e.reason_class.lower(),
+    "class": lambda v, now, t: lambda e: v == e.reason_class.lower(),
     "subject": lambda v, now, t: lambda e: v in e.subject.lower(),
     "older": _age_test(older=True),
     "newer": _age_test(older=False),

@@ -1,28 +1,17 @@
 """Queue shape, as Postfix's qshape shows it: messages per destination domain by age, and
-Badmail by reason class, so an operator sees at a glance where mail is piling up and why."""
+Badmail by reason class (relay.reasons), so an operator sees at a glance where mail is piling
+up and why."""
 
 from __future__ import annotations
 
 import bisect
 import math
-import re
 from dataclasses import dataclass, field
-
-from relay.store import Envelope
 
 AGE_BUCKETS: list[tuple[float, str]] = [
     (300, "0-5m"), (600, "5-10m"), (1200, "10-20m"), (2400, "20-40m"), (4800, "40-80m"),
     (9600, "80-160m"), (19200, "160-320m"), (math.inf, "older")]
 COLUMNS = [label for _, label in AGE_BUCKETS]
-
-STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-CLASSES = (  # (class, words in the reason that mean it), checked in this order
-    ("expired", ("expired", "expiration", "gave up after")),
-    ("DNS", ("dns", "mx record", "mx lookup", "nxdomain", "servfail", "no such domain",
-             "does not resolve", "null mx")),
-    ("TLS", ("tls", "certificate")),
-)
-
 
 _LIMITS = [limit for limit, _ in AGE_BUCKETS]
 
@@ -31,22 +20,6 @@ def bucket(age: float) -> int:
     """The age column: the first whose limit the age is under (a bisect: `summary` asks
     this once for each of a million messages)."""
     return bisect.bisect_right(_LIMITS, age)
-
-
-def reason_class(reason: str, envelope: Envelope | None) -> str:
-    """A Badmail entry's class: expired, DNS, TLS, the 5.x.y status, or the intake reason."""
-    text = reason.lower()
-    for name, words in CLASSES:
-        if any(word in text for word in words):
-            return name
-    if envelope is None:  # refused at intake: the reason without its particulars
-        head = re.sub(r"\d+", "N", reason.split(":", 1)[0]).strip()
-        return f"intake: {head[:60]}" if head else "intake"
-    statuses = [r.status for r in envelope.recipients if r.state == "failed" and r.status]
-    if statuses:
-        return max(set(statuses), key=statuses.count)
-    match = STATUS.search(reason)
-    return match[1] if match else "other"
 
 
 @dataclass

@@ -94,6 +94,8 @@ class Document:
     def __init__(self, root: CommentedMap) -> None:
         self.root = root
         self._opened: list[tuple[CommentedMap, str]] = []
+        # keys added after the last of a mapping, with the leaf that was last before them
+        self._appended: list[tuple[tuple[CommentedMap, str], CommentedMap, str]] = []
 
     # --- navigation ---
 
@@ -115,9 +117,17 @@ class Document:
                 child = CommentedMap()
                 if key in node:  # `remote: {}` with its comment: now a block under the key
                     self._opened.append((node, key))
-                node[key] = child
+                self._put(node, key, child)
             node = child
         return node
+
+    def _put(self, mapping: CommentedMap, key: str, value: Any) -> None:
+        """Set a key; one added after the mapping's last takes over the blank lines that
+        followed it (see settle_comments)."""
+        last = _last_leaf(mapping) if key not in mapping else None
+        mapping[key] = value
+        if last is not None:
+            self._appended.append((last, mapping, key))
 
     def get(self, parts: list[str]) -> Any:
         node: Any = self.root
@@ -132,14 +142,25 @@ class Document:
 
     def set(self, parts: list[str], value: Any) -> None:
         parent = self.section(parts[:-1])
-        parent[self._find(parent, parts[-1]) or parts[-1]] = value
+        self._put(parent, self._find(parent, parts[-1]) or parts[-1], value)
 
     def delete(self, parts: list[str]) -> bool:
+        """Remove a key; when it was the mapping's last, the blank lines after it stay, after
+        what is last now (or after the mapping's own key, when it is left empty)."""
         parent = self.get(parts[:-1])
         key = self._find(parent, parts[-1]) if isinstance(parent, CommentedMap) else None
         if key is None:
             return False
+        last = list(parent)[-1] == key
+        tail = _take_blank_lines(_last_leaf(parent[key]) or (parent, key)) if last else ""
         del parent[key]
+        target = _last_leaf(parent)
+        if not parent:  # written `{}` on its key's line, as config.example.yaml has it
+            parent.fa.set_flow_style()
+        if target is None and len(parts) > 1:
+            grandparent = self.get(parts[:-2])
+            target = (grandparent, self._find(grandparent, parts[-2]))
+        _give_blank_lines(target, tail)
         return True
 
     def rename(self, parts: list[str], new: str) -> None:
@@ -171,26 +192,53 @@ class Document:
     # --- output ---
 
     def settle_comments(self) -> None:
-        """A flow mapping opened into a block keeps its comment on the key's line, but the
-        blank lines that followed it belong after the new block, not inside it."""
+        """Blank lines stay where they separate sections: a flow mapping opened into a block
+        keeps its comment on the key's line, but the blank lines that followed it go after
+        the new block; so do those after the entry a new key was added behind."""
         for parent, key in self._opened:
-            token = parent.ca.items.get(key, [None, None, None])[2]
-            leaf = _last_leaf(parent[key])
-            if token is None or leaf is None:
-                continue
-            kept = token.value.rstrip("\n") + "\n"
-            tail = token.value[len(kept):]
-            if tail:
-                token.value = kept
-                leaf[0].ca.items[leaf[1]] = [None, None,
-                                             CommentToken("\n" + tail, CommentMark(0), None), None]
+            _move_blank_lines((parent, key), _last_leaf(parent[key]))
+        for before, parent, key in self._appended:
+            if key in parent:
+                _move_blank_lines(before, _last_leaf(parent[key]) or (parent, key))
         self._opened.clear()
+        self._appended.clear()
 
     def dump(self) -> str:
         self.settle_comments()
         out = io.StringIO()
         _yaml().dump(self.root, out)
         return out.getvalue()
+
+
+def _take_blank_lines(source: tuple[CommentedMap, str]) -> str:
+    """The blank lines after a key's line (the tail of its trailing comment token), taken
+    off it."""
+    token = source[0].ca.items.get(source[1], [None, None, None])[2]
+    if token is None:
+        return ""
+    kept = token.value.rstrip("\n") + "\n"
+    tail = token.value[len(kept):]
+    token.value = kept
+    return tail
+
+
+def _give_blank_lines(target: tuple[CommentedMap, str] | None, tail: str) -> None:
+    """Blank lines after a key's line, after its own comment if it has one."""
+    if not tail or target is None:
+        return
+    items = target[0].ca.items
+    token = items.get(target[1], [None, None, None])[2]
+    if token is None:
+        items[target[1]] = [None, None, CommentToken("\n" + tail, CommentMark(0), None), None]
+    else:
+        token.value = token.value.rstrip("\n") + "\n" + tail
+
+
+def _move_blank_lines(source: tuple[CommentedMap, str],
+                      target: tuple[CommentedMap, str] | None) -> None:
+    """The blank lines after one key's line go after another's."""
+    if target is not None and not (target[0] is source[0] and target[1] == source[1]):
+        _give_blank_lines(target, _take_blank_lines(source))
 
 
 def _last_leaf(node: Any) -> tuple[CommentedMap, str] | None:

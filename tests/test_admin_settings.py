@@ -85,6 +85,26 @@ def test_edits_keep_comments_and_layout(commented: Path) -> None:
     assert remote.tls == "require" and str(remote.smarthost) == "127.0.0.1:2526"
 
 
+def test_domains_added_then_removed_leave_the_file_as_it_was(tmp_path: Path) -> None:
+    """The example config as shipped: three remote domains saved one after another stay
+    together above the blank line that ends the section (it moved between the first two);
+    removed again, every one, the file is byte for byte what it was."""
+    path = tmp_path / "mailroot.yaml"
+    shipped = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    path.write_text(shipped.replace("mailroot: ./mailroot", f"mailroot: {tmp_path / 'm'}", 1))
+    before = path.read_text()
+    admin = Admin(load(path))
+    for name in ("partner.example", "other.example", "third.example"):
+        admin.set_remote(name, tls="may")
+    text = path.read_text()
+    assert ("    partner.example:\n      tls: may\n    other.example:\n      tls: may\n"
+            "    third.example:\n      tls: may\n\ndelivery:") in text, text
+    assert text.count("\n\n") == before.count("\n\n")
+    for name in ("other.example", "third.example", "partner.example"):
+        admin.remove_domain(name)
+    assert path.read_text() == before
+
+
 def test_domain_verbs(commented: Path) -> None:
     admin = Admin(load(commented))
     admin.add_local("one.test")

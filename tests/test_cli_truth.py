@@ -15,6 +15,8 @@ from relay.bounce import badmail_ops
 from relay.cli_admin import format_row
 from relay.store import DROP, QUEUE, Envelope, Mailroot, Recipient, new_id
 from tests.admin_support import cli
+from tests.bulk_support import fill_queue
+from tests.busy_fixture import build_busy
 from tests.tui_fixture import T0, build, fixed_id, message, write_config
 
 
@@ -56,6 +58,38 @@ def test_summary_fits_80_columns_with_long_intake_reasons(mailroot):
     store.commit(badmail_ops(store, mid, reason, b"x\x00y", source="Pickup/app.dat"))
     out = cli(config, "summary").stdout
     assert max(len(line) for line in out.splitlines()) <= 80, out
+
+
+def test_summary_lines_fit_80_columns_and_bytes_and_cut_names_stay_apart(tmp_path):
+    """24 long domain names, 3,000 queued: every line is within 80 columns and 80 bytes (a
+    terminal, `cut -c`, a mail body), and each domain is still told apart after the cut."""
+    root = tmp_path / "mailroot"
+    fill_queue(root, 3000, domains=24, prefix="a-rather-long-subdomain-name-")
+    config = write_config(tmp_path)
+    out = cli(config, "summary").stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    assert max(len(line.encode()) for line in lines) <= 80, out
+    names = [line.split()[0] for line in lines if "…" in line]
+    assert len(names) == len(set(names)) == 24, names
+    assert all(name.endswith(".example") for name in names)
+
+
+def test_queue_and_summary_give_one_size_for_one_folder(tmp_path):
+    """`queue` said "16777 KiB in 18936 messages" and `summary` "29.8 MiB" for the same
+    folder at the same moment: both now count the bytes its messages' files hold."""
+    root = tmp_path / "mailroot"
+    build_busy(root)
+    fill_queue(root, 2000, domains=5, size_of=lambda n: 100 + n % 700)
+    config = write_config(tmp_path)
+    summary = cli(config, "summary").stdout.split("Disk used by each folder\n", 1)[1]
+    for folder in ("Queue", "Badmail", "Drop"):
+        footer = cli(config, "queue", "--folder", folder.lower()).stdout.splitlines()[-1]
+        [line] = [line for line in summary.splitlines() if line.startswith(folder)]
+        size = " ".join(line.split()[-2:])  # "1.6 MiB"
+        count = int(line.split()[1])
+        assert footer == f"-- {size} on disk in {count:,} message{'s' * (count != 1)} " \
+                         f"in {folder}", (footer, line)
 
 
 def test_the_null_sender_reads_as_angle_brackets_once(mailroot):

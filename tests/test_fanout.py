@@ -45,7 +45,7 @@ def test_workers_list_and_count_what_one_process_does(write_config, tmp_path):
     admin = Admin(configmod.load(path))
 
     def listing(workers: int, folder: str = QUEUE) -> str:
-        render = lambda rows: render_rows(rows, as_json=True).text  # noqa: E731
+        render = lambda rows: render_rows(rows, admin.store, as_json=True).text  # noqa: E731
         return "".join(admin.folder_parts(folder, render, workers=workers).parts)
 
     one = listing(1)

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from relay.bounce import quarantine_ops
 from relay.store import QUEUE, Mailroot, id_time
 from tests.conftest import drop_file, wait_for
@@ -63,6 +65,18 @@ def test_unknown_without_a_mailroot_or_with_a_broken_config(tmp_path: Path) -> N
     config.write_text("log:\n  keep: 0\n")
     code, line = health(config)
     assert code == 3 and "log.keep" in line
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--warn-age", "5x"], "--warn-age"), (["--crit-queue", "many"], "--crit-queue"),
+    (["--warn-age"], "--warn-age"), (["--critical-age", "1h"], "--critical-age")])
+def test_a_usage_error_is_unknown_not_critical(tmp_path: Path, args, named) -> None:
+    """Exit 2 is CRITICAL to Nagios: a typo in a check's arguments must not page anyone."""
+    config = tmp_path / "mailroot.yaml"
+    config.write_text(f"mailroot: {tmp_path / 'mailroot'}\n")
+    code, line = health(config, *args)
+    assert code == 3, line
+    assert line.startswith("MAILROOT UNKNOWN - usage: ") and named in line
 
 
 def test_queue_and_badmail_thresholds_warn_then_go_critical(write_config, tmp_path) -> None:

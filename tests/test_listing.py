@@ -10,6 +10,7 @@ import pytest
 from relay import config as configmod
 from relay.admin import Admin
 from relay.bounce import read_reason
+from relay.folderstats import human_size
 from relay.listing import MatchError, compile_match, entry_of, matching, reason_class
 from relay.store import BADMAIL, DROP, HOLD, QUEUE, Mailroot
 from tests.admin_support import cli
@@ -19,14 +20,15 @@ from tests.busy_fixture import build_busy
 
 @pytest.mark.parametrize("reason, klass", [
     ("expired after 2d without delivery (last: 421 4.4.2 timeout)", "expired"),
-    ("delivery failed for <a@b.example>: 550 5.1.1 user unknown", "5xx"),
-    ("delivery failed for <a@b.example>: 452 4.2.2 mailbox full", "4xx"),
+    ("delivery failed for <a@b.example>: 550 5.1.1 user unknown", "5.1.1"),
+    ("delivery failed for <a@b.example>: 452 4.2.2 mailbox full", "4.2.2"),
+    ("delivery failed for <a@b.example>: 554 rejected", "5xx"),
     ("no MX record for b.example (NXDOMAIN)", "DNS"),
     ("STARTTLS required by policy but not offered", "TLS"),
-    ("message of 9000000 bytes is over the size limit of 2097152", "too big"),
-    ("no recipients", "no rcpt"),
+    ("message of 9000000 bytes is over the size limit of 2097152", "too-big"),
+    ("no recipients", "no-rcpt"),
     ("hop count exceeded: 31 Received: headers, more than 30", "loop"),
-    ("bad sender address 'x@': missing domain", "bad file"),
+    ("bad sender address 'x@': missing domain", "bad-file"),
     ("something nobody expected", "other"),
 ])
 def test_reason_class(reason, klass):
@@ -77,6 +79,26 @@ def test_cli_queue_match_counts_and_bulk_hold_with_dry_run(tmp_path, write_confi
     assert bad.returncode == 2 and "size>huge" in bad.stderr
     assert cli(path, "release", "--match", "to:u2@").returncode == 0
     assert ids[2] in admin.store.ids(QUEUE)
+
+
+def test_a_bulk_command_prints_its_total_and_the_audit_keeps_the_match(tmp_path,
+                                                                        write_config):
+    """As postsuper does, a total after the ids; the audit records the expression and
+    reads as one short line however many messages it moved (`--ids` lists them)."""
+    path = write_config()
+    ids = fill_queue(tmp_path / "mailroot", 600, domains=3)
+    done = cli(path, "hold", "--match", "domain:d2.example")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("held ") == 200
+    assert done.stderr.splitlines()[-1] == "mailroot: held 200 messages"
+    held = sorted(ids[n] for n in range(2, 600, 3))
+    again = cli(path, "hold", held[0], "0000000000000000")
+    assert again.stderr.splitlines()[-1] == "mailroot: held 0 messages; 2 were not (named above)"
+    [entry] = [line for line in cli(path, "audit").stdout.splitlines() if " hold " in line]
+    assert 'match="domain:d2.example"' in entry
+    assert f"200 messages ({held[0]} … {held[-1]})" in entry and len(entry) < 160
+    listed = cli(path, "audit", "--ids").stdout.splitlines()
+    assert [line.strip() for line in listed[1:]] == held
 
 
 def test_trash_listing_shows_origin_and_size(tmp_path, write_config):
@@ -130,5 +152,5 @@ def test_trash_listing_shows_each_originals_size_and_origin_on_the_command_line(
     for mid, folder in origin.items():
         entry = out.stdout.split(mid, 1)[1].split("\n\n", 1)[0]
         assert f"(deleted from {folder})" in entry, entry
-    total = sum(map(int, sizes.values()))
-    assert f"-- {total // 1024} KiB in 4 messages in Trash" in out.stdout
+    on_disk = sum(p.stat().st_size for p in (store.root / "Trash").iterdir())
+    assert f"-- {human_size(on_disk)} on disk in 4 messages in Trash" in out.stdout

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
+import re
 import signal
+import smtplib
 import struct
 import subprocess
 import sys
@@ -22,11 +25,12 @@ from relay import config as configmod
 from relay.admin import Admin
 from relay.service import lock_holder
 from relay.store import BADMAIL, DROP, QUEUE, Mailroot
+from tests.busy_fixture import build_busy
 from tests.conftest import drop_file, sample, wait_for
 from tests.tui_fixture import T0, build, hold_lock
 from tests.tui_fixture import until as wait_until
 from tests.tui_fixture import write_config as fixture_config
-from tui.app import ConsoleApp
+from tui.app import ConsoleApp, holder_pid
 from tui.fields import form_keys
 from tui.screens.confirm import Confirm
 from tui.screens.inspector import Inspector
@@ -172,7 +176,9 @@ async def test_command_palette_lists_every_dashboard_action(write_config):
         provider = ConsoleCommands(app.dashboard)
         titles = [hit.text async for hit in provider.discover()]
         for act in DASHBOARD + [a for a in GLOBAL if a.action != "command_palette"]:
-            assert any(t.startswith(act.title) for t in titles), act.title
+            offered = any(t.startswith(act.title) for t in titles)
+            # "Start relay" only when none runs: this console runs one, or is starting it
+            assert offered == (act.action != "start_relay"), act.title
         await pilot.press("colon")
         assert app.screen.__class__.__name__ == "CommandPalette"
         await pilot.press("escape", "question_mark")
@@ -229,14 +235,19 @@ def drain(fd: int, into: bytearray) -> None:
             into += chunk
 
 
-@pytest.mark.parametrize(("terminal_gone", "unsized"), [(False, False), (True, False),
-                                                        (False, True)])
-def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write_config,
-                                                                            tmp_path,
-                                                                            terminal_gone,
-                                                                            unsized):
-    """A dropped SSH session: the console exits, the embedded relay stops, mail stays; also
-    when the terminal is already gone, and on a terminal that reports no size (0x0)."""
+def listening_port(log: Path, after: int) -> int | None:
+    """The SMTP port the relay that started after byte `after` of the event log reported."""
+    events = [json.loads(line) for line in log.read_bytes()[after:].splitlines()]
+    return next((e["port"] for e in reversed(events) if e["event"] == "smtp-listening"), None)
+
+
+@pytest.mark.parametrize(("hangup", "unsized"), [("sighup", False), ("closed tty", False),
+                                                  ("both", False), ("sighup", True)])
+def test_a_hangup_hands_the_embedded_relay_to_a_background_serve(write_config, tmp_path,
+                                                                 hangup, unsized):
+    """A dropped SSH session (SIGHUP to the console's process group, its terminal closed, or
+    both; also on a terminal that reports no size): the console exits, a detached `mailroot
+    serve` takes the mailroot over, the log says so, and mail goes on through it."""
     path = write_config()
     root = tmp_path / "mailroot"
     log = root / "log" / "events.jsonl"
@@ -251,23 +262,84 @@ def test_mailroot_without_arguments_opens_console_and_sighup_exits_cleanly(write
     screen = bytearray()  # drain the terminal, as a real one would, so the app never blocks
     reader = threading.Thread(target=drain, args=(primary, screen), daemon=True)
     reader.start()
+    background = None
     try:
         wait_for(lambda: log.exists() and b"relay-started" in log.read_bytes(), timeout=15)
         drop_file(root / "Pickup", "local.eml", sample("iis-example-as-written.txt"))
         wait_for(lambda: list((root / "Drop").glob("*.eml")), timeout=5)
-        if terminal_gone:
+        handed = log.stat().st_size
+        if hangup in ("closed tty", "both"):
             os.close(primary)
+        if hangup in ("sighup", "both"):
+            os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=20) is not None
+        holder = lock_holder(Mailroot(root))
+        background = holder_pid(holder or "")
+        assert background is not None and background != proc.pid, holder
+        events = [json.loads(line) for line in log.read_bytes()[handed:].splitlines()]
+        over = [e for e in events if e["event"] == "relay-handed-over"]
+        assert len(over) == 1 and over[0]["relay"] == holder
+        assert over[0]["why"] in {"sighup": {"SIGHUP"}, "closed tty": {"the terminal is gone"},
+                                  "both": {"SIGHUP", "the terminal is gone"}}[hangup]
+        port = listening_port(log, handed)
+        assert port
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("app@yourdomain.com", ["after@yourdomain.com"],
+                            b"Subject: after the hangup\r\n\r\nstill delivered\r\n")
+        wait_for(lambda: len(list((root / "Drop").glob("*.eml"))) == 2, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if hangup == "sighup":
+            os.close(primary)
+        if background is not None:
+            os.kill(background, signal.SIGTERM)
+            wait_for(lambda: lock_holder(Mailroot(root)) is None, timeout=15)
+    assert b"embedded relay" in screen
+
+
+COLOUR_CODES = re.compile(r"^(3[0-8]|4[0-8]|9[0-7]|10[0-7])$")  # 39 and 49: the default
+
+
+def colour_codes(screen: bytes) -> list[str]:
+    """The SGR sequences in terminal output that set a colour (of text or background)."""
+    found = []
+    for params in re.findall(rb"\x1b\[([0-9;:]*)m", screen):
+        codes = params.decode().replace(":", ";").split(";")
+        if any(COLOUR_CODES.match(code) for code in codes):
+            found.append(params.decode())
+    return found
+
+
+def test_no_color_sends_no_colour_codes_to_the_terminal(tmp_path):
+    """NO_COLOR=1: not one colour code reaches the terminal (Textual's own answer is grey
+    tones in 256-colour codes), and the cursor row is drawn in reverse video."""
+    root = tmp_path / "mailroot"
+    build_busy(root)
+    path = fixture_config(tmp_path)
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "console", "--readonly",
+                             "-c", str(path)],
+                            stdin=secondary, stdout=secondary, stderr=secondary,
+                            start_new_session=True, cwd=Path(__file__).parent.parent,
+                            env={**os.environ, "TERM": "xterm-256color", "NO_COLOR": "1",
+                                 "COLORTERM": "truecolor"})
+    os.close(secondary)
+    screen = bytearray()
+    reader = threading.Thread(target=drain, args=(primary, screen), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: b"READ-ONLY" in screen, timeout=15)
+        time.sleep(1.5)  # a second's ticks drawn too
         os.killpg(proc.pid, signal.SIGHUP)
         assert proc.wait(timeout=10) is not None
     finally:
         if proc.poll() is None:
             proc.kill()
-        if not terminal_gone:
-            os.close(primary)
-    assert b"embedded relay" in screen
-    assert b"relay-stopped" in log.read_bytes()
-    assert len(list((root / "Drop").glob("*.eml"))) == 1
-    assert lock_holder(Mailroot(root)) is None
+        os.close(primary)
+    assert colour_codes(bytes(screen)) == []
+    assert b"\x1b[7m" in screen or re.search(rb"\x1b\[[0-9;]*;7[;m]", screen)
 
 
 def test_listeners_follow_each_relay_run_in_the_events():

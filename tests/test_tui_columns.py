@@ -3,8 +3,12 @@ part, the reply and reason readable, clocks that tick, header fields where no en
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
+from relay.admin import Admin
+from relay.listing import matching
 from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, Mailroot
 from tests.busy_fixture import column
 from tests.tui_fixture import T0, until
@@ -18,10 +22,28 @@ def test_the_recipient_is_never_dropped(folder, width):
     assert "to" in [c.key for c, _ in fit(COLUMNS[folder], width)]
 
 
-def test_spare_width_goes_to_the_reply_before_extras():
+def test_sender_and_subject_come_before_a_wide_reply():
+    """The same 451 filled every row of a wide reply column while sender and subject were
+    never shown below about 250 columns: the reply now takes what they leave."""
     shown = dict((c.key, w) for c, w in fit(COLUMNS[QUEUE], 99))
-    assert "from" not in shown and shown["error"] >= 40
+    assert "from" in shown and "subject" not in shown and shown["error"] >= 12
     assert {"age", "to", "next", "attempts"} <= set(shown)
+    shown = dict((c.key, w) for c, w in fit(COLUMNS[QUEUE], 113))
+    assert {"from", "subject"} <= set(shown) and shown["error"] >= 12
+    assert [c.key for c, _ in fit(COLUMNS[QUEUE], 113)][-3:] == ["from", "subject", "error"]
+
+
+@pytest.mark.parametrize(("size", "wanted"), [
+    ((120, 30), {"age", "to", "next", "error"}),
+    ((200, 50), {"age", "to", "from", "subject", "error"})])
+async def test_the_queue_pane_side_by_side_keeps_age_and_shows_sender_and_subject(
+        busy, size, wanted):
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        queue = app.dashboard.panes[QUEUE]
+        assert wanted <= {c.key for c in queue.columns}, [c.key for c in queue.columns]
 
 
 @pytest.mark.parametrize("width", [24, 30, 38])
@@ -114,7 +136,7 @@ async def test_badmail_shows_the_reply_the_class_and_header_fields(busy):
         reasons, classes = column(pane, "reason"), column(pane, "class")
         assert not any(r.startswith("delivery failed") for r in reasons)
         assert any(r.startswith("550 5.1.1 ") and "no such user" in r for r in reasons)
-        assert {"5xx", "DNS", "expired", "too big", "no rcpt", "bad file", "TLS"} <= set(classes)
+        assert {"5.1.1", "DNS", "expired", "too-big", "no-rcpt", "bad-file", "TLS"} <= set(classes)
         to = column(pane, "to")
         assert "To: ops@corp.test" in to and "To: docs@corp.test" in to
         while not app.index.ready:
@@ -133,6 +155,29 @@ async def test_badmail_shows_the_reply_the_class_and_header_fields(busy):
         assert pane.cell(cron, from_column, 30, T0).plain == "From: cron@corp.test"
         big = next(r for r in rows.values() if "size limit" in r.last_error)
         assert big.size == store.path(BADMAIL, big.id, ".eml").stat().st_size > 6000
+
+
+async def test_one_class_name_in_the_column_the_summary_and_the_class_filter(busy):
+    """The class a Badmail row shows is the name `summary` counts it under, and typing
+    `class:` with that name selects exactly the rows that show it, in the console and in
+    `--match`; `no-rcpt` typed as a plain word finds only that class."""
+    root, config = busy
+    shape = Admin(config).summary()
+    by_summary = {row.name: row.total for row in shape.badmail}
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("4")
+        await until(pilot, lambda: app.index.ready)
+        pane = app.dashboard.panes[BADMAIL]
+        shown = Counter(column(pane, "class"))
+        assert shown == Counter(by_summary) and shown["5.1.1"] == 2 and shown["no-rcpt"] == 1
+        for klass, count in shown.items():
+            assert len(matching(Admin(config), BADMAIL, f"class:{klass.lower()}")) == count
+        await pilot.press("slash", *"class:no-rcpt", "enter")
+        await until(pilot, lambda: column(pane, "class") == ["no-rcpt"])
+        pane.view.needle = "no-rcpt"
+        app.refresh_view(BADMAIL)
+        assert column(pane, "class") == ["no-rcpt"]
 
 
 async def test_the_null_sender_shows_as_empty_brackets_in_drop(busy):
@@ -211,3 +256,19 @@ async def test_every_text_on_every_screen_meets_wcag_aa(busy, size):
             await pilot.pause()
     assert len({screen for screen, _ in seen.values()}) >= 8, seen  # each key opened its screen
     assert {name: low for name, (_, low) in seen.items() if low} == {}
+
+
+@pytest.mark.parametrize("size", [(60, 20), (80, 24)])
+async def test_every_tab_shows_its_count_whole(busy, size):
+    """At 60x20 Hold's and Trash's counts were cut: under 80 columns the tabs leave out their
+    keys (the help lists 1-6) rather than a count."""
+    root, config = busy
+    app = ConsoleApp(config, clock=lambda: T0)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        tabs = list(app.dashboard.query("Tab"))
+        assert len(tabs) == 6
+        for tab in tabs:
+            assert tab.region.right <= size[0], (str(tab.label), tab.region)
+        labels = [str(t.label) for t in tabs]
+        assert labels[1].endswith("Queue 50") and labels[-1].endswith("Trash 0")

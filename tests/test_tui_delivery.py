@@ -110,7 +110,9 @@ async def test_550_in_badmail_shows_reason_requeue_delivers_once(write_config, t
         await pilot.press("escape")
 
         del hop.rcpt_replies["nobody@remote.example"]
-        await confirm(pilot, app, "r", "Requeue 1 message from Badmail?")
+        await confirm(pilot, app, "r", "Requeue 1 message from Badmail?\n550 5.1.1 no such "
+                      "user (in reply to RCPT TO): requeue will most likely fail again and "
+                      "send another NDR.")
         await until(pilot, lambda: hop.messages)
         await until(pilot, lambda: not badmail.view.ids and not app.dashboard.panes[QUEUE].view.ids)
         await pilot.pause(0.5)
@@ -122,3 +124,41 @@ async def test_550_in_badmail_shows_reason_requeue_delivers_once(write_config, t
         await confirm(pilot, app, "d", "Delete 1 message from Drop?")
         await until(pilot, lambda: drop.table.row_count == 0)
         assert not list((tmp_path / "mailroot" / "Drop").glob("*.eml"))
+
+
+async def test_the_inspector_follows_a_requeued_message_that_fails_again(write_config, tmp_path,
+                                                                        dns_server, sink):
+    """Badmail inspector, r, y: the question warns that the 550 will most likely come again;
+    the inspector shows the message in Queue, then back in Badmail with its second attempt,
+    without a key pressed."""
+    hop = sink()
+    hop.data_reply = "550 5.1.1 no such user"
+    hop.data_delay = 1.0  # the message stays in Queue a second while it is tried again
+    app = ConsoleApp(configmod.load(write_config(delivery_config(dns_server, hop.port))))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.relay is not None and app.relay.running)
+        drop_file(tmp_path / "mailroot" / "Pickup", "m.eml",
+                  b"From: app@yourdomain.com\r\nTo: nobody@remote.example\r\n"
+                  b"Subject: welcome\r\n\r\nhello\r\n")
+        badmail = app.dashboard.panes[BADMAIL]
+        await pilot.press("4")
+        await until(pilot, lambda: badmail.table.row_count == 1, timeout=10)
+        await until(pilot, lambda: app.index.ready)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, Inspector))
+        inspector = app.screen
+
+        def page() -> str:
+            return (str(inspector.query_one("#inspector-title").render()) + "\n"
+                    + str(inspector.query_one("#inspector-text").render()))
+
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, Confirm))
+        assert app.screen.question == (
+            "Requeue 1 message from Badmail?\n550 5.1.1 no such user (in reply to DATA): "
+            "requeue will most likely fail again and send another NDR.")
+        await pilot.press("y")
+        await until(pilot, lambda: "Queue ›" in page())
+        await until(pilot, lambda: "Badmail ›" in page() and "Attempts (2)" in page(),
+                    timeout=10)
+        assert app.screen is inspector

@@ -210,7 +210,7 @@ def test_status_line_keeps_state_paused_readonly_and_clock_at_any_width(width):
     for shown in (parts, stressed):
         line = status_text(shown, width).plain
         assert len(line) <= width, line
-        for word in ("running", "PAUSED", "READ-ONLY", time.strftime("%H:%M:%S",
+        for word in ("running", "‖ screen paused", "READ-ONLY", time.strftime("%H:%M:%S",
                                                                       time.localtime(T0))):
             assert word in line, (width, line)
         if width >= 80:
@@ -244,7 +244,7 @@ def test_every_text_colour_of_the_theme_meets_wcag_aa():
 
 
 @pytest.mark.parametrize("no_color", [False, True], ids=["colour", "NO_COLOR"])
-async def test_failures_are_the_most_visible_thing_with_and_without_colour(
+async def test_failures_stand_out_and_the_cursor_most_with_and_without_colour(
         attached, monkeypatch, no_color):
     if no_color:
         monkeypatch.setenv("NO_COLOR", "1")
@@ -261,7 +261,10 @@ async def test_failures_are_the_most_visible_thing_with_and_without_colour(
             next(c for c in pane.columns if c.key == "state"))]
         style = app.console.get_style(str(state.style))
         assert style.bold
-        assert style.reverse if no_color else style.bgcolor is not None
+        assert (style.underline and not style.reverse) if no_color else style.bgcolor is not None
+        if no_color:  # reverse video is the cursor row's alone: the most visible thing
+            cursor = pane.table.get_component_rich_style("datatable--cursor")
+            assert cursor.reverse and cursor.bold
         from tui.widgets.status import outcome_text
         failed = outcome_text({"delivered": 1, "deferred": 0, "failed": 3}, no_color=no_color)
         span = next(s for s in failed.spans if failed.plain[s.start:s.end] == "✗3")

@@ -33,9 +33,11 @@ def bindings(acts: list[Act]) -> list[Binding]:
 GLOBAL = [
     Act("question_mark", "help", "Help", "every key on this screen", label="help"),
     Act("colon", "command_palette", "Command palette", "search every action and screen",
-        footer=False),
+        label="commands"),
     Act("q", "quit", "Quit", "leave; asks first whether to stop the relay it runs or keep it",
         label="quit"),
+    Act("S", "start_relay", "Start relay", "when none runs: mailroot serve in the background, "
+        "and the console attaches to it", mutating=True, footer=False),
 ]
 
 DASHBOARD = [
@@ -49,16 +51,16 @@ DASHBOARD = [
     Act("tab", "next_folder", "Next folder", footer=False),
     Act("enter", "inspect", "Inspect message", "envelope, headers, body, attempts",
         label="open"),
-    Act("slash", "filter", "Filter", "the whole folder: words, domain:, from:, to:, reason:, "
+    Act("slash", "filter", "Filter", "the whole folder: words, domain:, from:, to:, reason:, class:, "
         "older:2h, newer:10m, size>1MB, attempts>3", label="filter"),
     Act("space", "mark", "Mark / unmark", "bulk actions apply to the marked rows",
         label="mark"),
     Act("asterisk", "mark_all", "Mark all matching", "every message the filter matches, "
-        "on every page", footer=False),
+        "on every page", label="all"),
     Act("F", "follow", "Follow newest", "keep the newest message in view as mail arrives",
-        footer=False),
+        label="follow"),
     Act("b", "by_domain", "Queue by domain", "counts per destination domain and age; "
-        "enter filters the Queue to one", footer=False),
+        "enter filters the Queue to one", label="by domain"),
     Act("escape", "clear", "Clear filter and marks", footer=False),
     Act("right_square_bracket", "page(1)", "Next page", "in folders of more than one page",
         footer=False),
@@ -76,12 +78,13 @@ DASHBOARD = [
     Act("s", "sort", "Cycle sort", "oldest, newest, sender, recipient, domain, subject, "
         "attempts, size, next attempt",
         label="sort"),
-    Act("p", "pause", "Pause / resume", "stop live updates while you read", label="pause"),
+    Act("p", "pause", "Pause / resume the screen", "stop the screen's live updates while you "
+        "read; the relay goes on", label="pause"),
     Act("e", "domains", "Domain editor", "local default, aliases, remote domains",
         label="domains"),
     Act("c", "settings", "Delivery settings", "retry, expiry, smart host, limits",
         label="settings"),
-    Act("z", "disk", "Folder sizes", "how much disk each folder holds", footer=False),
+    Act("z", "disk", "Folder sizes", "how much disk each folder holds", label="disk"),
 ]
 
 INSPECTOR = [
@@ -89,7 +92,7 @@ INSPECTOR = [
     Act("r", "requeue", "Requeue", "this message back to delivery, routed by today's domains",
         mutating=True, label="requeue"),
     Act("w", "route", "Where does it go", "each recipient's route now: rule, smart host or "
-        "MX, TLS; enter on one explains it", footer=False),
+        "MX, TLS; enter on one explains it", label="route"),
     Act("escape", "back", "Back", "from the raw message to the summary, then the dashboard",
         label="back"),
     Act("j", "scroll('down')", "Scroll down", footer=False),
@@ -168,4 +171,6 @@ BY_DOMAIN = [
     Act("escape", "back", "Back", "to the dashboard", label="back"),
     Act("j", "cursor('down')", "Down", footer=False),
     Act("k", "cursor('up')", "Up", footer=False),
+    Act("g,home", "cursor('top')", "First domain", footer=False),
+    Act("G,end", "cursor('bottom')", "Last domain", footer=False),
 ]

@@ -11,6 +11,8 @@ import contextlib
 import fcntl
 import gc
 import itertools
+import os
+import re
 import signal
 import struct
 import subprocess
@@ -18,31 +20,36 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 
 from rich.text import Text
 from textual import work
+from textual.actions import ActionParseResult
 from textual.app import App
 from textual.css.query import NoMatches
+from textual.dom import DOMNode
 from textual.message import Message
 from textual.widgets import Static
 from watchfiles import awatch
 
-from relay.admin import Admin
+from relay.admin import Admin, NotFound
 from relay.config import Config, ConfigError
 from relay.events import LOG_NAME, LogFollower, read_rotated
 from relay.listing import MatchError
+from relay.reasons import permanent_reply
 from relay.service import AlreadyRunning, Relay, lock_holder
 from relay.smtpd import ListenError
 from relay.store import QUEUE
 from relay.supervisor import Supervisor, make_relay
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
-from tui.bulk import VERBS, question, result_line
+from tui.bulk import VERBS, question, requeue_warning, result_line
 from tui.commands import ConsoleCommands
 from tui.index import FolderIndex
 from tui.model import changed_ids
 from tui.screens.dashboard import VIEWS, Dashboard
+from tui.screens.inspector import Inspector
 from tui.screens.route import RouteCommands
 from tui.stats import HOUR, Stats
 from tui.theme import THEME
@@ -51,6 +58,8 @@ from tui.widgets.status import StatusBar
 ACTIVITY_AT_START = 200
 BULK_REFRESH = 0.5  # seconds between two redraws of the panes while a bulk action runs
 NO_FULL_PASS = 1_000_000  # gc's third threshold while a bulk action runs: never reached
+VIEW_ERROR_SHOWN = 60.0  # seconds a view's error stays on the status line
+ERROR_LOG = "console-errors.log"  # in the mailroot's log/: the tracebacks of views' errors
 
 
 class MailrootChanged(Message):
@@ -69,7 +78,9 @@ class ConsoleApp(App):
 
     def __init__(self, config: Config, *, readonly: bool = False,
                  clock: Callable[[], float] | None = None) -> None:
-        super().__init__()
+        # NO_COLOR (as Textual reads it): no colour at all. Textual's own answer is grey
+        # tones, still sent as 256-colour codes; with ANSI colours on it strips them instead.
+        super().__init__(ansi_color=True if os.environ.get("NO_COLOR") is not None else None)
         self.config = config
         self.readonly = readonly
         self.clock = clock or time.time
@@ -92,6 +103,13 @@ class ConsoleApp(App):
         self._last_apply = 0.0
         self.bulk_cancel: threading.Event | None = None  # set by esc: the running bulk stops
         self.last_result = ""  # the line that accounted for the last bulk action
+        self.terminal: int | None = None  # the terminal's fd, watched for a hangup
+        self.stopped_pids: set[int] = set()  # relays the event log says stopped cleanly
+        self.relay_died = ""  # "relay died (pid N, signal 9) at 12:00:03", until one runs
+        self.started: subprocess.Popen | None = None  # the `mailroot serve` started from here
+        self.hung_up = False  # SIGHUP, or the terminal went away
+        self.view_error = ""  # the last error a view raised, in one line
+        self._view_error_until = 0.0  # time.monotonic() when it leaves the status line
 
     def get_default_screen(self) -> Dashboard:
         self.dashboard = Dashboard()
@@ -111,7 +129,9 @@ class ConsoleApp(App):
         self.holder = lock_holder(self.store)
         self.starting = self.holder is None and not self.readonly
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up,
+                                                          "SIGHUP")
+        self.terminal = terminal_fd() if not self.is_headless else None
         for pane in self.dashboard.panes.values():
             pane.view.load(self.admin)
         self.dashboard.refresh_panes(VIEWS)
@@ -151,7 +171,47 @@ class ConsoleApp(App):
         if self.relay is not None:
             await self.relay.stop()  # mail stays committed in its folders; nothing is lost
 
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's hook for an exception nothing caught, which would end the console with
+        a traceback (and with it an embedded relay): once the status line is there, the
+        error is reported there and the console goes on."""
+        dashboard = getattr(self, "dashboard", None)  # made with the first screen
+        if dashboard is None or not dashboard.query(StatusBar):  # nowhere to say it yet
+            super()._handle_exception(error)
+            return
+        self.report_view_error(error)
+
+    async def run_action(self, action: str | ActionParseResult,
+                         default_namespace: DOMNode | None = None,
+                         namespaces: Mapping[str, DOMNode] | None = None) -> bool:
+        """Every key's action, caught: an error raised there would stop the loop that
+        reads the keys (Textual's message pump ends on an uncaught error)."""
+        try:
+            return await super().run_action(action, default_namespace, namespaces)
+        except Exception as exc:  # any error: reported, and the next key works
+            self.report_view_error(exc)
+            return True
+
+    def report_view_error(self, error: Exception) -> None:
+        """A view's error as one line on the status line for a minute; its traceback in
+        log/console-errors.log (once while it repeats). App.run_test still re-raises it at
+        its end, so a test does not pass over it."""
+        line = " ".join(f"{type(error).__name__}: {error}".split())
+        line = f"error in the console: {line[:80]} (log/{ERROR_LOG})"
+        if line != self.view_error:  # a row that fails on every redraw is written once
+            with contextlib.suppress(OSError), (self.store.log_dir / ERROR_LOG).open("a") as log:
+                log.write(time.strftime("%Y-%m-%d %H:%M:%S ")
+                          + "".join(traceback.format_exception(error)))
+            self.bell()
+        self.view_error = line
+        self._view_error_until = time.monotonic() + VIEW_ERROR_SHOWN
+        if self._exception is None:
+            self._exception = error
+        self.call_later(self.show_status)
+
     def relay_state(self) -> tuple[str, bool]:
+        if self.relay_died and self.holder is None and self.relay is None:
+            return f"✗ {self.relay_died}", False
         if self.starting:
             return "starting the embedded relay…", False
         if self.relay_error:
@@ -240,6 +300,7 @@ class ConsoleApp(App):
                     self.unindexed.setdefault(folder, set()).update(ids)
                     self.dashboard.panes[folder].view.apply(self.admin, ids)
             self.dashboard.refresh_panes(list(pending))
+            self.follow_inspected(set().union(*pending.values()))
             self.show_status()
             if self.bulk_cancel is not None:  # gc's full pass, away from the redraws
                 self.set_timer(BULK_REFRESH / 2, gc.collect)
@@ -260,6 +321,13 @@ class ConsoleApp(App):
                 self.pending.setdefault(folder, set()).update(differ)
         self.apply_pending()
 
+    def follow_inspected(self, changed: set[str]) -> None:
+        """Every open inspector whose message changed shows it again, wherever it is now:
+        a requeued message that fails again is seen back in Badmail."""
+        for screen in self.screen_stack:
+            if isinstance(screen, Inspector) and screen.message_id in changed:
+                screen.follow()
+
     def follow_events(self, first: bool = False) -> None:
         path = self.store.log_dir / LOG_NAME
         if first or self.follower is None:  # the whole last hour, however long the log
@@ -270,6 +338,8 @@ class ConsoleApp(App):
             events = self.follower.read()
         for event in events:
             self.stats.add(event)
+            if event.get("event") == "relay-stopped" and isinstance(event.get("pid"), int):
+                self.stopped_pids.add(event["pid"])
         if first:  # the latest events, from the rotated files too when the log is young
             shown = list(itertools.islice(read_rotated(path, newest_first=True),
                                           ACTIVITY_AT_START))[::-1]
@@ -279,8 +349,15 @@ class ConsoleApp(App):
             self.dashboard.activity([activity_line(e) for e in shown])
 
     def tick(self) -> None:
+        if self.terminal is not None and not os.isatty(self.terminal):
+            self.terminal = None  # a closed pty reads as end of file for ever, no SIGHUP
+            self.hang_up("the terminal is gone")
         if self.relay is None:
-            self.holder = lock_holder(self.store)
+            was, self.holder = self.holder, lock_holder(self.store)
+            if was and self.holder is None:
+                self.relay_gone(holder_pid(was))
+            elif self.holder:
+                self.relay_died = ""
         self.show_status()
         try:
             self.dashboard.tick_panes()
@@ -291,9 +368,29 @@ class ConsoleApp(App):
         except NoMatches:  # the last tick of a console quitting: its panes are gone already
             pass
 
+    def relay_gone(self, pid: int | None) -> None:
+        """The relay this console watched let go of the mailroot: a stop it logged, or a
+        death (kill -9, a crash) that looks like one unless said; then say it, and log it."""
+        self.follow_events()  # its relay-stopped, if it wrote one, is in the log by now
+        if pid is None or pid in self.stopped_pids:
+            return
+        signum = None
+        if self.started is not None and self.started.pid == pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.started.wait(timeout=1)
+                signum = -code if code < 0 else None
+        how = f", signal {signum}" if signum else ""
+        at = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+        self.relay_died = f"relay died (pid {pid}{how}) at {at}"
+        self.admin.events.emit("relay-died", pid=pid, signal=signum,
+                               reason=f"relay pid {pid} ended without a clean stop{how}",
+                               seen_by=f"console pid {os.getpid()}")
+
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""
         now = self.clock()
+        if self.view_error and time.monotonic() > self._view_error_until:
+            self.view_error = ""
         depth = self.dashboard.panes[QUEUE].view.total
         self.stats.sample_depth(now, depth)
         state, running = self.relay_state()
@@ -309,10 +406,11 @@ class ConsoleApp(App):
             return  # the dashboard is being taken down as the console quits
         title.update(header)
         status.show(
-            relay_state="running" if running else "stopped", running=running,
+            relay_state="running" if running else "died" if state.startswith("✗") else
+            "stopped", running=running,
             listeners=self.listeners() if running else [], stats=self.stats, now=now,
             queue_depth=depth, paused=self.paused, readonly=self.readonly,
-            no_color=self.no_color)
+            no_color=self.no_color, error=self.view_error)
 
     def listeners(self) -> list[str]:
         """The SMTP sockets the running relay reported binding; the configured addresses
@@ -344,7 +442,25 @@ class ConsoleApp(App):
                 self.operate(action, folder, ids, then)
 
         domains = self.index.domains_of(folder, ids) if self.index.ready else None
-        self.push_screen(Confirm(question(action, len(ids), folder, domains)), answered)
+        text = question(action, len(ids), folder, domains)
+        if action == "requeue":
+            text += requeue_warning(len(ids), self.permanent_failures(folder, ids))
+        self.push_screen(Confirm(text), answered)
+
+    def permanent_failures(self, folder: str, ids: list[str]) -> list[str]:
+        """The 5xx replies that put these messages where they are, from the index (a lone
+        message is read when the index is not built yet)."""
+        if self.index.ready:
+            entries = self.index.entries[folder]
+            reasons = [entries[mid].reply for mid in ids if mid in entries]
+        elif len(ids) == 1:
+            try:
+                reasons = [self.admin.summary_of(folder, ids[0]).last_error]
+            except (NotFound, OSError):
+                reasons = []
+        else:
+            reasons = []
+        return [reply for reply in map(permanent_reply, reasons) if reply]
 
     @work(group="operate")
     async def operate(self, action: str, folder: str, ids: list[str],
@@ -412,27 +528,80 @@ class ConsoleApp(App):
         queued = self.dashboard.panes[QUEUE].view.total
         self.push_screen(QuitDialog(queued), answered)
 
-    async def hand_over(self) -> None:
+    def hang_up(self, why: str) -> None:
+        """SIGHUP, or the terminal gone (a dropped SSH session): the console ends, the mail
+        does not. An embedded relay is handed to a detached `mailroot serve`, as `q` then `b`
+        does; the next console attaches to it."""
+        if self.hung_up:
+            return
+        self.hung_up = True
+        if self.relay is not None and self.relay.running:
+            self.run_worker(self.hand_over(why), group="quit", exclusive=True)
+        else:
+            self.exit()
+
+    async def hand_over(self, why: str = "the operator chose to keep it running") -> None:
         """Stop the embedded relay, start `mailroot serve` detached in its place, then quit
-        once it holds the mailroot."""
+        once it holds the mailroot; the event log says so, and why."""
         relay, self.relay = self.relay, None
         if relay is not None:
             await relay.stop()
         try:
-            pid = start_background_relay(self.config)
+            pid = start_background_relay(self.config).pid
         except OSError as exc:
-            self.notify(f"The background relay did not start: {exc}", severity="error",
-                        markup=False)
+            self.handover_failed(f"The background relay did not start: {exc}", why)
             return
         deadline = time.monotonic() + 10
         while (holder := lock_holder(self.store)) is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if holder is None:
-            self.notify(f"The background relay (pid {pid}) has not taken the mailroot; "
-                        "see log/events.jsonl", severity="error", markup=False)
+            self.handover_failed(f"The background relay (pid {pid}) has not taken the "
+                                 "mailroot; see log/events.jsonl", why)
             return
-        self.exit(message=f"mailroot: the relay runs on in the background ({holder})")
+        self.admin.events.emit("relay-handed-over", console_pid=os.getpid(), relay=holder,
+                               why=why)
+        self.exit(message=None if self.hung_up else
+                  f"mailroot: the relay runs on in the background ({holder})")
 
+    def handover_failed(self, problem: str, why: str) -> None:
+        self.admin.events.emit("relay-handover-failed", console_pid=os.getpid(),
+                               problem=problem, why=why)
+        if self.hung_up:  # nobody to tell but the log
+            self.exit()
+        else:
+            self.notify(problem, severity="error", markup=False)
+
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """`start relay` is offered only when no relay runs, and never read-only."""
+        if action == "start_relay":
+            return not self.readonly and self.relay is None and self.holder is None \
+                and not self.starting
+        return True
+
+    def action_start_relay(self) -> None:
+        """Start `mailroot serve` detached (mail then never depends on this console) and
+        attach to it once it holds the mailroot."""
+        if not self.check_action("start_relay", ()):
+            self.notify("A relay already runs on this mailroot.", severity="warning")
+            return
+        try:
+            self.started = start_background_relay(self.config)
+        except OSError as exc:
+            self.notify(f"The relay did not start: {exc}", severity="error", markup=False)
+            return
+        self.notify(f"Starting mailroot serve (pid {self.started.pid})…", markup=False)
+        self.run_worker(self.attach_to_started(self.started), group="start", exclusive=True)
+
+    async def attach_to_started(self, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 15
+        while lock_holder(self.store) is None and proc.poll() is None \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.tick()
+        if self.holder is None:
+            self.notify(f"mailroot serve (pid {proc.pid}) has not taken the mailroot; "
+                        "see log/events.jsonl", severity="error", markup=False)
 
     def action_help(self) -> None:
         from tui.screens.help import Help
@@ -442,14 +611,26 @@ class ConsoleApp(App):
         self.push_screen(Help(screen.__class__.__name__, acts, self.readonly))
 
 
-def start_background_relay(config: Config) -> int:
-    """`mailroot serve` in its own session, detached from this terminal; its pid."""
+def terminal_fd() -> int | None:
+    """The console's terminal (stdin), if it is one: watched so that its loss is noticed."""
+    fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else -1
+    return fd if fd >= 0 and os.isatty(fd) else None
+
+
+def holder_pid(holder: str) -> int | None:
+    """The pid in a lock holder's line ('pid 123 on host')."""
+    match = re.match(r"pid (\d+)", holder)
+    return int(match[1]) if match else None
+
+
+def start_background_relay(config: Config) -> subprocess.Popen:
+    """`mailroot serve` in its own session, detached from this terminal."""
     command = [sys.executable, "-m", "relay.cli", "serve"]
     if config.source:
         command += ["-c", str(config.source)]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    return proc.pid
+    return proc
 
 
 @contextlib.contextmanager

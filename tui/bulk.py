@@ -16,9 +16,9 @@ VERBS = {  # action -> (verb, preposition, past tense)
     "undelete": ("Undelete", "from", "undeleted"),
 }
 
-WHY = (  # the start of an API problem -> how the result line says it
-    ("busy", "were being delivered and were skipped"),
-    ("not found", "were no longer there"),
+WHY = (  # the start of an API problem -> how the result line says it, of one and of more
+    ("busy", ("was being delivered and was skipped", "were being delivered and were skipped")),
+    ("not found", ("was no longer there", "were no longer there")),
 )
 
 
@@ -40,17 +40,35 @@ def question(action: str, count: int, folder: str, domains: Counter[str] | None 
     return text + "?"
 
 
-def why(problem: str) -> str:
-    return next((words for start, words in WHY if problem.startswith(start)),
-                f"were skipped ({problem})")
+def requeue_warning(count: int, permanent: list[str]) -> str:
+    """What the requeue question adds when messages were refused permanently (their 5xx
+    replies): requeued, they will most likely be refused again, and their senders told again."""
+    if not permanent:
+        return ""
+    reply, _ = Counter(permanent).most_common(1)[0]
+    if count == 1:
+        return f"\n{reply}: requeue will most likely fail again and send another NDR."
+    return (f"\n{len(permanent):,} of them failed permanently ({reply}"
+            f"{', …' if len(set(permanent)) > 1 else ''}): requeued, they will most likely "
+            "fail again and each send another NDR.")
+
+
+def why(problem: str, count: int) -> str:
+    """What happened to `count` messages that met this problem, in words that agree."""
+    one, more = next((words for start, words in WHY if problem.startswith(start)),
+                     (f"was skipped ({problem})", f"were skipped ({problem})"))
+    return one if count == 1 else more
 
 
 def result_line(action: str, result: ActionResult, asked: int, undo: str = "") -> str:
-    """"held 1,810; 2 were being delivered and were skipped" — every message accounted for;
-    those a cancel left untouched are counted too."""
+    """"held 1,810; 2 were being delivered and were skipped", "requeued 0; 1 was skipped
+    (wrong state: ...)" — every message accounted for, in words that agree; those a cancel
+    left untouched are counted too."""
     parts = [f"{VERBS[action][2]} {len(result.done):,}"]
-    for words, count in Counter(why(p) for p in result.problems.values()).most_common():
-        parts.append(f"{count:,} {words}")
+    kinds = Counter(next((start for start, _ in WHY if p.startswith(start)), p)
+                    for p in result.problems.values())
+    for kind, count in kinds.most_common():
+        parts.append(f"{count:,} {why(kind, count)}")
     left = asked - len(result.done) - len(result.problems)
     if left:
         parts.append(f"{left:,} not done (canceled)")

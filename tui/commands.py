@@ -17,7 +17,8 @@ class ConsoleCommands(Provider):
         readonly = getattr(app, "readonly", False)
         pairs = [(a, screen) for a in getattr(screen, "ACTS", [])]
         pairs += [(a, app) for a in GLOBAL if a.action != "command_palette"]
-        return [(a, target) for a, target in pairs if not (readonly and a.mutating)]
+        return [(a, target) for a, target in pairs if not (readonly and a.mutating)
+                and target.check_action(a.action.split("(")[0], ()) is not False]
 
     def _run(self, act: Act, target: object) -> partial:
         return partial(self.app.run_action, act.action, target)

@@ -167,15 +167,22 @@ def fit(columns: list[Column], width: int) -> list[tuple[Column, int]]:
 
 
 MARK = _col("mark", " ", 1, lambda r, now: "")
-AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received), drop=5, ticks=True)
-FROM = _col("from", "from", 22, lambda r, now: sender_text(r), drop=7, shorten=short_address)
+# The age goes last of the droppable columns: how long mail has waited is what an operator
+# reads first (at 120x30, side by side, the Queue pane had lost it).
+AGE = _col("age", "age", 4, lambda r, now: ago(now - r.received), drop=2, ticks=True)
+# The sender at the narrowest an address is cut to (its domain whole), the subject at 20: so
+# both fit beside the reply in the Queue pane of a 200-column terminal, side by side.
+FROM = _col("from", "from", NARROWEST, lambda r, now: sender_text(r), drop=7,
+            shorten=short_address)
 # The recipient is what an operator looks for first: never dropped, cut in its local part.
 TO = _col("to", "to", 22, lambda r, now: recipients_text(r), shorten=short_address,
           least=NARROWEST)
-SUBJECT = _col("subject", "subject", 24, lambda r, now: r.subject, drop=8)
+SUBJECT = _col("subject", "subject", 20, lambda r, now: r.subject, drop=8)
 ATTEMPTS = _col("attempts", "att", 3, lambda r, now: str(r.attempts), drop=4)
 NEXT = _col("next", "next", 7, lambda r, now: until(r.next_attempt, now), drop=3, ticks=True)
-ERROR = _col("error", "last reply", 12, lambda r, now: r.last_error, flex=True, want=40)
+# The same 451 filled every row of a wide reply while sender and subject were never shown:
+# the reply comes after them, taking what they leave (12 at least: its code and start).
+ERROR = _col("error", "last reply", 12, lambda r, now: r.last_error, flex=True)
 REASON = _col("reason", "reason", 14, lambda r, now: short_reason(r.last_error), flex=True,
               want=40)
 CLASS = _col("class", "class", 8, lambda r, now: reason_class(r.last_error), drop=3)
@@ -187,10 +194,10 @@ FLEX_SUBJECT = _col("subject", "subject", 12, lambda r, now: r.subject, flex=Tru
 
 COLUMNS: dict[str, list[Column]] = {
     PICKUP: [MARK, _state(10), AGE, NAME, FROM, TO, FLEX_SUBJECT, SIZE],
-    QUEUE: [MARK, _state(7), AGE, TO, ATTEMPTS, NEXT, ERROR, FROM, SUBJECT, ID],
+    QUEUE: [MARK, _state(7), AGE, TO, ATTEMPTS, NEXT, FROM, SUBJECT, ERROR, ID],
     DROP: [MARK, _state(7), AGE, FROM, TO, FLEX_SUBJECT, SIZE, ID],
     BADMAIL: [MARK, _state(5), AGE, TO, CLASS, REASON, FROM, SUBJECT, SIZE, ID],
-    HOLD: [MARK, _state(6), AGE, TO, ATTEMPTS, ERROR, FROM, SUBJECT, ID],
+    HOLD: [MARK, _state(6), AGE, TO, ATTEMPTS, FROM, SUBJECT, ERROR, ID],
     TRASH: [MARK, _state(9), _col("origin", "was in", 7, lambda r, now: r.deleted_from),
             replace(SIZE, drop=0), AGE, TO, FLEX_SUBJECT, FROM, ID],
 }

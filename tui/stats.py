@@ -35,7 +35,7 @@ class Stats:
     listeners the running relay reported."""
 
     def __init__(self) -> None:
-        self.outcomes: deque[tuple[float, str]] = deque()
+        self.outcomes: deque[tuple[float, str, str]] = deque()  # (time, outcome, message id)
         self.depth: dict[int, int] = {}  # minute number -> queue depth seen in it
         self.listeners: list[str] | None = None  # None: no relay start seen in the events
         self._starting = False  # between a relay's first smtp-listening and relay-started
@@ -44,7 +44,7 @@ class Stats:
     def add(self, event: dict[str, Any]) -> None:
         kind = outcome(event)
         if kind:
-            self.outcomes.append((float(event.get("time", 0)), kind))
+            self.outcomes.append((float(event.get("time", 0)), kind, str(event.get("id", ""))))
         self._follow_listeners(event)
         self.pressure.add(event)
 
@@ -71,19 +71,27 @@ class Stats:
             del self.depth[minute]
 
     def counts(self, now: float, span: float) -> dict[str, int]:
+        """Attempts delivered and deferred in the span; messages failed, each once: one
+        requeued that fails again is still one message in Badmail."""
         while self.outcomes and self.outcomes[0][0] < now - HOUR:
             self.outcomes.popleft()
         out = dict.fromkeys(OUTCOMES, 0)
-        for when, kind in self.outcomes:
-            if when >= now - span:
+        failed: set[str] = set()
+        for n, (when, kind, mid) in enumerate(self.outcomes):
+            if when < now - span:
+                continue
+            if kind == "failed":
+                failed.add(mid or f"#{n}")  # an event without an id counts on its own
+            else:
                 out[kind] += 1
+        out["failed"] = len(failed)
         return out
 
     def rate_series(self, now: float) -> list[float]:
         """Deliveries per minute, one value per minute of the last hour, oldest first."""
         first = int(now // 60) - 59
         series = [0.0] * 60
-        for when, kind in self.outcomes:
+        for when, kind, _ in self.outcomes:
             index = int(when // 60) - first
             if kind == "delivered" and 0 <= index < 60:
                 series[index] += 1

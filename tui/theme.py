@@ -1,6 +1,7 @@
 """The console's colours: one theme and one palette of meanings (ok, waiting, failed...),
 each readable at WCAG AA (4.5:1) on the backgrounds it is drawn on, and failures marked by
-more than colour (bold, and reverse without colour) so they stay the most visible thing."""
+more than colour (bold; underlined without colour, where reverse video is the cursor row's)
+so they stand out in every terminal."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ MUTED = "#AFAFAF"
 FAILED_TEXT = "bold #FF5F5F"  # a failure named in running text (the inspector)
 FAILED_BACKGROUND = "#AF0000"
 FAILED = f"bold #FFFFFF on {FAILED_BACKGROUND}"
-FAILED_NO_COLOR = "bold reverse"
+FAILED_NO_COLOR = "bold underline"  # reverse is the cursor's: the most visible of all
 PALETTE = {"ok": OK, "waiting": WAITING, "active": ACTIVE, "muted": MUTED,
            "failed text": FAILED_TEXT.split()[-1]}
 
 
 def failed_style(no_color: bool) -> str:
-    """Failures: white on red in colour; reverse video without colour."""
+    """Failures: white on red in colour; bold and underlined without colour, where reverse
+    video is kept for the cursor row."""
     return FAILED_NO_COLOR if no_color else FAILED
 
 

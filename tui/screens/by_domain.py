@@ -15,6 +15,7 @@ from relay.store import QUEUE
 from tui.actions import BY_DOMAIN, Guarded, bindings
 from tui.index import DomainRow
 from tui.widgets.keybar import KeyBar
+from tui.widgets.scrolling import cursor_by_key
 
 
 class ByDomain(Guarded, Screen):
@@ -72,9 +73,8 @@ class ByDomain(Guarded, Screen):
             return None
         return self.rows[table.cursor_row]
 
-    def action_cursor(self, direction: str) -> None:
-        table = self.query_one(DataTable)
-        getattr(table, f"action_cursor_{direction}")()
+    def action_cursor(self, where: str) -> None:
+        cursor_by_key(self.query_one(DataTable), where)
 
     def action_back(self) -> None:
         self.app.pop_screen()

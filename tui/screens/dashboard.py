@@ -26,6 +26,8 @@ from tui.widgets.keybar import KeyBar
 from tui.widgets.status import StatusBar
 
 WIDE = 120  # columns from which all panes show side by side
+TIGHT = 80  # columns under which the tabs leave out their keys (1-6) and most of their padding,
+# so that every folder's count shows (at 60 the last two were cut)
 VIEWS = (*FOLDERS, TRASH)  # Trash last: deleted messages, until undeleted or purged
 ACTED_ON = (QUEUE, BADMAIL)  # side by side, these take the most width when they hold mail
 ROWS = {"top": VIEWS[:3], "bottom": VIEWS[3:]}  # side by side: Pickup Queue Drop over Badmail Hold Trash, activity
@@ -77,6 +79,11 @@ class Dashboard(Guarded, Screen):
         wide = event.size.width >= WIDE
         self.set_class(wide, "wide")
         self.set_class(not wide, "narrow")
+        tight = event.size.width < TIGHT
+        if tight != self.has_class("tight"):
+            self.set_class(tight, "tight")
+            for folder in VIEWS:
+                self.query_one(f"#tab-{folder.lower()}", Tab).label = self.tab_label(folder)
         self.share_width()
         self.call_after_refresh(self.redraw_stale)
         self.call_after_refresh(self.query_one("#activity", ActivityLog).scroll_end, animate=False)
@@ -92,7 +99,8 @@ class Dashboard(Guarded, Screen):
 
     def tab_label(self, folder: str) -> Text:
         pane = self.panes[folder]
-        return Text(f"{pane.key} {folder} {pane.view.total:,}")  # as the pane title counts
+        key = "" if self.has_class("tight") else f"{pane.key} "
+        return Text(f"{key}{folder} {pane.view.total:,}")  # as the pane title counts
 
     def refresh_panes(self, folders) -> None:
         """Redraw the panes. While a bulk action runs, a hidden one (narrow: all but the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -13,12 +14,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from relay.config import ConfigError, Domain, HostPort, TlsPolicy
 from tui.actions import DOMAINS, Guarded, bindings
 from tui.theme import MUTED
 from tui.widgets.keybar import KeyBar
+from tui.widgets.scrolling import cursor_by_key
 from tui.widgets.textbox import TextBox
 
 TLS_POLICIES = typing.get_args(TlsPolicy)
@@ -51,10 +53,6 @@ def check_domain(text: str) -> str | None:
     return None
 
 
-def check_tls(text: str) -> str | None:
-    return None if text.strip() in TLS_POLICIES else f"one of {', '.join(TLS_POLICIES)}"
-
-
 def check_hop(text: str) -> str | None:
     if not text.strip():
         return None
@@ -65,32 +63,46 @@ def check_hop(text: str) -> str | None:
     return None
 
 
+Check = Callable[[str], str | None]  # a typed field's inline check: the problem, or None
+
+
 class Ask(ModalScreen[dict | None]):
-    """A small form: labelled inputs each with its inline check; Save only when all pass."""
+    """A small form: labelled inputs each with its inline check, or a choice among fixed
+    values (nothing to mistype; enter opens it rather than saving); Save when all pass."""
 
     BINDINGS = [("escape", "cancel", "cancel"), ("ctrl+s", "save", "save")]
 
-    def __init__(self, title: str, fields: list[tuple[str, str, str, object]]) -> None:
+    def __init__(self, title: str, fields: list[tuple[str, str, str, Check | tuple[str, ...]]]
+                 ) -> None:
         super().__init__(classes="dialog-screen")
         self.heading = title
-        self.fields = fields  # (name, label, value, check)
+        self.fields = fields  # (name, label, value, check or the values to choose from)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(Text(self.heading, style="bold"))
-            for name, label, value, _ in self.fields:
-                with Horizontal(classes="field-row"):
+            for name, label, value, check in self.fields:
+                choice = isinstance(check, tuple)
+                with Horizontal(classes="field-row choice-row" if choice else "field-row"):
                     yield Label(label, classes="ask-label", markup=False)
-                    yield TextBox(value, name=name, id=f"ask-{name}")
+                    if isinstance(check, tuple):
+                        yield Select([(c, c) for c in check], value=value or check[0],
+                                     allow_blank=False, name=name, id=f"ask-{name}")
+                    else:
+                        yield TextBox(value, name=name, id=f"ask-{name}")
                 yield Static(id=f"err-{name}", classes="error", markup=False)
-            yield Static("enter / ctrl+s saves, esc cancels", classes="hint", markup=False)
+            yield Static("enter saves (on a choice: opens it), ctrl+s saves, esc cancels",
+                         classes="hint", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Save", id="save", variant="primary")
 
+    def value(self, name: str) -> str:
+        return str(self.query_one(f"#ask-{name}", TextBox | Select).value).strip()
+
     def problem(self, name: str) -> str | None:
         check = next(c for n, _, _, c in self.fields if n == name)
-        return check(self.query_one(f"#ask-{name}", TextBox).value)  # type: ignore[operator]
+        return None if isinstance(check, tuple) else check(self.value(name))
 
     @on(Input.Changed)
     def changed(self, event: Input.Changed) -> None:
@@ -107,8 +119,7 @@ class Ask(ModalScreen[dict | None]):
         for name, problem in bad:
             self.query_one(f"#err-{name}", Static).update(f"✗ {problem}")
         if not bad:
-            self.dismiss({n: self.query_one(f"#ask-{n}", TextBox).value.strip()
-                          for n, *_ in self.fields})
+            self.dismiss({n: self.value(n) for n, *_ in self.fields})
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -185,7 +196,7 @@ class DomainEditor(Guarded, Screen):
             else ("", "may", "")
         self.ask("Remote domain: TLS policy and smart host",
                  [("domain", "domain", name, check_domain),
-                  ("tls", "tls (" + "/".join(TLS_POLICIES) + ")", tls, check_tls),
+                  ("tls", "tls (STARTTLS policy)", tls, TLS_POLICIES),
                   ("smarthost", "smart host (host:port)", hop, check_hop)],
                  lambda a: self.apply("set_remote", a["domain"], tls=a["tls"],
                                       smarthost=a["smarthost"] or None))
@@ -220,6 +231,4 @@ class DomainEditor(Guarded, Screen):
         self.app.pop_screen()
 
     def action_cursor(self, where: str) -> None:
-        table = self.query_one(DataTable)
-        {"down": table.action_cursor_down, "up": table.action_cursor_up,
-         "top": table.action_scroll_top, "bottom": table.action_scroll_bottom}[where]()
+        cursor_by_key(self.query_one(DataTable), where)

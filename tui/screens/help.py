@@ -11,6 +11,7 @@ from textual.widgets import Static
 
 from tui.actions import Act
 from tui.theme import MUTED
+from tui.widgets.scrolling import scroll_by_key
 
 LEGEND = [("→ new", "queued, not tried yet"), ("↻ retry", "deferred, waiting for next retry"),
           ("▶ due", "due now"), ("‖ held", "on hold: no delivery, expiry clock stopped"),
@@ -60,9 +61,7 @@ class Help(ModalScreen[None]):
             style="bold" if more else MUTED))
 
     def action_scroll(self, where: str) -> None:
-        body = self.query_one("#help-body", VerticalScroll)
-        {"down": body.scroll_down, "up": body.scroll_up, "home": body.scroll_home,
-         "end": body.scroll_end, "page": body.scroll_page_down}[where](animate=False)
+        scroll_by_key(self.query_one("#help-body", VerticalScroll), where)
         self.call_after_refresh(self.show_more)
 
     async def action_dismiss(self, result: None = None) -> None:

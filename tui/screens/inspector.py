@@ -17,6 +17,7 @@ from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
 from tui.theme import FAILED_TEXT, MUTED, WAITING
 from tui.widgets.keybar import KeyBar
+from tui.widgets.scrolling import scroll_by_key
 
 BODY_LINES = 400  # a body longer than this is cut in the inspector; `v` shows all of it
 
@@ -170,6 +171,4 @@ class Inspector(Guarded, Screen):
         self.show()
 
     def action_scroll(self, where: str) -> None:
-        body = self.query_one("#inspector-body", VerticalScroll)
-        {"down": body.scroll_down, "up": body.scroll_up, "home": body.scroll_home,
-         "end": body.scroll_end}[where]()
+        scroll_by_key(self.query_one("#inspector-body", VerticalScroll), where)

@@ -24,14 +24,64 @@ STATE_STYLE = {"‖": WAITING, "↻": WAITING, "▶": ACTIVE, "→": ACTIVE, "�
 
 
 class FolderTable(DataTable):
-    """The folder's table; j/k/g/G as well as the arrows."""
+    """The folder's table; j/k as well as the arrows; g/G (home/end) the first and last row
+    of the whole folder as filtered, not of the page it shows (as in less and k9s)."""
 
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
-        Binding("g", "scroll_top", "Top", show=False),
-        Binding("G", "scroll_bottom", "Bottom", show=False),
+        Binding("g,home", "folder_end(False)", "First", show=False),
+        Binding("G,end", "folder_end(True)", "Last", show=False),
     ]
+
+    def action_folder_end(self, last: bool) -> None:
+        pane = self.parent
+        assert isinstance(pane, FolderPane)
+        pane.go_to_end(last)
+
+
+GAP = "  "  # between two parts of a title
+
+
+def cut_end(text: str, width: int, rest: int) -> str:
+    """`text` cut with … so that it and `rest` more cells fit `width` (0: never cut)."""
+    room = width - rest
+    if not width or len(text) <= room:
+        return text
+    return text[:max(1, room - 1)] + "…"
+
+
+def wrap_parts(parts: list[Text], width: int) -> Text:
+    """Parts joined by two spaces, a part that would pass `width` starting a new line: a
+    title's state is never cut off at the right."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    used = 0
+    for part in parts:
+        size = part.cell_len
+        if used and width and used + len(GAP) + size > width:
+            text.append("\n")
+            used = 0
+        elif used:
+            text.append(GAP)
+            used += len(GAP)
+        text.append_text(part)
+        used += size
+    return text
+
+
+class PaneTitle(Static):
+    """A folder pane's title, drawn at its own width: one line, or more rather than cut."""
+
+    def render(self) -> Text:
+        return self.pane.title_text(self.content_size.width)
+
+    @property
+    def pane(self) -> FolderPane:
+        assert isinstance(self.parent, FolderPane)
+        return self.parent
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return len(self.pane.title_text(width).plain.split("\n"))
 
 
 class FolderPane(Vertical):
@@ -50,7 +100,7 @@ class FolderPane(Vertical):
         self.widths: list[int] = []
 
     def compose(self) -> ComposeResult:
-        yield Static(self.title_text(), classes="pane-title", markup=False)
+        yield PaneTitle(classes="pane-title")
         yield TextBox(placeholder="filter: sender, recipient, subject, domain, reason — "
                                 "enter keeps, esc clears", classes="filter")
         yield FolderTable(cursor_type="row", zebra_stripes=True,
@@ -88,31 +138,40 @@ class FolderPane(Vertical):
 
     # --- what the title says ---
 
-    def title_text(self) -> Text:
+    def title_parts(self, width: int = 0) -> list[Text]:
+        """What the title says, state first, each part whole: the folder and its count, the
+        filter and its matches (a long expression is cut, never a count), the marks, the page,
+        the sort. `width`: the most a part may take (0: no limit)."""
         view = self.view
         total, shown = view.total, len(view.ids)
-        text = Text()
-        text.append(f"{self.key} {self.folder}", style="bold")
-        text.append(f"  {total:,} message{'s' if total != 1 else ''}")
+        parts = [Text.assemble((f"{self.key} {self.folder}", "bold"),
+                               f"  {total:,} message{'s' if total != 1 else ''}")]
         if not view.indexed:
             done = f" {view.indexing[0]:,} of {view.indexing[1]:,}" if view.indexing else ""
-            text.append(f"  filter “{view.needle}”: indexing{done}…" if view.needle
-                        else f"  indexing{done}…", style=MUTED)
+            parts.append(Text(f"indexing{done}…", style=MUTED))
+            if view.needle:
+                parts.append(Text(f"filter “{cut_end(view.needle, width, 10)}”", style=MUTED))
         elif view.needle:
-            text.append(f"  filter “{view.needle}”: {shown:,} of {total:,}", style="bold")
-        if view.marks:  # before what may be cut off at the right: marks act off screen
-            text.append(f"  {len(view.marks):,} marked", style="bold reverse")
-        if view.follow:
-            text.append("  following", style="bold")
-        if view.pages > 1:  # before the sort: the page keys must not be cut off at 80 columns
-            first = view.page * PAGE + 1
-            text.append(f"  rows {first:,}–{min(shown, first + PAGE - 1):,} of {shown:,} "
-                        "([ ] page)")
+            counts = f"”: {shown:,} of {total:,}"
+            needle = cut_end(view.needle, width, len("filter “") + len(counts))
+            parts.append(Text(f"filter “{needle}{counts}", style="bold"))
         if view.error:
-            text.append(f"  {view.error}", style=FAILED_TEXT)
+            parts.append(Text(view.error, style=FAILED_TEXT))
+        if view.marks:
+            parts.append(Text(f"{len(view.marks):,} marked", style="bold reverse"))
+        if view.follow:
+            parts.append(Text("following", style="bold"))
+        if view.pages > 1:
+            first = view.page * PAGE + 1
+            parts.append(Text(f"rows {first:,}–{min(shown, first + PAGE - 1):,} of {shown:,} "
+                              "([ ] page)"))
         if view.sort:
-            text.append(f"  sort: {SORTS[view.sort][0]}", style=MUTED)
-        return text
+            parts.append(Text(f"sort: {SORTS[view.sort][0]}", style=MUTED))
+        return parts
+
+    def title_text(self, width: int = 0) -> Text:
+        """The title's parts on as many lines as `width` needs (0: one line)."""
+        return wrap_parts(self.title_parts(width), width)
 
     def current_id(self) -> str | None:
         table = self.table
@@ -137,6 +196,15 @@ class FolderPane(Vertical):
                 for column, width in zip(self.columns, self.widths, strict=True)]
 
     def cell(self, row: MessageSummary, column: Column, width: int, now: float) -> Text:
+        """One cell; a cell that cannot be drawn shows `?` and the console says why on its
+        status line: one odd entry never takes the folder, or the console, down."""
+        try:
+            return self._cell(row, column, width, now)
+        except Exception as exc:  # any error: the rest of the view goes on
+            self.app.report_view_error(exc)  # type: ignore[attr-defined]
+            return Text("?", style=FAILED_TEXT)
+
+    def _cell(self, row: MessageSummary, column: Column, width: int, now: float) -> Text:
         if column.key == "mark":
             return Text("●" if row.id in self.view.marks else " ", style="bold")
         if column.key == "state":
@@ -209,7 +277,20 @@ class FolderPane(Vertical):
         self.show_title()
 
     def show_title(self) -> None:
-        self.query_one(".pane-title", Static).update(self.title_text())
+        title = self.query_one(PaneTitle)
+        title.refresh(layout=True)  # its height follows its lines
+
+    def go_to_end(self, last: bool) -> None:
+        """The cursor on the first or the last message of the whole (filtered) folder: its
+        page is loaded first."""
+        view = self.view
+        page = view.pages - 1 if last else 0
+        if page != view.page:
+            view.page = page
+            self.app.refresh_view(self.folder)  # type: ignore[attr-defined]
+        table = self.table
+        if table.row_count:
+            table.move_cursor(row=table.row_count - 1 if last else 0)
 
     def toggle_mark(self) -> None:
         current = self.current_id()

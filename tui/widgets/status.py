@@ -49,13 +49,14 @@ class StatusParts:
     no_color: bool = False
     stressed: bool = False  # the SMTP listener is in stress mode (a state: never given up)
     refused: int = 0  # SMTP clients refused in the last minute
+    error: str = ""  # a console view's error, in one line (the console goes on)
 
 
 SHEDDING = ("short", "listeners", "minute", "live", "hint", "refused", "hour")  # in this order
 
 
 def status_text(parts: StatusParts, width: int) -> Text:
-    """The line at `width`: relay state, PAUSED / READ-ONLY / STRESS and the clock always
+    """The line at `width`: relay state, screen paused / READ-ONLY / STRESS and the clock always
     stay; the counts are shortened first, then the listeners, the 1-minute counts, `live`, the
     pause key hint, the refused clients and at last the hour's counts give way."""
     shed: set[str] = set()
@@ -74,10 +75,14 @@ def _line(parts: StatusParts, shed: set[str]) -> Text:
     if parts.running:
         line.append("● ", style=OK)
         line.append(parts.relay_state)
+    elif parts.relay_state == "died":
+        line.append("✗ relay died", style=failed_style(parts.no_color))
     else:
         line.append(f"○ {parts.relay_state}", style=failed_style(parts.no_color))
+    if parts.error:  # never shed: the operator must see that a view failed
+        line.append(f"  ✗ {parts.error}", style=failed_style(parts.no_color))
     if parts.paused:
-        line.append("  ‖ PAUSED" + ("" if "hint" in shed else " (p)"), style="bold reverse")
+        line.append("  ‖ screen paused" + ("" if "hint" in shed else " (p)"), style="bold reverse")
     if parts.readonly:
         line.append("  READ-ONLY", style="bold reverse")
     if parts.stressed:
@@ -123,11 +128,11 @@ class StatusBar(Vertical):
 
     def show(self, *, relay_state: str, running: bool, listeners: list[str], stats: Stats,
              now: float, queue_depth: int, paused: bool, readonly: bool = False,
-             no_color: bool = False) -> None:
+             no_color: bool = False, error: str = "") -> None:
         hour = stats.counts(now, 3600)
         self.query_one(StatusLine).show(StatusParts(
             running, relay_state, listeners, stats.counts(now, 60), hour, now, paused, readonly,
-            no_color, stats.pressure.stressed, stats.pressure.per_minute(now)))
+            no_color, stats.pressure.stressed, stats.pressure.per_minute(now), error))
         self.query_one("#spark-depth", Sparkline).data = stats.depth_series(now)
         self.query_one("#spark-rate", Sparkline).data = stats.rate_series(now)
         self.query_one("#depth-label", Static).update(f"queue {queue_depth:,} now, 1h:")
