@@ -60,7 +60,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace, config: Config) -> int:
-    """Exit 0 deliverable now, 1 mail to the address would fail now, 2 not an address."""
+    """Exit 0 deliverable now, 1 mail to the address would fail now or is not getting
+    through (its domain's last attempt left mail waiting), 2 not an address."""
     import asyncio
 
     from relay import explain
@@ -75,7 +76,7 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print("\n".join(explain.render(result)))
-    return 1 if result.fails else 0
+    return 0 if result.deliverable else 1
 
 
 def cmd_probe(args: argparse.Namespace, config: Config) -> int:

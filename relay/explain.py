@@ -22,8 +22,10 @@ from relay.address import AddressError, parse_address
 from relay.admin import Admin
 from relay.config import Config, RemoteDomain
 from relay.resolver import DnsFailure, Resolver
-from relay.router import Router
-from relay.store import HOLD, QUEUE
+from relay.router import Route, Router
+from relay.store import HOLD, QUEUE, WAITING
+
+RECENT_ATTEMPTS = 3  # the last attempts for the domain `route` shows
 
 
 @dataclass
@@ -49,6 +51,26 @@ class Waiting:
 
 
 @dataclass
+class Recent:
+    """What delivery has seen lately for the address's domain, from the Queue: how many of
+    its recipients wait, and the last attempts made for them (newest first)."""
+
+    waiting: int = 0
+    attempts: list[dict] = field(default_factory=list)  # time, host, reply
+
+    @property
+    def stalled(self) -> str:
+        """Why delivery to the domain is not getting through, if its last attempt left its
+        recipients waiting ("" if it is not, or nothing was tried yet)."""
+        if not self.waiting or not self.attempts:
+            return ""
+        last = self.attempts[0]
+        when = time.strftime("%H:%M:%S", time.localtime(last["time"]))
+        return (f"the last attempt ({when}, {last['host'] or 'no host reached'}) got "
+                f"{last['reply']}; {self.waiting} recipient(s) waiting")
+
+
+@dataclass
 class Explanation:
     address: str
     domain: str
@@ -64,10 +86,23 @@ class Explanation:
     dns: str = ""  # the DNS answer in words when it is not a list of hosts
     limits: dict[str, str] = field(default_factory=dict)
     waiting: list[Waiting] = field(default_factory=list)
+    recent: Recent = field(default_factory=Recent)
     fails: str = ""  # why mail to the address would fail now ("" when it would not)
 
+    @property
+    def verdict(self) -> str:
+        if self.fails:
+            return f"would fail now: {self.fails}"
+        if stalled := self.recent.stalled:
+            return f"routed, but not getting through: {stalled}"
+        return "deliverable now"
+
+    @property
+    def deliverable(self) -> bool:
+        return not self.fails and not self.recent.stalled
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "verdict": self.verdict}
 
 
 class BadAddress(ValueError):
@@ -84,7 +119,7 @@ async def explain(config: Config, address: str) -> Explanation:
         result = _local(config, router.local_address(address))
     else:
         result = await _remote(config, router, address)
-    result.waiting = _waiting(config, address)
+    result.waiting, result.recent = _waiting(config, address, result.kind == "remote")
     return result
 
 
@@ -111,7 +146,7 @@ async def _remote(config: Config, router: Router, address: str) -> Explanation:
     result.tls_source = (f"domains.remote.{domain}.tls" if own is not None
                          else f"the default for remote domains ({RemoteDomain().tls})")
     result.limits = {
-        "port": str(delivery.port),
+        "port": _ports(route, delivery.port),
         "connections in all": str(delivery.max_connections),
         "connections to this domain": str(delivery.max_connections_per_domain),
         "messages per connection": str(delivery.messages_per_connection),
@@ -211,11 +246,23 @@ async def _system_addresses(host: str, port: int) -> tuple[list[str], str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos)), ""
 
 
-def _waiting(config: Config, address: str) -> list[Waiting]:
+def _ports(route: Route, mx_port: int) -> str:
+    """The port delivery connects to: the smart host's, the MX hosts', or both in turn."""
+    if route.smarthost is None:
+        return str(mx_port)
+    smart = route.smarthost.with_default(mx_port)[1]
+    return f"{mx_port} (MX hosts), {smart} (smart host)" if route.direct_first else str(smart)
+
+
+def _waiting(config: Config, address: str, remote: bool) -> tuple[list[Waiting], Recent]:
+    """Mail for the address in Queue and Hold, and (remote) what delivery has seen lately
+    for its domain: one pass over the two folders' envelopes."""
     admin = Admin(config)
+    recent = Recent()
     if not admin.store.exists():
-        return []
+        return [], recent
     wanted = address.lower()
+    domain = "@" + wanted.rpartition("@")[2]
     found = []
     for folder in (QUEUE, HOLD):
         for row in admin.list_folder(folder):
@@ -225,7 +272,22 @@ def _waiting(config: Config, address: str) -> list[Waiting]:
                     found.append(Waiting(row.id, folder, "held" if folder == HOLD
                                          else rcpt.state, row.attempts, row.next_attempt,
                                          rcpt.reply or "", signed))
-    return found
+            ours = [r.address.lower() for r in row.recipients
+                    if r.address.lower().endswith(domain) and r.state in WAITING]
+            if remote and folder == QUEUE and ours:
+                recent.waiting += len(ours)
+                recent.attempts += _attempts_for(admin, row.id, domain)
+    recent.attempts = sorted(recent.attempts, key=lambda a: -a["time"])[:RECENT_ATTEMPTS]
+    return found, recent
+
+
+def _attempts_for(admin: Admin, message_id: str, domain: str) -> list[dict]:
+    try:
+        attempts = admin.envelope_fields(QUEUE, message_id).get("attempts") or []
+    except (OSError, ValueError):
+        return []  # moved on meanwhile
+    return [{"time": a["time"], "host": a.get("host"), "reply": a["reply"]} for a in attempts
+            if any(r.lower().endswith(domain) for r in a.get("recipients") or [])]
 
 
 def render(result: Explanation, now: float | None = None) -> list[str]:
@@ -262,6 +324,8 @@ def render(result: Explanation, now: float | None = None) -> list[str]:
                      f"{wait.attempts} attempt(s){due}{reply}")
         lines.append(f"  {'':<12}" + ("signed by " + "; ".join(wait.signed_by)
                                        if wait.signed_by else "not signed (DKIM)"))
-    lines.append(f"  {'verdict':<12}" + (f"would fail now: {result.fails}" if result.fails
-                                          else "deliverable now"))
+    for attempt in result.recent.attempts:
+        when = time.strftime("%H:%M:%S", time.localtime(attempt["time"]))
+        lines.append(f"  {'attempted':<12}{when} {attempt['host'] or '-'}: {attempt['reply']}")
+    lines.append(f"  {'verdict':<12}{result.verdict}")
     return lines

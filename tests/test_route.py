@@ -174,3 +174,62 @@ def test_mail_waiting_in_queue_shows_its_state_and_next_attempt(route, tmp_path)
 
 def test_not_an_address_is_bad_usage(write_config) -> None:
     assert main(["route", "-c", str(write_config()), "a@b@c"]) == 2
+
+
+def queue_failing(tmp_path, address: str, host: str, reply: str, tries: int = 2) -> None:
+    """A message for `address` in Queue whose every attempt failed with `reply`."""
+    from relay.store import Attempt
+
+    store = Mailroot(tmp_path / "mailroot")
+    store.ensure()
+    now = time.time()
+    envelope = Envelope("01JAAAAAAAAAAAAC", "app@yourdomain.com",
+                        [Recipient(address, "deferred", "4.0.0", reply, host)], now - 300,
+                        size=4, next_attempt=now + 600,
+                        attempts=[Attempt(now - 60 * (tries - n), host, reply, False, [address])
+                                  for n in range(tries)])
+    store.commit(store.enqueue_ops(QUEUE, envelope, b"hi\r\n"))
+
+
+def test_a_smart_host_refusing_every_connection_is_not_deliverable_now(route, tmp_path) -> None:
+    """Item 5 of issue 27: the route to a smart host that refuses every connection said
+    "deliverable now" (exit 0) and named port 25; it says what delivery has seen, with the
+    port delivery uses, and exits 1."""
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    host = f"127.0.0.1:{port}"
+    queue_failing(tmp_path, "kim@remote.example", host,
+                  f"{host}: connect failed: Connection refused")
+    code, data, text = route("lee@remote.example", {"delivery": {"smarthost": host}})
+    assert code == 1
+    assert data["limits"]["port"] == str(port) and f"port {port}," in text
+    assert data["recent"]["waiting"] == 1
+    assert data["verdict"].startswith("routed, but not getting through: the last attempt (")
+    assert f"{host}) got {host}: connect failed: Connection refused; 1 recipient(s) waiting" \
+        in data["verdict"]
+    assert "deliverable now" not in text and "attempted" in text
+
+
+def test_a_domain_whose_every_attempt_got_451_is_not_deliverable_now(route, dns_server,
+                                                                       tmp_path) -> None:
+    dns_server.mx("remote.example", (10, "mx.remote.example"))
+    dns_server.a("mx.remote.example", "127.0.0.1")
+    queue_failing(tmp_path, "kim@remote.example", "mx.remote.example[127.0.0.1]",
+                  "451 4.3.0 try again later", tries=3)
+    code, data, text = route("kim@remote.example")
+    assert code == 1 and data["limits"]["port"] == "25"
+    assert "451 4.3.0 try again later; 1 recipient(s) waiting" in data["verdict"]
+    assert text.count("attempted") == 3
+    code, data, _ = route("kim@elsewhere.example")  # another domain: nothing seen, as before
+    assert data["recent"] == {"waiting": 0, "attempts": []}
+
+
+def test_with_direct_delivery_first_both_ports_are_named(route, dns_server) -> None:
+    dns_server.mx("remote.example", (10, "mx.remote.example"))
+    dns_server.a("mx.remote.example", "127.0.0.1")
+    _, data, _ = route("kim@remote.example", {"delivery": {
+        "smarthost": "relay.example:2525", "attempt_direct_first": True}})
+    assert data["limits"]["port"] == "25 (MX hosts), 2525 (smart host)"
