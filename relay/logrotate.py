@@ -57,6 +57,14 @@ def _rotate(path: Path, rotation: Rotation) -> None:
     os.replace(path, path.with_name(f"{path.name}.1"))
 
 
+def _after_a_torn_line(fd: int) -> bytes:
+    """A line end to write first if the file's last line is torn (its writer was killed in
+    the middle of a write that crossed a page: the kernel stops such a write at a page for a
+    fatal signal), so the next line is one of its own, not lost inside the torn one."""
+    size = os.fstat(fd).st_size
+    return b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
+
+
 class Appender:
     """Appends whole lines to one log file that other processes write and rotate too.
 
@@ -86,7 +94,7 @@ class Appender:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             fd = self._current()
-            os.write(fd, data)
+            os.write(fd, _after_a_torn_line(fd) + data)
             if os.fstat(fd).st_size >= rotation.max_size:  # type: ignore[union-attr]
                 _rotate(self.path, rotation)
                 self._close_file()  # the next line starts the new file
@@ -109,7 +117,7 @@ class Appender:
         return self._lock_fd
 
     def _open(self) -> int:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                            0o640)
         info = os.fstat(self._fd)
         self._inode = (info.st_ino, info.st_dev)
@@ -145,7 +153,7 @@ class Appender:
             self._checked = now
         assert self._fd is not None
         try:
-            os.write(self._fd, data)
+            os.write(self._fd, _after_a_torn_line(self._fd) + data)
         finally:
             if not self.keep_open:
                 self.close()

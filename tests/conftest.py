@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import compileall
+import contextlib
 import fcntl
 import json
 import os
@@ -137,7 +138,11 @@ class RelayProcess:
         path = self.root / "log" / "events.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        events = []
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # a line a SIGKILL tore (relay/logrotate.py)
+                events.append(json.loads(line))
+        return events
 
     def start(self, timeout: float = 10) -> RelayProcess:
         started = sum(1 for e in self.events() if e["event"] == "relay-started")

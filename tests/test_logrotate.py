@@ -190,3 +190,30 @@ def test_several_processes_write_the_audit_log_across_rotations(tmp_path: Path) 
     rotation = Rotation(16 * 1024, 1000)
     _write_concurrently(_audit, lambda w: (tmp_path, rotation, w))
     check_rotated(tmp_path / "audit.log", rotation)
+
+
+def test_a_line_torn_by_a_kill_does_not_swallow_the_next_event(tmp_path) -> None:
+    """A process killed in the middle of writing an event (a write that crossed a page stops
+    there for a fatal signal) leaves a torn last line; the next event, from this process or
+    another, starts a line of its own instead of being lost inside it."""
+    import json
+
+    from relay.events import EventLog, read_rotated
+    from relay.logrotate import Rotation
+
+    for rotation in (Rotation(1024 * 1024, 5), None):
+        log_dir = tmp_path / f"log-{rotation is None}"
+        log_dir.mkdir()
+        (log_dir / "events.jsonl").write_bytes(b'{"time":1,"event":"intake","id":"A"}\n'
+                                               b'{"time":2,"event":"deliv')  # torn
+        events = EventLog(log_dir, None, rotation)
+        events.emit("relay-started", pid=1)
+        (log_dir / "events.jsonl").open("ab").write(b'{"time":3,"event":"del')  # torn again
+        events.emit("relay-stopped", pid=1)
+        events.close()
+        lines = (log_dir / "events.jsonl").read_bytes().splitlines()
+        assert lines[-1].startswith(b'{"time"') and json.loads(lines[-1])["event"] == "relay-stopped"
+        assert [json.loads(line)["event"] for line in lines if line.endswith(b"}")] == [
+            "intake", "relay-started", "relay-stopped"]
+        assert [e["event"] for e in read_rotated(log_dir / "events.jsonl")] == [
+            "intake", "relay-started", "relay-stopped"]
