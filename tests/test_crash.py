@@ -34,17 +34,18 @@ def test_sigkill_under_pickup_and_smtp_load_loses_nothing(tmp_path: Path) -> Non
     assert not report.problems, f"{report.summary()}: {report.problems[:10]}"
 
 
-@pytest.mark.slow  # a kill at each of 14 file operations, each then a restart: about 50 s
+@pytest.mark.slow  # a kill at each of 7 file operations, each then a restart: about 20 s
 @pytest.mark.timeout(240)
 def test_sigkill_right_after_each_file_operation_under_load_loses_nothing(
         tmp_path: Path) -> None:
     """The kills aimed at the store's steps instead of random moments (relay/faults.py):
-    right after renaming a message file, its envelope, a delivered marker, zeroing a
-    spare, ... (tests/crash_support.OPERATIONS), in whichever process comes to it first,
-    one child or the whole relay."""
-    report = crash_run(tmp_path, kills=len(OPERATIONS), pickup=2000, smtp=2000, clients=3,
+    right after renaming a message file, zeroing a spare, linking a bounce into Badmail,
+    ... (every other of tests/crash_support.OPERATIONS; `python -m bench.crash --at all`
+    aims at all 14), in whichever process comes to it first, one child or the whole relay."""
+    aimed = OPERATIONS[::2]
+    report = crash_run(tmp_path, kills=len(aimed), pickup=2000, smtp=2000, clients=3,
                        load_seconds=100, gap=(0.2, 1.5), drain_timeout=60,
-                       kill_at=OPERATIONS, seed=26)
+                       kill_at=aimed, seed=26)
     print(report.summary())
     assert not report.not_reached, report.summary()
     assert not report.lost, f"{report.summary()}: {report.lost[:10]}"
@@ -52,15 +53,16 @@ def test_sigkill_right_after_each_file_operation_under_load_loses_nothing(
     assert not report.problems, f"{report.summary()}: {report.problems[:10]}"
 
 
-@pytest.mark.slow  # five starts of the whole relay, each killed while it starts: about 35 s
+@pytest.mark.slow  # three starts of the whole relay, each killed while it starts: about 25 s
 @pytest.mark.timeout(180)
 def test_restarts_while_mail_arrives_lose_nothing(tmp_path: Path) -> None:
     """The relay killed within 0.6 s of each start (its recovery pass, its window and the
     Pickup backlog under way) while Pickup files and SMTP mail keep coming, the Pickup
     taker slowed (0.3 s) between a commit's message file and its envelope: the window in
     which a start-up took a commit in progress for a crash's leftover. Before the store's
-    ownership by lock this run (seed 264) lost 4 messages, each quarantined as missing."""
-    kills = 5
+    ownership by lock the same run with five kills (bench.crash --startup --kills 5
+    --slow-commit 0.3 --seed 264) lost 4 messages, each quarantined as missing."""
+    kills = 3
     report = crash_run(tmp_path, kills=kills, pickup=3000, smtp=300, clients=3,
                        load_seconds=kills * 4.3, gap=(0.0, 0.6), drain_timeout=90,
                        startup=True, slow_commit=0.3, seed=264)
