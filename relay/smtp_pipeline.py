@@ -118,6 +118,8 @@ async def pipelined(smtp: aiosmtplib.SMTP, sender: str, options: list[str],
         data_reply = await reader.reply(timeout)
         if 354 in (mail_reply[0], *(code for code, _ in rcpt_replies)):
             raise OutOfStep("a 354 to a command other than DATA")
+        if data_reply[0] != 354 and data_reply[0] // 100 not in (4, 5):
+            raise OutOfStep(f"a {data_reply[0]} to DATA")  # (a 250 is another command's)
         accepted = mail_reply[0] // 100 == 2 and any(c // 100 == 2 for c, _ in rcpt_replies)
         final: tuple[int, str] | None = None
         if data_reply[0] == 354:
@@ -125,6 +127,8 @@ async def pipelined(smtp: aiosmtplib.SMTP, sender: str, options: list[str],
             # gets an empty message, which it must refuse in turn (RFC 2920, 3.1)
             transport.write(stuff(data) + b".\r\n" if accepted else b".\r\n")
             final = await reader.reply(timeout)
+            if final[0] // 100 not in (2, 4, 5):
+                raise OutOfStep(f"a {final[0]} to the message")
             if not accepted:
                 final = None
         elif accepted:
