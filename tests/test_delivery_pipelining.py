@@ -151,3 +151,12 @@ def test_a_relay_whose_next_hop_drops_mid_pipeline_marks_no_one_delivered(
     assert [rcpt.state for rcpt in envelope.recipients] == ["deferred", "deferred"]
     assert "MAIL FROM, RCPT TO, DATA" in envelope.attempts[0].reply
     assert not hop.messages
+
+
+async def test_a_250_to_data_is_never_taken_for_a_delivery(dns_server, next_hop) -> None:
+    """A server that answers DATA with a 250 (another command's reply, or a broken server)
+    has not taken a message: nothing was sent. The recipient is not marked delivered."""
+    hop = next_hop(data_reply="250 2.0.0 ok")
+    result = await send(client_for(dns_server, hop.port), MESSAGE, [A])
+    assert not result.replies[A].ok and not result.replies[A].permanent
+    assert "out of step" in str(result.replies[A]) and not hop.messages
