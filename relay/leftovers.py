@@ -175,11 +175,12 @@ class Leftovers:
             mid, dot, ext = name.partition(".")
             if not dot or f".{ext}" == marker or mid in seen or not is_id(mid):
                 continue
-            delivered = folder == QUEUE and (f".{ext}" == DELIVERED or os.path.lexists(
-                f"{base}/{mid}{DELIVERED}"))
-            if delivered or not os.path.lexists(f"{base}/{mid}{marker}"):
+            if folder == QUEUE and f".{ext}" == DELIVERED:
                 seen.add(mid)
-                yield mid, delivered
+                yield mid, True
+            elif not os.path.lexists(f"{base}/{mid}{marker}"):  # a committed entry: one stat
+                seen.add(mid)
+                yield mid, folder == QUEUE and os.path.lexists(f"{base}/{mid}{DELIVERED}")
 
     def _remove_partial(self, folder: str, mid: str) -> bool:
         """Remove an entry's files that have no marker, unless its message file's lock is
