@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from relay.store import Envelope, Recipient, new_id
+from relay.core.store import Envelope, Recipient, new_id
 
 
 def fill(root: Path, count: int) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.admin_scale import filled_mailroot
 from bench.console import console_in_pty
 from bench.procstat import status_mb
-from relay.store import Attempt, Envelope, Recipient, new_id
+from relay.core.store import Attempt, Envelope, Recipient, new_id
 
 ESCAPES = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
 SIZE = (40, 100)  # rows, columns: narrow, so the Queue pane and its title use the full width

@@ -12,7 +12,7 @@ When the kills come:
   (default)        at random moments;
   --at OPERATION   right after a file operation of the store, e.g. --at "rename Queue/*.env"
                    (repeatable; --at all: each step of intake, delivery, bounce and
-                   recycling in turn; see relay/faults.py and docs/store-protocol.md);
+                   recycling in turn; see relay/core/faults.py and docs/store-protocol.md);
   --startup        the whole relay, within --gap seconds of each of --kills starts, while
                    Pickup and SMTP mail keeps arriving (and the Pickup taker waits
                    --slow-commit seconds between a commit's message file and its envelope).

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from bench.core import Workload, spread
 from bench.load import SENDER, message
-from relay import dkim_keys
-from relay.config import Config, DkimKey, Domain
-from relay.dkim import Signer, load_keys
-from relay.intake import Intake, Submission
-from relay.message import Message
-from relay.store import Mailroot
+from relay.core.config import Config, DkimKey, Domain
+from relay.core.dkim import Signer, load_keys
+from relay.core.intake import Intake, Submission
+from relay.core.message import Message
+from relay.core.store import Mailroot
+from relay.ops import dkim_keys
 
 SIGNERS = {"rsa-2048": "rsa-sha256", "ed25519": "ed25519-sha256"}
 SYSTEMS = ["unsigned", *SIGNERS]

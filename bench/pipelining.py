@@ -1,7 +1,7 @@
 """The delivery client's transaction with and without PIPELINING, on loopback and over a
 simulated round trip: `python -m bench.pipelining [--messages 300] [--rtt 20] [--runs 3]`.
 
-The relay's own SMTP client (relay.smtp_client.Client, one connection reused, as the queue
+The relay's own SMTP client (relay.queue.smtp_client.Client, one connection reused, as the queue
 manager reuses it for a destination) sends N messages of 2 KB, each to three recipients, to
 an aiosmtpd next hop that offers PIPELINING or does not (the hop's EHLO says so), either
 directly or through a proxy on 127.0.0.1 that holds every chunk `--rtt`/2 ms each way (the
@@ -21,10 +21,10 @@ from typing import Any
 import yaml
 from aiosmtpd.smtp import SMTP
 
-from relay.config import parse
-from relay.resolver import Resolver
-from relay.router import Router
-from relay.smtp_client import Client, Outgoing
+from relay.core.config import parse
+from relay.core.router import Router
+from relay.queue.resolver import Resolver
+from relay.queue.smtp_client import Client, Outgoing
 
 RECIPIENTS = ["a@remote.example", "b@remote.example", "c@remote.example"]
 MESSAGE = (b"From: app@yourdomain.com\r\nTo: a@remote.example\r\nSubject: bench\r\n\r\n"

@@ -19,7 +19,7 @@ from bench.load import RECIPIENT, fill_pickup, free_port, message, smtp_load, sm
 from bench.procstat import tree_cpu_seconds, tree_rss_mb
 from bench.sink import Sink
 from bench.systems import LOCAL_DOMAIN, NotAvailable, Reference, Relay, mailroot_queue_json
-from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
+from relay.core.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
 
 REFERENCES = ["aiosmtpd count", "aiosmtpd fsync"]
 WAIT = 600  # the longest any one measurement may wait for its messages

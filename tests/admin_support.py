@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from relay.bounce import SEPARATOR, bad_report
-from relay.store import BADMAIL, QUEUE, Attempt, Mailroot, Write
+from relay.core.bounce import SEPARATOR, bad_report
+from relay.core.store import BADMAIL, QUEUE, Attempt, Mailroot, Write
 from tests.conftest import RelayProcess, drop_file, wait_for
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from relay.store import QUEUE, Attempt, Envelope, Mailroot, Recipient, new_id
+from relay.core.store import QUEUE, Attempt, Envelope, Mailroot, Recipient, new_id
 
 
 def fill_queue(root: Path, count: int, domains: int = 20, folder: str = QUEUE,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import config as configmod
-from relay.bounce import badmail_ops
-from relay.config import Config
-from relay.store import DROP, QUEUE, Attempt, Mailroot
+from relay.core import config as configmod
+from relay.core.bounce import badmail_ops
+from relay.core.config import Config
+from relay.core.store import DROP, QUEUE, Attempt, Mailroot
 from tests.tui_fixture import T0, envelope, fixed_id, hold_lock, message, write_config
 
 DOMAINS = ["greylist.test", "slow.example", "partner.example", "customer.example",

@@ -140,7 +140,7 @@ class RelayProcess:
             return []
         events = []
         for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):  # a line a SIGKILL tore (relay/logrotate.py)
+            with contextlib.suppress(ValueError):  # a line a SIGKILL tore (relay/core/logrotate.py)
                 events.append(json.loads(line))
         return events
 

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from relay.bounce import read_reason
-from relay.store import Envelope
+from relay.core.bounce import read_reason
+from relay.core.store import Envelope
 from tests.conftest import RelayProcess, wait_for
 from tests.queue_fill import fill_queue
 from tests.smtpsink import Sink
@@ -284,7 +284,7 @@ class Report:
 
 
 # file operations a kill is aimed at by default (`kill_at`): each step of intake, delivery,
-# bounce and recycling (see docs/store-protocol.md), named as relay.faults matches them
+# bounce and recycling (see docs/store-protocol.md), named as relay.core.faults matches them
 OPERATIONS = ("rename tmp/pickup/*", "rename Queue/*.eml", "rename Queue/*.delivered",
               "rename Queue/*.env", "zero *", "rename Drop/*.eml", "link Badmail/*.eml",
               "unlink tmp/pickup/*", "rename tmp/*.spent", "rename Badmail/*.BAD",
@@ -292,7 +292,7 @@ OPERATIONS = ("rename tmp/pickup/*", "rename Queue/*.eml", "rename Queue/*.deliv
 
 
 class Faults:
-    """The fault file a relay started with MAILROOT_FAULTS reads (relay/faults.py)."""
+    """The fault file a relay started with MAILROOT_FAULTS reads (relay/core/faults.py)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -327,7 +327,7 @@ def crash_run(tmp: Path, *, kills: int, pickup: int, smtp: int, clients: int,
     relay is started again). When:
     - at random moments (the default);
     - `kill_at`: right after a file operation, each kill aimed at the next of these (globs
-      over "<operation> <path>", see relay/faults.py), at the 1st to 20th time a process
+      over "<operation> <path>", see relay/core/faults.py), at the 1st to 20th time a process
       comes to it;
     - `startup`: the whole relay, `gap` seconds after each start (while it recovers,
       reloads its window and takes the Pickup backlog), mail arriving all the while;

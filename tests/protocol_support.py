@@ -2,7 +2,7 @@
 
 Each sequence of the document runs against a real mailroot with the relay's own parts
 (intake, the Pickup taker, the queue manager's scheduler delivering to a real aiosmtpd sink,
-the operator API). The store tells each file operation to its probes (`relay.store.did`); a
+the operator API). The store tells each file operation to its probes (`relay.core.store.did`); a
 point is the n-th operation of one kind on one name (ids and tmp names made alike), so the
 same point is found in every run.
 
@@ -34,17 +34,13 @@ from pathlib import Path
 
 import yaml
 
-import relay.store
-from relay.admin import Admin
-from relay.bounce import quarantine
-from relay.config import Config, parse
-from relay.events import EventLog
-from relay.intake import Intake, Submission
-from relay.logrotate import Rotation
-from relay.pickup import PickupWatcher
-from relay.recovery import Recovery
-from relay.scheduler import Scheduler
-from relay.store import (
+import relay.core.store
+from relay.core.bounce import quarantine
+from relay.core.config import Config, parse
+from relay.core.events import EventLog
+from relay.core.intake import Intake, Submission
+from relay.core.logrotate import Rotation
+from relay.core.store import (
     BADMAIL,
     DROP,
     HOLD,
@@ -57,6 +53,10 @@ from relay.store import (
     Mailroot,
     json_fields,
 )
+from relay.ops.admin import Admin
+from relay.pickup.watcher import PickupWatcher
+from relay.queue.recovery import Recovery
+from relay.queue.scheduler import Scheduler
 
 LOCAL, REMOTE = "yourdomain.com", "remote.example"
 SENDER = f"app@{LOCAL}"
@@ -216,8 +216,8 @@ def _purge(w: World, state: dict) -> None:
         assert held
         record = json_fields(w.store.path(TRASH, state["id"], ".env").read_bytes())
         record["deleted_at"] = time.time() - 7200
-        w.store.commit([relay.store.Write(w.store.path(TRASH, state["id"], ".env"),
-                                          relay.store.json_bytes(record))])
+        w.store.commit([relay.core.store.Write(w.store.path(TRASH, state["id"], ".env"),
+                                          relay.core.store.json_bytes(record))])
     assert w.admin().purge_trash() == [state["id"]]
 
 
@@ -381,7 +381,7 @@ def points_of(root: Path, sequence: Sequence, sink_port: int) -> list[Point]:
     def body() -> None:
         w = world(root, sink_port)
         probe = Counting(root, sequence)
-        relay.store.PROBES.append(probe)
+        relay.core.store.PROBES.append(probe)
         sequence.run(w, state_of(root))
         record.write_text("\n".join(f"{n}\t{t}" for t, n in probe.points))
 
@@ -407,7 +407,7 @@ def crash_at(root: Path, sequence: Sequence, point: Point, sink_port: int) -> No
     """Run the sequence in a child killed by SIGKILL right after `point`."""
     def body() -> None:
         w = world(root, sink_port)
-        relay.store.PROBES.append(Counting(root, sequence, point,
+        relay.core.store.PROBES.append(Counting(root, sequence, point,
                                            lambda: os.kill(os.getpid(), signal.SIGKILL)))
         sequence.run(w, state_of(root))
 

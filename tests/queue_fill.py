@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
+from relay.core.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
 
 PLACEHOLDER = "0" * 16
 

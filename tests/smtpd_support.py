@@ -15,11 +15,11 @@ from typing import Any
 
 import uvloop
 
-from relay import config as configmod
-from relay.events import EventLog
-from relay.intake import Intake
-from relay.smtpd import SmtpServer
-from relay.store import Mailroot
+from relay.core import config as configmod
+from relay.core.events import EventLog
+from relay.core.intake import Intake
+from relay.core.store import Mailroot
+from relay.receiver.smtpd import SmtpServer
 from tests.conftest import wait_for
 
 LOCAL = "yourdomain.com"  # the default local domain of the tests' write_config

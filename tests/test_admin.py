@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from relay.admin import Admin
-from relay.config import load
-from relay.qshape import AGE_BUCKETS
-from relay.store import QUEUE, Envelope, Mailroot, Recipient, new_id
+from relay.core.config import load
+from relay.core.store import QUEUE, Envelope, Mailroot, Recipient, new_id
+from relay.ops.admin import Admin
+from relay.ops.qshape import AGE_BUCKETS
 from tests.admin_support import cli, fail_delivery, submit
 from tests.conftest import drop_file, wait_for
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from relay.store import Envelope
+from relay.core.store import Envelope
 from tests.admin_support import cli, submit
 from tests.conftest import wait_for
 from tests.test_delivery import delivery_config

@@ -11,9 +11,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from relay.admin import Admin
-from relay.config import load
-from relay.store import QUEUE, Mailroot
+from relay.core.config import load
+from relay.core.store import QUEUE, Mailroot
+from relay.ops.admin import Admin
 from tests.admin_support import submit
 from tests.conftest import wait_for
 from tests.test_delivery import delivery_config

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.admin import Admin
-from relay.config import ConfigError, load
-from relay.settings import write_atomic
+from relay.core.config import ConfigError, load
+from relay.ops.admin import Admin
+from relay.ops.settings import write_atomic
 from tests.admin_support import cli, message, submit
 from tests.conftest import RelayProcess, drop_file, wait_for
 

@@ -3,8 +3,8 @@ that expire, tables that do not grow without bound), on a clock the test moves."
 
 from __future__ import annotations
 
-from relay import config as configmod
-from relay.anvil import GLOBAL, PER_CLIENT, PER_CLIENT_RATE, Anvil
+from relay.core import config as configmod
+from relay.receiver.anvil import GLOBAL, PER_CLIENT, PER_CLIENT_RATE, Anvil
 
 
 class Clock:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.admin import MessageSummary
-from relay.bounce import badmail_ops
-from relay.cli_admin import format_row
-from relay.store import DROP, QUEUE, Envelope, Mailroot, Recipient, new_id
+from relay.cli.admin import format_row
+from relay.core.bounce import badmail_ops
+from relay.core.store import DROP, QUEUE, Envelope, Mailroot, Recipient, new_id
+from relay.ops.admin import MessageSummary
 from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 from tests.busy_fixture import build_busy
@@ -109,7 +109,7 @@ def test_the_commands_that_read_start_without_the_relays_heavy_modules():
     milliseconds of every run; the first listed row is due within 0.2 s)."""
     heavy = ("dkim", "dns.resolver", "asyncio", "email.mime.multipart", "ruamel.yaml",
              "watchfiles", "aiosmtpd", "aiosmtplib", "cryptography")
-    probe = ("import sys, relay.cli, relay.admin, relay.cli_admin; "
+    probe = ("import sys, relay.cli, relay.ops.admin, relay.cli.admin; "
              f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=30, check=True).stdout.split()

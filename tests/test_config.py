@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay import config as cfg
+from relay.core import config as cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,8 +120,8 @@ def test_config_option_counts_before_or_after_the_command(tmp_path: Path, order:
 
 def test_a_reloaded_config_still_hands_new_queue_entries_to_the_scheduler(
         write_config) -> None:
-    from relay.service import Relay
+    from relay.supervisor.single import Relay
     config = cfg.load(write_config())
     relay = Relay(config, stream=None)
     relay.apply_config(cfg.load(write_config({"delivery": {"retry": ["1s"] * 4}})))
-    assert relay.intake.on_queued == relay.scheduler.notify
+    assert relay.intake.on_queued == relay.queue.scheduler.notify

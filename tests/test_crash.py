@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.bounce import read_reason
-from relay.store import Envelope, new_id
+from relay.core.bounce import read_reason
+from relay.core.store import Envelope, new_id
 from tests.conftest import wait_for
 from tests.crash_support import OPERATIONS, crash_run
 
@@ -38,7 +38,7 @@ def test_sigkill_under_pickup_and_smtp_load_loses_nothing(tmp_path: Path) -> Non
 @pytest.mark.timeout(240)
 def test_sigkill_right_after_each_file_operation_under_load_loses_nothing(
         tmp_path: Path) -> None:
-    """The kills aimed at the store's steps instead of random moments (relay/faults.py):
+    """The kills aimed at the store's steps instead of random moments (relay/core/faults.py):
     right after renaming a message file, zeroing a spare, linking a bounce into Badmail,
     ... (every other of tests/crash_support.OPERATIONS; `python -m bench.crash --at all`
     aims at all 14), in whichever process comes to it first, one child or the whole relay."""
@@ -91,7 +91,7 @@ def test_sigkill_under_load_with_50000_queued_behind_it_loses_nothing(tmp_path: 
 
 def committed(root: Path, folder: str, mid: str, data: bytes, **changes) -> Envelope:
     """Write a committed Queue/Hold entry directly (as a relay would have left it)."""
-    from relay.store import Recipient, checksum
+    from relay.core.store import Recipient, checksum
 
     envelope = Envelope(id=mid, sender="app@yourdomain.com",
                         recipients=[Recipient("x@remote.example")], received=time.time(),

@@ -9,11 +9,11 @@ import ssl
 import trustme
 import yaml
 
-from relay.config import parse
-from relay.message import stuff, unstuff
-from relay.resolver import Resolver
-from relay.router import Router
-from relay.smtp_client import Client, Hop, Outgoing, masquerade
+from relay.core.config import parse
+from relay.core.message import stuff, unstuff
+from relay.core.router import Router
+from relay.queue.resolver import Resolver
+from relay.queue.smtp_client import Client, Hop, Outgoing, masquerade
 
 EIGHT_BIT = (b"From: app@yourdomain.com\r\nTo: x@remote.example\r\nSubject: caf\xc3\xa9?\r\n"
              .replace(b"caf\xc3\xa9?", b"menu") + b"Content-Type: text/plain; charset=utf-8\r\n"

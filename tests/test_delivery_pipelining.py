@@ -10,7 +10,7 @@ import ssl
 import pytest
 import trustme
 
-from relay.store import Envelope
+from relay.core.store import Envelope
 from tests.conftest import wait_for
 from tests.pipelining_sink import PipeliningSink
 from tests.test_delivery_client import client_for, send

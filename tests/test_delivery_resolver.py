@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.config import parse
-from relay.resolver import DnsFailure, Resolver
+from relay.core.config import parse
+from relay.queue.resolver import DnsFailure, Resolver
 
 
 def resolver_for(dns_server, hostname: str = "relay.test") -> Resolver:

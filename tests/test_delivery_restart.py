@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from relay.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
+from relay.core.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
 from tests.conftest import drop_file, wait_for
 from tests.test_delivery import delivery_config, events, message
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.users import set_password
+from relay.receiver.users import set_password
 from tests.smtpd_support import RawClient, code, live_smtp
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "fail2ban"

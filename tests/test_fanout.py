@@ -1,4 +1,4 @@
-"""Listing and counting a large folder on every core (relay.fanout): the forked workers give
+"""Listing and counting a large folder on every core (relay.core.fanout): the forked workers give
 exactly what one process gives, in the same order, and `mailroot queue --json` and `summary`
 use them."""
 
@@ -9,12 +9,12 @@ import os
 import shutil
 import time
 
-from relay import config as configmod
-from relay.admin import Admin
-from relay.cli_admin import render_rows
-from relay.fanout import CHUNK, FIRST_CHUNK, fan_out
-from relay.folderstats import all_usage
-from relay.store import HOLD, QUEUE
+from relay.cli.admin import render_rows
+from relay.core import config as configmod
+from relay.core.fanout import CHUNK, FIRST_CHUNK, fan_out
+from relay.core.folderstats import all_usage
+from relay.core.store import HOLD, QUEUE
+from relay.ops.admin import Admin
 from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from relay import config as configmod
-from relay.admin import Admin
-from relay.folderstats import human_size, usage
-from relay.store import BADMAIL, DROP, QUEUE, Mailroot
+from relay.core import config as configmod
+from relay.core.folderstats import human_size, usage
+from relay.core.store import BADMAIL, DROP, QUEUE, Mailroot
+from relay.ops.admin import Admin
 from tests.conftest import drop_file, wait_for
 from tests.test_tui import SIZE, until
 from tui.app import ConsoleApp

@@ -13,14 +13,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import config as configmod
-from relay.bounce import read_reason
-from relay.events import EventLog
-from relay.intake import Intake, Rejected, Submission
-from relay.message import MessageError
-from relay.pickup import PickupWatcher
-from relay.pickup_file import parse_pickup
-from relay.store import Mailroot
+from relay.core import config as configmod
+from relay.core.bounce import read_reason
+from relay.core.events import EventLog
+from relay.core.intake import Intake, Rejected, Submission
+from relay.core.message import MessageError
+from relay.core.pickup_file import parse_pickup
+from relay.core.store import Mailroot
+from relay.pickup.watcher import PickupWatcher
 from tests.conftest import wait_for
 from tests.smtpd_support import RawClient, live_smtp
 

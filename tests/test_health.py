@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.bounce import quarantine_ops
-from relay.store import QUEUE, Mailroot, id_time
+from relay.core.bounce import quarantine_ops
+from relay.core.store import QUEUE, Mailroot, id_time
 from tests.conftest import drop_file, wait_for
 from tests.queue_fill import fill_queue
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay import config as configmod
-from relay import iis_import, metabase
-from relay.cli import main
+from relay.cli import iis_import, main, metabase
+from relay.core import config as configmod
 from tests.conftest import drop_file, sample, wait_for
 
 HERE = Path(__file__).resolve().parent / "metabase"
@@ -228,7 +227,7 @@ def test_an_existing_config_is_not_replaced_without_force(tmp_path) -> None:
 
 def test_a_relay_on_an_imported_config_delivers_to_drop_and_the_smart_host(
         tmp_path, sink) -> None:
-    from relay.settings import ConfigFile, set_values
+    from relay.ops.settings import ConfigFile, set_values
     from tests.conftest import RelayProcess
 
     hop = sink()
@@ -550,7 +549,7 @@ def test_smart_host_type_is_imported_and_followed_by_route_and_delivery(
         tmp_path, capsys, dns_server, sink, kind) -> None:
     """found.test has an MX host, broken.test answers SERVFAIL, missing.test is NXDOMAIN; the
     MX host listens on 127.0.0.1, the smart host on 127.0.0.2, on RemoteSmtpPort both."""
-    from relay.settings import ConfigFile, set_values
+    from relay.ops.settings import ConfigFile, set_values
     from tests.conftest import RelayProcess
 
     mx = sink()

@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from relay.inotify import DirectoryWatch
+from relay.core.inotify import DirectoryWatch
 
 
 async def test_names_arrive_for_rename_in_create_and_close(tmp_path: Path) -> None:

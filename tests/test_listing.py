@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from relay import config as configmod
-from relay.admin import Admin
-from relay.bounce import read_reason
-from relay.folderstats import human_size
-from relay.listing import MatchError, compile_match, entry_of, matching, reason_class
-from relay.store import BADMAIL, DROP, HOLD, QUEUE, Mailroot
+from relay.core import config as configmod
+from relay.core.bounce import read_reason
+from relay.core.folderstats import human_size
+from relay.core.store import BADMAIL, DROP, HOLD, QUEUE, Mailroot
+from relay.ops.admin import Admin
+from relay.ops.listing import MatchError, compile_match, entry_of, matching, reason_class
 from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 from tests.busy_fixture import build_busy

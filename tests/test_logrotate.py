@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay import config as configmod
-from relay.audit import AuditLog
-from relay.events import LOG_NAME, EventLog, LogFollower, read_rotated
-from relay.logrotate import Rotation, rotated_files
-from relay.service import Relay
+from relay.core import config as configmod
+from relay.core.events import LOG_NAME, EventLog, LogFollower, read_rotated
+from relay.core.logrotate import Rotation, rotated_files
+from relay.ops.audit import AuditLog
+from relay.supervisor.single import Relay
 from tests.test_tui import SIZE, until
 from tui.app import ACTIVITY_AT_START, ConsoleApp
 
@@ -198,8 +198,8 @@ def test_a_line_torn_by_a_kill_does_not_swallow_the_next_event(tmp_path) -> None
     another, starts a line of its own instead of being lost inside it."""
     import json
 
-    from relay.events import EventLog, read_rotated
-    from relay.logrotate import Rotation
+    from relay.core.events import EventLog, read_rotated
+    from relay.core.logrotate import Rotation
 
     for rotation in (Rotation(1024 * 1024, 5), None):
         log_dir = tmp_path / f"log-{rotation is None}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, id_time
+from relay.core.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, id_time
 from tests.conftest import drop_file, wait_for
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.message import MessageError
-from relay.pickup_file import parse_pickup
+from relay.core.message import MessageError
+from relay.core.pickup_file import parse_pickup
 from tests.conftest import sample
 
 

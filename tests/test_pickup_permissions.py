@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import relay.service  # noqa: F401  (imported before forking: the children may not reach it)
-import relay.supervisor  # noqa: F401  (the same)
+import relay.supervisor.single  # noqa: F401  (imported before forking: the children may not reach it)
+import relay.supervisor.supervisor  # noqa: F401  (the same)
 from relay import cli
-from relay.install import prepare_mailroot
+from relay.cli.install import prepare_mailroot
 from tests.conftest import RelayProcess, wait_for
 
 RELAY_UID, RELAY_GID, SUBMIT_GID = 40001, 40001, 40002

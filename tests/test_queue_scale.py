@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.admin import Admin
-from relay.config import ConfigError, load
-from relay.store import HOLD, LISTING_SORTED_UP_TO, QUEUE, Mailroot
+from relay.core.config import ConfigError, load
+from relay.core.store import HOLD, LISTING_SORTED_UP_TO, QUEUE, Mailroot
+from relay.ops.admin import Admin
 from tests.admin_support import cli
 from tests.conftest import RelayProcess, wait_for
 from tests.queue_fill import fill_queue, queued_message

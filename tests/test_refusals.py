@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from relay.refusals import Pressure, events_since, top_refused
+from relay.ops.refusals import Pressure, events_since, top_refused
 from tests.conftest import wait_for
 from tests.smtpd_support import RawClient, code
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from relay.store import Envelope
+from relay.core.store import Envelope
 from tests.admin_support import cli, submit
 from tests.conftest import drop_file, wait_for
 from tests.test_delivery import delivery_config

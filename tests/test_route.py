@@ -8,7 +8,7 @@ import time
 import pytest
 
 from relay.cli import main
-from relay.store import QUEUE, Envelope, Mailroot, Recipient
+from relay.core.store import QUEUE, Envelope, Mailroot, Recipient
 
 pytestmark = pytest.mark.usefixtures("dns_server")
 
@@ -178,7 +178,7 @@ def test_not_an_address_is_bad_usage(write_config) -> None:
 
 def queue_failing(tmp_path, address: str, host: str, reply: str, tries: int = 2) -> None:
     """A message for `address` in Queue whose every attempt failed with `reply`."""
-    from relay.store import Attempt
+    from relay.core.store import Attempt
 
     store = Mailroot(tmp_path / "mailroot")
     store.ensure()

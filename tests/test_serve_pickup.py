@@ -216,7 +216,7 @@ def test_send_writes_a_pickup_file_that_is_delivered(relay, tmp_path: Path) -> N
 def test_a_file_taken_before_a_crash_is_committed_once(relay, tmp_path: Path) -> None:
     """Killed after the commit but before the taken file was removed: the restart rewrites
     the same entry rather than adding a second copy."""
-    from relay.store import new_id
+    from relay.core.store import new_id
 
     root = tmp_path / "mailroot"
     (root / "tmp" / "pickup").mkdir(parents=True)

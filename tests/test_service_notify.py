@@ -97,7 +97,7 @@ def test_ready_once_listening_with_the_saved_window_loaded_then_status_and_watch
 
 
 def test_watchdog_for_another_process_is_not_ours() -> None:
-    from relay.sdnotify import Notifier
+    from relay.supervisor.sdnotify import Notifier
 
     assert Notifier({"WATCHDOG_USEC": "4000000"}).watchdog == 2.0
     assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog is None

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import config as configmod
-from relay.users import set_password
+from relay.core import config as configmod
+from relay.receiver.users import set_password
 from tests.conftest import wait_for
 from tests.smtpd_support import (
     LOCAL,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from relay import config as configmod
-from relay.users import set_password
+from relay.core import config as configmod
+from relay.receiver.users import set_password
 from tests.smtpd_support import LOCAL, RawClient, code, live_smtp, message, wait_files
 
 REMOTE = "relaytest.example"

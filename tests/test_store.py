@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import relay.fileops
-import relay.spares
-import relay.store
-from relay.store import QUEUE, Envelope, Mailroot, Recipient, Unlink, Write
+import relay.core.fileops
+import relay.core.spares
+import relay.core.store
+from relay.core.store import QUEUE, Envelope, Mailroot, Recipient, Unlink, Write
 from tests.conftest import wait_for
 
 
@@ -81,7 +81,7 @@ def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
         return {p.stat().st_ino: p for p in store.tmp.glob("*.ready")}
 
     def commit(n: int) -> Envelope:
-        envelope = Envelope(id=relay.store.new_id(), sender="a@example.com",
+        envelope = Envelope(id=relay.core.store.new_id(), sender="a@example.com",
                             recipients=[Recipient(f"r{n}@remote.test")], received=time.time())
         store.commit(store.enqueue_ops(QUEUE, envelope, f"message {n}\r\n".encode()))
         return envelope
@@ -101,7 +101,7 @@ def test_a_commit_writes_into_files_made_ahead_and_a_one_shot_store_leaves_none(
     assert not list(store.tmp.iterdir())
 
     command = Mailroot(tmp_path / "mailroot")
-    envelope = Envelope(id=relay.store.new_id(), sender="", recipients=[Recipient("x@r.test")],
+    envelope = Envelope(id=relay.core.store.new_id(), sender="", recipients=[Recipient("x@r.test")],
                         received=time.time())
     command.commit(command.enqueue_ops(QUEUE, envelope, b"once\r\n"))
     assert not list(store.tmp.iterdir())
@@ -120,19 +120,19 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     queue_manager.ensure()
     once = Mailroot(root)  # a command: keeps no ready files, and no spares
     body = b"Subject: delivered\r\n\r\n" + b"x" * 5000 + b"\r\n"
-    done = Envelope(id=relay.store.new_id(), sender="a@example.com",
+    done = Envelope(id=relay.core.store.new_id(), sender="a@example.com",
                     recipients=[Recipient("b@remote.test")], received=time.time())
     once.commit(once.enqueue_ops(QUEUE, done, body))
     inodes = {queue_manager.path(QUEUE, done.id, ext).stat().st_ino for ext in (".eml", ".env")}
     queue_manager.retire_delivered(done.id)
     assert [p.name for p in root.joinpath(QUEUE).iterdir()] == [f"{done.id}.delivered"]
     synced: list[tuple[str, int]] = []  # (directory, spares at its fsync)
-    real = relay.fileops.fsync_dir
-    monkeypatch.setattr(relay.fileops, "fsync_dir", lambda d: (
+    real = relay.core.fileops.fsync_dir
+    monkeypatch.setattr(relay.core.fileops, "fsync_dir", lambda d: (
         synced.append((d.name, len(list(queue_manager.tmp.glob("spare-*"))))), real(d)))
     queue_manager.dispose_retired([done.id])
     assert synced == [(QUEUE, 0)]
-    failing = Envelope(id=relay.store.new_id(), sender="a@example.com",
+    failing = Envelope(id=relay.core.store.new_id(), sender="a@example.com",
                        recipients=[Recipient("f@remote.test")], received=time.time())
     once.commit(once.enqueue_ops(QUEUE, failing, body))
     queue_manager.retire_delivered(failing.id)
@@ -140,11 +140,11 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     def broken_disk(directory: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(relay.fileops, "fsync_dir", broken_disk)
+    monkeypatch.setattr(relay.core.fileops, "fsync_dir", broken_disk)
     queue_manager.dispose_retired([failing.id])  # not durable: removed, not reused
     assert not list(queue_manager.tmp.glob(f"{failing.id}.*"))
     assert not list(root.joinpath(QUEUE).iterdir())
-    monkeypatch.setattr(relay.fileops, "fsync_dir", real)
+    monkeypatch.setattr(relay.core.fileops, "fsync_dir", real)
     spares = list(queue_manager.tmp.glob("spare-*"))
     assert {p.stat().st_ino for p in spares} == inodes
     assert all(not p.read_bytes().strip(b"\0") for p in spares)  # nothing of it stays
@@ -152,7 +152,7 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     receiver.top_up()
     wait_for(lambda: len(list(receiver.tmp.glob("*.ready"))) == 2)
     assert not list(receiver.tmp.glob("spare-*"))
-    fresh = Envelope(id=relay.store.new_id(), sender="a@example.com",
+    fresh = Envelope(id=relay.core.store.new_id(), sender="a@example.com",
                      recipients=[Recipient("c@remote.test")], received=time.time())
     receiver.commit(receiver.enqueue_ops(QUEUE, fresh, b"next\r\n"))
     assert {receiver.path(QUEUE, fresh.id, ext).stat().st_ino
@@ -171,7 +171,7 @@ def test_a_delivered_messages_files_are_emptied_and_reused_by_the_next_commits(
     assert not list(once.tmp.glob("spare-*")) and not (once.tmp / "x.spent").exists()
 
     (queue_manager.tmp / "spare-07").touch()
-    receiver.commit(receiver.enqueue_ops(QUEUE, dataclasses.replace(fresh, id=relay.store.new_id()),
+    receiver.commit(receiver.enqueue_ops(QUEUE, dataclasses.replace(fresh, id=relay.core.store.new_id()),
                                          b"again\r\n"))
     receiver.discard_ready()
     queue_manager.discard_ready()
@@ -183,14 +183,14 @@ def test_with_every_spare_slot_taken_files_are_only_unlinked_for_a_while(
     """More files come back than commits take (a backlog draining): once the slots tried
     are all taken, the next files are unlinked without being emptied or linked, even into a
     slot freed meanwhile, until SLOTS_FULL_PAUSE has passed."""
-    monkeypatch.setattr(relay.spares, "SLOTS_FULL_PAUSE", 0.3)
+    monkeypatch.setattr(relay.core.spares, "SLOTS_FULL_PAUSE", 0.3)
     store = Mailroot(tmp_path, ready_files=2)
     store.ensure()
-    for slot in range(relay.spares.SPARE_SLOTS):
+    for slot in range(relay.core.spares.SPARE_SLOTS):
         (store.tmp / f"spare-{slot:02d}").touch()
     zeroed: list[int] = []
-    real = relay.spares.zero_out
-    monkeypatch.setattr(relay.spares, "zero_out",
+    real = relay.core.spares.zero_out
+    monkeypatch.setattr(relay.core.spares, "zero_out",
                         lambda fd, size: (zeroed.append(size), real(fd, size)))
 
     def spent(name: str) -> Path:
@@ -200,7 +200,7 @@ def test_with_every_spare_slot_taken_files_are_only_unlinked_for_a_while(
 
     store.recycle(spent("a"))  # every slot tried is taken: emptied in vain, unlinked
     assert zeroed == [11] and not (store.tmp / "a.spent").exists()
-    for slot in range(relay.spares.SPARE_SLOTS):
+    for slot in range(relay.core.spares.SPARE_SLOTS):
         (store.tmp / f"spare-{slot:02d}").unlink()  # taken by commits meanwhile
     store.recycle(spent("b"))
     assert zeroed == [11] and not list(store.tmp.glob("spare-*"))  # not tried
@@ -223,7 +223,7 @@ def test_a_spare_that_is_not_a_plain_file_is_never_written_through(tmp_path: Pat
     store.top_up()
     wait_for(lambda: len(store._ready) == 4)
     for n in range(4):
-        envelope = Envelope(id=relay.store.new_id(), sender="a@example.com",
+        envelope = Envelope(id=relay.core.store.new_id(), sender="a@example.com",
                             recipients=[Recipient(f"r{n}@remote.test")], received=time.time())
         store.commit(store.enqueue_ops(QUEUE, envelope, f"message {n}\r\n".encode()))
         assert store.read_message(QUEUE, envelope.id) == f"message {n}\r\n".encode()
@@ -243,8 +243,8 @@ def test_a_taken_pickup_files_removal_costs_no_directory_fsync(tmp_path: Path,
     taken.write_bytes(b"x")
     kept.write_bytes(b"y")
     synced: list[Path] = []
-    real = relay.fileops.fsync_dir
-    monkeypatch.setattr(relay.fileops, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    real = relay.core.fileops.fsync_dir
+    monkeypatch.setattr(relay.core.fileops, "fsync_dir", lambda d: (synced.append(d), real(d)))
     store.commit([Write(store.path(QUEUE, "a", ".eml"), b"a"), Unlink(taken, durable=False)])
     assert synced == [store.folder(QUEUE)] and not taken.exists()
     store.commit([Write(store.path(QUEUE, "b", ".eml"), b"b"), Unlink(kept)])
@@ -256,7 +256,7 @@ def test_recover_keeps_the_later_of_a_message_committed_in_two_folders(tmp_path:
     went: start-up keeps Trash and removes the Queue copy; an undelete the other way round.
     The later copy is the one whose envelope counts one move more, whatever the mtimes say
     (a Queue envelope's mtime is its next attempt, hours ahead)."""
-    from relay.store import TRASH, Envelope, Recipient
+    from relay.core.store import TRASH, Envelope, Recipient
 
     store = Mailroot(tmp_path / "mailroot")
     store.ensure()
@@ -293,7 +293,7 @@ def test_an_envelope_is_the_same_json_as_before_and_takes_any_text() -> None:
 def test_a_delivered_message_leaves_queue_and_a_cut_removal_is_finished(tmp_path: Path) -> None:
     store = Mailroot(tmp_path)
     store.ensure()
-    done, cut, back = (Envelope(id=relay.store.new_id(), sender="a@b.example",
+    done, cut, back = (Envelope(id=relay.core.store.new_id(), sender="a@b.example",
                                 recipients=[Recipient("c@d.example")], received=time.time())
                        for _ in range(3))
     for env in (done, cut, back):

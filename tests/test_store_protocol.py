@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import relay.store
-from relay.admin import NotFound
-from relay.bounce import quarantine
-from relay.listing import read_entry
-from relay.recovery import Recovery
-from relay.store import BADMAIL, DROP, FOLDERS, HOLD, MOVE_FOLDERS, QUEUE, TRASH, Mailroot, Op
+import relay.core.store
+from relay.core.bounce import quarantine
+from relay.core.store import BADMAIL, DROP, FOLDERS, HOLD, MOVE_FOLDERS, QUEUE, TRASH, Mailroot, Op
+from relay.ops.admin import NotFound
+from relay.ops.listing import read_entry
+from relay.queue.recovery import Recovery
 from tests.protocol_support import (
     BAD,
     LATER,
@@ -110,7 +110,7 @@ def listing_pass(w: World) -> None:
     admin.summary()
     for folder in (*FOLDERS, TRASH):
         for row in admin.list_folder(folder):
-            if folder == relay.store.PICKUP:
+            if folder == relay.core.store.PICKUP:
                 continue
             try:
                 admin.show(row.id)
@@ -180,7 +180,7 @@ def run_paused(root: Path, sequence: Sequence, point, port: int,
             reached.set()
             w.close()
 
-    relay.store.PROBES.append(ignoring_the_pass)
+    relay.core.store.PROBES.append(ignoring_the_pass)
     thread = threading.Thread(target=body, name=f"{sequence.name}-paused")
     try:
         thread.start()
@@ -194,7 +194,7 @@ def run_paused(root: Path, sequence: Sequence, point, port: int,
             resume.set()
             thread.join(30)
     finally:
-        relay.store.PROBES.remove(ignoring_the_pass)
+        relay.core.store.PROBES.remove(ignoring_the_pass)
     assert not failure, f"the sequence failed after the pass: {failure[0]!r}"
 
 
@@ -261,7 +261,7 @@ def test_the_explorers_find_a_step_put_out_of_order(tmp_path: Path, next_hop,
     beside it sees it)."""
     def envelope_first(self: Mailroot, folder: str, envelope, message: bytes) -> list[Op]:
         return [self.envelope_write(folder, envelope),
-                relay.store.Write(self.path(folder, envelope.id, ".eml"), message)]
+                relay.core.store.Write(self.path(folder, envelope.id, ".eml"), message)]
 
     real_remove = Mailroot.remove_ops
 
@@ -303,7 +303,7 @@ def test_a_reader_of_a_file_recycled_under_it_is_told_it_went(tmp_path: Path,
         except (NotFound, FileNotFoundError) as exc:
             outcome.append(exc)
 
-    relay.store.PROBES.append(probe)
+    relay.core.store.PROBES.append(probe)
     try:
         thread = threading.Thread(target=read, name="reader")
         thread.start()
@@ -313,7 +313,7 @@ def test_a_reader_of_a_file_recycled_under_it_is_told_it_went(tmp_path: Path,
         resume.set()
         thread.join(30)
     finally:
-        relay.store.PROBES.remove(probe)
+        relay.core.store.PROBES.remove(probe)
         w.close()
     assert len(next_hop.messages) == 1
     assert isinstance(outcome[0], FileNotFoundError), outcome

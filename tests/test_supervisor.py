@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.config import load
-from relay.store import QUEUE, READY_FILES, Envelope, Mailroot, Recipient, checksum, new_id
+from relay.core.config import load
+from relay.core.store import QUEUE, READY_FILES, Envelope, Mailroot, Recipient, checksum, new_id
 from tests.conftest import RelayProcess, drop_file, wait_for
 from tests.smtpsink import Sink
 
@@ -261,8 +261,8 @@ def test_workers_1_runs_the_whole_relay_in_one_process(relay, sink, write_config
 
 async def test_the_console_embeds_the_same_processes_and_shows_their_state(
         write_config, sink) -> None:
-    from relay import config as configmod
-    from relay.supervisor import Supervisor
+    from relay.core import config as configmod
+    from relay.supervisor.supervisor import Supervisor
     from tui.app import ConsoleApp
 
     app = ConsoleApp(configmod.load(write_config(processes_config(sink()))))

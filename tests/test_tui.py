@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import config as configmod
-from relay.admin import Admin
-from relay.service import lock_holder
-from relay.store import BADMAIL, DROP, QUEUE, Mailroot
+from relay.core import config as configmod
+from relay.core.relay_lock import lock_holder
+from relay.core.store import BADMAIL, DROP, QUEUE, Mailroot
+from relay.ops.admin import Admin
 from tests.busy_fixture import build_busy
 from tests.conftest import drop_file, sample, wait_for
 from tests.tui_fixture import T0, build, hold_lock
@@ -222,7 +222,7 @@ async def test_alias_added_in_domain_editor_routes_next_message_to_drop(write_co
 
 
 def test_importing_relay_never_imports_textual():
-    code = ("import sys, relay.cli, relay.admin, relay.service, relay.events; "
+    code = ("import sys, relay.cli, relay.ops.admin, relay.supervisor.single, relay.core.events; "
             "print(any(m == 'textual' or m.startswith('textual.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from relay.admin import Admin
-from relay.listing import matching
-from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, Mailroot
+from relay.core.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, Mailroot
+from relay.ops.admin import Admin
+from relay.ops.listing import matching
 from tests.busy_fixture import column
 from tests.tui_fixture import T0, until
 from tui.app import ConsoleApp

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 import time
 
-from relay import config as configmod
-from relay.store import BADMAIL, DROP, HOLD, QUEUE
+from relay.core import config as configmod
+from relay.core.store import BADMAIL, DROP, HOLD, QUEUE
 from tests.conftest import drop_file, sample
 from tests.test_delivery import delivery_config
 from tests.tui_fixture import until as wait_until

@@ -7,7 +7,7 @@ import asyncio
 import html
 import re
 
-from relay import config as configmod
+from relay.core import config as configmod
 from tests.test_tui import SIZE, until
 from tui.app import ConsoleApp
 

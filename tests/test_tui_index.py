@@ -4,10 +4,10 @@ an index built fresh from the folders."""
 
 from __future__ import annotations
 
-from relay import config as configmod
-from relay.admin import Admin
-from relay.listing import SORTS
-from relay.store import HOLD, QUEUE, TRASH
+from relay.core import config as configmod
+from relay.core.store import HOLD, QUEUE, TRASH
+from relay.ops.admin import Admin
+from relay.ops.listing import SORTS
 from tests.bulk_support import fill_queue
 from tui.index import FolderIndex
 

@@ -12,10 +12,10 @@ import pytest
 from textual import events
 from textual.widgets import Select
 
-from relay import config as configmod
-from relay.admin import Admin
-from relay.service import lock_holder
-from relay.store import BADMAIL, QUEUE, TRASH
+from relay.core import config as configmod
+from relay.core.relay_lock import lock_holder
+from relay.core.store import BADMAIL, QUEUE, TRASH
+from relay.ops.admin import Admin
 from tests.bulk_support import fill_queue
 from tests.tui_fixture import T0, build, fixed_id, hold_lock, until, write_config
 from tui.app import ConsoleApp, holder_pid
@@ -133,7 +133,7 @@ async def test_a_killed_relay_is_said_to_have_died_and_the_palette_starts_one(re
 
 
 def test_the_result_line_agrees_in_number_and_says_why():
-    from relay.admin import ActionResult
+    from relay.ops.admin import ActionResult
     from tui.bulk import result_line
 
     assert result_line("requeue", ActionResult([], {"A": "busy: being delivered"}), 1) \

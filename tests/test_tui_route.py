@@ -7,8 +7,8 @@ import time
 
 import trustme
 
-from relay import config as configmod
-from relay.store import QUEUE, Envelope, Mailroot, Recipient
+from relay.core import config as configmod
+from relay.core.store import QUEUE, Envelope, Mailroot, Recipient
 from tests.test_delivery import REMOTE, delivery_config
 from tests.test_probe import Commands, Leaf
 from tests.test_tui import SIZE, until

@@ -13,9 +13,9 @@ from functools import partial
 
 import pytest
 
-from relay import config as configmod
-from relay.admin import Admin
-from relay.store import DROP, HOLD, QUEUE, TRASH, Mailroot
+from relay.core import config as configmod
+from relay.core.store import DROP, HOLD, QUEUE, TRASH, Mailroot
+from relay.ops.admin import Admin
 from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 from tests.tui_fixture import hold_lock

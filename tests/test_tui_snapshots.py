@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import config as configmod
+from relay.core import config as configmod
 from tests.tui_fixture import T0, build, hold_lock, write_config
 from tui.app import ConsoleApp
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.store import QUEUE, Mailroot
+from relay.core.store import QUEUE, Mailroot
 from tests.busy_fixture import DOMAINS
 from tests.tui_fixture import T0, envelope, fixed_id, message, until
 from tui.app import ConsoleApp

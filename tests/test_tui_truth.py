@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import config as configmod
+from relay.core import config as configmod
 from tests.tui_fixture import T0, build, hold_lock, write_config
 from tests.tui_fixture import until as wait_until
 from tui.app import ConsoleApp
@@ -111,7 +111,7 @@ async def test_the_status_line_and_the_tab_count_the_queue_alike(attached):
         await pilot.pause()
         app.tick()
         store = app.store
-        from relay.store import QUEUE
+        from relay.core.store import QUEUE
         from tests.tui_fixture import envelope, fixed_id, message
         for n in range(3):
             mid = fixed_id(time.time(), 90 + n)
@@ -126,8 +126,8 @@ async def test_the_status_line_and_the_tab_count_the_queue_alike(attached):
 
 
 def holder_pid(root: Path) -> int | None:
-    from relay.service import lock_holder
-    from relay.store import Mailroot
+    from relay.core.relay_lock import lock_holder
+    from relay.core.store import Mailroot
 
     holder = lock_holder(Mailroot(root))
     return int(holder.split()[1]) if holder and holder.startswith("pid ") else None
@@ -337,7 +337,7 @@ def notices(app) -> list[str]:
 
 
 async def test_r_in_drop_and_in_the_inspector_acts_or_says_why(attached):
-    from relay.store import BADMAIL, DROP, QUEUE
+    from relay.core.store import BADMAIL, DROP, QUEUE
     from tui.screens.confirm import Confirm
     from tui.screens.inspector import Inspector
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from relay import pickup_file as pickupmod
-from relay.config import Duration
-from relay.store import PICKUP, QUEUE, Attempt, Mailroot
+from relay.core import pickup_file as pickupmod
+from relay.core.config import Duration
+from relay.core.store import PICKUP, QUEUE, Attempt, Mailroot
 from tests.busy_fixture import column
 from tests.tui_fixture import T0, envelope, fixed_id, message, until
 from tui.app import ConsoleApp

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from relay.bounce import badmail_ops
-from relay.store import DROP, HOLD, PICKUP, QUEUE, Attempt, Envelope, Mailroot, Recipient
+from relay.core.bounce import badmail_ops
+from relay.core.store import DROP, HOLD, PICKUP, QUEUE, Attempt, Envelope, Mailroot, Recipient
 
 T0 = 1_760_000_000.0  # "now" for the frozen clock
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -100,7 +100,7 @@ def build(root: Path) -> None:
     pickup = store.folder(PICKUP) / "invoice-2292.eml"
     pickup.write_bytes(message("app@example.com", "billing@customer.example", "Invoice 2292"))
     os.utime(pickup, (T0 - 2,) * 2)
-    events = [  # as the relay writes them (relay/scheduler.py, pickup.py, smtpd.py, admin.py)
+    events = [  # as the relay writes them (relay/queue/scheduler.py, pickup.py, smtpd.py, admin.py)
         {"time": T0 - 60, "event": "smtp-listening", "host": "127.0.0.1", "port": 2525,
          "tls": False, "auth": False},
         {"time": T0 - 60, "event": "relay-started", "mailroot": str(root), "pid": 4242},

@@ -1,7 +1,7 @@
 """The operator console: a live view of the mailroot's folders, with the operator's actions.
 
 It runs the relay in-process unless one already holds the mailroot, in which case it attaches
-to it; either way it works through the operator API (relay.admin) and the event log alone.
+to it; either way it works through the operator API (relay.ops.admin) and the event log alone.
 """
 
 from __future__ import annotations
@@ -33,15 +33,20 @@ from textual.message import Message
 from textual.widgets import Static
 from watchfiles import awatch
 
-from relay.admin import Admin, NotFound
-from relay.config import Config, ConfigError
-from relay.events import LOG_NAME, LogFollower, read_rotated
-from relay.listing import MatchError
-from relay.reasons import permanent_reply
-from relay.service import AlreadyRunning, Relay, lock_holder
-from relay.smtpd import ListenError
-from relay.store import QUEUE
-from relay.supervisor import Supervisor, make_relay
+from relay.ops import (
+    LOG_NAME,
+    QUEUE,
+    AlreadyRunning,
+    Config,
+    ConfigError,
+    LogFollower,
+    lock_holder,
+    read_rotated,
+)
+from relay.ops.admin import Admin, NotFound
+from relay.ops.listing import MatchError
+from relay.ops.reasons import permanent_reply
+from relay.ops.running import ListenError, Relay, Supervisor, make_relay
 from tui.actions import GLOBAL, bindings
 from tui.activity import activity_line
 from tui.bulk import VERBS, question, requeue_warning, result_line

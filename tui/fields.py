@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import PARSED_TYPES, Config, Duration, key_paths
+from relay.ops import PARSED_TYPES, Config, Duration, key_paths
 
 GROUPS: list[tuple[str, list[str]]] = [  # laid out like the IIS Delivery and Messages tabs
     ("Outbound: retry, delay notification, expiration",

@@ -22,10 +22,10 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 
-from relay.admin import Admin
-from relay.listing import SORTS, Entry, compile_match, entry_of, read_entry
-from relay.qshape import AGE_BUCKETS, bucket
-from relay.store import PICKUP, QUEUE
+from relay.ops import PICKUP, QUEUE
+from relay.ops.admin import Admin
+from relay.ops.listing import SORTS, Entry, compile_match, entry_of, read_entry
+from relay.ops.qshape import AGE_BUCKETS, bucket
 
 Changes = dict[str, dict[str, Entry | None]]  # folder -> id -> its entry, or None: gone
 KEPT_ANSWERS = 12  # query answers kept current (each pane's, and a few recent ones)

@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from relay.admin import Admin, MessageSummary
-from relay.reasons import reason_class, reply_text
-from relay.store import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE, TRASH
+from relay.ops import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE, TRASH
+from relay.ops.admin import Admin, MessageSummary
+from relay.ops.reasons import reason_class, reply_text
 
 PAGE = 200  # rows loaded into a table at once; a folder of 100,000 is paged by key order
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from relay.refusals import Pressure
+from relay.ops.refusals import Pressure
 
 HOUR = 3600
 OUTCOMES = ("delivered", "deferred", "failed")

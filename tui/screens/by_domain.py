@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from relay.qshape import COLUMNS
-from relay.store import QUEUE
+from relay.ops import QUEUE
+from relay.ops.qshape import COLUMNS
 from tui.actions import BY_DOMAIN, Guarded, bindings
 from tui.index import DomainRow
 from tui.widgets.keybar import KeyBar

@@ -15,8 +15,7 @@ from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, ProgressBar, Static, Tab, Tabs
 
-from relay.folderstats import all_usage, usage_table
-from relay.store import BADMAIL, FOLDERS, HOLD, PICKUP, QUEUE, TRASH
+from relay.ops import BADMAIL, FOLDERS, HOLD, PICKUP, QUEUE, TRASH, all_usage, usage_table
 from tui.actions import DASHBOARD, Act, Guarded, bindings
 from tui.bulk import VERBS, plural
 from tui.screens.confirm import Confirm
@@ -247,7 +246,7 @@ class Dashboard(Guarded, Screen):
         pane.redraw()
 
     def action_sort(self) -> None:
-        from relay.listing import SORTS
+        from relay.ops.listing import SORTS
 
         view = self.pane.view
         view.sort = (view.sort + 1) % len(SORTS)

@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
-from relay.config import ConfigError, Domain, HostPort, TlsPolicy
+from relay.ops import ConfigError, Domain, HostPort, TlsPolicy
 from tui.actions import DOMAINS, Guarded, bindings
 from tui.theme import MUTED
 from tui.widgets.keybar import KeyBar

@@ -11,8 +11,8 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
-from relay.admin import MessageDetail, NotFound
-from relay.store import BADMAIL, DROP, HOLD, PICKUP
+from relay.ops import BADMAIL, DROP, HOLD, PICKUP
+from relay.ops.admin import MessageDetail, NotFound
 from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
 from tui.theme import FAILED_TEXT, MUTED, WAITING

@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
-from relay.config import ConfigError
+from relay.ops import ConfigError
 from tui.actions import SETTINGS, Guarded, bindings
 from tui.fields import GROUPS, Field, fields_for
 from tui.theme import MUTED

@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from relay.config import ConfigError
-from relay.dkim_keys import RecordCheck
+from relay.ops import ConfigError
+from relay.ops.dkim_keys import RecordCheck
 
 ADD_HINT = "add a key: mailroot dkim keygen DOMAIN; check DNS: mailroot dkim check"
 STATES = {"published": ("✓ published", "green"), "missing": ("✗ not published", "red"),

@@ -11,9 +11,9 @@ from textual.containers import Vertical
 from textual.events import Resize
 from textual.widgets import DataTable, Static
 
-from relay.admin import MessageSummary
-from relay.listing import SORTS
-from relay.store import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
+from relay.ops import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
+from relay.ops.admin import MessageSummary
+from relay.ops.listing import SORTS
 from tui.model import COLUMNS, PAGE, Column, FolderView, fit, state_word
 from tui.theme import ACTIVE, FAILED_TEXT, MUTED, OK, WAITING, failed_style
 from tui.widgets.textbox import TextBox

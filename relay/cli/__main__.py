@@ -1,0 +1,7 @@
+"""`python -m relay.cli`: the `mailroot` command."""
+
+import sys
+
+from relay.cli import main
+
+sys.exit(main())
