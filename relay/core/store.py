@@ -2,6 +2,8 @@
 listing. Its other jobs are modules of their own, mixed into Mailroot: ids and envelopes
 (envelope.py), the low-level operations (fileops.py), files made ahead and spares
 (spares.py), claims (claims.py), and what a crash leaves and its clearing (leftovers.py).
+What is left in Mailroot itself (some 300 lines) is one job: naming a message's files and
+changing them only by commits, whose reads must check what the commits wrote.
 
 A message in a folder is *committed* when its marker file exists: `<id>.env` in Queue and
 Hold, `<id>.BAD` in Badmail, `<id>.eml` in Drop.  Every new file is written to `tmp/`, fsynced

@@ -1,12 +1,12 @@
 """`mailroot serve`: a supervisor and its child processes, split where the folders already
 split the work (as Postfix splits its daemons), so the relay uses every core.
 
-    supervisor (this module)  the mailroot lock, tmp/ cleared at start, the listening sockets,
-                              /metrics, systemd; starts, restarts and stops the children
-    receiver-N  proc_receiver SMTP sessions on the shared sockets -> Drop/, Queue/
-    pickup      proc_pickup   Pickup/ -> Drop/, Queue/
-    queue       proc_queue    Queue/ (inotify) -> next hops, Badmail/, reports; the
-                              recovery pass beside it at each of its starts
+    supervisor (this module)   the mailroot lock, tmp/ cleared at start, the listening
+                               sockets, /metrics, systemd; starts, restarts, stops children
+    receiver-N  relay.receiver SMTP sessions on the shared sockets -> Drop/, Queue/
+    pickup      relay.pickup   Pickup/ -> Drop/, Queue/
+    queue       relay.queue    Queue/ (inotify) -> next hops, Badmail/, reports; the
+                               recovery pass beside it at each of its starts
 
 A child that dies is started again after a back-off (0.5 s, doubling to 30 s while it keeps
 dying young); SIGTERM stops them all within 5 s. The supervisor watches the config file and
