@@ -123,6 +123,9 @@ PROCESSES = {
     "relay.queue.process": ({"ops", "receiver", "pickup", "supervisor", "cli"}, 25),
     "relay.pickup.process": ({"ops", "receiver", "queue", "supervisor", "cli"}, 22),
     "relay.receiver.process": ({"ops", "pickup", "queue", "supervisor", "cli"}, 22),
+    # the supervisor runs no service of its own: it never loads one's package (but the
+    # receiver's listening sockets and Anvil, which it holds for the receivers)
+    "relay.supervisor.supervisor": ({"ops", "pickup", "queue", "cli"}, 28),
 }
 
 

@@ -37,7 +37,7 @@ from relay.core.process import ChildSpec
 from relay.receiver.smtpd import LISTEN_BACKLOG, ListenError, stress_event
 from relay.supervisor.anvil_server import AnvilServer
 from relay.supervisor.config_watch import ConfigWatcher
-from relay.supervisor.single import MailrootHost, Relay
+from relay.supervisor.host import MailrootHost
 
 RESTART_FIRST = 0.5  # seconds before a dead child is started again; doubled per quick death
 RESTART_MAX = 30.0
@@ -314,10 +314,14 @@ def workers_for(config: Config, workers: int | None = None) -> int:
 
 
 def make_relay(config: Config, stream: TextIO | None = sys.stderr,
-               workers: int | None = None) -> Relay | Supervisor:
+               workers: int | None = None) -> MailrootHost:
     """The relay as configured: one process when workers is 1, else the supervisor."""
     count = workers_for(config, workers)
-    return Relay(config, stream) if count == 1 else Supervisor(config, stream, count)
+    if count == 1:  # the services run in this process: only then are they loaded here
+        from relay.supervisor.single import Relay
+
+        return Relay(config, stream)
+    return Supervisor(config, stream, count)
 
 
 async def serve(config: Config, workers: int | None = None) -> None:
