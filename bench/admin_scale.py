@@ -2,7 +2,7 @@
 
 Fills a throw-away mailroot with envelopes and small message files written directly (no fsync:
 this measures listing, not intake), then times the command as a separate process, 3 runs.
-Usage: python bench/admin_scale.py [COUNT]
+Usage: python -m bench.admin_scale [COUNT]
 """
 
 from __future__ import annotations
