@@ -24,7 +24,8 @@ from aiosmtpd.smtp import SMTP
 from relay.core.config import parse
 from relay.core.router import Router
 from relay.queue.resolver import Resolver
-from relay.queue.smtp_client import Client, Outgoing
+from relay.queue.smtp_client import Client
+from relay.queue.smtp_transaction import Outgoing
 
 RECIPIENTS = ["a@remote.example", "b@remote.example", "c@remote.example"]
 MESSAGE = (b"From: app@yourdomain.com\r\nTo: a@remote.example\r\nSubject: bench\r\n\r\n"

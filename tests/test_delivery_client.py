@@ -13,7 +13,8 @@ from relay.core.config import parse
 from relay.core.message import stuff, unstuff
 from relay.core.router import Router
 from relay.queue.resolver import Resolver
-from relay.queue.smtp_client import Client, Hop, Outgoing, masquerade
+from relay.queue.smtp_client import Client, Hop
+from relay.queue.smtp_transaction import Outgoing, masquerade
 
 EIGHT_BIT = (b"From: app@yourdomain.com\r\nTo: x@remote.example\r\nSubject: caf\xc3\xa9?\r\n"
              .replace(b"caf\xc3\xa9?", b"menu") + b"Content-Type: text/plain; charset=utf-8\r\n"

@@ -30,7 +30,7 @@ from relay.core.relay_lock import lock_holder
 from relay.core.router import Router
 from relay.core.store import Mailroot
 from relay.queue.resolver import DnsFailure, Resolver
-from relay.queue.smtp_client import Client, Hop, _tls_contexts
+from relay.queue.smtp_client import Client, Hop, tls_contexts
 
 # What an enhanced status code says, for the codes a probe usually meets (RFC 3463).
 STATUS_WORDS = {
@@ -95,7 +95,7 @@ class Probe:
         self.on_step = on_step
         self.start = time.monotonic()
         self.sender = ""  # of the test message --send writes
-        self.verifying, self.opportunistic = _tls_contexts(config.delivery.ca_file)
+        self.verifying, self.opportunistic = tls_contexts(config.delivery.ca_file)
 
     def step(self, kind: str, text: str, meaning: str = "", took: float | None = None) -> Step:
         step = Step(round(time.monotonic() - self.start, 3), kind, text, meaning, took)

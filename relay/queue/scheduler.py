@@ -47,7 +47,8 @@ from relay.core.store import (
 )
 from relay.queue.dsn import delivery_report
 from relay.queue.resolver import Resolver
-from relay.queue.smtp_client import Client, Outgoing, Reply, Result, masquerade
+from relay.queue.smtp_client import Client, Result
+from relay.queue.smtp_transaction import Outgoing, Reply, masquerade
 
 BUSY_RETRY = 0.5  # a message claimed by someone else is looked at again this soon
 CLAIM_WAIT = 0.02  # a new entry's writer may still hold its lock some µs after its marker

@@ -4,59 +4,34 @@ Hosts are tried in turn until one takes the transaction; a host that can't be re
 can't meet the TLS policy, passes the turn to the next.  The answer is per recipient.
 Connections are kept open briefly and reused for the same destination, within the
 `delivery.max_connections*` limits.  Credentials go only over TLS and are never logged.
+The transaction's parts (the message made fit for the server, DATA, PIPELINING) are in
+relay/queue/smtp_transaction.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email
-import email.policy
-import io
-import quopri
-import re
 import ssl
 from collections import defaultdict
-from dataclasses import dataclass, field
-from email.generator import BytesGenerator
+from dataclasses import dataclass
 
 import aiosmtplib
 
 from relay.core.config import Config, Credentials
-from relay.core.message import MAX_LINE, Message, MessageError, normalize_line_ends, stuff
 from relay.core.router import Route
 from relay.queue.resolver import DnsFailure, Resolver
-from relay.queue.smtp_pipeline import OutOfStep, pipelined
+from relay.queue.smtp_transaction import (
+    Outgoing,
+    OutOfStep,
+    Reply,
+    Unsendable,
+    pipelined,
+    send_data,
+)
 
 IMPLICIT_TLS_PORT = 465
 IDLE_SECONDS = 2.0  # an unused open connection is closed after this long
-ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A server's answer (`code` set) or the relay's own reason for a result (`code` None)."""
-
-    code: int | None
-    text: str
-    status: str
-
-    @classmethod
-    def remote(cls, code: int, message: str) -> Reply:
-        text = " ".join(message.split())
-        match = ENHANCED.match(text)
-        return cls(code, text, match[0] if match else f"{code // 100}.0.0")
-
-    @property
-    def permanent(self) -> bool:
-        return self.status.startswith("5")
-
-    @property
-    def ok(self) -> bool:
-        return self.status.startswith("2")
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}" if self.code is not None else self.text
 
 
 class HopFailed(Exception):
@@ -66,14 +41,6 @@ class HopFailed(Exception):
         super().__init__(str(reply))
         self.reply = reply
         self.tls_handshake = tls_handshake  # it failed in the STARTTLS handshake
-
-
-class Unsendable(Exception):
-    """The message can't be sent to this server as it is (8-bit, SMTPUTF8)."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -100,129 +67,6 @@ class Result:
     replies: dict[str, Reply]
     host: str | None = None
     tls: bool | None = None
-
-
-# --- what goes on the wire --------------------------------------------------------------------
-
-def _needs_utf8(sender: str, recipients: list[str], data: bytes) -> str | None:
-    if not sender.isascii() or not all(r.isascii() for r in recipients):
-        return "5.6.7"
-    head = data.split(b"\r\n\r\n", 1)[0]
-    return None if head.isascii() else "5.6.9"
-
-
-def crlf_text(data: bytes) -> bytes:
-    """CRLF line ends only, the last line ended too: what send_data puts on the wire."""
-    data = normalize_line_ends(data)
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
-
-
-def _too_long(data: bytes) -> bool:
-    return len(data) > MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE
-
-
-def seven_bit(data: bytes) -> bytes:
-    """The message with every 8-bit or over-long body part re-encoded as quoted-printable."""
-    policy = email.policy.compat32.clone(max_line_length=None, linesep="\r\n")
-    msg = email.message_from_bytes(data, policy=policy)
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
-        raw = part.get_payload(decode=True) or b""
-        payload = part.get_payload()
-        if isinstance(payload, str) and payload.isascii() and not _too_long(payload.encode()):
-            continue
-        if part.get("Content-Type") is None:
-            try:
-                raw.decode("utf-8")
-                charset = "utf-8"
-            except UnicodeDecodeError:
-                charset = "unknown-8bit"
-            part["Content-Type"] = f"text/plain; charset={charset}"
-            if msg.get("MIME-Version") is None:
-                msg["MIME-Version"] = "1.0"
-        del part["Content-Transfer-Encoding"]
-        part["Content-Transfer-Encoding"] = "quoted-printable"
-        part.set_payload(quopri.encodestring(raw).decode("ascii"))
-    out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=policy).flatten(msg)
-    return crlf_text(out.getvalue())
-
-
-def masquerade(sender: str, data: bytes, domain: str | None) -> tuple[str, bytes]:
-    """The envelope sender and the From: addresses with `domain` in place of theirs."""
-    if not domain:
-        return sender, data
-    if "@" in sender:
-        sender = f"{sender.rpartition('@')[0]}@{domain}"
-    message = Message.parse(normalize_line_ends(data))
-    for i, line in enumerate(message.fields):
-        if Message.name_of(line) != "from":
-            continue
-        try:
-            addresses = Message([line], b"").addresses("from")
-        except MessageError:
-            continue
-        for address in addresses:
-            local = address.rpartition("@")[0]
-            line = line.replace(address.encode(), f"{local}@{domain}".encode())
-        message.fields[i] = line
-    return sender, message.to_bytes()
-
-
-async def send_data(smtp: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
-    """DATA, then the message (CRLF text, as Outgoing keeps it), dot-stuffed with
-    bytes.replace: aiosmtplib's own data() runs two regexes over the whole message, which
-    was two thirds of the delivery process's CPU at 100 KB. Raises as data() does."""
-    start = await smtp.execute_command(b"DATA")
-    if start.code != 354:
-        raise aiosmtplib.SMTPDataError(start.code, start.message)
-    try:
-        smtp.protocol.write(stuff(data) + b".\r\n")
-        answer = await smtp.protocol.read_response(timeout=smtp.timeout)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-        smtp.close()  # as data() does: the reply, if late, must not answer a later command
-        raise
-    if answer.code != 250:
-        raise aiosmtplib.SMTPDataError(answer.code, answer.message)
-    return answer
-
-
-@dataclass
-class Outgoing:
-    """A message ready to send: CRLF only; re-encoded for a server when it must be."""
-
-    sender: str
-    data: bytes
-    eight_bit: bool = field(init=False)
-    seven_bit_data: bytes | None = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        self.data = crlf_text(self.data)
-        self.eight_bit = not self.data.isascii()
-        if _too_long(self.data):
-            self.data = seven_bit(self.data)
-
-    def for_server(self, smtp: aiosmtplib.SMTP, recipients: list[str]
-                   ) -> tuple[bytes, list[str], str]:
-        """(data, MAIL FROM options, address encoding) for this server; raises Unsendable."""
-        utf8 = _needs_utf8(self.sender, recipients, self.data)
-        options: list[str] = []
-        if utf8:
-            if not smtp.supports_extension("smtputf8"):
-                what = "addresses" if utf8 == "5.6.7" else "header fields"
-                raise Unsendable(Reply(None, f"the message has non-ASCII {what} (SMTPUTF8) and "
-                                             "the server does not offer SMTPUTF8", utf8))
-            options.append("SMTPUTF8")
-        if not self.eight_bit:
-            return self.data, options, "utf-8" if utf8 else "ascii"
-        if smtp.supports_extension("8bitmime"):
-            return self.data, [*options, "BODY=8BITMIME"], "utf-8" if utf8 else "ascii"
-        if utf8:  # UTF-8 headers can't be made 7-bit
-            raise Unsendable(Reply(None, "8-bit message to a server without 8BITMIME", "5.6.3"))
-        if self.seven_bit_data is None:
-            self.seven_bit_data = seven_bit(self.data)
-        return self.seven_bit_data, options, "ascii"
 
 
 # --- connections ------------------------------------------------------------------------------
@@ -323,7 +167,7 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
 
 # --- the client -------------------------------------------------------------------------------
 
-def _tls_contexts(ca_file: str | None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def tls_contexts(ca_file: str | None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(verifying, opportunistic) client contexts."""
     verifying = ssl.create_default_context(cafile=ca_file)
     opportunistic = ssl.create_default_context()
@@ -358,7 +202,7 @@ class Client:
         self.resolver = resolver
         delivery = config.delivery
         self.timeout = float(delivery.timeout)
-        self.verifying, self.opportunistic = _tls_contexts(delivery.ca_file)
+        self.verifying, self.opportunistic = tls_contexts(delivery.ca_file)
         self.pool = Pool(delivery.max_connections, delivery.max_connections_per_domain,
                          delivery.messages_per_connection)
         self.out_of_step: set[str] = set()  # hosts that broke PIPELINING: no longer used
@@ -544,7 +388,7 @@ class Client:
     async def _pipelined(self, conn: Connection, sender: str, options: list[str],
                          recipients: list[str], data: bytes, encoding: str
                          ) -> dict[str, Reply]:
-        """The transaction pipelined (relay/queue/smtp_pipeline.py), its replies worded as the
+        """The transaction pipelined (relay/queue/smtp_transaction.py), its replies worded as the
         one-at-a-time path words them. A host that answers out of step gets one command at
         a time from then on."""
         try:
