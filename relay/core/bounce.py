@@ -1,5 +1,5 @@
 """Badmail: the `.BAD` report a person reads with `less`, then the original byte for byte;
-moving failed and damaged messages there. (The reports to senders: relay/queue/dsn.py.)"""
+moving failed and damaged messages there. (The reports to senders: relay/queue/delivery.py.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The queue manager: when each queued message is tried next, delivery workers, retries,
-the delay notice, expiry, Badmail and reports to senders.
+"""The queue manager's schedule: when each queued message is tried next, and the workers
+that take it when it is due (the attempt and its outcome: relay/queue/delivery.py).
 
 Due times live in each message's envelope and, for an active window of the earliest due
 (`queue.active_limit` messages, like Postfix's active queue), in a heap in memory, so a
@@ -18,40 +18,24 @@ import contextlib
 import heapq
 import itertools
 import math
-import os
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import watchfiles
 
-from relay.core.address import domain_of
-from relay.core.bounce import failed_delivery_ops, quarantine, quarantine_ops
+from relay.core.bounce import quarantine
 from relay.core.config import Config
 from relay.core.events import EventLog
 from relay.core.inotify import DirectoryWatch
-from relay.core.intake import Intake, Rejected, Submission
-from relay.core.router import Router
-from relay.core.store import (
-    QUEUE,
-    Attempt,
-    Envelope,
-    Mailroot,
-    Op,
-    Recipient,
-    Write,
-    damage,
-    is_id,
-)
-from relay.queue.dsn import delivery_report
+from relay.core.intake import Intake
+from relay.core.store import QUEUE, Mailroot, Write, is_id
+from relay.queue.delivery import Delivery
 from relay.queue.resolver import Resolver
-from relay.queue.smtp_client import Client, Result
-from relay.queue.smtp_transaction import Outgoing, Reply, masquerade
+from relay.queue.smtp_client import Client
 
 BUSY_RETRY = 0.5  # a message claimed by someone else is looked at again this soon
-CLAIM_WAIT = 0.02  # a new entry's writer may still hold its lock some µs after its marker
 WATCH_DEBOUNCE_MS = 100
 RESCAN_SECONDS = 30.0  # the shortest time between safety-net scans...
 RESCAN_COST_SHARE = 0.01  # ...which may take at most this share of the time
@@ -59,25 +43,14 @@ SCAN_BATCH = 2000  # envelopes read per hop to the scan thread
 SAVED_WINDOW = "queue.window"  # the window as the last scan left it: the next start's first guess
 
 
-def rounds(envelope: Envelope) -> int:
-    """Delivery rounds since the message was queued or last requeued (the attempts of one
-    round, one per domain, share a time); a requeued message keeps its earlier attempts."""
-    return len({a.time for a in envelope.attempts if a.time >= envelope.queued_at})
-
-
-def summary(replies: dict[str, Reply]) -> str:
-    texts = {str(reply) for reply in replies.values()}
-    if len(texts) == 1:
-        return texts.pop()
-    return "; ".join(f"<{rcpt}> {reply}" for rcpt, reply in replies.items())
-
-
 class Scheduler:
+    """The window of the earliest-due Queue entries, the scans that fill it, and the workers
+    that take each entry from it when it is due."""
+
     def __init__(self, config: Config, store: Mailroot, intake: Intake, events: EventLog,
                  workers: int = 50) -> None:
         self.config = config
         self.store = store
-        self.intake = intake
         self.events = events
         self.client = Client(config, Resolver(config))
         self.workers = max(1, min(workers, config.delivery.max_connections))
@@ -100,16 +73,12 @@ class Scheduler:
         # the claims and reads of delivery: few threads, so that they do not contend for the
         # interpreter with the loop more than the disk needs
         self.disk = ThreadPoolExecutor(max_workers=2, thread_name_prefix="queue-disk")
-        self.releasing: list[tuple[int, str | None]] = []  # claims to close (, retired id)
-        self.retired: set[str] = set()  # delivered, out of Queue, their claims not yet closed
-
-    @property
-    def router(self) -> Router:
-        return self.intake.router  # follows live config changes
+        self.delivery = Delivery(config, store, intake, events, self.client, self.disk)
 
     def reconfigure(self, config: Config) -> None:
         """Live settings: schedule, routes, limits per step (not DNS or pool sizes)."""
         self.config = config
+        self.delivery.config = config
         self.client.config = config
         self.client.timeout = float(config.delivery.timeout)
 
@@ -351,12 +320,11 @@ class Scheduler:
             finally:
                 self.inflight.discard(mid)
 
-    # --- one message ---
-
     async def attempt(self, mid: str) -> None:
-        """Claim the message, try its pending recipients, record the outcome."""
+        """Claim the message and deliver it (relay/queue/delivery.py); one still queued goes
+        back into the window at its next attempt, one claimed by someone else soon."""
         claim, loaded = await asyncio.get_running_loop().run_in_executor(
-            self.disk, self._claim, mid)
+            self.disk, self.delivery.claim, mid)
         if claim is None:
             if self.store.has(QUEUE, mid):
                 self.inflight.discard(mid)
@@ -365,196 +333,7 @@ class Scheduler:
                 else:  # its message file vanished under it: never retry it blindly
                     await asyncio.to_thread(self._due_times, [mid])
             return
-        try:
-            if isinstance(loaded, FileNotFoundError):
-                return
-            if isinstance(loaded, Exception):  # the scan only skimmed it
-                await asyncio.to_thread(self._quarantine_claimed, mid, loaded)
-                return
-            envelope, data = loaded
-            now = time.time()
-            if envelope.next_attempt > now + 0.05:  # rescheduled by someone meanwhile
-                self.inflight.discard(mid)
-                self.schedule(mid, envelope.next_attempt)
-                return
-            problem = damage(envelope, data)
-            notes: list[dict] = []
-            if problem:
-                notes.append({"event": "quarantined", "id": mid, "reason": problem})
-                for rcpt in envelope.pending:
-                    rcpt.state, rcpt.status, rcpt.reply = "failed", "5.3.0", problem
-            else:
-                notes = await self.deliver(envelope, data, now)
-            await self.finish(envelope, data, now, notes)
-        finally:
-            self._release(claim, mid)
-
-    def _claim(self, mid: str) -> tuple[int | None, tuple[Envelope, bytes] | Exception | None]:
-        """The message's claim and, under it, its envelope and bytes (or why they could not
-        be read): one hop to a disk thread for both."""
-        claim = self.store.acquire(QUEUE, mid, wait=CLAIM_WAIT)
-        if claim is None:
-            return None, None
-        try:
-            return claim, self._load(mid)
-        except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
-            return claim, exc
-        except BaseException:
-            os.close(claim)
-            raise
-
-    def _release(self, claim: int, mid: str) -> None:
-        """Close a claim off the loop, and then recycle the files of a delivered message
-        (more than the loop should pay). Claims released meanwhile wait for the same hop
-        to a disk thread."""
-        retired = mid in self.retired
-        self.retired.discard(mid)
-        self.releasing.append((claim, mid if retired else None))
-        if len(self.releasing) == 1:
-            self.disk.submit(self._close_released)
-
-    def _close_released(self) -> None:
-        claims, self.releasing = self.releasing, []  # claims released from now on: a new hop
-        for claim, _ in claims:
-            os.close(claim)
-        retired = [mid for _, mid in claims if mid]
-        if retired:
-            self.store.dispose_retired(retired)
-
-    def _quarantine_claimed(self, mid: str, exc: Exception) -> None:
-        reason = f"the envelope {QUEUE}/{mid}.env cannot be read: {exc!r}"
-        self.store.commit(quarantine_ops(self.store, QUEUE, mid, None, reason))
-        self.events.emit("quarantined", id=mid, folder=QUEUE, reason=reason)
-
-    def _load(self, mid: str) -> tuple[Envelope, bytes]:
-        """The claimed message's envelope and bytes; FileNotFoundError if an interrupted move
-        had left this Queue copy behind (the start-up recovery may not have reached it yet:
-        it is resolved here, before any delivery)."""
-        stale = self.store.settle(mid)
-        for folder in stale:
-            self.events.emit("recovered", id=mid, folder=folder,
-                             action="removed the source of an interrupted move")
-        if QUEUE in stale:
-            raise FileNotFoundError(f"{QUEUE}/{mid}.env")
-        return self.store.read_envelope(QUEUE, mid), self.store.read_claimed(QUEUE, mid)
-
-    async def deliver(self, envelope: Envelope, data: bytes, now: float) -> list[dict]:
-        """One round: the pending recipients, by domain, in parallel; returns the events."""
-        sender, data = masquerade(envelope.sender, data, self.config.delivery.masquerade_domain)
-        outgoing = Outgoing(sender, data)
-        groups: dict[str, list[str]] = defaultdict(list)
-        for rcpt in envelope.pending:
-            groups[domain_of(rcpt.address).lower()].append(rcpt.address)
-        sends = [self.client.deliver(self.router.route(domain), outgoing, rcpts)
-                 for domain, rcpts in groups.items()]
-        # one domain (most mail): awaited here, not in a task of its own, so the reply is
-        # recorded two turns of the loop sooner (what a kill finds delivered but not recorded)
-        results = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
-        notes: list[dict] = []
-        for rcpts, result in zip(groups.values(), results, strict=True):
-            notes += self.record(envelope, now, rcpts, result)
-        return notes
-
-    def record(self, envelope: Envelope, now: float, rcpts: list[str],
-               result: Result) -> list[dict]:
-        """Put one domain's replies into the envelope; the events to emit once it is saved."""
-        by_address = {r.address: r for r in envelope.recipients}
-        outcomes: dict[str, list[str]] = defaultdict(list)
-        for address, reply in result.replies.items():
-            rcpt = by_address[address]
-            rcpt.state = "delivered" if reply.ok else "failed" if reply.permanent else "deferred"
-            rcpt.status, rcpt.reply, rcpt.host = reply.status, str(reply), result.host
-            outcomes[rcpt.state].append(address)
-        envelope.attempts.append(Attempt(now, result.host, summary(result.replies), result.tls,
-                                         rcpts))
-        return [{"event": state, "id": envelope.id, "to": addresses, "host": result.host,
-                 "reply": summary({a: result.replies[a] for a in addresses}), "tls": result.tls}
-                for state, addresses in outcomes.items()]
-
-    async def finish(self, envelope: Envelope, data: bytes, now: float,
-                     notes: list[dict]) -> None:
-        """Write back the outcome (retry later, done, or Badmail and an NDR), then tell:
-        an event never runs ahead of what is on disk."""
-        delivery = self.config.delivery
-        expires = envelope.clock_start + delivery.expiration
-        if envelope.pending and now >= expires:
-            for rcpt in envelope.pending:
-                rcpt.state, rcpt.status = "failed", "4.4.7"
-            notes.append({"event": "expired", "id": envelope.id,
-                          "after": str(delivery.expiration)})
-        if envelope.pending:
-            interval = delivery.retry[min(rounds(envelope), len(delivery.retry)) - 1]
-            notice_at = envelope.clock_start + delivery.delay_notification
-            envelope.next_attempt = min(now + interval, expires)
-            if not envelope.delay_notified and envelope.sender and notice_at > now:
-                # one more try when the delay notice is due, so it is not late by a whole
-                # retry interval (up to hours with the IIS defaults)
-                envelope.next_attempt = min(envelope.next_attempt, notice_at)
-            for note in notes:
-                if note["event"] == "deferred":
-                    note["next_attempt"] = round(envelope.next_attempt, 3)
-            notify = (not envelope.delay_notified and bool(envelope.sender)
-                      and now >= envelope.clock_start + delivery.delay_notification)
-            envelope.delay_notified |= notify
-            update: list[Op] = [self.store.envelope_write(QUEUE, envelope)]
-            if notify:
-                report = delivery_report(envelope, data, envelope.pending,
-                                         hostname=self.config.fqdn, action="delayed",
-                                         will_retry_until=expires)
-                notice = await self.report(envelope, report, "delay", update)
-                notes.append({"event": "delay-notice", "id": envelope.id, "notice": notice,
-                              "to": [r.address for r in envelope.pending]})
-            else:
-                await asyncio.to_thread(self.store.commit, update)
-            self.tell(notes)
-            self.inflight.discard(envelope.id)
-            self.schedule(envelope.id, envelope.next_attempt)
-            return
-        failed = [r for r in envelope.recipients if r.state == "failed"]
-        if not failed:
-            # out of Queue at once, on the loop, as the last reply arrives (two renames
-            # into tmp/): a kill from then on cannot deliver it again
-            self.store.retire_delivered(envelope.id)
-            self.retired.add(envelope.id)
-            self.tell(notes)
-            return
-        reason = self.failure_reason(failed, expired=now >= expires)
-        moves = failed_delivery_ops(self.store, envelope, data, reason)
-        bounced = {"event": "bounced", "id": envelope.id, "reason": reason, "ndr": None,
-                   "to": [r.address for r in failed]}
-        if envelope.sender:
-            report = delivery_report(envelope, data, failed, hostname=self.config.fqdn,
-                                     action="failed")
-            bounced["ndr"] = await self.report(envelope, report, "ndr", moves)
-        else:
-            await asyncio.to_thread(self.store.commit, moves)
-            bounced["detail"] = "null sender: no report is sent"
-        self.tell([*notes, bounced])
-
-    def tell(self, notes: list[dict]) -> None:
-        for note in notes:
-            self.events.emit(note.pop("event"), **note)
-
-    def failure_reason(self, failed: list[Recipient], expired: bool) -> str:
-        first = failed[0]
-        what = (f"delivery time expired ({self.config.delivery.expiration}); last reply"
-                if expired else "delivery failed")
-        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        return (f"{what} for <{first.address}>{others}: {first.reply or first.status}")
-
-    async def report(self, envelope: Envelope, report: bytes, kind: str,
-                     with_ops: list[Op]) -> str | None:
-        """Send a report to the sender (and the NDR copy address), committed together with
-        `with_ops`; returns its id, or None if intake refused it (the ops are still done)."""
-        recipients = [envelope.sender]
-        if kind == "ndr" and self.config.delivery.ndr_copy_to:
-            recipients.append(self.config.delivery.ndr_copy_to)
-        sub = Submission(report, "", recipients, f"{kind} for {envelope.id}",
-                         done_ops=with_ops, kind=kind)
-        try:
-            outcome = await asyncio.to_thread(self.intake.accept, sub)
-        except Rejected as exc:
-            self.events.emit("report-error", id=envelope.id, kind=kind, reason=exc.reason)
-            await asyncio.to_thread(self.store.commit, with_ops)
-            return None
-        return outcome.id
+        due = await self.delivery.attempt(mid, claim, loaded)
+        if due is not None:
+            self.inflight.discard(mid)
+            self.schedule(mid, due)
