@@ -15,7 +15,8 @@ from relay.core.logrotate import Rotation, rotated_files
 from relay.ops.audit import AuditLog
 from relay.supervisor.single import Relay
 from tests.test_tui import SIZE, until
-from tui.app import ACTIVITY_AT_START, ConsoleApp
+from tui.app import ConsoleApp
+from tui.event_feed import ACTIVITY_AT_START
 
 MiB = 1024 * 1024
 

@@ -30,8 +30,9 @@ from tests.conftest import drop_file, sample, wait_for
 from tests.tui_fixture import T0, build, hold_lock
 from tests.tui_fixture import until as wait_until
 from tests.tui_fixture import write_config as fixture_config
-from tui.app import ConsoleApp, holder_pid
+from tui.app import ConsoleApp
 from tui.fields import form_keys
+from tui.relay_link import holder_pid
 from tui.screens.confirm import Confirm
 from tui.screens.inspector import Inspector
 from tui.screens.settings import SettingsForm

@@ -18,8 +18,9 @@ from relay.core.store import BADMAIL, QUEUE, TRASH
 from relay.ops.admin import Admin
 from tests.bulk_support import fill_queue
 from tests.tui_fixture import T0, build, fixed_id, hold_lock, until, write_config
-from tui.app import ConsoleApp, holder_pid
+from tui.app import ConsoleApp
 from tui.model import COLUMNS
+from tui.relay_link import holder_pid
 from tui.screens.confirm import Confirm
 from tui.screens.dashboard import Dashboard
 from tui.screens.domains import TLS_POLICIES

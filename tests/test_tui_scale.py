@@ -20,7 +20,8 @@ from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 from tests.tui_fixture import hold_lock
 from tests.tui_fixture import until as wait_until
-from tui.app import NO_FULL_PASS, ConsoleApp
+from tui.app import ConsoleApp
+from tui.collector import NO_FULL_PASS
 from tui.screens.by_domain import ByDomain
 from tui.screens.confirm import Confirm
 

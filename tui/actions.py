@@ -129,15 +129,9 @@ SETTINGS = [
 
 class Guarded:
     """Screen mixin: in --readonly, mutating actions are hidden (footer, help, palette) and
-    refused (their keys do nothing). It also holds the actions more than one screen can bind."""
+    refused (their keys do nothing)."""
 
     ACTS: list[Act] = []
-
-    def action_route(self) -> None:
-        """Where does it go: the route screen, listing the recipients of the message in view."""
-        from tui.screens.route import open_route
-
-        open_route(self.app)  # type: ignore[attr-defined]
 
     def offered(self) -> list[Act]:
         """The acts the footer shows now."""

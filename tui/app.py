@@ -2,6 +2,9 @@
 
 It runs the relay in-process unless one already holds the mailroot, in which case it attaches
 to it; either way it works through the operator API (relay.ops.admin) and the event log alone.
+ConsoleApp is the shell (its state, start and stop, the status line, errors) over one mixin
+per job: tui/relay_link.py, tui/event_feed.py, tui/live_folders.py, tui/operations.py and
+tui/global_actions.py.
 """
 
 from __future__ import annotations
@@ -9,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import gc
-import itertools
 import os
-import re
 import signal
 import struct
 import subprocess
@@ -21,60 +21,37 @@ import termios
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 from rich.text import Text
-from textual import work
 from textual.actions import ActionParseResult
 from textual.app import App
 from textual.css.query import NoMatches
 from textual.dom import DOMNode
-from textual.message import Message
 from textual.widgets import Static
-from watchfiles import awatch
 
-from relay.ops import (
-    LOG_NAME,
-    QUEUE,
-    AlreadyRunning,
-    Config,
-    ConfigError,
-    LogFollower,
-    lock_holder,
-    read_rotated,
-)
-from relay.ops.admin import Admin, NotFound
-from relay.ops.listing import MatchError
-from relay.ops.reasons import permanent_reply
-from relay.ops.running import ListenError, Relay, Supervisor, make_relay
+from relay.ops import QUEUE, Config, LogFollower, lock_holder
+from relay.ops.admin import Admin
+from relay.ops.running import Relay, Supervisor
 from tui.actions import GLOBAL, bindings
-from tui.activity import activity_line
-from tui.bulk import VERBS, question, requeue_warning, result_line
 from tui.commands import ConsoleCommands
+from tui.event_feed import EventFeed
+from tui.global_actions import GlobalActions
 from tui.index import FolderIndex
-from tui.model import changed_ids
+from tui.live_folders import LiveFolders
+from tui.operations import Operations
+from tui.relay_link import RelayLink
 from tui.screens.dashboard import VIEWS, Dashboard
-from tui.screens.inspector import Inspector
 from tui.screens.route import RouteCommands
-from tui.stats import HOUR, Stats
+from tui.stats import Stats
 from tui.theme import THEME
 from tui.widgets.status import StatusBar
 
-ACTIVITY_AT_START = 200
-BULK_REFRESH = 0.5  # seconds between two redraws of the panes while a bulk action runs
-NO_FULL_PASS = 1_000_000  # gc's third threshold while a bulk action runs: never reached
 VIEW_ERROR_SHOWN = 60.0  # seconds a view's error stays on the status line
 ERROR_LOG = "console-errors.log"  # in the mailroot's log/: the tracebacks of views' errors
 
 
-class MailrootChanged(Message):
-    """Files changed; the ids wait in the app's pending set. A burst merges into one."""
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, MailrootChanged)
-
-
-class ConsoleApp(App):
+class ConsoleApp(GlobalActions, RelayLink, EventFeed, LiveFolders, Operations, App):
     CSS_PATH = "app.tcss"
     TITLE = "mailroot"
     COMMANDS = {ConsoleCommands, RouteCommands}
@@ -150,22 +127,6 @@ class ConsoleApp(App):
         if self.starting:  # a plain task, not a worker: it must finish even while quitting
             self._relay_start = asyncio.create_task(self.start_relay())
 
-    async def start_relay(self) -> None:
-        try:
-            relay = make_relay(self.config, stream=None)
-            await relay.start()
-            self.relay = relay
-            freeze_long_lived()
-        except AlreadyRunning:
-            self.holder = lock_holder(self.store)
-        except (ListenError, ConfigError) as exc:  # a taken port, a bad DKIM key: show it
-            self.relay_error = str(exc)
-            self.notify(f"The relay did not start: {exc}", severity="error", timeout=30,
-                        markup=False)
-        finally:
-            self.starting = False
-            self.tick()
-
     async def on_unmount(self) -> None:
         if self._stop_watch is not None:
             self._stop_watch.set()
@@ -214,155 +175,12 @@ class ConsoleApp(App):
             self._exception = error
         self.call_later(self.show_status)
 
-    def relay_state(self) -> tuple[str, bool]:
-        if self.relay_died and self.holder is None and self.relay is None:
-            return f"✗ {self.relay_died}", False
-        if self.starting:
-            return "starting the embedded relay…", False
-        if self.relay_error:
-            return f"relay not started: {self.relay_error}", False
-        if self.relay is not None and self.relay.running:
-            return f"embedded relay {self.relay.processes()}", True
-        if self.holder:
-            return f"attached to relay {self.holder}", True
-        return "no relay running" + (" (read-only view)" if self.readonly else ""), False
-
-    # --- live data ---
-
-    @work(exclusive=True, group="watch", exit_on_error=False)
-    async def watch_mailroot(self) -> None:
-        """Turn file events into pending ids plus one mergeable message per burst."""
-        paths = [self.store.folder(f) for f in VIEWS] + [self.store.log_dir]
-        log_dir = str(self.store.log_dir)
-        async for changes in awatch(*paths, watch_filter=None, debounce=100, step=50,
-                                    recursive=False, stop_event=self._stop_watch):
-            names = [path for _, path in changes]
-            for folder, ids in changed_ids(str(self.store.root), names).items():
-                self.pending.setdefault(folder, set()).update(ids)
-            if any(name.startswith(log_dir) for name in names):
-                self.pending.setdefault("log", set())
-            self.post_message(MailrootChanged())
-
-    def on_mailroot_changed(self, message: MailrootChanged) -> None:
-        if not self.paused:
-            self.apply_pending()
-
-    # --- the index ---
-
-    @work(group="index", exit_on_error=False)
-    async def build_index(self) -> None:
-        """Read every folder whole, off the event loop, then let the views use the index;
-        what changed meanwhile is read again."""
-        built = await asyncio.to_thread(self.index.build)
-        async with self._changing:
-            self.index.install(built)
-            freeze_long_lived()
-            again, self.unindexed = self.unindexed, {}
-            if again:
-                self.index.merge(await asyncio.to_thread(self.index.read_changes, again))
-            for folder in VIEWS:
-                self.show_view(folder)
-            self.dashboard.refresh_panes(VIEWS)
-
-    def show_view(self, folder: str, changed: set[str] | frozenset[str] = frozenset()) -> None:
-        """A pane's ids from the index (its filter and sort over the whole folder)."""
-        view = self.dashboard.panes[folder].view
-        ids = view.ids if view.indexed else []
-        try:
-            ids = self.index.query(folder, view.needle, view.sort)
-            view.error = ""
-        except MatchError as exc:
-            view.error = str(exc)
-        entries = self.index.entries[folder]
-        view.show(self.admin, ids, len(entries), entries.__contains__, changed)
-
-    def refresh_view(self, folder: str) -> None:
-        """After the operator changed a view's filter, sort or page."""
-        if self.index.ready:
-            self.show_view(folder)
-        else:
-            self.dashboard.panes[folder].view.apply(self.admin, ())
-        self.dashboard.refresh_panes([folder])
-
-    @work(group="apply", exit_on_error=False)
-    async def apply_pending(self) -> None:
-        """Bring the index and the panes up to the file events gathered so far."""
-        async with self._changing:
-            if self.bulk_cancel is not None:  # a bulk action moves thousands: gather more
-                await asyncio.sleep(self._last_apply + BULK_REFRESH - time.monotonic())
-            self._last_apply = time.monotonic()
-            pending, self.pending = self.pending, {}
-            if pending.pop("log", None) is not None:
-                self.follow_events()
-            if not pending:
-                return
-            if self.index.ready:
-                self.index.merge(await asyncio.to_thread(self.index.read_changes, pending))
-                for folder, ids in pending.items():
-                    self.show_view(folder, ids)
-            else:
-                for folder, ids in pending.items():
-                    self.unindexed.setdefault(folder, set()).update(ids)
-                    self.dashboard.panes[folder].view.apply(self.admin, ids)
-            self.dashboard.refresh_panes(list(pending))
-            self.follow_inspected(set().union(*pending.values()))
-            self.show_status()
-            if self.bulk_cancel is not None:  # gc's full pass, away from the redraws
-                self.set_timer(BULK_REFRESH / 2, gc.collect)
-
-    @work(group="resync", exclusive=True, exit_on_error=False)
-    async def resync(self) -> None:
-        """A cheap safety net for lost file events: compare names (listed off the event loop:
-        100,000 of them take a while), re-read only the differences."""
-        if self.paused:
-            return
-        folders = [f for f in self.dashboard.panes if f != "Pickup"]
-        names = await asyncio.to_thread(lambda: {f: set(self.store.ids(f)) for f in folders})
-        for folder in folders:
-            known = self.index.entries[folder] if self.index.ready else \
-                self.dashboard.panes[folder].view.ids
-            differ = names[folder].symmetric_difference(known)
-            if differ:
-                self.pending.setdefault(folder, set()).update(differ)
-        self.apply_pending()
-
-    def follow_inspected(self, changed: set[str]) -> None:
-        """Every open inspector whose message changed shows it again, wherever it is now:
-        a requeued message that fails again is seen back in Badmail."""
-        for screen in self.screen_stack:
-            if isinstance(screen, Inspector) and screen.message_id in changed:
-                screen.follow()
-
-    def follow_events(self, first: bool = False) -> None:
-        path = self.store.log_dir / LOG_NAME
-        if first or self.follower is None:  # the whole last hour, however long the log
-            self.follower = LogFollower.at_end(path)  # then what is appended, across rotations
-            events = list(read_rotated(path, newest_first=True,
-                                       since=self.clock() - HOUR))[::-1]
-        else:
-            events = self.follower.read()
-        for event in events:
-            self.stats.add(event)
-            if event.get("event") == "relay-stopped" and isinstance(event.get("pid"), int):
-                self.stopped_pids.add(event["pid"])
-        if first:  # the latest events, from the rotated files too when the log is young
-            shown = list(itertools.islice(read_rotated(path, newest_first=True),
-                                          ACTIVITY_AT_START))[::-1]
-        else:
-            shown = events
-        if shown:
-            self.dashboard.activity([activity_line(e) for e in shown])
-
     def tick(self) -> None:
         if self.terminal is not None and not os.isatty(self.terminal):
             self.terminal = None  # a closed pty reads as end of file for ever, no SIGHUP
             self.hang_up("the terminal is gone")
         if self.relay is None:
-            was, self.holder = self.holder, lock_holder(self.store)
-            if was and self.holder is None:
-                self.relay_gone(holder_pid(was))
-            elif self.holder:
-                self.relay_died = ""
+            self.follow_lock()
         self.show_status()
         try:
             self.dashboard.tick_panes()
@@ -372,24 +190,6 @@ class ConsoleApp(App):
                     pane.show_title()
         except NoMatches:  # the last tick of a console quitting: its panes are gone already
             pass
-
-    def relay_gone(self, pid: int | None) -> None:
-        """The relay this console watched let go of the mailroot: a stop it logged, or a
-        death (kill -9, a crash) that looks like one unless said; then say it, and log it."""
-        self.follow_events()  # its relay-stopped, if it wrote one, is in the log by now
-        if pid is None or pid in self.stopped_pids:
-            return
-        signum = None
-        if self.started is not None and self.started.pid == pid:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = self.started.wait(timeout=1)
-                signum = -code if code < 0 else None
-        how = f", signal {signum}" if signum else ""
-        at = time.strftime("%H:%M:%S", time.localtime(self.clock()))
-        self.relay_died = f"relay died (pid {pid}{how}) at {at}"
-        self.admin.events.emit("relay-died", pid=pid, signal=signum,
-                               reason=f"relay pid {pid} ended without a clean stop{how}",
-                               seen_by=f"console pid {os.getpid()}")
 
     def show_status(self) -> None:
         """Header and status line from the same figures the panes and tabs show now."""
@@ -430,232 +230,11 @@ class ConsoleApp(App):
             self.apply_pending()
         self.tick()
 
-    # --- operator actions ---
-
-    def confirm_and_operate(self, action: str, folder: str, ids: list[str],
-                            then: Callable[[], None] | None = None) -> None:
-        """Ask with the scope and the domains of messages not on screen ("Hold 1,812 messages
-        in Queue (1,809 to greylist.test, 3 to b.example)?"); on yes, act."""
-        from tui.screens.confirm import Confirm
-
-        if not ids:
-            self.notify("Nothing to act on: the folder is empty.", severity="warning")
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.operate(action, folder, ids, then)
-
-        domains = self.index.domains_of(folder, ids) if self.index.ready else None
-        text = question(action, len(ids), folder, domains)
-        if action == "requeue":
-            text += requeue_warning(len(ids), self.permanent_failures(folder, ids))
-        self.push_screen(Confirm(text), answered)
-
-    def permanent_failures(self, folder: str, ids: list[str]) -> list[str]:
-        """The 5xx replies that put these messages where they are, from the index (a lone
-        message is read when the index is not built yet)."""
-        if self.index.ready:
-            entries = self.index.entries[folder]
-            reasons = [entries[mid].reply for mid in ids if mid in entries]
-        elif len(ids) == 1:
-            try:
-                reasons = [self.admin.summary_of(folder, ids[0]).last_error]
-            except (NotFound, OSError):
-                reasons = []
-        else:
-            reasons = []
-        return [reply for reply in map(permanent_reply, reasons) if reply]
-
-    @work(group="operate")
-    async def operate(self, action: str, folder: str, ids: list[str],
-                      then: Callable[[], None] | None = None) -> None:
-        """Run one bulk action off the event loop, with a progress bar that esc stops, and
-        report what it did to every message; then `then`, if given."""
-        if self.readonly:
-            self.notify("Read-only console: actions are off.", severity="error")
-            return
-        if self.bulk_cancel is not None:
-            self.notify("Another bulk action is running; esc stops it.", severity="warning")
-            return
-        verb = VERBS[action][0]
-        cancel = self.bulk_cancel = threading.Event()
-        done = [0]
-
-        def progress(count: int) -> bool:
-            done[0] = count
-            return not cancel.is_set()
-
-        started = time.monotonic()
-        self.dashboard.bulk_progress(verb, 0, len(ids), 0.0)
-        timer = self.set_interval(0.1, lambda: self.dashboard.bulk_progress(
-            verb, done[0], len(ids), time.monotonic() - started))
-        try:
-            with no_full_collections():
-                result = await asyncio.to_thread(self.admin.bulk, action, ids, progress)
-        except Exception as exc:  # the API's refusal, shown to the operator, not a crash
-            self.notify(f"{verb} failed: {exc}", severity="error", markup=False)
-            return
-        finally:
-            timer.stop()
-            self.bulk_cancel = None
-            self.dashboard.bulk_progress(verb, None, len(ids), 0.0)
-            self.dashboard.refresh_panes([f for f, p in self.dashboard.panes.items() if p.stale])
-        self.dashboard.panes[folder].view.marks.difference_update(result.done)
-        undo = "Undo: 6 (Trash), mark them, u." if action == "delete" else ""
-        self.last_result = result_line(action, result, len(ids), undo)
-        self.notify(self.last_result[:1].upper() + self.last_result[1:],
-                    severity="warning" if len(result.done) < len(ids) else "information",
-                    timeout=8 if undo else 5, markup=False)
-        if then is not None:
-            then()
-
-    def cancel_bulk(self) -> bool:
-        """esc while a bulk action runs: it stops after the message in hand."""
-        if self.bulk_cancel is None:
-            return False
-        self.bulk_cancel.set()
-        return True
-
-    async def action_quit(self) -> None:
-        """Quit; the console that runs the relay asks first, and can leave it running."""
-        if self.relay is None or not self.relay.running:
-            self.exit()  # attached or read-only: the relay, if any, is another process's
-            return
-        from tui.screens.quit import BACKGROUND, STOP, QuitDialog
-
-        def answered(answer: str | None) -> None:
-            if answer == STOP:
-                self.exit()
-            elif answer == BACKGROUND:
-                self.run_worker(self.hand_over(), group="quit", exclusive=True)
-
-        queued = self.dashboard.panes[QUEUE].view.total
-        self.push_screen(QuitDialog(queued), answered)
-
-    def hang_up(self, why: str) -> None:
-        """SIGHUP, or the terminal gone (a dropped SSH session): the console ends, the mail
-        does not. An embedded relay is handed to a detached `mailroot serve`, as `q` then `b`
-        does; the next console attaches to it."""
-        if self.hung_up:
-            return
-        self.hung_up = True
-        if self.relay is not None and self.relay.running:
-            self.run_worker(self.hand_over(why), group="quit", exclusive=True)
-        else:
-            self.exit()
-
-    async def hand_over(self, why: str = "the operator chose to keep it running") -> None:
-        """Stop the embedded relay, start `mailroot serve` detached in its place, then quit
-        once it holds the mailroot; the event log says so, and why."""
-        relay, self.relay = self.relay, None
-        if relay is not None:
-            await relay.stop()
-        try:
-            pid = start_background_relay(self.config).pid
-        except OSError as exc:
-            self.handover_failed(f"The background relay did not start: {exc}", why)
-            return
-        deadline = time.monotonic() + 10
-        while (holder := lock_holder(self.store)) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if holder is None:
-            self.handover_failed(f"The background relay (pid {pid}) has not taken the "
-                                 "mailroot; see log/events.jsonl", why)
-            return
-        self.admin.events.emit("relay-handed-over", console_pid=os.getpid(), relay=holder,
-                               why=why)
-        self.exit(message=None if self.hung_up else
-                  f"mailroot: the relay runs on in the background ({holder})")
-
-    def handover_failed(self, problem: str, why: str) -> None:
-        self.admin.events.emit("relay-handover-failed", console_pid=os.getpid(),
-                               problem=problem, why=why)
-        if self.hung_up:  # nobody to tell but the log
-            self.exit()
-        else:
-            self.notify(problem, severity="error", markup=False)
-
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """`start relay` is offered only when no relay runs, and never read-only."""
-        if action == "start_relay":
-            return not self.readonly and self.relay is None and self.holder is None \
-                and not self.starting
-        return True
-
-    def action_start_relay(self) -> None:
-        """Start `mailroot serve` detached (mail then never depends on this console) and
-        attach to it once it holds the mailroot."""
-        if not self.check_action("start_relay", ()):
-            self.notify("A relay already runs on this mailroot.", severity="warning")
-            return
-        try:
-            self.started = start_background_relay(self.config)
-        except OSError as exc:
-            self.notify(f"The relay did not start: {exc}", severity="error", markup=False)
-            return
-        self.notify(f"Starting mailroot serve (pid {self.started.pid})…", markup=False)
-        self.run_worker(self.attach_to_started(self.started), group="start", exclusive=True)
-
-    async def attach_to_started(self, proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 15
-        while lock_holder(self.store) is None and proc.poll() is None \
-                and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        self.tick()
-        if self.holder is None:
-            self.notify(f"mailroot serve (pid {proc.pid}) has not taken the mailroot; "
-                        "see log/events.jsonl", severity="error", markup=False)
-
-    def action_help(self) -> None:
-        from tui.screens.help import Help
-
-        screen = self.screen
-        acts = list(getattr(screen, "ACTS", [])) + GLOBAL
-        self.push_screen(Help(screen.__class__.__name__, acts, self.readonly))
-
 
 def terminal_fd() -> int | None:
     """The console's terminal (stdin), if it is one: watched so that its loss is noticed."""
     fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else -1
     return fd if fd >= 0 and os.isatty(fd) else None
-
-
-def holder_pid(holder: str) -> int | None:
-    """The pid in a lock holder's line ('pid 123 on host')."""
-    match = re.match(r"pid (\d+)", holder)
-    return int(match[1]) if match else None
-
-
-def start_background_relay(config: Config) -> subprocess.Popen:
-    """`mailroot serve` in its own session, detached from this terminal."""
-    command = [sys.executable, "-m", "relay.cli", "serve"]
-    if config.source:
-        command += ["-c", str(config.source)]
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    return proc
-
-
-@contextlib.contextmanager
-def no_full_collections() -> Iterator[None]:
-    """While a bulk action runs, the garbage collector makes no full pass of its own: one
-    took 50-130 ms, and landing inside a redraw it made the longest frame gaps of a
-    10,000-message hold. apply_pending calls one halfway between two redraws instead."""
-    young, middle, full = gc.get_threshold()
-    gc.set_threshold(young, middle, NO_FULL_PASS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(young, middle, full)
-
-
-def freeze_long_lived() -> None:
-    """Leave what exists now (the index's 100,000 entries, the relay's schedule) out of the
-    garbage collector's full passes: each pass over them held the console up for 0.2-0.4 s
-    during bulk actions, and they live as long as the console."""
-    gc.freeze()
 
 
 def give_terminal_a_size(fd: int = 1) -> None:

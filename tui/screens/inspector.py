@@ -15,6 +15,7 @@ from relay.ops import BADMAIL, DROP, HOLD, PICKUP
 from relay.ops.admin import MessageDetail, NotFound
 from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
+from tui.screens.route import open_route
 from tui.theme import FAILED_TEXT, MUTED, WAITING
 from tui.widgets.keybar import KeyBar
 from tui.widgets.scrolling import scroll_by_key
@@ -162,6 +163,10 @@ class Inspector(Guarded, Screen):
             return
         self.app.confirm_and_operate("requeue", self.folder, [self.message_id],
                                      then=self.follow)
+
+    def action_route(self) -> None:
+        """Where does it go: the route screen, listing the recipients of this message."""
+        open_route(self.app)
 
     def follow(self) -> None:
         """After an action: show the message wherever it is now."""
