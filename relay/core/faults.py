@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from relay.core import store
-from relay.core.process import FAULTS
 
 
 class FaultProbe:
@@ -71,7 +70,6 @@ class FaultProbe:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def install(root: Path, process: str) -> None:
-    """Install the fault probe if the relay was started with MAILROOT_FAULTS."""
-    if path := os.environ.get(FAULTS):
-        store.PROBES.append(FaultProbe(path, root, process))
+def install(path: str, root: Path, process: str) -> None:
+    """Install the probe of the fault file `path` (MAILROOT_FAULTS) in this process."""
+    store.PROBES.append(FaultProbe(path, root, process))

@@ -170,10 +170,10 @@ def answer(line: str) -> None:
 
 
 async def run(spec: ChildSpec, link: Link, role_class: type[Role]) -> int:
-    if FAULTS in os.environ:  # the crash bench's, if asked for
+    if faults_file := os.environ.get(FAULTS):  # the crash bench's, if asked for
         from relay.core import faults
 
-        faults.install(spec.config.root.absolute(), spec.name)
+        faults.install(faults_file, spec.config.root.absolute(), spec.name)
     try:
         role = role_class(spec)
         await role.start()
