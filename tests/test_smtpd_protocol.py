@@ -12,7 +12,7 @@ import time
 import pytest
 import uvloop
 
-from relay.receiver.smtpd import read_data
+from relay.receiver.connection import read_data
 from tests.smtpd_support import LOCAL, RawClient, code, live_smtp, message, wait_files
 
 BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")

@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import uvloop  # like the imports below: not loaded by the commands that only read
 
     from relay.core.relay_lock import AlreadyRunning
-    from relay.receiver.smtpd import ListenError
+    from relay.receiver.connection import ListenError
     from relay.supervisor.supervisor import serve
 
     if args.workers is not None and args.workers < 1:

@@ -16,7 +16,7 @@ from relay.core.events import EventLog
 from relay.core.logrotate import Rotation
 from relay.core.relay_lock import take_lock
 from relay.core.store import QUEUE, READY_FILES, Mailroot
-from relay.receiver.smtpd import ListenError
+from relay.receiver.connection import ListenError
 from relay.supervisor.metrics import RelayMetrics
 from relay.supervisor.sdnotify import Notifier, supervise
 

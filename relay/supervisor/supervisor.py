@@ -34,7 +34,7 @@ from relay.core.dkim import load_keys
 from relay.core.events import LogFollower
 from relay.core.logrotate import Rotation
 from relay.core.process import ChildSpec
-from relay.receiver.smtpd import LISTEN_BACKLOG, ListenError, stress_event
+from relay.receiver.connection import LISTEN_BACKLOG, ListenError, stress_event
 from relay.supervisor.anvil_server import AnvilServer
 from relay.supervisor.config_watch import ConfigWatcher
 from relay.supervisor.host import MailrootHost
