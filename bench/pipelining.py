@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from aiosmtpd.smtp import SMTP
 
-from relay.core.config import parse
+from relay.core.config_loader import parse
 from relay.core.router import Router
 from relay.queue.resolver import Resolver
 from relay.queue.smtp_client import Client

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.bounce import badmail_ops
 from relay.core.config import Config
 from relay.core.store import DROP, QUEUE, Attempt, Mailroot
@@ -104,7 +104,7 @@ def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path
     build_busy(root)
     fd = hold_lock(root)
     monkeypatch.chdir(tmp_path)
-    yield root, configmod.load(write_config(tmp_path, relative=True))
+    yield root, config_loader.load(write_config(tmp_path, relative=True))
     os.close(fd)
     monkeypatch.undo()
     time.tzset()

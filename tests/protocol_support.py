@@ -36,7 +36,8 @@ import yaml
 
 import relay.core.store
 from relay.core.bounce import quarantine
-from relay.core.config import Config, parse
+from relay.core.config import Config
+from relay.core.config_loader import parse
 from relay.core.events import EventLog
 from relay.core.intake import Intake, Submission
 from relay.core.logrotate import Rotation

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvloop
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.events import EventLog
 from relay.core.intake import Intake
 from relay.core.store import Mailroot
@@ -34,7 +34,7 @@ class LiveSmtp:
     """SmtpServer + Intake on a mailroot, run by an event loop in a thread."""
 
     def __init__(self, config_path: Path) -> None:
-        self.config = configmod.load(config_path)
+        self.config = config_loader.load(config_path)
         self.store = Mailroot(self.config.root)
         self.store.ensure()
         self.events: list[dict[str, Any]] = []

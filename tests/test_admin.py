@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from relay.core.config import load
+from relay.core.config_loader import load
 from relay.core.store import QUEUE, Envelope, Mailroot, Recipient, new_id
 from relay.ops.admin import Admin
 from relay.ops.qshape import AGE_BUCKETS

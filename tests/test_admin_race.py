@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from relay.core.config import load
+from relay.core.config_loader import load
 from relay.core.store import QUEUE, Mailroot
 from relay.ops.admin import Admin
 from tests.admin_support import submit

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.config import ConfigError, load
+from relay.core.config import ConfigError
+from relay.core.config_loader import load
 from relay.ops.admin import Admin
 from relay.ops.settings import write_atomic
 from tests.admin_support import cli, message, submit

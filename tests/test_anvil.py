@@ -3,7 +3,7 @@ that expire, tables that do not grow without bound), on a clock the test moves."
 
 from __future__ import annotations
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.receiver.anvil import GLOBAL, PER_CLIENT, PER_CLIENT_RATE, Anvil
 
 
@@ -17,7 +17,7 @@ class Clock:
 
 def anvil(text: str) -> tuple[Anvil, Clock]:
     clock = Clock()
-    return Anvil(configmod.parse(text).smtp, clock), clock
+    return Anvil(config_loader.parse(text).smtp, clock), clock
 
 
 def test_rate_counts_the_last_minute_only() -> None:

@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from relay.core import config as cfg
+from relay.core import config_loader
+from relay.ops.config_keys import key_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,8 +38,8 @@ def test_hostile_client_defaults_are_those_safe_on_port_25() -> None:
     """Without a word in the config (and as config.example.yaml writes them): stress mode
     cuts idle sessions to 10 s, a silent client goes after 30 s, 50 connections per address,
     and 5 failed AUTHs within 10 minutes lock an address out for 15 minutes."""
-    example = cfg.load(ROOT / "config.example.yaml")
-    for c in (cfg.Config(), cfg.parse("hostname: relay.test\n", "m.yaml"), example):
+    example = config_loader.load(ROOT / "config.example.yaml")
+    for c in (cfg.Config(), config_loader.parse("hostname: relay.test\n", "m.yaml"), example):
         smtp = c.smtp
         assert (smtp.stress_timeout, smtp.greeting_timeout) == (10, 30)
         assert smtp.limits.per_client_connections == 50 and smtp.limits.per_client_rate == 0
@@ -61,7 +63,7 @@ def test_example_config_passes_check_and_lists_every_key() -> None:
     result = run_check(ROOT / "config.example.yaml")
     assert result.returncode == 0, result.stderr
     example = (ROOT / "config.example.yaml").read_text()
-    for path in cfg.key_paths():
+    for path in key_paths():
         leaf = path.split(".")[-1]
         assert f"{leaf}:" in example, f"{path} is missing from config.example.yaml"
         if "<domain>" not in path:
@@ -85,7 +87,7 @@ def test_config_errors_name_key_and_line(tmp_path: Path, text: str, key: str, li
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(cfg.ConfigError) as info:
-        cfg.load(path)
+        config_loader.load(path)
     assert (info.value.key, info.value.line) == (key, line)
     assert words in str(info.value)
     result = run_check(path)
@@ -121,7 +123,7 @@ def test_config_option_counts_before_or_after_the_command(tmp_path: Path, order:
 def test_a_reloaded_config_still_hands_new_queue_entries_to_the_scheduler(
         write_config) -> None:
     from relay.supervisor.single import Relay
-    config = cfg.load(write_config())
+    config = config_loader.load(write_config())
     relay = Relay(config, stream=None)
-    relay.apply_config(cfg.load(write_config({"delivery": {"retry": ["1s"] * 4}})))
+    relay.apply_config(config_loader.load(write_config({"delivery": {"retry": ["1s"] * 4}})))
     assert relay.intake.on_queued == relay.queue.scheduler.notify

@@ -9,7 +9,7 @@ import ssl
 import trustme
 import yaml
 
-from relay.core.config import parse
+from relay.core.config_loader import parse
 from relay.core.message import stuff, unstuff
 from relay.core.router import Router
 from relay.queue.resolver import Resolver

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.core.config import parse
+from relay.core.config_loader import parse
 from relay.queue.resolver import DnsFailure, Resolver
 
 

@@ -266,7 +266,7 @@ def test_an_unusable_key_is_a_config_error_at_start_and_in_check(write_config, t
 
 
 def test_admin_show_names_the_signer(relay, dns_server, sink, tmp_path):
-    from relay.core.config import load
+    from relay.core.config_loader import load
     from relay.ops.admin import Admin
 
     hop = sink()
@@ -292,7 +292,7 @@ def test_admin_show_names_the_signer(relay, dns_server, sink, tmp_path):
 async def test_the_inspector_says_who_signed_a_queued_message(write_config, tmp_path):
     """Two messages queued through the intake, as the relay takes them in: the one from a
     listed domain shows its signer in the inspector, the other says it is not signed."""
-    from relay.core.config import load
+    from relay.core.config_loader import load
     from relay.core.intake import Intake, Submission
     from relay.core.store import QUEUE, Mailroot
     from tests.test_tui import SIZE, until
@@ -365,7 +365,7 @@ def test_keygen_needs_a_config_file(tmp_path):
 
 async def test_settings_form_lists_keys_and_whether_each_record_is_published(
         dns_server, write_config, tmp_path):
-    from relay.core.config import load
+    from relay.core.config_loader import load
     from tui.app import ConsoleApp
     from tui.screens.settings import SettingsForm
 
@@ -436,7 +436,8 @@ def test_running_relay_keeps_its_last_good_key_and_takes_a_new_one_live(relay, d
      "dkim.a.test.bits", 5, "unknown key"),
 ])
 def test_dkim_config_errors_name_key_and_line(text, key, line, words):
-    from relay.core.config import ConfigError, parse
+    from relay.core.config import ConfigError
+    from relay.core.config_loader import parse
 
     with pytest.raises(ConfigError) as caught:
         parse(text, "m.yaml")

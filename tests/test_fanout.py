@@ -10,7 +10,7 @@ import shutil
 import time
 
 from relay.cli.admin import render_rows
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.fanout import CHUNK, FIRST_CHUNK, fan_out
 from relay.core.folderstats import all_usage
 from relay.core.store import HOLD, QUEUE
@@ -42,7 +42,7 @@ def test_workers_list_and_count_what_one_process_does(write_config, tmp_path):
     # an interrupted move (Queue -> Hold) left the first message in both: it is Hold's now
     for ext in (".eml", ".env"):
         shutil.copy(root / QUEUE / f"{ids[0]}{ext}", root / HOLD / f"{ids[0]}{ext}")
-    admin = Admin(configmod.load(path))
+    admin = Admin(config_loader.load(path))
 
     def listing(workers: int, folder: str = QUEUE) -> str:
         render = lambda rows: render_rows(rows, admin.store, as_json=True).text  # noqa: E731

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.folderstats import human_size, usage
 from relay.core.store import BADMAIL, DROP, QUEUE, Mailroot
 from relay.ops.admin import Admin
@@ -40,7 +40,7 @@ def test_summary_says_what_each_folder_holds(relay) -> None:
     wait_for(lambda: len(proc.files("Queue", "*.env")) == 3 and all(
         json.loads(p.read_bytes())["attempts"] for p in proc.files("Queue", "*.env")))
     store = Mailroot(proc.root)
-    shape = Admin(configmod.load(proc.config)).summary()
+    shape = Admin(config_loader.load(proc.config)).summary()
     assert (shape.messages, shape.bytes) == (3, usage(store, QUEUE, time.time()).bytes) == (
         3, sum(p.stat().st_size for p in (proc.root / QUEUE).iterdir()))
     out = subprocess.run([sys.executable, "-m", "relay.cli", "summary", "-c", str(proc.config)],
@@ -58,7 +58,7 @@ def test_summary_says_what_each_folder_holds(relay) -> None:
 async def test_console_z_shows_folder_sizes(relay, tmp_path: Path) -> None:
     proc = relay({"pickup": {"settle": "0s"}})
     sizes = fill(proc)
-    app = ConsoleApp(configmod.load(proc.config))
+    app = ConsoleApp(config_loader.load(proc.config))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("z")
         await until(pilot, lambda: len(app._notifications) > 0)

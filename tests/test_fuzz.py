@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.bounce import read_reason
 from relay.core.events import EventLog
 from relay.core.intake import Intake, Rejected, Submission
@@ -81,7 +81,7 @@ def test_parse_pickup_raises_only_message_error(raw: bytes) -> None:
 
 
 def fresh_watcher(root: Path) -> PickupWatcher:
-    config = configmod.parse(yaml.safe_dump({
+    config = config_loader.parse(yaml.safe_dump({
         "mailroot": str(root), "hostname": "relay.test",
         "domains": {"local": {"default": "yourdomain.com", "aliases": ["alias.test"]}},
         "smtp": {"max_message_size": "4KiB"}}))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from relay.cli import iis_import, main, metabase
-from relay.core import config as configmod
+from relay.core import config_loader
 from tests.conftest import drop_file, sample, wait_for
 
 HERE = Path(__file__).resolve().parent / "metabase"
@@ -256,7 +256,7 @@ def test_a_relay_on_an_imported_config_delivers_to_drop_and_the_smart_host(
     finally:
         relay.stop()
     # What the relay ran on: the default install's values, as mailroot's defaults.
-    loaded = configmod.load(out)
+    loaded = config_loader.load(out)
     assert loaded.smtp.max_message_size == 2097152  # MaxMessageSize
     assert loaded.smtp.max_session_size == 10485760  # MaxSessionSize
     assert loaded.smtp.max_recipients == 100
@@ -365,7 +365,7 @@ def test_the_remote_expiration_as_iis_spells_it(tmp_path, capsys) -> None:
         'SmtpLocalNDRExpireMinutes="2880"': 'SmtpLocalNDRExpireMinutes="4320"'}))
     code, _, out = run_import(tmp_path, source)
     assert code == 0
-    loaded = configmod.load(out)
+    loaded = config_loader.load(out)
     assert int(loaded.delivery.expiration) == 7220 * 60
     assert int(loaded.delivery.local.expiration) == 4320 * 60
     assert "SmtpRemoteNDRExpireMinutes" not in capsys.readouterr().err  # not "not imported"
@@ -441,7 +441,7 @@ def test_an_empty_relay_list_needs_attention_and_lets_nobody_relay(tmp_path, cap
                'relays by address: list the clients that must in smtp.relay.allow')
     assert f"problem: {problem}" in capsys.readouterr().err.splitlines()
     assert problem in needing_attention(out)
-    assert configmod.load(out).smtp.relay.allow == []
+    assert config_loader.load(out).smtp.relay.allow == []
 
 
 # What a remote domain with one bit of the table imports to, for the bits that map.

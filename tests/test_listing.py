@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.bounce import read_reason
 from relay.core.folderstats import human_size
 from relay.core.store import BADMAIL, DROP, HOLD, QUEUE, Mailroot
@@ -36,7 +36,7 @@ def test_reason_class(reason, klass):
 
 
 def test_terms_combine_with_and_and_bad_terms_name_themselves(tmp_path, write_config):
-    admin = Admin(configmod.load(write_config()))
+    admin = Admin(config_loader.load(write_config()))
     fill_queue(tmp_path / "mailroot", 40, domains=4, size_of=lambda n: 100 * n)
     entries = [entry_of(r) for r in admin.list_folder(QUEUE)]
 
@@ -69,7 +69,7 @@ def test_cli_queue_match_counts_and_bulk_hold_with_dry_run(tmp_path, write_confi
                                    for r in rows)
     dry = cli(path, "hold", "--match", "domain:d2.example", "--dry-run")
     assert dry.returncode == 0 and "20 messages in Queue would be held" in dry.stdout
-    admin = Admin(configmod.load(path))
+    admin = Admin(config_loader.load(path))
     assert len(admin.store.ids(HOLD)) == 0  # a dry run changes nothing
     done = cli(path, "hold", "--match", "domain:d2.example")
     assert done.returncode == 0, done.stderr
@@ -104,7 +104,7 @@ def test_a_bulk_command_prints_its_total_and_the_audit_keeps_the_match(tmp_path,
 def test_trash_listing_shows_origin_and_size(tmp_path, write_config):
     path = write_config()
     ids = fill_queue(tmp_path / "mailroot", 3, domains=1, size_of=lambda n: 1000 * (n + 1))
-    admin = Admin(configmod.load(path))
+    admin = Admin(config_loader.load(path))
     admin.delete(ids[:2])
     rows = admin.list_folder("Trash")
     assert [(r.id, r.deleted_from, r.size) for r in rows] == [
@@ -132,7 +132,7 @@ def test_trash_listing_shows_each_originals_size_and_origin_on_the_command_line(
     path = write_config()
     store = Mailroot(tmp_path / "mailroot")
     build_busy(store.root)
-    admin = Admin(configmod.load(path))
+    admin = Admin(config_loader.load(path))
     queued = store.ids(QUEUE)[0]
     [dropped] = store.ids(DROP)
     bounced = next(m for m in store.ids(BADMAIL) if store.path(BADMAIL, m, ".env").exists())

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.events import LOG_NAME, EventLog, LogFollower, read_rotated
 from relay.core.logrotate import Rotation, rotated_files
 from relay.ops.audit import AuditLog
@@ -32,7 +32,7 @@ def emit_many(log_dir: Path, rotation: Rotation, count: int, start: int = 0) -> 
 
 
 def test_20000_events_leave_keep_plus_one_files_none_oversized(tmp_path: Path) -> None:
-    config = configmod.parse("log:\n  max_size: 1MiB\n")
+    config = config_loader.parse("log:\n  max_size: 1MiB\n")
     rotation = Rotation.of(config.log)
     assert (rotation.max_size, rotation.keep) == (MiB, 5)
     emit_many(tmp_path, rotation, 20_000)
@@ -74,7 +74,7 @@ def test_follower_reads_every_event_across_several_rotations(tmp_path: Path) -> 
 
 def test_mailroot_audit_reads_across_rotated_files(write_config, tmp_path: Path) -> None:
     path = write_config({"log": {"max_size": "1MiB"}})
-    config = configmod.load(path)
+    config = config_loader.load(path)
     audit = AuditLog(config.root / "log", Rotation.of(config.log))
     (config.root / "log").mkdir(parents=True)
     for n in range(20_000):
@@ -95,7 +95,7 @@ async def test_console_activity_reads_across_rotation(write_config, tmp_path: Pa
     emit_many(log_dir, rotation, 2_750)  # rotated once: a young events.jsonl
     young = len((log_dir / LOG_NAME).read_bytes().splitlines())
     assert len(rotated_files(log_dir / LOG_NAME)) == 2 and 0 < young < ACTIVITY_AT_START
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.relay is not None and app.relay.running)
         activity = app.dashboard.query_one("#activity")
@@ -116,9 +116,9 @@ async def test_console_activity_reads_across_rotation(write_config, tmp_path: Pa
 
 
 def test_a_config_reload_applies_new_log_limits(write_config) -> None:
-    relay = Relay(configmod.load(write_config()), stream=None)
+    relay = Relay(config_loader.load(write_config()), stream=None)
     assert relay.events.rotation == Rotation(50 * MiB, 5)
-    relay.apply_config(configmod.load(write_config({"log": {"max_size": "1MiB", "keep": 2}})))
+    relay.apply_config(config_loader.load(write_config({"log": {"max_size": "1MiB", "keep": 2}})))
     assert relay.events.rotation == Rotation(MiB, 2)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.config import ConfigError, load
+from relay.core.config import ConfigError
+from relay.core.config_loader import load
 from relay.core.store import HOLD, LISTING_SORTED_UP_TO, QUEUE, Mailroot
 from relay.ops.admin import Admin
 from tests.admin_support import cli

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.core import config as configmod
+from relay.core import config_loader
+from relay.core.config import ConfigError
 from relay.receiver.users import set_password
 from tests.conftest import wait_for
 from tests.smtpd_support import (
@@ -363,6 +364,6 @@ def test_no_limit_applies_to_an_allowed_network_below_its_trusted_limit(write_co
 
 @pytest.mark.parametrize("key", ["stress_timeout", "greeting_timeout"])
 def test_a_zero_stress_or_greeting_timeout_is_a_config_error(key: str) -> None:
-    with pytest.raises(configmod.ConfigError) as info:
-        configmod.parse(f"smtp:\n  max_connections: 10\n  {key}: 0s\n", "relay.yaml")
+    with pytest.raises(ConfigError) as info:
+        config_loader.parse(f"smtp:\n  max_connections: 10\n  {key}: 0s\n", "relay.yaml")
     assert info.value.key == f"smtp.{key}" and info.value.line == 3

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from relay.core import config as configmod
+from relay.core import config_loader
+from relay.core.config import ConfigError
 from relay.receiver.users import set_password
 from tests.smtpd_support import LOCAL, RawClient, code, live_smtp, message, wait_files
 
@@ -212,6 +213,6 @@ def test_commands_pipelined_after_starttls_are_discarded(write_config, tls_files
 
 
 def test_tls_require_without_a_certificate_is_a_config_error() -> None:
-    with pytest.raises(configmod.ConfigError) as info:
-        configmod.parse("smtp:\n  tls:\n    require: true\n", "relay.yaml")
+    with pytest.raises(ConfigError) as info:
+        config_loader.parse("smtp:\n  tls:\n    require: true\n", "relay.yaml")
     assert info.value.key == "smtp.tls.require" and info.value.line == 3

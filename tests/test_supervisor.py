@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.core.config import load
+from relay.core.config_loader import load
 from relay.core.store import QUEUE, READY_FILES, Envelope, Mailroot, Recipient, checksum, new_id
 from tests.conftest import RelayProcess, drop_file, wait_for
 from tests.smtpsink import Sink
@@ -261,11 +261,11 @@ def test_workers_1_runs_the_whole_relay_in_one_process(relay, sink, write_config
 
 async def test_the_console_embeds_the_same_processes_and_shows_their_state(
         write_config, sink) -> None:
-    from relay.core import config as configmod
+    from relay.core import config_loader
     from relay.supervisor.supervisor import Supervisor
     from tui.app import ConsoleApp
 
-    app = ConsoleApp(configmod.load(write_config(processes_config(sink()))))
+    app = ConsoleApp(config_loader.load(write_config(processes_config(sink()))))
 
     def header() -> str:
         return str(app.dashboard.query_one("#header").render())

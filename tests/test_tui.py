@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.relay_lock import lock_holder
 from relay.core.store import BADMAIL, DROP, QUEUE, Mailroot
 from relay.ops.admin import Admin
+from relay.ops.config_keys import key_paths
 from tests.busy_fixture import build_busy
 from tests.conftest import drop_file, sample, wait_for
 from tests.tui_fixture import T0, build, hold_lock
@@ -44,7 +45,7 @@ until = partial(wait_until, timeout=5.0)  # this file's default wait
 
 
 def console(path: Path, **kw) -> ConsoleApp:
-    return ConsoleApp(configmod.load(path), **kw)
+    return ConsoleApp(config_loader.load(path), **kw)
 
 
 async def test_pickup_file_appears_in_queue_pane_within_a_second(write_config, tmp_path):
@@ -155,7 +156,7 @@ async def test_retry_interval_15x_is_refused_inline_and_nothing_saved(write_conf
         await until(pilot, lambda: isinstance(app.screen, SettingsForm))
         form = app.screen
         assert set(form.fields) == set(form_keys())
-        assert {k for k in configmod.key_paths() if k.startswith("delivery.")} <= set(form.fields)
+        assert {k for k in key_paths() if k.startswith("delivery.")} <= set(form.fields)
         await pilot.press("ctrl+a", "ctrl+k", *"15x, 30m, 1h, 4h")
         error = str(form.query_one("#f-delivery-retry .error").render())
         assert "bad duration '15x'" in error

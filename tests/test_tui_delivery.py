@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.store import BADMAIL, DROP, HOLD, QUEUE
 from tests.conftest import drop_file, sample
 from tests.test_delivery import delivery_config
@@ -45,7 +45,7 @@ async def test_451_shows_in_queue_with_attempts_t_retries_and_250_empties_queue(
         write_config, tmp_path, dns_server, sink):
     hop = sink()
     hop.data_reply = "451 4.3.0 try again later"
-    app = ConsoleApp(configmod.load(write_config(delivery_config(dns_server, hop.port,
+    app = ConsoleApp(config_loader.load(write_config(delivery_config(dns_server, hop.port,
                                                                  retry=LATER))))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.relay is not None and app.relay.running)
@@ -88,7 +88,7 @@ async def test_550_in_badmail_shows_reason_requeue_delivers_once(write_config, t
                                                                   dns_server, sink):
     hop = sink()
     hop.rcpt_replies["nobody@remote.example"] = "550 5.1.1 no such user"
-    app = ConsoleApp(configmod.load(write_config(delivery_config(dns_server, hop.port))))
+    app = ConsoleApp(config_loader.load(write_config(delivery_config(dns_server, hop.port))))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.relay is not None and app.relay.running)
         drop_file(tmp_path / "mailroot" / "Pickup", "m.eml",
@@ -134,7 +134,7 @@ async def test_the_inspector_follows_a_requeued_message_that_fails_again(write_c
     hop = sink()
     hop.data_reply = "550 5.1.1 no such user"
     hop.data_delay = 1.0  # the message stays in Queue a second while it is tried again
-    app = ConsoleApp(configmod.load(write_config(delivery_config(dns_server, hop.port))))
+    app = ConsoleApp(config_loader.load(write_config(delivery_config(dns_server, hop.port))))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.relay is not None and app.relay.running)
         drop_file(tmp_path / "mailroot" / "Pickup", "m.eml",

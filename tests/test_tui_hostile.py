@@ -7,7 +7,7 @@ import asyncio
 import html
 import re
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from tests.test_tui import SIZE, until
 from tui.app import ConsoleApp
 
@@ -26,7 +26,7 @@ async def connect(port: int, source: str) -> tuple[asyncio.StreamWriter, bytes]:
 
 async def test_status_line_shows_refusals_per_minute_and_stress(write_config) -> None:
     config = {"smtp": {"max_connections": 2, "limits": {"per_client_connections": 1}}}
-    app = ConsoleApp(configmod.load(write_config(config)))
+    app = ConsoleApp(config_loader.load(write_config(config)))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.relay is not None and app.relay.running)
 

@@ -4,7 +4,7 @@ an index built fresh from the folders."""
 
 from __future__ import annotations
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.store import HOLD, QUEUE, TRASH
 from relay.ops.admin import Admin
 from relay.ops.listing import SORTS
@@ -23,7 +23,7 @@ def built(admin: Admin) -> FolderIndex:
 
 
 def test_kept_answers_follow_every_change_in_every_sort(write_config, tmp_path):
-    admin = Admin(configmod.load(write_config()))
+    admin = Admin(config_loader.load(write_config()))
     root = tmp_path / "mailroot"
     ids = fill_queue(root, 3000, domains=10, size_of=lambda n: 100 + n % 301)
     for sort in range(len(SORTS)):

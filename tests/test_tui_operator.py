@@ -12,7 +12,7 @@ import pytest
 from textual import events
 from textual.widgets import Select
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.relay_lock import lock_holder
 from relay.core.store import BADMAIL, QUEUE, TRASH
 from relay.ops.admin import Admin
@@ -98,7 +98,7 @@ async def test_a_killed_relay_is_said_to_have_died_and_the_palette_starts_one(re
     the activity pane has a line for it; `start relay` from the palette starts `mailroot
     serve` and the console attaches; killed in turn, its signal is known."""
     served = relay()
-    app = ConsoleApp(configmod.load(served.config))
+    app = ConsoleApp(config_loader.load(served.config))
     try:
         async with app.run_test(size=(120, 30)) as pilot:
             await until(pilot, lambda: app.holder)
@@ -130,7 +130,7 @@ async def test_a_killed_relay_is_said_to_have_died_and_the_palette_starts_one(re
         if app.started is not None and app.started.poll() is None:
             app.started.terminate()
             app.started.wait(10)
-    assert lock_holder(Admin(configmod.load(served.config)).store) is None
+    assert lock_holder(Admin(config_loader.load(served.config)).store) is None
 
 
 def test_the_result_line_agrees_in_number_and_says_why():
@@ -230,7 +230,7 @@ async def test_g_and_G_go_to_the_first_and_last_of_the_whole_folder(tmp_path):
     ids = fill_queue(root, 450, domains=2)
     fd = hold_lock(root)  # a relay runs elsewhere: the console attaches
     try:
-        app = ConsoleApp(configmod.load(write_config(tmp_path)), clock=lambda: T0)
+        app = ConsoleApp(config_loader.load(write_config(tmp_path)), clock=lambda: T0)
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda: app.index.ready)
             pane = app.dashboard.panes[QUEUE]
@@ -279,7 +279,7 @@ async def test_the_domain_editor_offers_tls_as_a_choice_and_enter_there_does_not
     build(root)
     fd = hold_lock(root)
     try:
-        config = configmod.load(write_config(tmp_path))
+        config = config_loader.load(write_config(tmp_path))
         app = ConsoleApp(config, clock=lambda: T0)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("e")
@@ -303,8 +303,8 @@ async def test_the_domain_editor_offers_tls_as_a_choice_and_enter_there_does_not
             await pilot.press("ctrl+s")
             await until(pilot, lambda: app.screen.__class__.__name__ == "DomainEditor")
             await until(pilot, lambda: "partner.example" in Admin(
-                configmod.load(config.source)).domains().remote)
-        remote = configmod.load(config.source).domains.remote["partner.example"]
+                config_loader.load(config.source)).domains().remote)
+        remote = config_loader.load(config.source).domains.remote["partner.example"]
         assert remote.tls == "require"
     finally:
         os.close(fd)

@@ -7,7 +7,7 @@ import time
 
 import trustme
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.store import QUEUE, Envelope, Mailroot, Recipient
 from tests.test_delivery import REMOTE, delivery_config
 from tests.test_probe import Commands, Leaf
@@ -46,7 +46,7 @@ async def test_palette_route_and_enter_on_a_recipient_explains_it(write_config, 
     dns_server.a(f"mx2.{REMOTE}", "127.0.0.2")
     path = write_config({"dns": {"port": dns_server.port}})
     queued(tmp_path / "mailroot", "alice@alias.test", f"bob@{REMOTE}")
-    app = ConsoleApp(configmod.load(path), readonly=True)
+    app = ConsoleApp(config_loader.load(path), readonly=True)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: app.dashboard.panes[QUEUE].table.row_count == 1)
@@ -75,7 +75,7 @@ async def test_w_in_the_inspector_lists_the_recipients_and_enter_explains_one(
     dns_server.a(f"mx.{REMOTE}", "127.0.0.1")
     path = write_config({"dns": {"port": dns_server.port}})
     mid = queued(tmp_path / "mailroot", "alice@alias.test", f"bob@{REMOTE}")
-    app = ConsoleApp(configmod.load(path), readonly=True)
+    app = ConsoleApp(config_loader.load(path), readonly=True)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: app.dashboard.panes[QUEUE].table.row_count == 1)
@@ -108,7 +108,7 @@ async def test_probe_screen_shows_the_transcript_live_and_sends_no_data(
     commands = Commands(hop, hold="RCPT")  # the hop answers RCPT once the test has looked
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     path = write_config(delivery_config(dns_server, hop.port, ca_file=str(tmp_path / "ca.pem")))
-    app = ConsoleApp(configmod.load(path), readonly=True)
+    app = ConsoleApp(config_loader.load(path), readonly=True)
     try:
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()

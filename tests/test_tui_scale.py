@@ -13,7 +13,7 @@ from functools import partial
 
 import pytest
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.store import DROP, HOLD, QUEUE, TRASH, Mailroot
 from relay.ops.admin import Admin
 from tests.admin_support import cli
@@ -66,7 +66,7 @@ async def test_filter_and_sort_cover_the_whole_folder(attached):
     path, root = attached
     ids = fill_queue(root, 3000, domains=20, last_subject="agetest-7f3q",
                      size_of=lambda n: 40_000 if n == 1234 else 100 + n % 97)
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.index.ready, timeout=30)
         pane = app.dashboard.panes[QUEUE]
@@ -103,7 +103,7 @@ async def test_mark_all_matches_then_hold_with_progress_while_keys_answer(attach
     path, root = attached
     grey = fill_queue(root, 1800, domains=1, prefix="greylist")
     others = fill_queue(root, 1200, domains=20)
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     gate = gate_holds(app, monkeypatch, after=200)
     thresholds = gc.get_threshold()
     async with app.run_test(size=SIZE) as pilot:
@@ -157,7 +157,7 @@ async def test_a_canceled_bulk_action_leaves_every_message_whole_in_one_folder(a
     ids = fill_queue(root, 1500, domains=4)
     store = Mailroot(root)
     before = {mid: store.read_message(QUEUE, mid) for mid in ids}
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     gate = gate_holds(app, monkeypatch, after=300)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.index.ready, timeout=30)
@@ -184,7 +184,7 @@ async def test_a_canceled_bulk_action_leaves_every_message_whole_in_one_folder(a
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 async def test_follow_keeps_the_newest_row_on_screen_as_mail_arrives(write_config):
-    app = ConsoleApp(configmod.load(write_config()))
+    app = ConsoleApp(config_loader.load(write_config()))
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.relay is not None and app.index.ready, timeout=20)
         port = app.relay.addresses()[0][1]
@@ -212,7 +212,7 @@ async def test_follow_keeps_the_newest_row_on_screen_as_mail_arrives(write_confi
 async def test_trash_view_undeletes_back_to_the_folder_and_the_notice_names_the_key(attached):
     path, root = attached
     ids = fill_queue(root, 5, domains=1, size_of=lambda n: 3000)
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.index.ready, timeout=30)
         queue, trash = app.dashboard.panes[QUEUE], app.dashboard.panes[TRASH]
@@ -243,7 +243,7 @@ async def test_by_domain_counts_equal_summary_and_enter_drills_in(attached):
     path, root = attached
     fill_queue(root, 3000, domains=20)
     fill_queue(root, 30, domains=3, prefix="partner")
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.index.ready, timeout=30)
         await pilot.press("b")
@@ -282,7 +282,7 @@ async def test_by_domain_counts_equal_summary_and_enter_drills_in(attached):
 async def test_the_page_keys_stay_whole_in_the_title_at_80_columns(attached):
     path, root = attached
     fill_queue(root, 2235, domains=20)
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.index.ready, timeout=30)
         pane = app.dashboard.panes[QUEUE]
@@ -305,7 +305,7 @@ def test_the_index_says_how_far_its_first_build_has_got(attached):
 
     path, root = attached
     fill_queue(root, 1200, domains=3)
-    index = FolderIndex(Admin(configmod.load(path)), [QUEUE, HOLD])
+    index = FolderIndex(Admin(config_loader.load(path)), [QUEUE, HOLD])
     assert index.progress(QUEUE) is None  # not listed yet
     built = index.build()
     assert index.progress(QUEUE) == (1200, 1200) and index.progress(HOLD) == (0, 0)
@@ -318,7 +318,7 @@ def test_the_index_says_how_far_its_first_build_has_got(attached):
 
 async def test_a_tick_while_the_panes_are_torn_down_does_not_crash(attached):
     path, _ = attached
-    app = ConsoleApp(configmod.load(path))
+    app = ConsoleApp(config_loader.load(path))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         await app.dashboard.panes["Pickup"].table.remove()  # as when the console quits

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from tests.tui_fixture import T0, build, hold_lock, write_config
 from tui.app import ConsoleApp
 
@@ -33,7 +33,7 @@ def fixed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     build(root)
     fd = hold_lock(root)  # a relay "holds" the mailroot: the console attaches, moves nothing
     monkeypatch.chdir(tmp_path)  # the config names ./mailroot: the header reads the same
-    config = configmod.load(write_config(tmp_path, relative=True))
+    config = config_loader.load(write_config(tmp_path, relative=True))
     yield ConsoleApp(config, clock=lambda: T0)
     os.close(fd)
     monkeypatch.undo()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from tests.tui_fixture import T0, build, hold_lock, write_config
 from tests.tui_fixture import until as wait_until
 from tui.app import ConsoleApp
@@ -31,7 +31,7 @@ def attached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     root = tmp_path / "mailroot"
     build(root)
     fd = hold_lock(root)
-    config = configmod.load(write_config(tmp_path))
+    config = config_loader.load(write_config(tmp_path))
     yield root, config
     os.close(fd)
     monkeypatch.undo()
@@ -136,7 +136,7 @@ def holder_pid(root: Path) -> int | None:
 async def test_q_with_the_embedded_relay_asks_and_can_leave_it_running(write_config, tmp_path):
     from tui.screens.quit import QuitDialog
 
-    app = ConsoleApp(configmod.load(write_config()))
+    app = ConsoleApp(config_loader.load(write_config()))
     root = tmp_path / "mailroot"
     background = None
     try:

@@ -16,7 +16,7 @@ from relay.cli import dkim as cli_dkim
 from relay.cli import health as cli_health
 from relay.cli import iis as cli_iis
 from relay.cli import service as cli_service
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.config import Config, ConfigError
 from relay.core.pickup_file import write_pickup
 from relay.core.store import Mailroot
@@ -37,7 +37,7 @@ def load_config(path: str | None) -> Config:
     """-c FILE, else ./mailroot.yaml if present, else the defaults."""
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    return configmod.load(path)
+    return config_loader.load(path)
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
@@ -66,6 +66,7 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     from relay.core.dkim import load_keys
+    from relay.ops.config_keys import describe
 
     try:
         load_keys(config)  # read and try every DKIM key, as the relay does at start
@@ -73,7 +74,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
         print(f"mailroot: config error: {exc}", file=sys.stderr)
         return 2
     print(f"# {config.source or 'defaults (no config file)'}: OK")
-    rows = configmod.describe(config)
+    rows = describe(config)
     width = max(len(key) for key, _, _ in rows)
     for key, value, doc in rows:
         print(f"{key:<{width}}  {value:<24}  # {doc}" if doc else f"{key:<{width}}  {value}")

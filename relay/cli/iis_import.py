@@ -20,9 +20,10 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from relay.cli import metabase
 from relay.cli.metabase import Metabase, RelayListError, SmtpServer, dword
-from relay.core import config as configmod
-from relay.core.config import Config, ConfigError, Duration, HostPort, Size
+from relay.core import config_loader
+from relay.core.config import Config, ConfigError, Domain, Duration, HostPort, Size
 from relay.ops import settings
+from relay.ops.config_keys import key_paths
 
 # "No limit": 0, 0xFFFFFFFF (-1), and the 2000000000 the IIS dialogs write for "unlimited".
 UNLIMITED = {0, 2000000000, 0xFFFFFFFF}
@@ -521,7 +522,7 @@ def _remote(name: str, label: str, text: str, action: int, props: dict[str, str]
 def _value_of(config: Config, key: str) -> Any:
     node: Any = config
     for part in settings.split_key(key):
-        node = node.get(configmod.Domain.parse(part)) if isinstance(node, dict) else getattr(
+        node = node.get(Domain.parse(part)) if isinstance(node, dict) else getattr(
             node, part)
     return node
 
@@ -530,7 +531,7 @@ def _parsed(key: str, value: Any) -> Config:
     """A config holding only this one value (raises ConfigError naming the key)."""
     doc = settings.Document(CommentedMap())
     doc.set(settings.split_key(key), value)
-    return configmod.parse(yaml.safe_dump(_plain(doc.root)), None)
+    return config_loader.parse(yaml.safe_dump(_plain(doc.root)), None)
 
 
 def _plain(node: Any) -> Any:
@@ -587,13 +588,13 @@ def render(result: Imported, source: str) -> str:
         root["mailroot"] = Config().mailroot  # an empty mapping would not be a config
     root.yaml_set_start_comment("\n".join(header) + "\n")
     text = doc.dump()
-    configmod.parse(text, None)  # what `mailroot check` does: a bug here must not be written
+    config_loader.parse(text, None)  # what `mailroot check` does: a bug here must not be written
     return text
 
 
 def _ordered(values: dict[str, Any]) -> list[str]:
     """Keys in the order of config.example.yaml (the schema's order)."""
-    order = {path: i for i, path in enumerate(configmod.key_paths())}
+    order = {path: i for i, path in enumerate(key_paths())}
 
     def rank(key: str) -> tuple[int, str]:
         if key.startswith("domains.remote."):

@@ -19,7 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.core import config as configmod
+from relay.core import config_loader
+from relay.core.config import ConfigError
 from relay.core.store import PICKUP, Mailroot
 
 UNIT_NAME = "mailroot.service"
@@ -147,10 +148,10 @@ def lookup(plan: Plan, table: str, name: str) -> int | None:
 
 def configured_mailroot(plan: Plan) -> Path:
     """The mailroot the config names (an absolute path: a service has no working folder)."""
-    config = configmod.load(plan.on_disk(plan.config))
+    config = config_loader.load(plan.on_disk(plan.config))
     if not Path(config.mailroot).is_absolute():
-        raise configmod.ConfigError("a service needs an absolute path here",
-                                    file=str(plan.config), key="mailroot")
+        raise ConfigError("a service needs an absolute path here", file=str(plan.config),
+                          key="mailroot")
     return Path(config.mailroot)
 
 

@@ -15,12 +15,12 @@ from relay.core.config import (
     Duration,
     HostPort,
     TlsPolicy,
-    key_paths,
 )
 from relay.core.events import LOG_NAME, LogFollower, read_rotated
 from relay.core.folderstats import all_usage, usage_table
 from relay.core.relay_lock import AlreadyRunning, lock_holder
 from relay.core.store import BADMAIL, DROP, FOLDERS, HOLD, MARKER, PICKUP, QUEUE, TRASH
+from relay.ops.config_keys import key_paths
 
 __all__ = ["BADMAIL", "DROP", "FOLDERS", "HOLD", "LOG_NAME", "MARKER", "PARSED_TYPES", "PICKUP",
            "QUEUE", "TRASH", "AlreadyRunning", "Config", "ConfigError", "Domain", "Duration",

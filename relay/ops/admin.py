@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.address import domain_of
 from relay.core.bounce import SEPARATOR, quarantine, read_reason
 from relay.core.config import Config, ConfigError, RemoteDomain
@@ -50,6 +50,7 @@ from relay.core.store import (
     json_fields,
 )
 from relay.ops.audit import AuditEntry, AuditLog
+from relay.ops.config_keys import describe
 from relay.ops.qshape import QueueShape, bucket
 from relay.ops.reasons import reason_class
 
@@ -749,7 +750,7 @@ class Admin:
 
     def _current(self) -> Config:
         """The config as its file says now (another process may have changed it)."""
-        return configmod.load(self.config.source) if self.config.source else self.config
+        return config_loader.load(self.config.source) if self.config.source else self.config
 
     def _edit(self, action: str, change: Callable[[Document, Config], None],
               **detail: object) -> Config:
@@ -764,7 +765,7 @@ class Admin:
 
     def settings_get(self, key: str) -> str:
         """A setting's effective value, as `mailroot check` shows it."""
-        for path, value, _ in configmod.describe(self._current()):
+        for path, value, _ in describe(self._current()):
             if path == key:
                 return value
         raise ConfigError("unknown setting (see mailroot check for the keys)", key=key)

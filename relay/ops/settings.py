@@ -21,14 +21,15 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.tokens import CommentToken
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.config import Config, ConfigError, Domain, RemoteDomain
 from relay.core.envelope import new_id
 from relay.core.fileops import fsync_dir
+from relay.ops.config_keys import key_paths
 
 REMOTE = "domains.remote."
 ALIASES = ["domains", "local", "aliases"]
-REMOTE_FIELDS = sorted(configmod.key_paths(RemoteDomain), key=len, reverse=True)
+REMOTE_FIELDS = sorted(key_paths(RemoteDomain), key=len, reverse=True)
 
 
 def _yaml() -> YAML:
@@ -276,7 +277,7 @@ class ConfigFile:
                 text = self.path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read: {exc.strerror}", file=str(self.path)) from None
-            current = configmod.parse(text, str(self.path))
+            current = config_loader.parse(text, str(self.path))
             try:
                 root = _yaml().load(text)
             except YAMLError as exc:
@@ -289,7 +290,7 @@ class ConfigFile:
                     raise
                 raise ConfigError(exc.reason, file=str(self.path), key=exc.key) from None
             new_text = document.dump()
-            config = configmod.parse(new_text, str(self.path))
+            config = config_loader.parse(new_text, str(self.path))
             if new_text != text:
                 write_atomic(self.path, new_text)
             return config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import watchfiles
 
-from relay.core import config as configmod
+from relay.core import config_loader
 from relay.core.config import Config, ConfigError
 from relay.core.events import EventLog
 
@@ -57,7 +57,7 @@ class ConfigWatcher:
 
     def reload(self) -> None:
         try:
-            config = configmod.load(self.path)
+            config = config_loader.load(self.path)
         except ConfigError as exc:
             self.events.emit("config-error", file=str(self.path), error=str(exc),
                              detail="the last good config stays in force")
