@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from relay.cli import iis_import, main, metabase
+from relay.cli.iis_route_action import DIVERTING, ROUTE_BITS
 from relay.core import config_loader
 from tests.conftest import drop_file, sample, wait_for
 
@@ -457,7 +458,7 @@ MAPPED_BITS = {
 }
 
 
-@pytest.mark.parametrize("bit", iis_import.ROUTE_BITS, ids=lambda bit: bit.name)
+@pytest.mark.parametrize("bit", ROUTE_BITS, ids=lambda bit: bit.name)
 def test_each_route_action_bit_of_a_domain(tmp_path, capsys, bit) -> None:
     source = tmp_path / "MetaBase.xml"
     source.write_text(fragment('DefaultDomain="example.com"', f'RouteAction="{bit.value}" '
@@ -474,7 +475,7 @@ def test_each_route_action_bit_of_a_domain(tmp_path, capsys, bit) -> None:
                 f"{bit.iis}; {bit.mailroot}")
         assert f"problem: {said}" in err.splitlines()
         assert said in needing_attention(out)
-        if bit.value & iis_import.DIVERTING:  # where its mail went can't be said: not imported
+        if bit.value & DIVERTING:  # where its mail went can't be said: not imported
             assert "remote" not in imported["domains"]
         else:
             assert imported["domains"]["remote"] == {"partner.example": REMOTE}

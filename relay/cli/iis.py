@@ -17,7 +17,7 @@ from relay.core.config import Config, ConfigError
 def cmd_import(args: argparse.Namespace) -> int:
     """Exit 0 imported, 1 something needs attention (not imported, or imported more safely
     than IIS ran it), 2 not a readable metabase / usage."""
-    from relay.cli import iis_import, metabase
+    from relay.cli import iis_import, iis_render, metabase
     from relay.ops.settings import write_atomic
 
     try:
@@ -34,7 +34,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"mailroot import-iis: {args.metabase}: {exc.args[0]}", file=sys.stderr)
         return 2
     try:
-        text = iis_import.render(result, str(args.metabase))
+        text = iis_render.render(result, str(args.metabase))
     except ConfigError as exc:  # a mapping bug: never write a config that would not load
         print(f"mailroot import-iis: the imported config does not validate: {exc}",
               file=sys.stderr)
@@ -48,7 +48,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 2
     else:
         write_atomic(out, text)
-    for line in iis_import.report_lines(result):
+    for line in iis_render.report_lines(result):
         print(line, file=sys.stderr)
     if args.dry_run:
         print(f"imported {result.server} from {args.metabase} (dry run, nothing written)",

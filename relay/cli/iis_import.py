@@ -6,105 +6,35 @@ minutes, sizes in bytes, timeouts in seconds.  Values that equal mailroot's defa
 dialog defaults) are not written.  Whatever is found and not mapped is listed, with the
 reason, in the file's header and on stderr; what matters for mail flow or security and could
 not be imported is a problem (exit 1), and for the relay list nothing is imported then.
+
+This module maps a virtual server's properties and domains to config keys; the RouteAction
+bits are relay/cli/iis_route_action.py, and the config's text relay/cli/iis_render.py.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
 from relay.cli import metabase
+from relay.cli.iis_route_action import (
+    AUTH_BITS,
+    DIVERTING,
+    KNOWN_BITS,
+    ROUTE_BITS,
+    SMTP_ALIAS,
+    SMTP_DEFAULT,
+    SMTP_DROP,
+    SMTP_ETRN_CMD,
+    SMTP_SMARTHOST,
+    SMTP_SSL,
+)
 from relay.cli.metabase import Metabase, RelayListError, SmtpServer, dword
-from relay.core import config_loader
-from relay.core.config import Config, ConfigError, Domain, Duration, HostPort, Size
-from relay.ops import settings
-from relay.ops.config_keys import key_paths
+from relay.core.config import Duration, HostPort, Size
 
 # "No limit": 0, 0xFFFFFFFF (-1), and the 2000000000 the IIS dialogs write for "unlimited".
 UNLIMITED = {0, 2000000000, 0xFFFFFFFF}
-
-# RouteAction (IIsSmtpService, IIsSmtpServer, IIsSmtpDomain) is a set of bits.  Microsoft's
-# RouteAction page (Metabase Property Reference, technet cc757175) names none; the names and
-# hex values below are the table in that page's community content (SMTP_NO_ACTION 0 ...
-# SMTP_USE_HELO 0x400000).  What IIS did with a bit is documented for few of them:
-# SMTP_ETRN_CMD by KB 183476 ("Set RouteAction to the value 514 to enable authenticated TURN
-# support", with the accounts in AuthTurnList) and KB 256655 ("Queue messages for remote
-# triggered delivery"); the TLS bit by the IIS 4 SMTP Service metabase reference (AlwaysUseSsl:
-# "turn on the TLS bit in the RouteAction metabase property").  For the others the text below
-# matches the bit's name to the option of that name in the remote domain and Outbound
-# Security dialogs (KB 303668 "Configure Remote Domains": forward all mail to smart host, TLS
-# encryption; the SMTP Server help: "Allow incoming mail to be relayed to this domain", "Send
-# HELO instead of EHLO", basic / integrated Windows authentication), and says "its name only"
-# where there is no such option.
-SMTP_DROP, SMTP_SMARTHOST, SMTP_SSL, SMTP_SASL = 0x1, 0x2, 0x4, 0x8
-SMTP_ALIAS, SMTP_DEFAULT = 0x10, 0x40
-SMTP_AUTH_CLEARTEXT, SMTP_ETRN_CMD = 0x100, 0x200
-ONLY_ITS_NAME = "did what the bit's name says; Microsoft documents no more of it"
-NO_EQUIVALENT = "mailroot has no equivalent"
-
-
-@dataclass(frozen=True)
-class RouteBit:
-    """One RouteAction bit: its name, what IIS did with it, what mailroot does instead."""
-
-    value: int
-    name: str
-    iis: str
-    mailroot: str = NO_EQUIVALENT
-
-
-ROUTE_BITS = [
-    RouteBit(0x1, "SMTP_DROP", "put the domain's mail into a Drop folder (a local domain)",
-             "mailroot drops mail for domains.local.default and .aliases only: add the domain "
-             "there if its mail belongs in Drop"),
-    RouteBit(0x2, "SMTP_SMARTHOST", "forwarded the domain's mail to the host in "
-             "RouteActionString (\"Forward all mail to smart host\")"),
-    RouteBit(0x4, "SMTP_SSL", "required TLS for the next hop (Outbound Security: TLS "
-             "encryption)", "set tls: require per remote domain (domains.remote.<domain>.tls)"),
-    RouteBit(0x8, "SMTP_SASL", "authenticated to the next hop (Outbound Security)"),
-    RouteBit(0x10, "SMTP_ALIAS", "took the domain's mail as local, an alias of the default "
-             "domain"),
-    RouteBit(0x20, "SMTP_DELIVER", ONLY_ITS_NAME),
-    RouteBit(0x40, "SMTP_DEFAULT", "took the domain's mail as local: the default domain"),
-    RouteBit(0x80, "SMTP_AUTH_NTLM", "authenticated to the next hop with integrated Windows "
-             "authentication", "not supported: mailroot authenticates with AUTH PLAIN/LOGIN"),
-    RouteBit(0x100, "SMTP_AUTH_CLEARTEXT", "authenticated to the next hop with basic "
-             "(clear-text) authentication"),
-    RouteBit(0x200, "SMTP_ETRN_CMD", "held the domain's mail until its server collected it "
-             "(\"Queue messages for remote triggered delivery\": ETRN, or TURN/ATRN by the "
-             "accounts in AuthTurnList; RouteAction 514 with SMTP_SMARTHOST, KB 183476)",
-             "mailroot holds no mail for collection: it delivers to the domain's MX hosts (a "
-             "mail loop if they point at this relay) unless you set "
-             "domains.remote.<domain>.smarthost; the domain is not imported"),
-    RouteBit(0x400, "SMTP_IP_RELAY", ONLY_ITS_NAME),
-    RouteBit(0x800, "SMTP_AUTH_RELAY", ONLY_ITS_NAME),
-    RouteBit(0x1000, "SMTP_DOMAIN_RELAY", "let every client relay to the domain (\"Allow "
-             "incoming mail to be relayed to this domain\")", "no mailroot equivalent: "
-             "clients need smtp.relay.allow or AUTH to relay to it"),
-    RouteBit(0x2000, "SMTP_CSIDE_TURN", ONLY_ITS_NAME),
-    RouteBit(0x4000, "SMTP_CSIDE_ETRN", ONLY_ITS_NAME),
-    RouteBit(0x8000, "SMTP_DISABLE_ETRN", ONLY_ITS_NAME),
-    RouteBit(0x10000, "SMTP_CHUNKING", ONLY_ITS_NAME),
-    RouteBit(0x20000, "SMTP_DISABLE_CHUNK", ONLY_ITS_NAME),
-    RouteBit(0x40000, "SMTP_DISABLE_BMIME", ONLY_ITS_NAME),
-    RouteBit(0x80000, "SMTP_DISABLE_DSN", ONLY_ITS_NAME),
-    RouteBit(0x100000, "SMTP_DISABLE_PIPELINE", ONLY_ITS_NAME),
-    RouteBit(0x200000, "SMTP_AUTH_KERBEROS", "authenticated to the next hop with Kerberos",
-             "not supported: mailroot authenticates with AUTH PLAIN/LOGIN"),
-    RouteBit(0x400000, "SMTP_USE_HELO", "said HELO instead of EHLO to the domain (\"Send "
-             "HELO instead of EHLO\")", "mailroot says EHLO, and HELO only when EHLO is "
-             "refused"),
-]
-KNOWN_BITS = sum(bit.value for bit in ROUTE_BITS)
-# Bits that, set and not imported, change where the mail goes: the domain is not imported.
-DIVERTING = SMTP_DROP | SMTP_SMARTHOST | SMTP_ETRN_CMD
-# Outbound authentication: SMTP_SASL with basic authentication is imported as the user name.
-AUTH_BITS = SMTP_SASL | SMTP_AUTH_CLEARTEXT
 
 # AuthFlags (MD_AUTH_*): written as a number or as names joined by "|".
 AUTH_ANONYMOUS, AUTH_BASIC, AUTH_NTLM = 0x1, 0x2, 0x4
@@ -515,96 +445,3 @@ def _remote(name: str, label: str, text: str, action: int, props: dict[str, str]
         result.set(prefix + "auth.username", user, source)
         result.skip(f"{label} RoutePassword", "", NOT_MAPPED["RoutePassword"].replace(
             "delivery.auth", prefix + "auth"))
-
-
-# --- writing ----------------------------------------------------------------------------------
-
-def _value_of(config: Config, key: str) -> Any:
-    node: Any = config
-    for part in settings.split_key(key):
-        node = node.get(Domain.parse(part)) if isinstance(node, dict) else getattr(
-            node, part)
-    return node
-
-
-def _parsed(key: str, value: Any) -> Config:
-    """A config holding only this one value (raises ConfigError naming the key)."""
-    doc = settings.Document(CommentedMap())
-    doc.set(settings.split_key(key), value)
-    return config_loader.parse(yaml.safe_dump(_plain(doc.root)), None)
-
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
-
-
-def settled(result: Imported) -> dict[str, Any]:
-    """The values to write: each valid one that differs from mailroot's default."""
-    defaults = Config()
-    keep: dict[str, Any] = {}
-    for key, value in result.values.items():
-        try:
-            parsed = _parsed(key, value)
-        except ConfigError as exc:
-            result.problem(result.sources.get(key, key), "", f"not a valid {key}: {exc.reason}")
-            continue
-        if key.startswith(("domains.", "hostname")) or _value_of(parsed, key) != _value_of(
-                defaults, key):
-            keep[key] = value
-    return keep
-
-
-def render(result: Imported, source: str) -> str:
-    """The config text: a header with the report, then the settings, each with its origin."""
-    values = settled(result)
-    root = CommentedMap()
-    doc = settings.Document(root)
-    for key in _ordered(values):
-        value = values[key]
-        if isinstance(value, list):
-            seq = CommentedSeq(value)
-            seq.fa.set_flow_style()
-            value = seq
-        parts = settings.split_key(key)
-        doc.set(parts, value)
-        parent = doc.get(parts[:-1]) if len(parts) > 1 else root
-        parent.yaml_add_eol_comment(f"IIS {result.sources.get(key, '')}", parts[-1])
-    header = [f"mailroot configuration imported from {source}",
-              f"(IIS SMTP virtual server {result.server}) on "
-              f"{time.strftime('%Y-%m-%d %H:%M')} by mailroot import-iis.",
-              "Settings equal to mailroot's defaults (the IIS dialog defaults) are not "
-              "written; see config.example.yaml for every key.",
-              "Check with: mailroot check -c THIS_FILE"]
-    if result.problems:
-        header += ["", "NEEDS ATTENTION (not imported):"] + [f"  {p}" for p in result.problems]
-    if result.not_imported:
-        header += ["", "Not imported:"] + [f"  {p}" for p in result.not_imported]
-    header += [f"  {note}" for note in result.notes]
-    if not values:
-        root["mailroot"] = Config().mailroot  # an empty mapping would not be a config
-    root.yaml_set_start_comment("\n".join(header) + "\n")
-    text = doc.dump()
-    config_loader.parse(text, None)  # what `mailroot check` does: a bug here must not be written
-    return text
-
-
-def _ordered(values: dict[str, Any]) -> list[str]:
-    """Keys in the order of config.example.yaml (the schema's order)."""
-    order = {path: i for i, path in enumerate(key_paths())}
-
-    def rank(key: str) -> tuple[int, str]:
-        if key.startswith("domains.remote."):
-            return order.get("domains.remote.<domain>.tls", 0), key
-        return order.get(key, len(order)), key
-
-    return sorted(values, key=rank)
-
-
-def report_lines(result: Imported) -> list[str]:
-    return ([f"problem: {p}" for p in result.problems]
-            + [f"not imported: {p}" for p in result.not_imported])
-
