@@ -16,11 +16,11 @@ import asyncio
 import statistics
 import sys
 import time
-from typing import Any
 
 import yaml
-from aiosmtpd.smtp import SMTP
 
+from bench.roundtrip import proxy
+from bench.sink import Counting, serve
 from relay.core.config_loader import parse
 from relay.core.router import Router
 from relay.queue.resolver import Resolver
@@ -32,69 +32,10 @@ MESSAGE = (b"From: app@yourdomain.com\r\nTo: a@remote.example\r\nSubject: bench\
            + (b"x" * 76 + b"\r\n") * 26)
 
 
-class NextHop:
-    """aiosmtpd handler: counts; says PIPELINING in its EHLO if asked to (aiosmtpd reads
-    pipelined commands as they come either way)."""
-
-    def __init__(self, pipelining: bool) -> None:
-        self.pipelining, self.count = pipelining, 0
-
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        if self.pipelining:
-            responses.insert(-1, "250-PIPELINING")
-        return responses
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.count += 1
-        return "250 2.0.0 OK"
-
-
-async def delayed_pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       delay: float) -> None:
-    """Forward what `reader` gets to `writer`, each chunk `delay` seconds late, in order."""
-    loop = asyncio.get_running_loop()
-    pending: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-    async def later() -> None:
-        while True:
-            due, chunk = await pending.get()
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            if not chunk:
-                writer.close()
-                return
-            writer.write(chunk)
-            await writer.drain()
-
-    sending = asyncio.create_task(later())
-    while chunk := await reader.read(65536):
-        pending.put_nowait((loop.time() + delay, chunk))
-    pending.put_nowait((loop.time() + delay, b""))
-    await sending
-
-
-async def proxy(target: int, one_way: float) -> asyncio.Server:
-    """A TCP proxy on 127.0.0.1 to `target` that adds `one_way` seconds each way."""
-    async def session(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", target)
-        try:
-            await asyncio.gather(delayed_pipe(client_r, server_w, one_way),
-                                 delayed_pipe(server_r, client_w, one_way),
-                                 return_exceptions=True)
-        except asyncio.CancelledError:  # the run is over
-            client_w.close()
-            server_w.close()
-
-    return await asyncio.start_server(session, "127.0.0.1", 0)
-
-
 async def one_run(pipelining: bool, rtt: float, messages: int) -> float:
     """Messages per second through the client to a fresh next hop."""
-    loop = asyncio.get_running_loop()
-    hop = NextHop(pipelining)
-    server = await loop.create_server(lambda: SMTP(hop, hostname="hop.bench.test"),
-                                      "127.0.0.1", 0)
+    hop = Counting(pipelining)
+    server = await serve(hop)
     port = server.sockets[0].getsockname()[1]
     relay_proxy = await proxy(port, rtt / 2) if rtt else None
     if relay_proxy is not None:

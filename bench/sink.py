@@ -1,9 +1,12 @@
-"""SMTP receivers on 127.0.0.1: the shared sink every system relays to (the MX), and the two
-Python references (a receiver that only counts, one that writes and fsyncs each message).
+"""SMTP receivers on 127.0.0.1: the sink every system relays to (the MX, the next hop), and
+the two Python references (a receiver that only counts, one that writes and fsyncs each
+message).
 
 The sink runs in a thread of the bench process and records when each tokened message arrives;
-the references run as their own processes (`python -m bench.sink count|fsync`) so they get a
-core of their own like the systems they are compared with.
+it is one of the next hops in HOPS (or `rtt<ms>`): without PIPELINING in its EHLO, with it, or
+with it behind a proxy that adds a round trip. The references run as their own processes
+(`python -m bench.sink count|fsync`) so they get a core of their own like the systems they
+are compared with.
 """
 
 from __future__ import annotations
@@ -19,22 +22,70 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
+
+from bench.roundtrip import proxy
 
 TOKEN = re.compile(rb"\nX-Bench-Token: (\S+)\r?\n")
 
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
-class Counting:
-    """aiosmtpd handler: counts messages and notes when each tokened one arrived."""
+@dataclass(frozen=True)
+class Hop:
+    """A next hop: the sink offering PIPELINING or not, reached directly or over a round
+    trip of `round_trip_ms` (through the proxy of bench.roundtrip)."""
 
-    def __init__(self) -> None:
+    name: str
+    pipelining: bool
+    round_trip_ms: float = 0.0
+
+    @property
+    def description(self) -> str:
+        offer = "with PIPELINING" if self.pipelining else "without PIPELINING"
+        path = f", {self.round_trip_ms:g} ms round trip" if self.round_trip_ms else ""
+        return f"sink {offer}{path}"
+
+
+PLAIN = Hop("plain", pipelining=False)
+HOPS = {hop.name: hop for hop in (PLAIN, Hop("pipelining", pipelining=True),
+                                  Hop("rtt20", pipelining=True, round_trip_ms=20))}
+
+
+def hops(names: str) -> list[Hop]:
+    """The hops named, comma-separated: a name of HOPS, or `rtt<ms>` (PIPELINING behind that
+    round trip)."""
+    chosen = []
+    for name in filter(None, (each.strip() for each in names.split(","))):
+        if name in HOPS:
+            chosen.append(HOPS[name])
+        elif name.startswith("rtt") and name[3:].isdigit() and int(name[3:]) > 0:
+            chosen.append(Hop(name, pipelining=True, round_trip_ms=int(name[3:])))
+        else:
+            raise ValueError(f"unknown next hop {name!r}: {', '.join(HOPS)} or rtt<ms>")
+    return chosen
+
+
+class Counting:
+    """aiosmtpd handler: counts messages and notes when each tokened one arrived; says
+    PIPELINING in its EHLO if asked to (aiosmtpd reads pipelined commands as they come
+    either way)."""
+
+    def __init__(self, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
         self.count = 0
         self.arrivals: dict[str, float] = {}
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.count += 1
@@ -77,23 +128,33 @@ async def serve(handler: Counting, port: int = 0) -> asyncio.Server:
 
 
 class Sink:
-    """The shared MX: an aiosmtpd server in a background thread; `with Sink() as sink:`."""
+    """The MX: an aiosmtpd server in a background thread, as `hop` says; `port` is where the
+    systems deliver (the proxy's when the hop has a round trip); `with Sink() as sink:`."""
 
-    def __init__(self) -> None:
-        self.handler = Counting()
+    def __init__(self, hop: Hop = PLAIN) -> None:
+        self.hop = hop
+        self.handler = Counting(hop.pipelining)
         self.loop = asyncio.new_event_loop()
         self.port = 0
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="sink")
+        self._servers: list[asyncio.Server] = []
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name=f"sink-{hop.name}")
+
+    def _start(self, coroutine: Any) -> int:
+        server = asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]
 
     def __enter__(self) -> Sink:
         self._thread.start()
-        server = asyncio.run_coroutine_threadsafe(serve(self.handler), self.loop).result(10)
-        self._server = server
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._start(serve(self.handler))
+        if self.hop.round_trip_ms:
+            self.port = self._start(proxy(self.port, self.hop.round_trip_ms / 2000))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.close()
+        for server in self._servers:
+            self.loop.call_soon_threadsafe(server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 
