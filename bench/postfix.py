@@ -157,12 +157,18 @@ class Postfix:
                 raise RuntimeError(f"postfix did not start: see {self.home}/maillog")
             time.sleep(0.05)
 
+    @property
+    def pid(self) -> int:
+        """The master process's pid (0 if it never started): every daemon is its child, so
+        bench.procstat's tree of it is the CPU of the whole instance."""
+        try:
+            return int((self.home / "spool" / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
     def stop(self) -> None:
         """Stop and wait until the master process has exited (its pid file stays behind)."""
-        try:
-            pid = int((self.home / "spool" / "pid" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pid = 0
+        pid = self.pid
         self._postfix("stop", check=False)
         deadline = time.monotonic() + 15
         while pid and time.monotonic() < deadline:

@@ -3,8 +3,8 @@ the two Python references (a receiver that only counts, one that writes and fsyn
 message).
 
 The sink runs in a thread of the bench process and records when each tokened message arrives;
-it is one of the next hops in HOPS (or `rtt<ms>`): without PIPELINING in its EHLO, with it, or
-with it behind a proxy that adds a round trip. The references run as their own processes
+it is one of the next hops in HOPS (or `[plain-]rtt<ms>`): without PIPELINING in its EHLO,
+with it, or with it behind a proxy that adds a round trip. The references run as their own processes
 (`python -m bench.sink count|fsync`) so they get a core of their own like the systems they
 are compared with.
 """
@@ -57,16 +57,20 @@ HOPS = {hop.name: hop for hop in (PLAIN, Hop("pipelining", pipelining=True),
 
 
 def hops(names: str) -> list[Hop]:
-    """The hops named, comma-separated: a name of HOPS, or `rtt<ms>` (PIPELINING behind that
-    round trip)."""
+    """The hops named, comma-separated: a name of HOPS, `rtt<ms>` (PIPELINING behind that
+    round trip) or `plain-rtt<ms>` (no PIPELINING behind it)."""
     chosen = []
     for name in filter(None, (each.strip() for each in names.split(","))):
+        plain, _, rtt = name.rpartition("rtt")
+        if name in (hop.name for hop in chosen):
+            raise ValueError(f"next hop {name!r} named twice")
         if name in HOPS:
             chosen.append(HOPS[name])
-        elif name.startswith("rtt") and name[3:].isdigit() and int(name[3:]) > 0:
-            chosen.append(Hop(name, pipelining=True, round_trip_ms=int(name[3:])))
+        elif plain in ("", "plain-") and rtt.isdigit() and int(rtt) > 0:
+            chosen.append(Hop(name, pipelining=not plain, round_trip_ms=int(rtt)))
         else:
-            raise ValueError(f"unknown next hop {name!r}: {', '.join(HOPS)} or rtt<ms>")
+            raise ValueError(f"unknown next hop {name!r}: {', '.join(HOPS)}, rtt<ms> or "
+                             "plain-rtt<ms>")
     return chosen
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ from bench import postfix as postfixmod
 from bench.core import Workload, spread
 from bench.load import RECIPIENT, fill_pickup, free_port, message, smtp_load, smtp_one
 from bench.procstat import tree_cpu_seconds, tree_rss_mb
-from bench.sink import Sink
+from bench.sink import Hop, Sink
 from bench.systems import LOCAL_DOMAIN, NotAvailable, Reference, Relay, mailroot_queue_json
 from relay.core.store import QUEUE, Envelope, Mailroot, Recipient, checksum, new_id
 
@@ -37,87 +38,61 @@ class Params:
     console_rate: float = 200.0  # Pickup files per second while the console runs
     console_seconds: float = 10.0
     dkim_count: int = 300  # messages through intake per DKIM system and run
+    # A hop with a round trip takes its time on every connection and transaction: fewer
+    # messages there keep the full run within about 25 minutes on 2 cores.
+    round_trip_smtp_count: int = 2000
+    round_trip_big_count: int = 800
+    round_trip_pickup_count: int = 2000
+
+    def for_hop(self, hop: Hop) -> Params:
+        """The counts for `hop`: the round-trip counts where they are smaller."""
+        if not hop.round_trip_ms:
+            return self
+        return dataclasses.replace(
+            self, smtp_count=min(self.smtp_count, self.round_trip_smtp_count),
+            big_count=min(self.big_count, self.round_trip_big_count),
+            pickup_count=min(self.pickup_count, self.round_trip_pickup_count))
 
 
 @dataclass
 class Context:
-    sink: Sink
+    sinks: dict[str, Sink]  # by hop name, in the order chosen; the first serves every other
     params: Params
     work: Path
     postfix_missing: str | None = None
     filled_queue: Relay | None = None
     postfix_template: Path | None = None
 
+    @property
+    def sink(self) -> Sink:
+        """The first hop's sink: the smart host of the workloads that have no next hop."""
+        return next(iter(self.sinks.values()))
+
     def home(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
 
-    def relay(self) -> Relay:
-        return Relay(self.home("relay-"), self.sink.port)
+    def relay(self, sink: Sink) -> Relay:
+        return Relay(self.home("relay-"), sink.port)
 
-    def postfix(self) -> postfixmod.Postfix:
+    def postfix(self, sink: Sink) -> postfixmod.Postfix:
         if self.postfix_missing:
             raise NotAvailable(f"skipped: {self.postfix_missing}")
         if self.postfix_template is None:
-            template = postfixmod.Postfix(self.sink.port, 0, self.home("postfix-template-"))
+            template = postfixmod.Postfix(sink.port, 0, self.home("postfix-template-"))
             template.configure()
             self.postfix_template = template.home
-        instance = postfixmod.Postfix(self.sink.port, free_port(), self.home("postfix-"))
+        instance = postfixmod.Postfix(sink.port, free_port(), self.home("postfix-"))
         instance.clone(self.postfix_template)
         return instance
+
+    def system(self, name: str, sink: Sink) -> postfixmod.Postfix | Relay:
+        """A Postfix instance or a relay (not started) delivering to `sink`."""
+        return self.postfix(sink) if name == "postfix" else self.relay(sink)
 
 
 def cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
-
-# --- SMTP relay throughput ------------------------------------------------------------------
-
-def smtp_throughput(size: int, big: bool):
-    def measure(system: str, ctx: Context) -> dict[str, float]:
-        count = ctx.params.big_count if big else ctx.params.smtp_count
-        sessions = ctx.params.sessions
-        if system in REFERENCES:
-            ref = Reference(system.split()[1])
-            try:
-                began = time.monotonic()
-                smtp_load(ref.port, count, sessions, size, timeout=WAIT)
-                return {"msg/s": count / (time.monotonic() - began)}
-            finally:
-                ref.stop()
-        if system == "postfix":
-            instance = ctx.postfix()
-            instance.start()
-            try:
-                return _relay_run(ctx, instance.smtp_port, count, sessions, size)
-            finally:
-                instance.stop()
-                cleanup(instance.home)
-        relay = ctx.relay()
-        relay.start()
-        try:
-            cpu = tree_cpu_seconds(relay.pid)
-            figures = _relay_run(ctx, relay.smtp_port, count, sessions, size)
-            figures["CPU s per 1000 msgs"] = (tree_cpu_seconds(relay.pid) - cpu) * 1000 / count
-            return figures
-        finally:
-            relay.stop()
-            cleanup(relay.home)
-    return measure
-
-
-def _relay_run(ctx: Context, port: int, count: int, sessions: int,
-               size: int) -> dict[str, float]:
-    """Send through a relay on `port`; end to end is until the sink has them all."""
-    before = ctx.sink.count
-    began = time.monotonic()
-    smtp_load(port, count, sessions, size, timeout=WAIT)
-    accepted = time.monotonic() - began
-    if not ctx.sink.wait(before + count, timeout=WAIT):
-        raise RuntimeError(f"the sink got {ctx.sink.count - before} of {count}")
-    return {"msg/s": count / (time.monotonic() - began), "accepted msg/s": count / accepted}
-
-
-# --- Pickup ----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def running(system) -> Iterator[None]:
@@ -130,32 +105,64 @@ def running(system) -> Iterator[None]:
         cleanup(system.home)
 
 
-def drain(ctx: Context, system, until: int) -> tuple[bool, float]:
-    """Start a system whose pickup folder was filled while it was stopped; (the sink got
-    `until` messages in time, seconds from start)."""
+# --- SMTP relay throughput ------------------------------------------------------------------
+
+def smtp_throughput(size: int, count: int, hop: Hop):
+    def measure(system: str, ctx: Context) -> dict[str, float]:
+        sessions = ctx.params.sessions
+        if system in REFERENCES:
+            ref = Reference(system.split()[1])
+            try:
+                began = time.monotonic()
+                smtp_load(ref.port, count, sessions, size, timeout=WAIT)
+                return {"msg/s": count / (time.monotonic() - began)}
+            finally:
+                ref.stop()
+        sink = ctx.sinks[hop.name]
+        target = ctx.system(system, sink)
+        with running(target):
+            cpu = tree_cpu_seconds(target.pid)
+            figures = _relay_run(sink, target.smtp_port, count, sessions, size)
+            figures["CPU s per 1000 msgs"] = (tree_cpu_seconds(target.pid) - cpu) * 1000 / count
+            return figures
+    return measure
+
+
+def _relay_run(sink: Sink, port: int, count: int, sessions: int,
+               size: int) -> dict[str, float]:
+    """Send through a relay on `port`; end to end is until the sink has them all."""
+    before = sink.count
     began = time.monotonic()
-    with running(system):
-        return ctx.sink.wait(until, timeout=WAIT), time.monotonic() - began
+    smtp_load(port, count, sessions, size, timeout=WAIT)
+    accepted = time.monotonic() - began
+    if not sink.wait(before + count, timeout=WAIT):
+        raise RuntimeError(f"the sink got {sink.count - before} of {count}")
+    return {"msg/s": count / (time.monotonic() - began), "accepted msg/s": count / accepted}
 
 
-def pickup_drain(system: str, ctx: Context) -> dict[str, float]:
-    """N files of 2 KB pre-filled in the pickup folder, the system started after; until the
-    sink has them all."""
-    count = ctx.params.pickup_count
-    before = ctx.sink.count
-    if system == "postfix":
-        instance = ctx.postfix()
-        with ThreadPoolExecutor(8) as pool:  # fill while stopped: its maildrop holds them
-            list(pool.map(lambda n: instance.sendmail(message(n, 2000)), range(count)))
-        ok, took = drain(ctx, instance, before + count)
-    else:
-        relay = ctx.relay()
-        relay.pickup().mkdir(parents=True)
-        fill_pickup(relay.pickup(), count, 2000)
-        ok, took = drain(ctx, relay, before + count)
-    if not ok:
-        raise RuntimeError(f"the sink got {ctx.sink.count - before} of {count}")
-    return {"msg/s": count / took}
+# --- Pickup ----------------------------------------------------------------------------------
+
+def pickup_drain(count: int, hop: Hop):
+    def measure(system: str, ctx: Context) -> dict[str, float]:
+        """N files of 2 KB pre-filled in the pickup folder, the system started after; until
+        the sink has them all. The CPU is the system's from its start to the last arrival."""
+        sink = ctx.sinks[hop.name]
+        target = ctx.system(system, sink)
+        if isinstance(target, postfixmod.Postfix):
+            with ThreadPoolExecutor(8) as pool:  # fill while stopped: its maildrop holds them
+                list(pool.map(lambda n: target.sendmail(message(n, 2000)), range(count)))
+        else:
+            target.pickup().mkdir(parents=True)
+            fill_pickup(target.pickup(), count, 2000)
+        before = sink.count
+        began = time.monotonic()
+        with running(target):
+            if not sink.wait(before + count, timeout=WAIT):
+                raise RuntimeError(f"the sink got {sink.count - before} of {count}")
+            took = time.monotonic() - began
+            cpu = tree_cpu_seconds(target.pid)
+        return {"msg/s": count / took, "CPU s per 1000 msgs": cpu * 1000 / count}
+    return measure
 
 
 # --- latency ---------------------------------------------------------------------------------
@@ -182,23 +189,28 @@ def _rename_into(folder: Path, token: str, recipient: str) -> None:
     os.rename(aside, folder / f"{token}.eml")
 
 
-def latency_pickup(system: str, ctx: Context) -> dict[str, float]:
-    if system == "postfix":
-        target = ctx.postfix()
-        send = lambda t: target.sendmail(message(t, 2000))  # noqa: E731
-    else:
-        target = ctx.relay()
-        send = lambda t: _rename_into(target.pickup(), t, RECIPIENT)  # noqa: E731
-    with running(target):
-        return _latencies(ctx.params.latency_samples, send, ctx.sink.arrived)
+def latency_pickup(hop: Hop):
+    def measure(system: str, ctx: Context) -> dict[str, float]:
+        sink = ctx.sinks[hop.name]
+        target = ctx.system(system, sink)
+        if isinstance(target, postfixmod.Postfix):
+            send = lambda t: target.sendmail(message(t, 2000))  # noqa: E731
+        else:
+            send = lambda t: _rename_into(target.pickup(), t, RECIPIENT)  # noqa: E731
+        with running(target):
+            return _latencies(ctx.params.latency_samples, send, sink.arrived)
+    return measure
 
 
-def latency_smtp(system: str, ctx: Context) -> dict[str, float]:
-    target = ctx.postfix() if system == "postfix" else ctx.relay()
-    with running(target):
-        return _latencies(ctx.params.latency_samples,
-                          lambda t: smtp_one(target.smtp_port, message(t, 2000)),
-                          ctx.sink.arrived)
+def latency_smtp(hop: Hop):
+    def measure(system: str, ctx: Context) -> dict[str, float]:
+        sink = ctx.sinks[hop.name]
+        target = ctx.system(system, sink)
+        with running(target):
+            return _latencies(ctx.params.latency_samples,
+                              lambda t: smtp_one(target.smtp_port, message(t, 2000)),
+                              sink.arrived)
+    return measure
 
 
 # --- scale -----------------------------------------------------------------------------------
@@ -255,20 +267,33 @@ def console_scale(system: str, ctx: Context) -> dict[str, float]:
             path.unlink()
 
 
-def all_workloads(params: Params) -> list[Workload]:
+def hop_workloads(params: Params, hop: Hop, direct: list[str]) -> list[Workload]:
+    """The workloads that relay to the sink through `hop`; `direct`: the receivers measured
+    beside them (with the first hop only)."""
     relays = ["postfix", "mailroot"]
-    smtp = [*REFERENCES, *relays]
+    params = params.for_hop(hop)
     return [
         Workload(f"SMTP relay, 2 KB, {params.sessions} sessions, {params.smtp_count} msgs",
-                 smtp, smtp_throughput(2000, big=False), ["postfix", "aiosmtpd count"]),
+                 [*direct, *relays], smtp_throughput(2000, params.smtp_count, hop),
+                 ["postfix", "aiosmtpd count"], hop.name, direct),
         Workload(f"SMTP relay, 100 KB, {params.sessions} sessions, {params.big_count} msgs",
-                 smtp, smtp_throughput(100_000, big=True), ["postfix", "aiosmtpd count"]),
+                 [*direct, *relays], smtp_throughput(100_000, params.big_count, hop),
+                 ["postfix", "aiosmtpd count"], hop.name, direct),
         Workload(f"pickup drain, {params.pickup_count} × 2 KB pre-filled → sink", relays,
-                 pickup_drain, ["postfix"]),
+                 pickup_drain(params.pickup_count, hop), ["postfix"], hop.name),
         Workload(f"latency, pickup → sink ({params.latency_samples} samples)", relays,
-                 latency_pickup, ["postfix"]),
+                 latency_pickup(hop), ["postfix"], hop.name),
         Workload(f"latency, SMTP end-of-data → sink ({params.latency_samples} samples)",
-                 relays, latency_smtp, ["postfix"]),
+                 relays, latency_smtp(hop), ["postfix"], hop.name),
+    ]
+
+
+def all_workloads(params: Params, hops: list[Hop]) -> list[Workload]:
+    """Every workload; each relay workload once per hop, one hop after the other."""
+    per_hop = [hop_workloads(params, hop, REFERENCES if number == 0 else [])
+               for number, hop in enumerate(hops)]
+    return [
+        *(workload for same in zip(*per_hop, strict=True) for workload in same),
         Workload(f"scale: {params.queue_count} deferred in Queue, idle "
                  f"{params.idle_seconds:g} s", ["mailroot"], scale_queue),
         Workload(f"scale: `mailroot queue --json` with {params.queue_count} queued",
