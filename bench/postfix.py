@@ -8,7 +8,8 @@ stopped):
 The instance lives in its own directory (config, queue, data, log): nothing in /etc/postfix is
 changed and the system's Postfix, if running, is not touched.  Its configuration:
 - smtpd listens on 127.0.0.1:<port> only (inet_interfaces=loopback-only, inet_protocols=ipv4);
-- every message goes to `relayhost = [127.0.0.1]:<sink port>` (the bench's SMTP sink), with
+- every message goes to `relayhost = [127.0.0.1]:<hop port>` (the bench's SMTP sink, or the
+  proxy that adds a round trip in front of it), with
   no DNS at all (smtp_dns_support_level=disabled, disable_dns_lookups=yes);
 - mydestination is empty (nothing is delivered locally), no aliases, no TLS, no chroot;
 - mynetworks is 127.0.0.0/8, the only clients allowed to relay.
