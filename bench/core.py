@@ -109,7 +109,8 @@ def table(rows: list[Row]) -> str:
 def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**meta, "results": [
-        {"workload": r.workload, "hop": r.hop or None, "system": r.system, "metric": r.metric, "runs": r.runs,
+        {"workload": r.workload, "hop": r.hop or None, "system": r.system, "metric": r.metric,
+         "runs": r.runs,
          "median": r.median, "min": min(r.runs, default=None), "max": max(r.runs, default=None),
          "reference": r.reference or None, "ratio": r.ratio, "note": r.note or None}
         for r in rows]}, indent=2))

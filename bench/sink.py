@@ -4,9 +4,9 @@ message).
 
 The sink runs in a thread of the bench process and records when each tokened message arrives;
 it is one of the next hops in HOPS (or `[plain-]rtt<ms>`): without PIPELINING in its EHLO,
-with it, or with it behind a proxy that adds a round trip. The references run as their own processes
-(`python -m bench.sink count|fsync`) so they get a core of their own like the systems they
-are compared with.
+with it, or with it behind a proxy that adds a round trip. The references run as their own
+processes (`python -m bench.sink count|fsync`) so they get a core of their own like the
+systems they are compared with.
 """
 
 from __future__ import annotations
