@@ -43,8 +43,9 @@ from relay.ops import (
     lock_holder,
     read_rotated,
 )
-from relay.ops.admin import Admin, NotFound
+from relay.ops.admin import Admin
 from relay.ops.listing import MatchError
+from relay.ops.queries import NotFound
 from relay.ops.reasons import permanent_reply
 from relay.ops.running import ListenError, Relay, Supervisor, make_relay
 from tui.actions import GLOBAL, bindings
