@@ -13,7 +13,7 @@ import pytest
 from relay.cli.admin import format_row
 from relay.core.bounce import badmail_ops
 from relay.core.store import DROP, QUEUE, Envelope, Mailroot, Recipient, new_id
-from relay.ops.admin import MessageSummary
+from relay.ops.queries import MessageSummary
 from tests.admin_support import cli
 from tests.bulk_support import fill_queue
 from tests.busy_fixture import build_busy

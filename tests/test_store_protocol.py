@@ -15,8 +15,8 @@ import pytest
 import relay.core.store
 from relay.core.bounce import quarantine
 from relay.core.store import BADMAIL, DROP, FOLDERS, HOLD, MOVE_FOLDERS, QUEUE, TRASH, Mailroot, Op
-from relay.ops.admin import NotFound
 from relay.ops.listing import read_entry
+from relay.ops.queries import NotFound
 from relay.queue.recovery import Recovery
 from tests.protocol_support import (
     BAD,

@@ -134,7 +134,7 @@ async def test_a_killed_relay_is_said_to_have_died_and_the_palette_starts_one(re
 
 
 def test_the_result_line_agrees_in_number_and_says_why():
-    from relay.ops.admin import ActionResult
+    from relay.ops.actions import ActionResult
     from tui.bulk import result_line
 
     assert result_line("requeue", ActionResult([], {"A": "busy: being delivered"}), 1) \

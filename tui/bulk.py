@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from relay.ops.admin import ActionResult
+from relay.ops.actions import ActionResult
 
 VERBS = {  # action -> (verb, preposition, past tense)
     "requeue": ("Requeue", "from", "requeued"),

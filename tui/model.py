@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from relay.ops import BADMAIL, DROP, HOLD, MARKER, PICKUP, QUEUE, TRASH
-from relay.ops.admin import Admin, MessageSummary
+from relay.ops.admin import Admin
+from relay.ops.queries import MessageSummary
 from relay.ops.reasons import reason_class, reply_text
 
 PAGE = 200  # rows loaded into a table at once; a folder of 100,000 is paged by key order

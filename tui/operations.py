@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from textual import work
 
-from relay.ops.admin import NotFound
+from relay.ops.queries import NotFound
 from relay.ops.reasons import permanent_reply
 from tui.bulk import VERBS, question, requeue_warning, result_line
 from tui.collector import no_full_collections

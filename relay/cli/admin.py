@@ -29,10 +29,12 @@ from relay.core.store import (
     Mailroot,
     json_bytes,
 )
-from relay.ops.admin import ActionResult, Admin, FolderParts, MessageSummary, NotFound
+from relay.ops.actions import ActionResult
+from relay.ops.admin import Admin
 from relay.ops.audit import INLINE_IDS
 from relay.ops.listing import MatchError, matching
 from relay.ops.qshape import AGE_BUCKETS, ShapeRow
+from relay.ops.queries import FolderParts, MessageSummary, NotFound
 from relay.ops.refusals import top_refused
 
 FOLDER_NAMES = {"queue": QUEUE, "badmail": BADMAIL, "drop": DROP, "pickup": PICKUP,

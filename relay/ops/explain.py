@@ -22,7 +22,7 @@ from relay.core.address import AddressError, parse_address
 from relay.core.config import Config, RemoteDomain
 from relay.core.router import Route, Router
 from relay.core.store import HOLD, QUEUE, WAITING
-from relay.ops.admin import Admin
+from relay.ops.queries import Queries
 from relay.queue.resolver import DnsFailure, Resolver
 
 RECENT_ATTEMPTS = 3  # the last attempts for the domain `route` shows
@@ -257,18 +257,18 @@ def _ports(route: Route, mx_port: int) -> str:
 def _waiting(config: Config, address: str, remote: bool) -> tuple[list[Waiting], Recent]:
     """Mail for the address in Queue and Hold, and (remote) what delivery has seen lately
     for its domain: one pass over the two folders' envelopes."""
-    admin = Admin(config)
+    folders = Queries(config)
     recent = Recent()
-    if not admin.store.exists():
+    if not folders.store.exists():
         return [], recent
     wanted = address.lower()
     domain = "@" + wanted.rpartition("@")[2]
     found = []
     for folder in (QUEUE, HOLD):
-        for row in admin.list_folder(folder):
+        for row in folders.list_folder(folder):
             for rcpt in row.recipients:
                 if rcpt.address.lower() == wanted:
-                    signed = [str(s) for s in admin.show(row.id).signatures]
+                    signed = [str(s) for s in folders.show(row.id).signatures]
                     found.append(Waiting(row.id, folder, "held" if folder == HOLD
                                          else rcpt.state, row.attempts, row.next_attempt,
                                          rcpt.reply or "", signed))
@@ -276,14 +276,14 @@ def _waiting(config: Config, address: str, remote: bool) -> tuple[list[Waiting],
                     if r.address.lower().endswith(domain) and r.state in WAITING]
             if remote and folder == QUEUE and ours:
                 recent.waiting += len(ours)
-                recent.attempts += _attempts_for(admin, row.id, domain)
+                recent.attempts += _attempts_for(folders, row.id, domain)
     recent.attempts = sorted(recent.attempts, key=lambda a: -a["time"])[:RECENT_ATTEMPTS]
     return found, recent
 
 
-def _attempts_for(admin: Admin, message_id: str, domain: str) -> list[dict]:
+def _attempts_for(folders: Queries, message_id: str, domain: str) -> list[dict]:
     try:
-        attempts = admin.envelope_fields(QUEUE, message_id).get("attempts") or []
+        attempts = folders.envelope_fields(QUEUE, message_id).get("attempts") or []
     except (OSError, ValueError):
         return []  # moved on meanwhile
     return [{"time": a["time"], "host": a.get("host"), "reply": a["reply"]} for a in attempts

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from relay.ops import BADMAIL, DROP, HOLD, PICKUP
-from relay.ops.admin import MessageDetail, NotFound
+from relay.ops.queries import MessageDetail, NotFound
 from tui.actions import INSPECTOR, Guarded, bindings
 from tui.model import ago, state_word, until
 from tui.screens.route import open_route

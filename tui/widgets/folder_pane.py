@@ -12,8 +12,8 @@ from textual.events import Resize
 from textual.widgets import DataTable, Static
 
 from relay.ops import BADMAIL, DROP, HOLD, PICKUP, QUEUE, TRASH
-from relay.ops.admin import MessageSummary
 from relay.ops.listing import SORTS
+from relay.ops.queries import MessageSummary
 from tui.model import COLUMNS, PAGE, Column, FolderView, fit, state_word
 from tui.theme import ACTIVE, FAILED_TEXT, MUTED, OK, WAITING, failed_style
 from tui.widgets.textbox import TextBox
