@@ -60,47 +60,14 @@ def test_crossing_any_one_boundary_breaks_a_contract(crossing: str, tmp_path: Pa
     assert contract in broken, done.stdout
 
 
-def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan, iterative)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
+def _cycles(graph: grimp.ImportGraph) -> list[tuple[str, ...]]:
+    """Every import that closes a cycle, as the cycle: a module imports one from which a
+    chain of imports leads back to it."""
     found = []
-    for start in sorted(graph.modules):
-        if start in index:
-            continue
-        work = [(start, iter(sorted(graph.find_modules_directly_imported_by(start))))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, edges = work[-1]
-            for nxt in edges:
-                if nxt not in graph.modules:
-                    continue
-                if nxt not in index:
-                    index[nxt] = low[nxt] = len(index)
-                    stack.append(nxt)
-                    on_stack.add(nxt)
-                    work.append((nxt, iter(sorted(graph.find_modules_directly_imported_by(nxt)))))
-                    break
-                if nxt in on_stack:
-                    low[node] = min(low[node], index[nxt])
-            else:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
-                if low[node] == index[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    if len(component) > 1:
-                        found.append(sorted(component))
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if chain := graph.find_shortest_chain(importer=imported, imported=module):
+                found.append((module, *chain))
     return found
 
 
@@ -114,7 +81,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = grimp.ImportGraph()
     for a, b in (("p.a", "p.b"), ("p.b", "p.c"), ("p.c", "p.a"), ("p.c", "p.d")):
         graph.add_import(importer=a, imported=b)
-    assert _cycles(graph) == [["p.a", "p.b", "p.c"]]
+    assert _cycles(graph) == [("p.a", "p.b", "p.c", "p.a"), ("p.b", "p.c", "p.a", "p.b"),
+                              ("p.c", "p.a", "p.b", "p.c")]
 
 
 # the module a process starts from -> packages it must not load, and how many modules it may
